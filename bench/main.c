@@ -1,0 +1,160 @@
+/* main.c - nawal-bench, the throughput harness.
+ *
+ *   nawal-bench train  : training-step throughput (tokens/s, model FLOP/s) of a
+ *                        GPT config on random tokens, median of repeats, plus
+ *                        the GFLOP/s the matmul backend reaches on the same
+ *                        model's GEMM shapes, so model FLOP/s can be read as a
+ *                        fraction of what the library itself does.
+ *   nawal-bench matmul : just the GEMM part.
+ * Timings are medians over --repeats runs; compare only with baselines
+ * measured in the same run (bench/compare/ for PyTorch). */
+#include "cli.h"
+#include "gpt.h"
+#include "optim.h"
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+typedef struct {
+    nawal_gpt_config cfg;
+    int batch, steps, warmup_steps, repeats, threads;
+    const char *device;
+} bench_opts;
+
+/* GFLOP/s of the backend's matmul_fwd on the model's GEMM shapes, FLOP-weighted */
+static double bench_matmul(const nawal_ops *o, const bench_opts *b, int verbose) {
+    int N = b->batch * b->cfg.n_ctx, C = b->cfg.n_embd;
+    int shapes[5][2] = { { C, 3 * C }, { C, C }, { C, 4 * C }, { 4 * C, C }, { C, b->cfg.vocab } };
+    double total_flops = 0.0, total_time = 0.0;
+    for (int s = 0; s < 5; s++) {
+        int K = shapes[s][0], M = shapes[s][1];
+        float *x = o->alloc(o, (size_t)N * K * sizeof(float)), *w = o->alloc(o, (size_t)K * M * sizeof(float));
+        float *y = o->alloc(o, (size_t)N * M * sizeof(float));
+        if (!x || !w || !y) { fprintf(stderr, "error: out of memory\n"); exit(1); }
+        o->fill(o, x, 0.5f, (size_t)N * K);
+        o->fill(o, w, 0.25f, (size_t)K * M);
+        double flops = 2.0 * N * K * M, times[64];
+        int iters = (int)(2e9 / flops) + 1, reps = b->repeats < 64 ? b->repeats : 64;
+        o->matmul_fwd(o, y, x, w, NULL, N, K, M, NAWAL_W_IN_OUT);
+        for (int r = 0; r < reps; r++) {
+            o->sync(o);
+            double t0 = now_s();
+            for (int i = 0; i < iters; i++) o->matmul_fwd(o, y, x, w, NULL, N, K, M, NAWAL_W_IN_OUT);
+            o->sync(o);
+            times[r] = (now_s() - t0) / iters;
+        }
+        double t = median(times, reps);
+        if (verbose) printf("matmul %5d x %5d x %5d: %7.1f GFLOP/s\n", N, K, M, flops / t * 1e-9);
+        total_flops += flops;
+        total_time += t;
+        o->free(o, x); o->free(o, w); o->free(o, y);
+    }
+    double g = total_flops / total_time * 1e-9;
+    printf("matmul_gflops %.1f  (%s, model's GEMM shapes, FLOP-weighted)\n", g, o->name);
+    return g;
+}
+
+static int bench_train(const nawal_ops *o, const bench_opts *b) {
+    char err[512];
+    nawal_gpt *m;
+    if (nawal_gpt_create(&m, o, &b->cfg, b->batch, err, sizeof err)) { fprintf(stderr, "error: %s\n", err); return 1; }
+    nawal_gpt_init_params(m, 1);
+    int N = b->batch * b->cfg.n_ctx;
+    int32_t *in = malloc((size_t)N * sizeof(int32_t)), *tg = malloc((size_t)N * sizeof(int32_t));
+    uint64_t s = 42;
+    for (int i = 0; i < N; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        in[i] = (int32_t)((s >> 33) % (uint64_t)b->cfg.vocab);
+        tg[i] = (int32_t)((s >> 13) % (uint64_t)b->cfg.vocab);
+    }
+    nawal_adamw_config ac = { 0.9f, 0.99f, 1e-8f, 0.1f };
+    double per_rep[64];
+    int reps = b->repeats < 64 ? b->repeats : 64;
+    printf("model: %d layers, %d heads, width %d, context %d, vocab %d: %zu parameters; batch %d\n",
+           b->cfg.n_layer, b->cfg.n_head, b->cfg.n_embd, b->cfg.n_ctx, b->cfg.vocab, m->n_params, b->batch);
+    printf("device: %s\n", o->device_desc);
+    for (int r = -1; r < reps; r++) {
+        int steps = r < 0 ? b->warmup_steps : b->steps;
+        o->sync(o);
+        double t0 = now_s();
+        for (int i = 0; i < steps; i++) {
+            nawal_gpt_zero_grad(m);
+            float l = nawal_gpt_forward(m, in, tg, b->batch, b->cfg.n_ctx, 1, NULL, err, sizeof err);
+            if (isnan(l)) { fprintf(stderr, "error: %s\n", err); return 1; }
+            nawal_gpt_backward(m);
+            nawal_gpt_clip_grad_norm(m, 1.0f);
+            nawal_gpt_adamw_step(m, &ac, 1e-4f);
+        }
+        o->sync(o);
+        if (r >= 0) {
+            per_rep[r] = (double)steps * N / (now_s() - t0);
+            printf("repeat %d: %.0f tokens/s\n", r + 1, per_rep[r]);
+        }
+    }
+    double tps = median(per_rep, reps);
+    double flops = nawal_gpt_train_flops_per_token(&b->cfg, b->cfg.n_ctx) * tps;
+    double mm = bench_matmul(o, b, 0);
+    printf("train_tokens_per_s %.0f  (median of %d repeats of %d steps)\n", tps, reps, b->steps);
+    printf("model_gflops %.1f  (6N + 6LCT per token)\n", flops * 1e-9);
+    printf("model_vs_matmul %.1f%%\n", 100.0 * flops * 1e-9 / mm);
+    free(in);
+    free(tg);
+    nawal_gpt_free(m);
+    return 0;
+}
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: nawal-bench <train|matmul> [options]\n"
+               "  train   training-step throughput of a GPT config (default: tiny Shakespeare, 4x4x128, ctx 64, batch 12)\n"
+               "  matmul  GFLOP/s of the backend's matmul on that config's GEMM shapes\n"
+               "Run 'nawal-bench <command> --help' for options.\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) { usage(stderr); return 2; }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h")) { usage(stdout); return 0; }
+    if (strcmp(cmd, "train") && strcmp(cmd, "matmul")) { fprintf(stderr, "error: unknown command '%s'\n", cmd); usage(stderr); return 2; }
+    bench_opts b = { .cfg = { 4, 4, 128, 64, 257 }, .batch = 12, .steps = 20, .warmup_steps = 5, .repeats = 5,
+                     .threads = 0, .device = "auto" };
+    nawal_flag flags[] = {
+        { "layers", NAWAL_FLAG_INT, &b.cfg.n_layer, "transformer blocks", 1, 256, 0, 0 },
+        { "heads", NAWAL_FLAG_INT, &b.cfg.n_head, "attention heads", 1, 1024, 0, 0 },
+        { "width", NAWAL_FLAG_INT, &b.cfg.n_embd, "embedding width", 1, 65536, 0, 0 },
+        { "context", NAWAL_FLAG_INT, &b.cfg.n_ctx, "context length", 1, 65536, 0, 0 },
+        { "vocab", NAWAL_FLAG_INT, &b.cfg.vocab, "vocabulary size", 2, 1 << 24, 0, 0 },
+        { "batch", NAWAL_FLAG_INT, &b.batch, "sequences per step", 1, 1 << 20, 0, 0 },
+        { "steps", NAWAL_FLAG_INT, &b.steps, "steps per timed repeat", 1, 1 << 20, 0, 0 },
+        { "warmup-steps", NAWAL_FLAG_INT, &b.warmup_steps, "untimed steps first", 0, 1 << 20, 0, 0 },
+        { "repeats", NAWAL_FLAG_INT, &b.repeats, "timed repeats (median reported)", 1, 64, 0, 0 },
+        { "threads", NAWAL_FLAG_INT, &b.threads, "CPU threads (0 = all cores)", 0, 4096, 0, 0 },
+        { "device", NAWAL_FLAG_STR, &b.device, "auto|cpu|cuda", 0, -1, 0, 0 },
+    };
+    int pr = nawal_flags_parse(argc - 1, argv + 1, flags, sizeof flags / sizeof flags[0], "usage: nawal-bench train|matmul [options]");
+    if (pr) return pr == 1 ? 0 : 2;
+    char err[512];
+    if (nawal_gpt_config_check(&b.cfg, err, sizeof err)) { fprintf(stderr, "error: %s\n", err); return 2; }
+    const nawal_ops *o;
+    nawal_ops_cpu(b.threads);
+    if (nawal_ops_open(&o, b.device, err, sizeof err)) { fprintf(stderr, "error: %s\n", err); return 1; }
+    if (!strcmp(cmd, "matmul")) { bench_matmul(o, &b, 1); return 0; }
+    return bench_train(o, &b);
+}

@@ -1,0 +1,97 @@
+/* cpu_backend.c - the CPU backend's memory, vector basics and op table.
+ * Buffers are 64-byte aligned host memory; ops are spread over the files of
+ * kernels/cpu/ and gathered here into the nawal_ops table. */
+#include "cpu_ops.h"
+#include <dnnl.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void *cpu_alloc(const nawal_ops *o, size_t bytes) {
+    (void)o;
+    void *p = NULL;
+    if (posix_memalign(&p, 64, bytes ? (bytes + 63) / 64 * 64 : 64) != 0) return NULL;
+    return p;
+}
+static void cpu_free(const nawal_ops *o, void *p) { (void)o; free(p); }
+static void cpu_upload(const nawal_ops *o, void *dst, const void *src, size_t bytes) { (void)o; if (bytes) memcpy(dst, src, bytes); }
+static void cpu_download(const nawal_ops *o, void *dst, const void *src, size_t bytes) { (void)o; if (bytes) memcpy(dst, src, bytes); }
+static void cpu_sync(const nawal_ops *o) { (void)o; }
+
+void cpu_fill(const nawal_ops *o, float *x, float value, size_t n) {
+    (void)o;
+    #pragma omp parallel for simd
+    for (size_t i = 0; i < n; i++) x[i] = value;
+}
+void cpu_copy(const nawal_ops *o, float *dst, const float *src, size_t n) { (void)o; if (n) memmove(dst, src, n * sizeof(float)); }
+void cpu_axpy(const nawal_ops *o, float *y, float a, const float *x, size_t n) {
+    (void)o;
+    #pragma omp parallel for simd
+    for (size_t i = 0; i < n; i++) y[i] += a * x[i];
+}
+void cpu_scale(const nawal_ops *o, float *x, float a, size_t n) {
+    (void)o;
+    #pragma omp parallel for simd
+    for (size_t i = 0; i < n; i++) x[i] *= a;
+}
+
+/* Fixed 4096-element chunks summed in double, partials added in order: the
+ * result does not depend on the thread count. */
+#define SUMSQ_CHUNK 4096
+double cpu_sumsq(const nawal_ops *o, const float *x, size_t n) {
+    (void)o;
+    size_t nchunk = (n + SUMSQ_CHUNK - 1) / SUMSQ_CHUNK;
+    double stackbuf[64];
+    double *part = nchunk <= 64 ? stackbuf : malloc(nchunk * sizeof(double));
+    if (!part) { fprintf(stderr, "nawal: out of memory in sumsq\n"); abort(); }
+    #pragma omp parallel for
+    for (size_t c = 0; c < nchunk; c++) {
+        size_t i0 = c * SUMSQ_CHUNK, i1 = i0 + SUMSQ_CHUNK < n ? i0 + SUMSQ_CHUNK : n;
+        double s = 0.0;
+        for (size_t i = i0; i < i1; i++) s += (double)x[i] * x[i];
+        part[c] = s;
+    }
+    double total = 0.0;
+    for (size_t c = 0; c < nchunk; c++) total += part[c];
+    if (part != stackbuf) free(part);
+    return total;
+}
+
+static nawal_ops cpu_table = {
+    .name = "cpu",
+    .alloc = cpu_alloc, .free = cpu_free, .upload = cpu_upload, .download = cpu_download, .sync = cpu_sync,
+    .fill = cpu_fill, .copy = cpu_copy, .axpy = cpu_axpy, .scale = cpu_scale, .sumsq = cpu_sumsq,
+    .matmul_fwd = cpu_matmul_fwd, .matmul_bwd = cpu_matmul_bwd,
+    .layernorm_fwd = cpu_layernorm_fwd, .layernorm_bwd = cpu_layernorm_bwd,
+    .attention_fwd = cpu_attention_fwd, .attention_bwd = cpu_attention_bwd,
+    .gelu_fwd = cpu_gelu_fwd, .gelu_bwd = cpu_gelu_bwd, .residual_fwd = cpu_residual_fwd,
+    .embedding_fwd = cpu_embedding_fwd, .embedding_bwd = cpu_embedding_bwd,
+    .softmax_xent = cpu_softmax_xent, .adamw = cpu_adamw, .sgd = cpu_sgd,
+};
+
+const nawal_ops *nawal_ops_cpu(int threads) {
+    if (threads > 0) omp_set_num_threads(threads);
+    snprintf(cpu_table.device_desc, sizeof cpu_table.device_desc, "CPU, %d OpenMP threads, %s",
+             omp_get_max_threads(), nawal_ops_cpu_blas_name());
+    return &cpu_table;
+}
+
+static const char *isa_name(dnnl_cpu_isa_t isa) {
+    switch (isa) {
+    case dnnl_cpu_isa_avx512_core_amx: return "avx512_core_amx";
+    case dnnl_cpu_isa_avx512_core_bf16: return "avx512_core_bf16";
+    case dnnl_cpu_isa_avx512_core_vnni: return "avx512_core_vnni";
+    case dnnl_cpu_isa_avx512_core: return "avx512_core";
+    case dnnl_cpu_isa_avx2: return "avx2";
+    default: return "other";
+    }
+}
+
+const char *nawal_ops_cpu_blas_name(void) {
+    static char buf[96];
+    const dnnl_version_t *v = dnnl_version();
+    snprintf(buf, sizeof buf, "oneDNN %d.%d.%d sgemm (isa %s)", v->major, v->minor, v->patch,
+             isa_name(dnnl_get_effective_cpu_isa()));
+    return buf;
+}

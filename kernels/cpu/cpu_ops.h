@@ -1,0 +1,41 @@
+/* cpu_ops.h - internal prototypes of the CPU backend's ops, one file per op
+ * family in kernels/cpu/, gathered into a nawal_ops table by cpu_backend.c. */
+#ifndef NAWAL_CPU_OPS_H
+#define NAWAL_CPU_OPS_H
+
+#include "ops.h"
+
+void cpu_matmul_fwd(const nawal_ops *o, float *out, const float *inp, const float *w,
+                    const float *bias, int N, int C, int OC, nawal_wlayout layout);
+void cpu_matmul_bwd(const nawal_ops *o, float *dinp, float *dw, float *dbias,
+                    const float *dout, const float *inp, const float *w,
+                    int N, int C, int OC, nawal_wlayout layout);
+void cpu_layernorm_fwd(const nawal_ops *o, float *out, float *mean, float *rstd,
+                       const float *inp, const float *w, const float *b, int N, int C);
+void cpu_layernorm_bwd(const nawal_ops *o, float *dinp, float *dw, float *db,
+                       const float *dout, const float *inp, const float *w,
+                       const float *mean, const float *rstd, int N, int C);
+void cpu_attention_fwd(const nawal_ops *o, float *out, float *att, const float *qkv,
+                       int B, int T, int C, int NH);
+void cpu_attention_bwd(const nawal_ops *o, float *dqkv, float *datt, const float *dout,
+                       const float *qkv, const float *att, int B, int T, int C, int NH);
+void cpu_gelu_fwd(const nawal_ops *o, float *out, const float *inp, size_t n);
+void cpu_gelu_bwd(const nawal_ops *o, float *dinp, const float *inp, const float *dout, size_t n);
+void cpu_residual_fwd(const nawal_ops *o, float *out, const float *a, const float *b, size_t n);
+void cpu_embedding_fwd(const nawal_ops *o, float *out, const int32_t *tok,
+                       const float *wte, const float *wpe, int B, int T, int C);
+void cpu_embedding_bwd(const nawal_ops *o, float *dwte, float *dwpe, const float *dout,
+                       const int32_t *tok, int B, int T, int C);
+void cpu_softmax_xent(const nawal_ops *o, float *logits, float *losses, const int32_t *targets,
+                      int N, int V, float grad_scale);
+void cpu_adamw(const nawal_ops *o, float *p, const float *g, float *m, float *v, size_t n,
+               float lr, float beta1, float beta2, float eps, float wd, int t);
+void cpu_sgd(const nawal_ops *o, float *p, const float *g, float *buf, size_t n,
+             float lr, float momentum, float wd);
+void cpu_fill(const nawal_ops *o, float *x, float value, size_t n);
+void cpu_copy(const nawal_ops *o, float *dst, const float *src, size_t n);
+void cpu_axpy(const nawal_ops *o, float *y, float a, const float *x, size_t n);
+void cpu_scale(const nawal_ops *o, float *x, float a, size_t n);
+double cpu_sumsq(const nawal_ops *o, const float *x, size_t n);
+
+#endif

@@ -1,0 +1,52 @@
+/* elementwise.h - per-element formulas shared by the CPU and CUDA backends.
+ *
+ * One formula, two backends: tanh-GELU, AdamW and SGD-momentum updates,
+ * layernorm's normalisation step. Each is a NAWAL_HD inline so the CUDA
+ * kernels and the CPU loops call the identical code. */
+#ifndef NAWAL_ELEMENTWISE_H
+#define NAWAL_ELEMENTWISE_H
+
+#include "hd.h"
+#include <math.h>
+
+#define NAWAL_GELU_SCALE 0.7978845608028654f /* sqrt(2/pi) */
+
+/* GPT-2's tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) */
+NAWAL_HD float nawal_gelu(float x) {
+    float cube = 0.044715f * x * x * x;
+    return 0.5f * x * (1.0f + tanhf(NAWAL_GELU_SCALE * (x + cube)));
+}
+
+/* d gelu(x) / dx */
+NAWAL_HD float nawal_gelu_grad(float x) {
+    float cube = 0.044715f * x * x * x;
+    float u = NAWAL_GELU_SCALE * (x + cube);
+    float th = tanhf(u);
+    float sech2 = 1.0f - th * th;
+    return 0.5f * (1.0f + th) + 0.5f * x * sech2 * NAWAL_GELU_SCALE * (1.0f + 3.0f * 0.044715f * x * x);
+}
+
+/* One AdamW element (decoupled weight decay, bias-corrected moments).
+ * b1c = 1 - beta1^t and b2c = 1 - beta2^t are precomputed by the caller. */
+NAWAL_HD void nawal_adamw_elem(float *p, float g, float *m, float *v, float lr,
+                               float beta1, float beta2, float b1c, float b2c,
+                               float eps, float wd) {
+    float mm = beta1 * *m + (1.0f - beta1) * g;
+    float vv = beta2 * *v + (1.0f - beta2) * g * g;
+    *m = mm;
+    *v = vv;
+    float mhat = mm / b1c;
+    float vhat = vv / b2c;
+    *p -= lr * (mhat / (sqrtf(vhat) + eps) + wd * *p);
+}
+
+/* One SGD element with (optional) momentum buffer and weight decay, PyTorch
+ * convention: g' = g + wd p; buf = mu buf + g'; p -= lr buf. */
+NAWAL_HD void nawal_sgd_elem(float *p, float g, float *buf, float lr, float mu, float wd) {
+    float gg = g + wd * *p;
+    float b = mu * *buf + gg;
+    *buf = b;
+    *p -= lr * b;
+}
+
+#endif

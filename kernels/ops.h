@@ -1,0 +1,105 @@
+/* ops.h - the one interface through which all numeric work goes.
+ *
+ * A backend (CPU in kernels/cpu/, CUDA in kernels/cuda/ as a plugin opened on
+ * demand) fills a nawal_ops table. The model code in model/ is written once
+ * against this table and never touches memory directly: every float* / int*
+ * argument below is a *device buffer handle* obtained from ops->alloc (a host
+ * pointer for the CPU backend, a device pointer for CUDA). Host data moves in
+ * and out only through upload/download.
+ *
+ * Conventions (llm.c style): B batch, T time, C channels, NH heads,
+ * OC output channels, V vocab, N = B*T rows. Tensors are row-major.
+ * "+=" in a comment means the op accumulates into that output; everything
+ * else is overwritten. Weight layouts: NAWAL_W_IN_OUT is Hugging Face's
+ * Conv1D layout w[C][OC] (out = inp @ w); NAWAL_W_OUT_IN is w[OC][C]
+ * (out = inp @ w^T, used for the tied LM head wte[V][C]). */
+#ifndef NAWAL_OPS_H
+#define NAWAL_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum { NAWAL_W_IN_OUT = 0, NAWAL_W_OUT_IN = 1 } nawal_wlayout;
+
+typedef struct nawal_ops nawal_ops;
+struct nawal_ops {
+    const char *name;                 /* "cpu", "cuda" */
+    char device_desc[128];            /* human description of the device */
+
+    /* ---- memory ---- */
+    void *(*alloc)(const nawal_ops *o, size_t bytes);         /* NULL on failure */
+    void (*free)(const nawal_ops *o, void *p);
+    void (*upload)(const nawal_ops *o, void *dst, const void *src_host, size_t bytes);
+    void (*download)(const nawal_ops *o, void *dst_host, const void *src, size_t bytes);
+    void (*sync)(const nawal_ops *o);
+
+    /* ---- vector basics ---- */
+    void (*fill)(const nawal_ops *o, float *x, float value, size_t n);
+    void (*copy)(const nawal_ops *o, float *dst, const float *src, size_t n);
+    void (*axpy)(const nawal_ops *o, float *y, float a, const float *x, size_t n); /* y += a x */
+    void (*scale)(const nawal_ops *o, float *x, float a, size_t n);               /* x *= a */
+    /* sum of squares of x[0..n), deterministic reduction, accumulated in double */
+    double (*sumsq)(const nawal_ops *o, const float *x, size_t n);
+
+    /* ---- layers ---- */
+    /* out[N][OC] = inp[N][C] @ w (+ bias[OC] if bias) */
+    void (*matmul_fwd)(const nawal_ops *o, float *out, const float *inp, const float *w,
+                       const float *bias, int N, int C, int OC, nawal_wlayout layout);
+    /* dinp[N][C] = dout @ w^T (skipped if dinp NULL); dw += inp^T dout in w's layout;
+     * dbias[OC] += column sums of dout (skipped if dbias NULL) */
+    void (*matmul_bwd)(const nawal_ops *o, float *dinp, float *dw, float *dbias,
+                       const float *dout, const float *inp, const float *w,
+                       int N, int C, int OC, nawal_wlayout layout);
+    /* out[N][C] = (inp - mean) * rstd * w + b; saves mean[N], rstd[N]; eps 1e-5 */
+    void (*layernorm_fwd)(const nawal_ops *o, float *out, float *mean, float *rstd,
+                          const float *inp, const float *w, const float *b, int N, int C);
+    /* dinp += ..., dw += ..., db += ... */
+    void (*layernorm_bwd)(const nawal_ops *o, float *dinp, float *dw, float *db,
+                          const float *dout, const float *inp, const float *w,
+                          const float *mean, const float *rstd, int N, int C);
+    /* qkv[B][T][3C] (q|k|v, heads of size C/NH inside each) -> out[B][T][C];
+     * att[B][NH][T][T] keeps the causal softmax probabilities for backward */
+    void (*attention_fwd)(const nawal_ops *o, float *out, float *att, const float *qkv,
+                          int B, int T, int C, int NH);
+    /* dqkv[B][T][3C] = ...; datt[B][NH][T][T] is scratch */
+    void (*attention_bwd)(const nawal_ops *o, float *dqkv, float *datt, const float *dout,
+                          const float *qkv, const float *att, int B, int T, int C, int NH);
+    void (*gelu_fwd)(const nawal_ops *o, float *out, const float *inp, size_t n);
+    /* dinp = gelu'(inp) * dout; dinp may alias dout */
+    void (*gelu_bwd)(const nawal_ops *o, float *dinp, const float *inp, const float *dout, size_t n);
+    /* out = a + b */
+    void (*residual_fwd)(const nawal_ops *o, float *out, const float *a, const float *b, size_t n);
+    /* out[B][T][C] = wte[tok[b][t]] + wpe[t]; token ids must be in [0,V) */
+    void (*embedding_fwd)(const nawal_ops *o, float *out, const int32_t *tok,
+                          const float *wte, const float *wpe, int B, int T, int C);
+    /* dwte += scatter of dout by token, dwpe += sum of dout over batch */
+    void (*embedding_bwd)(const nawal_ops *o, float *dwte, float *dwpe, const float *dout,
+                          const int32_t *tok, int B, int T, int C);
+    /* Fused softmax + cross-entropy over logits[N][V]: losses[N] = -log p[target];
+     * rows with target < 0 are ignored (loss 0, zero gradient). If grad_scale != 0
+     * the logits are overwritten in place by dloss/dlogits * grad_scale
+     * (= (p - onehot) * grad_scale), computed in the same pass: the
+     * probabilities are never stored. */
+    void (*softmax_xent)(const nawal_ops *o, float *logits, float *losses, const int32_t *targets,
+                         int N, int V, float grad_scale);
+
+    /* ---- optimizers (t is the 1-based step count) ---- */
+    void (*adamw)(const nawal_ops *o, float *p, const float *g, float *m, float *v, size_t n,
+                  float lr, float beta1, float beta2, float eps, float wd, int t);
+    void (*sgd)(const nawal_ops *o, float *p, const float *g, float *buf, size_t n,
+                float lr, float momentum, float wd);
+
+    void *impl;                       /* backend private state */
+};
+
+/* The CPU backend (always present). threads <= 0 keeps OpenMP's default. */
+const nawal_ops *nawal_ops_cpu(int threads);
+
+/* Opens a backend by name: "cpu", "cuda", or "auto" (CUDA when its plugin and
+ * a device are present, else CPU). Returns 0, or -1 with a message in err. */
+int nawal_ops_open(const nawal_ops **out, const char *device, char *err, size_t errlen);
+
+/* Name of the matmul library the CPU backend uses, with its version. */
+const char *nawal_ops_cpu_blas_name(void);
+
+#endif

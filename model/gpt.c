@@ -1,0 +1,300 @@
+/* gpt.c - GPT-2 forward and backward, written once against ops.h.
+ *
+ * Layout of the flat buffers:
+ *  params/grads: HF order (wte, wpe, per layer ln_1 .. mlp.c_proj, ln_f), see
+ *                build_tensors();
+ *  acts:         per layer ln1, ln1 mean/rstd, qkv, atty, att, res2, ln2,
+ *                ln2 mean/rstd, fch, fch_gelu, res3; then encoded, lnf,
+ *                lnf mean/rstd, logits, losses; each sized for max_batch x n_ctx
+ *                and used as a prefix for smaller batches;
+ *  scratch:      dres [N][C], dsmall [N][C], dbig [N][4C], datt [B][NH][T][T].
+ * The residual-stream gradient dres flows backwards through the layers; the
+ * LayerNorm backward accumulates into it, which adds the skip path. */
+#include "gpt.h"
+#include "philox.h"
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_LAYERS 256
+
+int nawal_gpt_config_check(const nawal_gpt_config *c, char *err, size_t errlen) {
+    if (c->n_layer < 1 || c->n_layer > MAX_LAYERS) { snprintf(err, errlen, "layers must be in [1,%d], got %d", MAX_LAYERS, c->n_layer); return -1; }
+    if (c->n_head < 1 || c->n_head > 1024) { snprintf(err, errlen, "heads must be in [1,1024], got %d", c->n_head); return -1; }
+    if (c->n_embd < 1 || c->n_embd > 65536) { snprintf(err, errlen, "width must be in [1,65536], got %d", c->n_embd); return -1; }
+    if (c->n_embd % c->n_head) { snprintf(err, errlen, "width %d is not divisible by heads %d", c->n_embd, c->n_head); return -1; }
+    if (c->n_ctx < 1 || c->n_ctx > 65536) { snprintf(err, errlen, "context must be in [1,65536], got %d", c->n_ctx); return -1; }
+    if (c->vocab < 2 || c->vocab > (1 << 24)) { snprintf(err, errlen, "vocab must be in [2,2^24], got %d", c->vocab); return -1; }
+    return 0;
+}
+
+static void add_tensor(nawal_gpt *m, const char *name, int ndim, int64_t d0, int64_t d1, int decay) {
+    nawal_param_tensor *t = &m->tensors[m->n_tensors++];
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->ndim = ndim;
+    t->shape[0] = d0;
+    t->shape[1] = ndim == 2 ? d1 : 1;
+    t->numel = (size_t)d0 * (size_t)(ndim == 2 ? d1 : 1);
+    t->offset = m->n_params;
+    t->decay = decay;
+    m->n_params += t->numel;
+}
+
+static void build_tensors(nawal_gpt *m) {
+    const nawal_gpt_config *c = &m->cfg;
+    int C = c->n_embd;
+    char nm[64];
+    add_tensor(m, "transformer.wte.weight", 2, c->vocab, C, 1);
+    add_tensor(m, "transformer.wpe.weight", 2, c->n_ctx, C, 1);
+    for (int l = 0; l < c->n_layer; l++) {
+#define T1(suffix, n) snprintf(nm, sizeof nm, "transformer.h.%d.%s", l, suffix), add_tensor(m, nm, 1, n, 0, 0)
+#define T2(suffix, a, b) snprintf(nm, sizeof nm, "transformer.h.%d.%s", l, suffix), add_tensor(m, nm, 2, a, b, 1)
+        T1("ln_1.weight", C); T1("ln_1.bias", C);
+        T2("attn.c_attn.weight", C, 3 * C); T1("attn.c_attn.bias", 3 * C);
+        T2("attn.c_proj.weight", C, C); T1("attn.c_proj.bias", C);
+        T1("ln_2.weight", C); T1("ln_2.bias", C);
+        T2("mlp.c_fc.weight", C, 4 * C); T1("mlp.c_fc.bias", 4 * C);
+        T2("mlp.c_proj.weight", 4 * C, C); T1("mlp.c_proj.bias", C);
+#undef T1
+#undef T2
+    }
+    add_tensor(m, "transformer.ln_f.weight", 1, C, 0, 0);
+    add_tensor(m, "transformer.ln_f.bias", 1, C, 0, 0);
+}
+
+/* pointer to tensor i of layer l inside a params-shaped buffer */
+static float *lp(const nawal_gpt *m, float *base, int l, int i) {
+    return base + m->tensors[2 + l * NAWAL_P_PER_LAYER + i].offset;
+}
+static float *wte(const nawal_gpt *m, float *base) { return base + m->tensors[0].offset; }
+static float *wpe(const nawal_gpt *m, float *base) { return base + m->tensors[1].offset; }
+static float *lnf(const nawal_gpt *m, float *base, int i) { return base + m->tensors[m->n_tensors - 2 + i].offset; }
+
+/* Activation views for a batch of B sequences of length T (prefixes of max-size buffers). */
+typedef struct { float *ln1, *ln1_mean, *ln1_rstd, *qkv, *atty, *att, *res2, *ln2, *ln2_mean, *ln2_rstd, *fch, *fch_gelu, *res3; } layer_acts;
+
+static size_t layer_act_floats(const nawal_gpt_config *c, size_t N, size_t B) {
+    size_t C = c->n_embd, T = c->n_ctx;
+    return N * C * 5 + N * 4 + N * 3 * C + B * c->n_head * T * T + N * 4 * C * 2;
+}
+
+static layer_acts get_layer_acts(const nawal_gpt *m, int l) {
+    size_t N = (size_t)m->max_batch * m->cfg.n_ctx, C = m->cfg.n_embd, T = m->cfg.n_ctx;
+    float *p = m->acts + (size_t)l * layer_act_floats(&m->cfg, N, m->max_batch);
+    layer_acts a;
+    a.ln1 = p; p += N * C;
+    a.ln1_mean = p; p += N;
+    a.ln1_rstd = p; p += N;
+    a.qkv = p; p += N * 3 * C;
+    a.atty = p; p += N * C;
+    a.att = p; p += (size_t)m->max_batch * m->cfg.n_head * T * T;
+    a.res2 = p; p += N * C;
+    a.ln2 = p; p += N * C;
+    a.ln2_mean = p; p += N;
+    a.ln2_rstd = p; p += N;
+    a.fch = p; p += N * 4 * C;
+    a.fch_gelu = p; p += N * 4 * C;
+    a.res3 = p;
+    return a;
+}
+
+typedef struct { float *encoded, *lnf, *lnf_mean, *lnf_rstd, *logits, *losses; } top_acts;
+
+static top_acts get_top_acts(const nawal_gpt *m) {
+    size_t N = (size_t)m->max_batch * m->cfg.n_ctx, C = m->cfg.n_embd;
+    float *p = m->acts + (size_t)m->cfg.n_layer * layer_act_floats(&m->cfg, N, m->max_batch);
+    top_acts a;
+    a.encoded = p; p += N * C;
+    a.lnf = p; p += N * C;
+    a.lnf_mean = p; p += N;
+    a.lnf_rstd = p; p += N;
+    a.logits = p; p += N * m->cfg.vocab;
+    a.losses = p;
+    return a;
+}
+
+typedef struct { float *dres, *dsmall, *dbig, *datt; } scratch_bufs;
+
+static scratch_bufs get_scratch(const nawal_gpt *m) {
+    size_t N = (size_t)m->max_batch * m->cfg.n_ctx, C = m->cfg.n_embd;
+    scratch_bufs s;
+    s.dres = m->scratch;
+    s.dsmall = s.dres + N * C;
+    s.dbig = s.dsmall + N * C;
+    s.datt = s.dbig + N * 4 * C;
+    return s;
+}
+
+int nawal_gpt_create(nawal_gpt **out, const nawal_ops *ops, const nawal_gpt_config *cfg,
+                     int max_batch, char *err, size_t errlen) {
+    *out = NULL;
+    if (nawal_gpt_config_check(cfg, err, errlen)) return -1;
+    if (max_batch < 1 || max_batch > 1 << 20) { snprintf(err, errlen, "batch must be in [1,2^20], got %d", max_batch); return -1; }
+    nawal_gpt *m = calloc(1, sizeof *m);
+    if (!m) { snprintf(err, errlen, "out of memory"); return -1; }
+    m->cfg = *cfg;
+    m->ops = ops;
+    m->max_batch = max_batch;
+    m->tensors = calloc((size_t)cfg->n_layer * NAWAL_P_PER_LAYER + 4, sizeof *m->tensors);
+    if (!m->tensors) { free(m); snprintf(err, errlen, "out of memory"); return -1; }
+    build_tensors(m);
+    size_t N = (size_t)max_batch * cfg->n_ctx, C = cfg->n_embd, T = cfg->n_ctx;
+    m->n_act_floats = (size_t)cfg->n_layer * layer_act_floats(cfg, N, max_batch) + N * C * 2 + N * 2 + N * cfg->vocab + N;
+    m->n_scratch_floats = N * C * 2 + N * 4 * C + (size_t)max_batch * cfg->n_head * T * T;
+    m->params = ops->alloc(ops, m->n_params * sizeof(float));
+    m->grads = ops->alloc(ops, m->n_params * sizeof(float));
+    m->acts = ops->alloc(ops, m->n_act_floats * sizeof(float));
+    m->scratch = ops->alloc(ops, m->n_scratch_floats * sizeof(float));
+    m->d_inputs = ops->alloc(ops, N * sizeof(int32_t));
+    m->d_targets = ops->alloc(ops, N * sizeof(int32_t));
+    m->h_losses = malloc(N * sizeof(float));
+    if (!m->params || !m->grads || !m->acts || !m->scratch || !m->d_inputs || !m->d_targets || !m->h_losses) {
+        snprintf(err, errlen, "out of memory allocating a %d-layer model (%zu params) for batch %d on %s",
+                 cfg->n_layer, m->n_params, max_batch, ops->name);
+        nawal_gpt_free(m);
+        return -1;
+    }
+    ops->fill(ops, m->grads, 0.0f, m->n_params);
+    *out = m;
+    return 0;
+}
+
+void nawal_gpt_free(nawal_gpt *m) {
+    if (!m) return;
+    const nawal_ops *o = m->ops;
+    void *bufs[] = { m->params, m->grads, m->opt_m, m->opt_v, m->acts, m->scratch, m->d_inputs, m->d_targets };
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) if (bufs[i]) o->free(o, bufs[i]);
+    free(m->h_losses);
+    free(m->tensors);
+    free(m);
+}
+
+const nawal_param_tensor *nawal_gpt_find_tensor(const nawal_gpt *m, const char *name) {
+    for (int i = 0; i < m->n_tensors; i++) if (strcmp(m->tensors[i].name, name) == 0) return &m->tensors[i];
+    return NULL;
+}
+
+void nawal_gpt_init_params(nawal_gpt *m, uint64_t seed) {
+    float *h = malloc(m->n_params * sizeof(float));
+    if (!h) { fprintf(stderr, "nawal: out of memory initialising parameters\n"); abort(); }
+    float proj_std = 0.02f / sqrtf(2.0f * m->cfg.n_layer);
+    for (int i = 0; i < m->n_tensors; i++) {
+        const nawal_param_tensor *t = &m->tensors[i];
+        float *p = h + t->offset;
+        const char *nm = t->name;
+        size_t len = strlen(nm);
+        int is_ln_w = strstr(nm, ".ln_") && strcmp(nm + len - 7, ".weight") == 0;
+        if (t->ndim == 1) {
+            for (size_t j = 0; j < t->numel; j++) p[j] = is_ln_w ? 1.0f : 0.0f;
+            continue;
+        }
+        float std = strstr(nm, "c_proj.weight") ? proj_std : 0.02f;
+        for (size_t j = 0; j < t->numel; j += 2) {
+            float z0, z1;
+            nawal_philox_normal2(seed, (uint64_t)i, j / 2, &z0, &z1);
+            p[j] = z0 * std;
+            if (j + 1 < t->numel) p[j + 1] = z1 * std;
+        }
+    }
+    m->ops->upload(m->ops, m->params, h, m->n_params * sizeof(float));
+    free(h);
+}
+
+float nawal_gpt_forward(nawal_gpt *m, const int32_t *inputs, const int32_t *targets, int B, int T,
+                        int want_grad, size_t *n_valid, char *err, size_t errlen) {
+    const nawal_ops *o = m->ops;
+    const nawal_gpt_config *c = &m->cfg;
+    int C = c->n_embd, NH = c->n_head, V = c->vocab;
+    if (B < 1 || B > m->max_batch || T < 1 || T > c->n_ctx) {
+        snprintf(err, errlen, "batch %dx%d outside the model's %dx%d", B, T, m->max_batch, c->n_ctx);
+        return NAN;
+    }
+    int N = B * T;
+    size_t valid = 0;
+    for (int i = 0; i < N; i++) {
+        if (inputs[i] < 0 || inputs[i] >= V) { snprintf(err, errlen, "input token %d at position %d outside vocab %d", inputs[i], i, V); return NAN; }
+        if (targets) {
+            if (targets[i] >= V || targets[i] < -1) { snprintf(err, errlen, "target token %d at position %d outside vocab %d", targets[i], i, V); return NAN; }
+            valid += targets[i] >= 0;
+        }
+    }
+    m->cur_B = B;
+    m->cur_T = T;
+    m->has_grad_logits = 0;
+    o->upload(o, m->d_inputs, inputs, (size_t)N * sizeof(int32_t));
+
+    top_acts ta = get_top_acts(m);
+    scratch_bufs s = get_scratch(m);
+    o->embedding_fwd(o, ta.encoded, m->d_inputs, wte(m, m->params), wpe(m, m->params), B, T, C);
+    float *res = ta.encoded;
+    for (int l = 0; l < c->n_layer; l++) {
+        layer_acts a = get_layer_acts(m, l);
+        float *P = m->params;
+        o->layernorm_fwd(o, a.ln1, a.ln1_mean, a.ln1_rstd, res, lp(m, P, l, NAWAL_P_LN1_W), lp(m, P, l, NAWAL_P_LN1_B), N, C);
+        o->matmul_fwd(o, a.qkv, a.ln1, lp(m, P, l, NAWAL_P_QKV_W), lp(m, P, l, NAWAL_P_QKV_B), N, C, 3 * C, NAWAL_W_IN_OUT);
+        o->attention_fwd(o, a.atty, a.att, a.qkv, B, T, C, NH);
+        o->matmul_fwd(o, s.dsmall, a.atty, lp(m, P, l, NAWAL_P_ATTPROJ_W), lp(m, P, l, NAWAL_P_ATTPROJ_B), N, C, C, NAWAL_W_IN_OUT);
+        o->residual_fwd(o, a.res2, res, s.dsmall, (size_t)N * C);
+        o->layernorm_fwd(o, a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, lp(m, P, l, NAWAL_P_LN2_W), lp(m, P, l, NAWAL_P_LN2_B), N, C);
+        o->matmul_fwd(o, a.fch, a.ln2, lp(m, P, l, NAWAL_P_FC_W), lp(m, P, l, NAWAL_P_FC_B), N, C, 4 * C, NAWAL_W_IN_OUT);
+        o->gelu_fwd(o, a.fch_gelu, a.fch, (size_t)N * 4 * C);
+        o->matmul_fwd(o, s.dsmall, a.fch_gelu, lp(m, P, l, NAWAL_P_FCPROJ_W), lp(m, P, l, NAWAL_P_FCPROJ_B), N, 4 * C, C, NAWAL_W_IN_OUT);
+        o->residual_fwd(o, a.res3, a.res2, s.dsmall, (size_t)N * C);
+        res = a.res3;
+    }
+    o->layernorm_fwd(o, ta.lnf, ta.lnf_mean, ta.lnf_rstd, res, lnf(m, m->params, 0), lnf(m, m->params, 1), N, C);
+    o->matmul_fwd(o, ta.logits, ta.lnf, wte(m, m->params), NULL, N, C, V, NAWAL_W_OUT_IN);
+    if (n_valid) *n_valid = valid;
+    if (!targets) return 0.0f;
+
+    o->upload(o, m->d_targets, targets, (size_t)N * sizeof(int32_t));
+    float scale = (want_grad && valid) ? 1.0f / (float)valid : 0.0f;
+    o->softmax_xent(o, ta.logits, ta.losses, m->d_targets, N, V, scale);
+    m->has_grad_logits = want_grad;
+    o->download(o, m->h_losses, ta.losses, (size_t)N * sizeof(float));
+    double sum = 0.0;
+    for (int i = 0; i < N; i++) sum += m->h_losses[i];
+    return valid ? (float)(sum / (double)valid) : 0.0f;
+}
+
+void nawal_gpt_backward(nawal_gpt *m) {
+    if (!m->has_grad_logits) { fprintf(stderr, "nawal: backward without a forward that kept gradients\n"); abort(); }
+    const nawal_ops *o = m->ops;
+    const nawal_gpt_config *c = &m->cfg;
+    int B = m->cur_B, T = m->cur_T, N = B * T, C = c->n_embd, NH = c->n_head, V = c->vocab;
+    top_acts ta = get_top_acts(m);
+    scratch_bufs s = get_scratch(m);
+    float *P = m->params, *G = m->grads;
+    float *res_last = c->n_layer ? get_layer_acts(m, c->n_layer - 1).res3 : ta.encoded;
+
+    o->fill(o, s.dres, 0.0f, (size_t)N * C);
+    o->matmul_bwd(o, s.dsmall, wte(m, G), NULL, ta.logits, ta.lnf, wte(m, P), N, C, V, NAWAL_W_OUT_IN);
+    o->layernorm_bwd(o, s.dres, lnf(m, G, 0), lnf(m, G, 1), s.dsmall, res_last, lnf(m, P, 0), ta.lnf_mean, ta.lnf_rstd, N, C);
+    for (int l = c->n_layer - 1; l >= 0; l--) {
+        layer_acts a = get_layer_acts(m, l);
+        float *res_in = l == 0 ? ta.encoded : get_layer_acts(m, l - 1).res3;
+        /* MLP branch: res3 = res2 + fcproj(gelu(fc(ln2(res2)))) */
+        o->matmul_bwd(o, s.dbig, lp(m, G, l, NAWAL_P_FCPROJ_W), lp(m, G, l, NAWAL_P_FCPROJ_B), s.dres, a.fch_gelu, lp(m, P, l, NAWAL_P_FCPROJ_W), N, 4 * C, C, NAWAL_W_IN_OUT);
+        o->gelu_bwd(o, s.dbig, a.fch, s.dbig, (size_t)N * 4 * C);
+        o->matmul_bwd(o, s.dsmall, lp(m, G, l, NAWAL_P_FC_W), lp(m, G, l, NAWAL_P_FC_B), s.dbig, a.ln2, lp(m, P, l, NAWAL_P_FC_W), N, C, 4 * C, NAWAL_W_IN_OUT);
+        o->layernorm_bwd(o, s.dres, lp(m, G, l, NAWAL_P_LN2_W), lp(m, G, l, NAWAL_P_LN2_B), s.dsmall, a.res2, lp(m, P, l, NAWAL_P_LN2_W), a.ln2_mean, a.ln2_rstd, N, C);
+        /* attention branch: res2 = res_in + attproj(attn(qkv(ln1(res_in)))) */
+        o->matmul_bwd(o, s.dsmall, lp(m, G, l, NAWAL_P_ATTPROJ_W), lp(m, G, l, NAWAL_P_ATTPROJ_B), s.dres, a.atty, lp(m, P, l, NAWAL_P_ATTPROJ_W), N, C, C, NAWAL_W_IN_OUT);
+        o->attention_bwd(o, s.dbig, s.datt, s.dsmall, a.qkv, a.att, B, T, C, NH);
+        o->matmul_bwd(o, s.dsmall, lp(m, G, l, NAWAL_P_QKV_W), lp(m, G, l, NAWAL_P_QKV_B), s.dbig, a.ln1, lp(m, P, l, NAWAL_P_QKV_W), N, C, 3 * C, NAWAL_W_IN_OUT);
+        o->layernorm_bwd(o, s.dres, lp(m, G, l, NAWAL_P_LN1_W), lp(m, G, l, NAWAL_P_LN1_B), s.dsmall, res_in, lp(m, P, l, NAWAL_P_LN1_W), a.ln1_mean, a.ln1_rstd, N, C);
+    }
+    o->embedding_bwd(o, wte(m, G), wpe(m, G), s.dres, m->d_inputs, B, T, C);
+    m->has_grad_logits = 0;
+}
+
+void nawal_gpt_zero_grad(nawal_gpt *m) { m->ops->fill(m->ops, m->grads, 0.0f, m->n_params); }
+
+const float *nawal_gpt_logits(const nawal_gpt *m) { return get_top_acts(m).logits; }
+
+double nawal_gpt_train_flops_per_token(const nawal_gpt_config *c, int T) {
+    double C = c->n_embd, L = c->n_layer;
+    double n = (double)c->vocab * C + L * (12.0 * C * C + 13.0 * C) + 2.0 * C; /* all but wpe */
+    return 6.0 * n + 6.0 * L * C * T;
+}

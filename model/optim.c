@@ -1,0 +1,58 @@
+/* optim.c - AdamW / SGD steps, gradient clipping and the LR schedule.
+ * Each step walks the model's tensor table so weight decay applies only to
+ * tensors marked `decay` (2-D weights), then calls the backend's update. */
+#include "optim.h"
+#include <math.h>
+
+static int ensure_state(nawal_gpt *m, int need_v) {
+    const nawal_ops *o = m->ops;
+    if (!m->opt_m) {
+        m->opt_m = o->alloc(o, m->n_params * sizeof(float));
+        if (!m->opt_m) return -1;
+        o->fill(o, m->opt_m, 0.0f, m->n_params);
+    }
+    if (need_v && !m->opt_v) {
+        m->opt_v = o->alloc(o, m->n_params * sizeof(float));
+        if (!m->opt_v) return -1;
+        o->fill(o, m->opt_v, 0.0f, m->n_params);
+    }
+    return 0;
+}
+
+int nawal_gpt_adamw_step(nawal_gpt *m, const nawal_adamw_config *c, float lr) {
+    if (ensure_state(m, 1)) return -1;
+    m->opt_step++;
+    for (int i = 0; i < m->n_tensors; i++) {
+        const nawal_param_tensor *t = &m->tensors[i];
+        m->ops->adamw(m->ops, m->params + t->offset, m->grads + t->offset, m->opt_m + t->offset,
+                      m->opt_v + t->offset, t->numel, lr, c->beta1, c->beta2, c->eps,
+                      t->decay ? c->weight_decay : 0.0f, m->opt_step);
+    }
+    return 0;
+}
+
+int nawal_gpt_sgd_step(nawal_gpt *m, float lr, float momentum, float weight_decay) {
+    if (ensure_state(m, 0)) return -1;
+    m->opt_step++;
+    for (int i = 0; i < m->n_tensors; i++) {
+        const nawal_param_tensor *t = &m->tensors[i];
+        m->ops->sgd(m->ops, m->params + t->offset, m->grads + t->offset, m->opt_m + t->offset,
+                    t->numel, lr, momentum, t->decay ? weight_decay : 0.0f);
+    }
+    return 0;
+}
+
+float nawal_gpt_clip_grad_norm(nawal_gpt *m, float max_norm) {
+    float norm = (float)sqrt(m->ops->sumsq(m->ops, m->grads, m->n_params));
+    if (max_norm > 0.0f && norm > max_norm)
+        m->ops->scale(m->ops, m->grads, max_norm / (norm + 1e-6f), m->n_params);
+    return norm;
+}
+
+float nawal_lr_schedule(int step, int warmup, int total, float max_lr, float min_lr) {
+    if (step < warmup) return max_lr * (float)(step + 1) / (float)(warmup + 1);
+    if (step >= total) return min_lr;
+    double ratio = (double)(step - warmup) / (double)(total - warmup);
+    double coeff = 0.5 * (1.0 + cos(M_PI * ratio));
+    return (float)(min_lr + coeff * (max_lr - min_lr));
+}

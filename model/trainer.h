@@ -1,0 +1,43 @@
+/* trainer.h - the local training loop: random windows from a corpus's train
+ * split, forward/backward, global-norm clipping, AdamW with warmup + cosine
+ * (nanoGPT's recipe as defaults), progress lines, and evaluation over
+ * consecutive non-overlapping windows. Used by `nawal-agent train/eval` and
+ * by `nawal-bench train`. */
+#ifndef NAWAL_TRAINER_H
+#define NAWAL_TRAINER_H
+
+#include "corpus.h"
+#include "gpt.h"
+#include "optim.h"
+#include <stdio.h>
+
+typedef struct {
+    int batch, steps, warmup;
+    float lr, min_lr, weight_decay, beta1, beta2, eps, grad_clip;
+    uint64_t seed;
+    int log_every;      /* progress line every N steps (0 = never) */
+} nawal_train_config;
+
+typedef struct {
+    float first_loss, last_loss;   /* train loss at the first and last step */
+    double seconds, tokens_per_s;  /* wall time of the step loop only */
+} nawal_train_result;
+
+/* nanoGPT's CPU recipe: batch 12, 2000 steps, lr 1e-3 -> 1e-4 cosine, 100
+ * warmup, AdamW (0.9, 0.99), weight decay 0.1, clip 1.0, seed 1337. */
+void nawal_train_config_default(nawal_train_config *c);
+
+/* Trains m on the train split of the token stream. log (may be NULL) gets
+ * progress lines. Returns 0, or -1 with a message (e.g. a split shorter
+ * than one window). */
+int nawal_train_run(nawal_gpt *m, const int32_t *train, size_t n_train, const nawal_train_config *tc,
+                    FILE *log, nawal_train_result *res, char *err, size_t errlen);
+
+/* Mean cross-entropy (nats per predicted token) over toks[0..n): window k has
+ * inputs toks[kT, kT+T) and targets shifted by one, T = the model's context;
+ * the last partial window counts while it has at least one target.
+ * Requires n >= 2. */
+int nawal_eval_tokens(nawal_gpt *m, const int32_t *toks, size_t n, double *loss, size_t *n_predicted,
+                      char *err, size_t errlen);
+
+#endif
