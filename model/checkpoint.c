@@ -163,7 +163,7 @@ int nawal_checkpoint_load(nawal_gpt **m, nawal_tokenizer **tok, const nawal_ops 
         snprintf(path, sizeof path, "%s/%s", dir, NAWAL_CKPT_TOKENIZER_FILE);
         int rc = access(path, F_OK) == 0 ? nawal_tokenizer_load(tok, path, err, errlen) : nawal_tokenizer_new_byte(tok);
         if (rc) { if (!err[0]) snprintf(err, errlen, "cannot create tokenizer"); return -1; }
-        if (nawal_tokenizer_vocab_size(*tok) > cfg.vocab) {
+        if (nawal_tokenizer_is_bpe(*tok) && nawal_tokenizer_vocab_size(*tok) > cfg.vocab) {
             snprintf(err, errlen, "%s: tokenizer has %d tokens but the model's vocab is %d", dir, nawal_tokenizer_vocab_size(*tok), cfg.vocab);
             nawal_tokenizer_free(*tok);
             *tok = NULL;

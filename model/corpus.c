@@ -107,7 +107,7 @@ static int jsonl_foreach(const char *path, int skip_bad_lines, doc_fn fn, void *
         lineno++;
         if (blank_line(line, (size_t)n)) continue;
         json_error_t jerr;
-        json_t *root = json_loadb(line, (size_t)n, JSON_ALLOW_NUL, &jerr);
+        json_t *root = json_loadb(line, (size_t)n, JSON_ALLOW_NUL | JSON_DECODE_ANY, &jerr);
         const char *problem = NULL;
         char detail[256];
         json_t *text = NULL;

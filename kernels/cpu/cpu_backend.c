@@ -19,21 +19,37 @@ static void cpu_upload(const nawal_ops *o, void *dst, const void *src, size_t by
 static void cpu_download(const nawal_ops *o, void *dst, const void *src, size_t bytes) { (void)o; if (bytes) memcpy(dst, src, bytes); }
 static void cpu_sync(const nawal_ops *o) { (void)o; }
 
+static void fill_range(float *restrict x, float value, size_t n) { for (size_t i = 0; i < n; i++) x[i] = value; }
+static void axpy_range(float *restrict y, float a, const float *restrict x, size_t n) { for (size_t i = 0; i < n; i++) y[i] += a * x[i]; }
+static void scale_range(float *restrict x, float a, size_t n) { for (size_t i = 0; i < n; i++) x[i] *= a; }
+
 void cpu_fill(const nawal_ops *o, float *x, float value, size_t n) {
     (void)o;
-    #pragma omp parallel for simd
-    for (size_t i = 0; i < n; i++) x[i] = value;
+    #pragma omp parallel
+    {
+        size_t lo, hi;
+        cpu_thread_range(n, &lo, &hi);
+        fill_range(x + lo, value, hi - lo);
+    }
 }
 void cpu_copy(const nawal_ops *o, float *dst, const float *src, size_t n) { (void)o; if (n) memmove(dst, src, n * sizeof(float)); }
 void cpu_axpy(const nawal_ops *o, float *y, float a, const float *x, size_t n) {
     (void)o;
-    #pragma omp parallel for simd
-    for (size_t i = 0; i < n; i++) y[i] += a * x[i];
+    #pragma omp parallel
+    {
+        size_t lo, hi;
+        cpu_thread_range(n, &lo, &hi);
+        axpy_range(y + lo, a, x + lo, hi - lo);
+    }
 }
 void cpu_scale(const nawal_ops *o, float *x, float a, size_t n) {
     (void)o;
-    #pragma omp parallel for simd
-    for (size_t i = 0; i < n; i++) x[i] *= a;
+    #pragma omp parallel
+    {
+        size_t lo, hi;
+        cpu_thread_range(n, &lo, &hi);
+        scale_range(x + lo, a, hi - lo);
+    }
 }
 
 /* Fixed 4096-element chunks summed in double, partials added in order: the

@@ -2,6 +2,7 @@
  * One pass per row: max, log-sum-exp, loss, then (if asked) the gradient
  * (p - onehot) * scale written over the logits. Probabilities never stored. */
 #include "cpu_ops.h"
+#include "elementwise.h"
 #include <math.h>
 
 void cpu_softmax_xent(const nawal_ops *o, float *logits, float *losses, const int32_t *targets,
@@ -20,12 +21,12 @@ void cpu_softmax_xent(const nawal_ops *o, float *logits, float *losses, const in
         float mx = -INFINITY;
         for (int i = 0; i < V; i++) mx = x[i] > mx ? x[i] : mx;
         float sum = 0.0f;
-        for (int i = 0; i < V; i++) sum += expf(x[i] - mx);
+        for (int i = 0; i < V; i++) sum += nawal_expf(x[i] - mx);
         float lse = logf(sum);
         losses[n] = lse - (x[tgt] - mx);
         if (grad_scale != 0.0f) {
             float inv = 1.0f / sum;
-            for (int i = 0; i < V; i++) x[i] = expf(x[i] - mx) * inv * grad_scale;
+            for (int i = 0; i < V; i++) x[i] = nawal_expf(x[i] - mx) * inv * grad_scale;
             x[tgt] -= grad_scale;
         }
     }
