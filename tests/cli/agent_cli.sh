@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# agent_cli.sh BUILD_DIR REPO_DIR - end-to-end checks of nawal-agent's CLI on
+# a generated corpus: train lowers the loss and prints val_loss, eval on a
+# checkpoint agrees with training's validation loss on the same tokens, BPE
+# tokenizer train + use, sample output, and clear errors (exit 2 for usage,
+# 1 for bad files) on bad flags, corrupt checkpoints and malformed JSONL.
+set -uo pipefail
+B=$1; R=$2
+A="$B/nawal-agent"
+T=$(mktemp -d /tmp/nawal_cli.XXXXXX)
+trap 'rm -rf "$T"' EXIT
+fail=0
+check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; fail=1; fi; }
+
+"$R/scripts/make_demo_corpus.sh" "$T/corpus.txt" 60000 >/dev/null
+# the validation split of a 60000-byte text is its last 10%: write it alone
+n=$(wc -c < "$T/corpus.txt"); nval=$((n / 10))
+tail -c "$nval" "$T/corpus.txt" > "$T/val.txt"
+
+"$A" train --data "$T/corpus.txt" --layers 2 --heads 2 --width 32 --context 32 --batch 8 --steps 150 \
+     --warmup 10 --log-every 50 --seed 5 --out "$T/ckpt" > "$T/train.log" 2>&1
+check "train exits 0" "[ $? -eq 0 ]"
+first=$(awk '/^step +1\//{print $4}' "$T/train.log")
+last=$(awk '/^step +150\//{print $4}' "$T/train.log")
+val=$(awk '/^val_loss/{print $2}' "$T/train.log")
+check "train loss falls ($first -> $last)" "awk -v a=$first -v b=$last 'BEGIN{exit !(b < a - 1.0)}'"
+check "val_loss printed ($val)" "[ -n '$val' ]"
+check "checkpoint files" "[ -f $T/ckpt/model.safetensors ] && [ -f $T/ckpt/config.json ]"
+
+# eval over the validation text alone: the same windows train evaluated
+ev=$("$A" eval --checkpoint "$T/ckpt" --data "$T/val.txt" 2>/dev/null | awk '/^loss/{print $2}')
+check "eval loss ($ev) equals train's val_loss ($val)" "awk -v a=$ev -v b=$val 'BEGIN{d=a-b; if (d<0) d=-d; exit !(d < 1e-3)}'"
+
+out=$("$A" sample --checkpoint "$T/ckpt" --prompt "The " --tokens 40 --seed 3)
+check "sample continues the prompt" "[ \${#out} -ge 30 ] && [ \"\${out:0:4}\" = 'The ' ]"
+out2=$("$A" sample --checkpoint "$T/ckpt" --prompt "The " --tokens 40 --seed 3)
+check "sample is reproducible for a seed" "[ \"\$out\" = \"\$out2\" ]"
+
+"$A" tokenizer train --data "$T/corpus.txt" --vocab 300 --out "$T/tok.bpe" > "$T/tok.log" 2>&1
+check "tokenizer train" "[ $? -eq 0 ] && [ -s $T/tok.bpe ]"
+"$A" train --data "$T/corpus.txt" --tokenizer "$T/tok.bpe" --layers 1 --heads 1 --width 16 --context 16 \
+     --batch 4 --steps 5 --out "$T/ckpt_bpe" > "$T/train_bpe.log" 2>&1
+check "train with BPE tokenizer" "[ $? -eq 0 ] && grep -q 'vocab 300' $T/train_bpe.log && [ -f $T/ckpt_bpe/tokenizer.nawal ]"
+"$A" sample --checkpoint "$T/ckpt_bpe" --prompt "The" --tokens 5 > /dev/null 2>&1
+check "sample with BPE checkpoint" "[ $? -eq 0 ]"
+
+"$A" train --data "$T/corpus.txt" --layers 0 > /dev/null 2> "$T/err"
+check "bad flag value exits 2" "[ $? -eq 2 ] && grep -q 'layers' $T/err"
+"$A" train --bogus 1 > /dev/null 2>&1
+check "unknown flag exits 2" "[ $? -eq 2 ]"
+"$A" train --help > /dev/null
+check "--help exits 0" "[ $? -eq 0 ]"
+"$A" train --data "$T/missing.txt" > /dev/null 2> "$T/err"
+check "missing corpus is a clear error" "[ $? -eq 1 ] && grep -q missing.txt $T/err"
+printf '{"text": "hello"}\n{"text": 5}\n' > "$T/bad.jsonl"
+"$A" train --data "$T/bad.jsonl" --steps 1 > /dev/null 2> "$T/err"
+check "malformed JSONL names file:line" "[ $? -eq 1 ] && grep -q 'bad.jsonl:2' $T/err"
+cp -r "$T/ckpt" "$T/broken"; head -c 500 "$T/ckpt/model.safetensors" > "$T/broken/model.safetensors"
+"$A" eval --checkpoint "$T/broken" --data "$T/val.txt" > /dev/null 2> "$T/err"
+check "truncated checkpoint is a clear error" "[ $? -eq 1 ] && grep -q model.safetensors $T/err"
+"$A" train --data "$T/corpus.txt" --device cuda --steps 1 > /dev/null 2> "$T/err"
+check "--device cuda without the plugin says so" "[ $? -eq 1 ] && grep -qi cuda $T/err"
+exit $fail
