@@ -251,6 +251,7 @@ float nawal_gpt_forward(nawal_gpt *m, const int32_t *inputs, const int32_t *targ
     o->upload(o, m->d_targets, targets, (size_t)N * sizeof(int32_t));
     float scale = (want_grad && valid) ? 1.0f / (float)valid : 0.0f;
     o->softmax_xent(o, ta.logits, ta.losses, m->d_targets, N, V, scale);
+    if (want_grad && !valid) o->fill(o, ta.logits, 0.0f, (size_t)N * V); /* all ignored: zero gradient */
     m->has_grad_logits = want_grad;
     o->download(o, m->h_losses, ta.losses, (size_t)N * sizeof(float));
     double sum = 0.0;

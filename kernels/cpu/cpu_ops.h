@@ -19,6 +19,10 @@ static inline void cpu_thread_range(size_t n, size_t *lo, size_t *hi) {
     *hi = b < n ? b : n;
 }
 
+/* row-major C = alpha op(A) op(B) + beta C through oneDNN (aborts on a
+ * library error, which only invalid shapes can cause) */
+void cpu_sgemm(char ta, char tb, int M, int N, int K, float alpha, const float *A, int lda,
+               const float *B, int ldb, float beta, float *Cm, int ldc);
 void cpu_matmul_fwd(const nawal_ops *o, float *out, const float *inp, const float *w,
                     const float *bias, int N, int C, int OC, nawal_wlayout layout);
 void cpu_matmul_bwd(const nawal_ops *o, float *dinp, float *dw, float *dbias,

@@ -9,13 +9,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void sgemm(char ta, char tb, int M, int N, int K, const float *A, int lda,
-                  const float *B, int ldb, float beta, float *Cm, int ldc) {
-    dnnl_status_t st = dnnl_sgemm(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, beta, Cm, ldc);
+void cpu_sgemm(char ta, char tb, int M, int N, int K, float alpha, const float *A, int lda,
+               const float *B, int ldb, float beta, float *Cm, int ldc) {
+    dnnl_status_t st = dnnl_sgemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, Cm, ldc);
     if (st != dnnl_success) {
         fprintf(stderr, "nawal: dnnl_sgemm(%c,%c,%d,%d,%d) failed with status %d\n", ta, tb, M, N, K, (int)st);
         abort();
     }
+}
+
+static void sgemm(char ta, char tb, int M, int N, int K, const float *A, int lda,
+                  const float *B, int ldb, float beta, float *Cm, int ldc) {
+    cpu_sgemm(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, beta, Cm, ldc);
 }
 
 void cpu_matmul_fwd(const nawal_ops *o, float *out, const float *inp, const float *w,
