@@ -3,6 +3,7 @@
  * windows out of a split. JSON parsing is jansson's; tokenizing is
  * tokenizer.c's. Both loaders walk the file once: JSONL line by line with
  * getline, plain text read whole. */
+#include "error.h"
 #include "corpus.h"
 
 #include <errno.h>
@@ -12,18 +13,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int fail(char *err, size_t errlen, const char *fmt, ...) {
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
 
 int nawal_corpus_is_jsonl(const char *path) {
     size_t n = path ? strlen(path) : 0;
@@ -60,7 +49,7 @@ static int read_all(const char *path, uint8_t **out, size_t *len, char *err, siz
     *out = NULL;
     *len = 0;
     FILE *f = fopen(path, "rb");
-    if (!f) return fail(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+    if (!f) return nawal_fail(err, errlen, "%s: cannot open: %s", path, strerror(errno));
     vec v = {0};
     uint8_t chunk[65536];
     size_t got;
@@ -68,7 +57,7 @@ static int read_all(const char *path, uint8_t **out, size_t *len, char *err, siz
         if (vec_append(&v, chunk, got, 1)) {
             free(v.p);
             fclose(f);
-            return fail(err, errlen, "%s: out of memory after %zu bytes", path, v.n);
+            return nawal_fail(err, errlen, "%s: out of memory after %zu bytes", path, v.n);
         }
     }
     int bad = ferror(f);
@@ -76,9 +65,9 @@ static int read_all(const char *path, uint8_t **out, size_t *len, char *err, siz
     fclose(f);
     if (bad) {
         free(v.p);
-        return fail(err, errlen, "%s: read error: %s", path, strerror(e));
+        return nawal_fail(err, errlen, "%s: read error: %s", path, strerror(e));
     }
-    if (!v.p && !(v.p = malloc(1))) return fail(err, errlen, "%s: out of memory", path);
+    if (!v.p && !(v.p = malloc(1))) return nawal_fail(err, errlen, "%s: out of memory", path);
     *out = v.p;
     *len = v.n;
     return 0;
@@ -97,7 +86,7 @@ static int jsonl_foreach(const char *path, int skip_bad_lines, doc_fn fn, void *
                          size_t *n_docs, size_t *n_skipped, char *err, size_t errlen) {
     *n_docs = *n_skipped = 0;
     FILE *f = fopen(path, "rb");
-    if (!f) return fail(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+    if (!f) return nawal_fail(err, errlen, "%s: cannot open: %s", path, strerror(errno));
     char *line = NULL;
     size_t cap = 0, lineno = 0;
     ssize_t n;
@@ -122,7 +111,7 @@ static int jsonl_foreach(const char *path, int skip_bad_lines, doc_fn fn, void *
         }
         if (problem) {
             if (!skip_bad_lines) {
-                fail(err, errlen, "%s:%zu: %s", path, lineno, problem);
+                nawal_fail(err, errlen, "%s:%zu: %s", path, lineno, problem);
                 json_decref(root);
                 rc = -1;
                 break;
@@ -137,14 +126,14 @@ static int jsonl_foreach(const char *path, int skip_bad_lines, doc_fn fn, void *
             /* prefix the callback's message with the location */
             char inner[512];
             snprintf(inner, sizeof inner, "%s", err && errlen ? err : "");
-            fail(err, errlen, "%s:%zu: %s", path, lineno, inner);
+            nawal_fail(err, errlen, "%s:%zu: %s", path, lineno, inner);
             rc = -1;
             break;
         }
         (*n_docs)++;
         errno = 0;
     }
-    if (rc == 0 && ferror(f)) rc = fail(err, errlen, "%s: read error: %s", path, strerror(errno));
+    if (rc == 0 && ferror(f)) rc = nawal_fail(err, errlen, "%s: read error: %s", path, strerror(errno));
     free(line);
     fclose(f);
     return rc;
@@ -154,13 +143,13 @@ static int jsonl_foreach(const char *path, int skip_bad_lines, doc_fn fn, void *
  * Raw text (for tokenizer training). */
 
 static int text_append(void *ctx, const char *text, size_t len, char *err, size_t errlen) {
-    if (vec_append(ctx, text, len, 1)) return fail(err, errlen, "out of memory");
+    if (vec_append(ctx, text, len, 1)) return nawal_fail(err, errlen, "out of memory");
     return 0;
 }
 
 int nawal_corpus_read_text(const char *path, int skip_bad_lines, uint8_t **bytes, size_t *len,
                            size_t *n_docs, size_t *n_skipped, char *err, size_t errlen) {
-    if (!path || !bytes || !len) return fail(err, errlen, "corpus: invalid arguments");
+    if (!path || !bytes || !len) return nawal_fail(err, errlen, "corpus: invalid arguments");
     *bytes = NULL;
     *len = 0;
     size_t docs = 0, skipped = 0;
@@ -173,7 +162,7 @@ int nawal_corpus_read_text(const char *path, int skip_bad_lines, uint8_t **bytes
             free(v.p);
             return -1;
         }
-        if (!v.p && !(v.p = malloc(1))) return fail(err, errlen, "%s: out of memory", path);
+        if (!v.p && !(v.p = malloc(1))) return nawal_fail(err, errlen, "%s: out of memory", path);
         *bytes = v.p;
         *len = v.n;
     }
@@ -200,7 +189,7 @@ static int doc_append(void *ctx, const char *text, size_t len, char *err, size_t
     int r = vec_append(&tc->tokens, toks, n, sizeof(int32_t)) ||
             vec_append(&tc->tokens, &eot, 1, sizeof(int32_t));
     free(toks);
-    if (r) return fail(err, errlen, "out of memory");
+    if (r) return nawal_fail(err, errlen, "out of memory");
     return 0;
 }
 
@@ -212,9 +201,9 @@ void nawal_corpus_free(nawal_corpus *c) {
 
 int nawal_corpus_load(nawal_corpus *c, const char *path, const nawal_tokenizer *tok,
                       int skip_bad_lines, char *err, size_t errlen) {
-    if (!c) return fail(err, errlen, "corpus: invalid arguments");
+    if (!c) return nawal_fail(err, errlen, "corpus: invalid arguments");
     memset(c, 0, sizeof *c);
-    if (!path || !tok) return fail(err, errlen, "corpus: invalid arguments");
+    if (!path || !tok) return nawal_fail(err, errlen, "corpus: invalid arguments");
     if (nawal_corpus_is_jsonl(path)) {
         tok_ctx tc = {.tok = tok};
         if (jsonl_foreach(path, skip_bad_lines, doc_append, &tc, &c->n_documents,
@@ -233,16 +222,16 @@ int nawal_corpus_load(nawal_corpus *c, const char *path, const nawal_tokenizer *
         int r = nawal_tokenizer_encode(tok, bytes, len, &c->tokens, &c->n_tokens, inner,
                                        sizeof inner);
         free(bytes);
-        if (r) return fail(err, errlen, "%s: %s", path, inner);
+        if (r) return nawal_fail(err, errlen, "%s: %s", path, inner);
         c->n_documents = 1;
     }
     if (c->n_tokens == 0) {
         size_t skipped = c->n_skipped_lines;
         nawal_corpus_free(c);
         if (skipped)
-            return fail(err, errlen, "%s: corpus is empty (no tokens; %zu malformed lines skipped)",
+            return nawal_fail(err, errlen, "%s: corpus is empty (no tokens; %zu malformed lines skipped)",
                         path, skipped);
-        return fail(err, errlen, "%s: corpus is empty (no tokens)", path);
+        return nawal_fail(err, errlen, "%s: corpus is empty (no tokens)", path);
     }
     c->n_train = c->n_tokens - c->n_tokens / 10;
     return 0;
@@ -265,17 +254,17 @@ const int32_t *nawal_corpus_split(const nawal_corpus *c, int split, size_t *n) {
 int nawal_corpus_batch(const nawal_corpus *c, int split, const size_t *starts, int B, int T,
                        int32_t *inputs, int32_t *targets, char *err, size_t errlen) {
     if (!c || !starts || !inputs || !targets)
-        return fail(err, errlen, "corpus batch: invalid arguments");
+        return nawal_fail(err, errlen, "corpus batch: invalid arguments");
     if (split != NAWAL_SPLIT_TRAIN && split != NAWAL_SPLIT_VAL)
-        return fail(err, errlen, "corpus batch: unknown split %d", split);
-    if (B < 1 || T < 1) return fail(err, errlen, "corpus batch: B=%d T=%d, both must be >= 1", B, T);
+        return nawal_fail(err, errlen, "corpus batch: unknown split %d", split);
+    if (B < 1 || T < 1) return nawal_fail(err, errlen, "corpus batch: B=%d T=%d, both must be >= 1", B, T);
     size_t n;
     const int32_t *tok = nawal_corpus_split(c, split, &n);
     const char *name = split == NAWAL_SPLIT_TRAIN ? "train" : "validation";
     for (int b = 0; b < B; b++) {
         size_t s = starts[b];
         if (s > n || n - s < (size_t)T + 1)
-            return fail(err, errlen,
+            return nawal_fail(err, errlen,
                         "corpus batch: window %d starts at %zu, needs %d tokens but the %s "
                         "split has %zu",
                         b, s, T + 1, name, n);

@@ -9,6 +9,7 @@
  * and a max-heap of pairs with lazy deletion; after each merge only the
  * words that contain the merged pair are rewritten and only the pair counts
  * that change are updated. */
+#include "error.h"
 #include "tokenizer.h"
 
 #include <errno.h>
@@ -26,18 +27,6 @@
 /* "262143 262143\n" is 14 bytes; allow some slack for the header. */
 #define TOK_MAX_FILE_BYTES (64 + (size_t)NAWAL_TOKENIZER_MAX_VOCAB * 16)
 
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int fail(char *err, size_t errlen, const char *fmt, ...) {
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
 
 /* Grows an array to hold at least need elements. Returns the (possibly moved)
  * array, or NULL on failure with the old array and *cap left untouched. */
@@ -180,11 +169,11 @@ static int tok_build(nawal_tokenizer **out, const int32_t *left, const int32_t *
                      size_t errlen) {
     *out = NULL;
     if (n_merges < 0 || n_merges > NAWAL_TOKENIZER_MAX_VOCAB - NAWAL_TOKENIZER_BYTE_VOCAB)
-        return fail(err, errlen, "%s%stoo many merges (%d)", where ? where : "",
+        return nawal_fail(err, errlen, "%s%stoo many merges (%d)", where ? where : "",
                     where ? ": " : "", n_merges);
     int vocab = NAWAL_TOKENIZER_BYTE_VOCAB + n_merges;
     nawal_tokenizer *t = calloc(1, sizeof *t);
-    if (!t) return fail(err, errlen, "out of memory");
+    if (!t) return nawal_fail(err, errlen, "out of memory");
     t->vocab_size = vocab;
     t->n_merges = n_merges;
     size_t nm = n_merges ? (size_t)n_merges : 1;
@@ -195,7 +184,7 @@ static int tok_build(nawal_tokenizer **out, const int32_t *left, const int32_t *
     if (!t->merge_left || !t->merge_right || !t->tok_off || !t->tok_len ||
         pairmap_init(&t->merges, (size_t)n_merges)) {
         nawal_tokenizer_free(t);
-        return fail(err, errlen, "out of memory");
+        return nawal_fail(err, errlen, "out of memory");
     }
     size_t total = 256;
     for (int i = 0; i < 256; i++) t->tok_len[i] = 1;
@@ -211,16 +200,16 @@ static int tok_build(nawal_tokenizer **out, const int32_t *left, const int32_t *
         else if (pairmap_get(&t->merges, pair_key(l, r)) >= 0) why = "duplicate merge";
         if (why) {
             if (where)
-                fail(err, errlen, "%s:%d: token %d = (%d, %d): %s", where, first_line + i,
+                nawal_fail(err, errlen, "%s:%d: token %d = (%d, %d): %s", where, first_line + i,
                      (int)id, (int)l, (int)r, why);
             else
-                fail(err, errlen, "token %d = (%d, %d): %s", (int)id, (int)l, (int)r, why);
+                nawal_fail(err, errlen, "token %d = (%d, %d): %s", (int)id, (int)l, (int)r, why);
             nawal_tokenizer_free(t);
             return -1;
         }
         if (pairmap_put(&t->merges, pair_key(l, r), id)) {
             nawal_tokenizer_free(t);
-            return fail(err, errlen, "out of memory");
+            return nawal_fail(err, errlen, "out of memory");
         }
         t->merge_left[i] = l;
         t->merge_right[i] = r;
@@ -230,7 +219,7 @@ static int tok_build(nawal_tokenizer **out, const int32_t *left, const int32_t *
     t->tok_bytes = malloc(total);
     if (!t->tok_bytes) {
         nawal_tokenizer_free(t);
-        return fail(err, errlen, "out of memory");
+        return nawal_fail(err, errlen, "out of memory");
     }
     for (int i = 0; i < 256; i++) {
         t->tok_off[i] = (uint32_t)i;
@@ -334,13 +323,13 @@ static size_t encode_chunk(const nawal_tokenizer *t, const uint8_t *p, size_t n,
 int nawal_tokenizer_encode(const nawal_tokenizer *t, const uint8_t *data, size_t len,
                            int32_t **tokens, size_t *n_tokens, char *err, size_t errlen) {
     if (!t || !tokens || !n_tokens || (!data && len))
-        return fail(err, errlen, "tokenizer encode: invalid arguments");
+        return nawal_fail(err, errlen, "tokenizer encode: invalid arguments");
     *tokens = NULL;
     *n_tokens = 0;
     if (len > SIZE_MAX / sizeof(int32_t))
-        return fail(err, errlen, "tokenizer encode: input too large (%zu bytes)", len);
+        return nawal_fail(err, errlen, "tokenizer encode: input too large (%zu bytes)", len);
     int32_t *out = malloc((len ? len : 1) * sizeof *out);
-    if (!out) return fail(err, errlen, "tokenizer encode: out of memory for %zu bytes", len);
+    if (!out) return nawal_fail(err, errlen, "tokenizer encode: out of memory for %zu bytes", len);
     size_t n = 0;
     if (t->n_merges == 0) {
         for (size_t i = 0; i < len; i++) out[i] = data[i];
@@ -361,21 +350,21 @@ int nawal_tokenizer_encode(const nawal_tokenizer *t, const uint8_t *data, size_t
 int nawal_tokenizer_decode(const nawal_tokenizer *t, const int32_t *tokens, size_t n,
                            uint8_t **bytes, size_t *n_bytes, char *err, size_t errlen) {
     if (!t || !bytes || !n_bytes || (!tokens && n))
-        return fail(err, errlen, "tokenizer decode: invalid arguments");
+        return nawal_fail(err, errlen, "tokenizer decode: invalid arguments");
     *bytes = NULL;
     *n_bytes = 0;
     size_t total = 0;
     for (size_t i = 0; i < n; i++) {
         int32_t id = tokens[i];
         if (id < 0 || id >= t->vocab_size)
-            return fail(err, errlen, "tokenizer decode: token %zu has id %ld, outside [0, %d)", i,
+            return nawal_fail(err, errlen, "tokenizer decode: token %zu has id %ld, outside [0, %d)", i,
                         (long)id, t->vocab_size);
         if (total > SIZE_MAX - NAWAL_TOKENIZER_MAX_CHUNK)
-            return fail(err, errlen, "tokenizer decode: output too large");
+            return nawal_fail(err, errlen, "tokenizer decode: output too large");
         total += t->tok_len[id];
     }
     uint8_t *out = malloc(total ? total : 1);
-    if (!out) return fail(err, errlen, "tokenizer decode: out of memory for %zu bytes", total);
+    if (!out) return nawal_fail(err, errlen, "tokenizer decode: out of memory for %zu bytes", total);
     size_t off = 0;
     for (size_t i = 0; i < n; i++) {
         memcpy(out + off, t->tok_bytes + t->tok_off[tokens[i]], t->tok_len[tokens[i]]);
@@ -686,14 +675,14 @@ static int trainer_run(trainer *tr, int vocab_size) {
 
 int nawal_tokenizer_train_bpe(nawal_tokenizer **out, const uint8_t *data, size_t len,
                               int vocab_size, char *err, size_t errlen) {
-    if (!out) return fail(err, errlen, "tokenizer train: invalid arguments");
+    if (!out) return nawal_fail(err, errlen, "tokenizer train: invalid arguments");
     *out = NULL;
-    if (!data && len) return fail(err, errlen, "tokenizer train: invalid arguments");
+    if (!data && len) return nawal_fail(err, errlen, "tokenizer train: invalid arguments");
     if (vocab_size < NAWAL_TOKENIZER_BYTE_VOCAB || vocab_size > NAWAL_TOKENIZER_MAX_VOCAB)
-        return fail(err, errlen, "tokenizer train: vocab size %d outside [%d, %d]", vocab_size,
+        return nawal_fail(err, errlen, "tokenizer train: vocab size %d outside [%d, %d]", vocab_size,
                     NAWAL_TOKENIZER_BYTE_VOCAB, NAWAL_TOKENIZER_MAX_VOCAB);
     if (len > TOK_MAX_TRAIN_BYTES)
-        return fail(err, errlen, "tokenizer train: %zu bytes of training data, max %zu", len,
+        return nawal_fail(err, errlen, "tokenizer train: %zu bytes of training data, max %zu", len,
                     TOK_MAX_TRAIN_BYTES);
     trainer tr;
     memset(&tr, 0, sizeof tr);
@@ -701,7 +690,7 @@ int nawal_tokenizer_train_bpe(nawal_tokenizer **out, const uint8_t *data, size_t
     if (pairmap_init(&tr.pair_index, 1024) || trainer_collect_words(&tr, data, len) ||
         trainer_run(&tr, vocab_size)) {
         trainer_free(&tr);
-        return fail(err, errlen, "tokenizer train: out of memory (%zu bytes of data)", len);
+        return nawal_fail(err, errlen, "tokenizer train: out of memory (%zu bytes of data)", len);
     }
     int rc = tok_build(out, tr.merge_left, tr.merge_right, tr.n_merges, NULL, 0, err, errlen);
     trainer_free(&tr);
@@ -724,16 +713,16 @@ static void fsync_parent_dir(const char *path) {
 }
 
 int nawal_tokenizer_save(const nawal_tokenizer *t, const char *path, char *err, size_t errlen) {
-    if (!t || !path) return fail(err, errlen, "tokenizer save: invalid arguments");
+    if (!t || !path) return nawal_fail(err, errlen, "tokenizer save: invalid arguments");
     size_t plen = strlen(path);
     char *tmp = malloc(plen + 16);
-    if (!tmp) return fail(err, errlen, "%s: out of memory", path);
+    if (!tmp) return nawal_fail(err, errlen, "%s: out of memory", path);
     snprintf(tmp, plen + 16, "%s.tmp.XXXXXX", path);
     int fd = mkstemp(tmp);
     if (fd < 0) {
         int e = errno;
         free(tmp);
-        return fail(err, errlen, "%s: cannot create temporary file: %s", path, strerror(e));
+        return nawal_fail(err, errlen, "%s: cannot create temporary file: %s", path, strerror(e));
     }
     fchmod(fd, 0644);
     FILE *f = fdopen(fd, "w");
@@ -742,7 +731,7 @@ int nawal_tokenizer_save(const nawal_tokenizer *t, const char *path, char *err, 
         close(fd);
         unlink(tmp);
         free(tmp);
-        return fail(err, errlen, "%s: %s", path, strerror(e));
+        return nawal_fail(err, errlen, "%s: %s", path, strerror(e));
     }
     int bad = fprintf(f, "%s %d\nvocab %d\n", TOK_MAGIC, TOK_VERSION, t->vocab_size) < 0;
     for (int i = 0; i < t->n_merges && !bad; i++)
@@ -760,7 +749,7 @@ int nawal_tokenizer_save(const nawal_tokenizer *t, const char *path, char *err, 
     if (bad) {
         unlink(tmp);
         free(tmp);
-        return fail(err, errlen, "%s: write failed: %s", path, strerror(e));
+        return nawal_fail(err, errlen, "%s: write failed: %s", path, strerror(e));
     }
     free(tmp);
     fsync_parent_dir(path);
@@ -773,7 +762,7 @@ static int read_small_file(const char *path, size_t max, uint8_t **buf, size_t *
     *buf = NULL;
     *len = 0;
     FILE *f = fopen(path, "rb");
-    if (!f) return fail(err, errlen, "%s: %s", path, strerror(errno));
+    if (!f) return nawal_fail(err, errlen, "%s: %s", path, strerror(errno));
     size_t cap = 0, n = 0;
     uint8_t *b = NULL;
     for (;;) {
@@ -781,7 +770,7 @@ static int read_small_file(const char *path, size_t max, uint8_t **buf, size_t *
         if (!nb) {
             free(b);
             fclose(f);
-            return fail(err, errlen, "%s: out of memory", path);
+            return nawal_fail(err, errlen, "%s: out of memory", path);
         }
         b = nb;
         size_t got = fread(b + n, 1, cap - n, f);
@@ -789,7 +778,7 @@ static int read_small_file(const char *path, size_t max, uint8_t **buf, size_t *
         if (n > max) {
             free(b);
             fclose(f);
-            return fail(err, errlen, "%s: file too large for a tokenizer (more than %zu bytes)",
+            return nawal_fail(err, errlen, "%s: file too large for a tokenizer (more than %zu bytes)",
                         path, max);
         }
         if (got == 0) break;
@@ -799,7 +788,7 @@ static int read_small_file(const char *path, size_t max, uint8_t **buf, size_t *
     fclose(f);
     if (rd_err) {
         free(b);
-        return fail(err, errlen, "%s: read error: %s", path, strerror(e));
+        return nawal_fail(err, errlen, "%s: read error: %s", path, strerror(e));
     }
     *buf = b;
     *len = n;
@@ -827,7 +816,7 @@ static int expect_char(const uint8_t *b, size_t len, size_t *pos, uint8_t c) {
 }
 
 int nawal_tokenizer_load(nawal_tokenizer **out, const char *path, char *err, size_t errlen) {
-    if (!out || !path) return fail(err, errlen, "tokenizer load: invalid arguments");
+    if (!out || !path) return nawal_fail(err, errlen, "tokenizer load: invalid arguments");
     *out = NULL;
     uint8_t *b;
     size_t len, pos = 0;
@@ -838,28 +827,28 @@ int nawal_tokenizer_load(nawal_tokenizer **out, const char *path, char *err, siz
     size_t mlen = strlen(TOK_MAGIC);
     uint32_t version, vocab;
     if (len < mlen + 1 || memcmp(b, TOK_MAGIC " ", mlen + 1) != 0) {
-        fail(err, errlen, "%s: not a nawal tokenizer file (bad magic)", path);
+        nawal_fail(err, errlen, "%s: not a nawal tokenizer file (bad magic)", path);
         goto done;
     }
     pos = mlen + 1;
     if (parse_uint(b, len, &pos, UINT32_MAX - 1, &version) || expect_char(b, len, &pos, '\n')) {
-        fail(err, errlen, "%s:1: bad header (expected \"%s %d\")", path, TOK_MAGIC, TOK_VERSION);
+        nawal_fail(err, errlen, "%s:1: bad header (expected \"%s %d\")", path, TOK_MAGIC, TOK_VERSION);
         goto done;
     }
     if (version != TOK_VERSION) {
-        fail(err, errlen, "%s: unsupported tokenizer file version %u (this build reads %d)",
+        nawal_fail(err, errlen, "%s: unsupported tokenizer file version %u (this build reads %d)",
              path, (unsigned)version, TOK_VERSION);
         goto done;
     }
     static const char vocab_kw[] = "vocab ";
     if (len - pos < sizeof vocab_kw - 1 || memcmp(b + pos, vocab_kw, sizeof vocab_kw - 1) != 0) {
-        fail(err, errlen, "%s:2: expected \"vocab <size>\"", path);
+        nawal_fail(err, errlen, "%s:2: expected \"vocab <size>\"", path);
         goto done;
     }
     pos += sizeof vocab_kw - 1;
     if (parse_uint(b, len, &pos, NAWAL_TOKENIZER_MAX_VOCAB, &vocab) ||
         expect_char(b, len, &pos, '\n') || vocab < NAWAL_TOKENIZER_BYTE_VOCAB) {
-        fail(err, errlen, "%s:2: vocab size must be a number in [%d, %d]", path,
+        nawal_fail(err, errlen, "%s:2: vocab size must be a number in [%d, %d]", path,
              NAWAL_TOKENIZER_BYTE_VOCAB, NAWAL_TOKENIZER_MAX_VOCAB);
         goto done;
     }
@@ -868,13 +857,13 @@ int nawal_tokenizer_load(nawal_tokenizer **out, const char *path, char *err, siz
     left = malloc(nm * sizeof *left);
     right = malloc(nm * sizeof *right);
     if (!left || !right) {
-        fail(err, errlen, "%s: out of memory", path);
+        nawal_fail(err, errlen, "%s: out of memory", path);
         goto done;
     }
     for (int i = 0; i < n_merges; i++) {
         uint32_t l, r;
         if (pos >= len) {
-            fail(err, errlen, "%s: truncated: vocab %u needs %d merges, found %d", path,
+            nawal_fail(err, errlen, "%s: truncated: vocab %u needs %d merges, found %d", path,
                  (unsigned)vocab, n_merges, i);
             goto done;
         }
@@ -882,7 +871,7 @@ int nawal_tokenizer_load(nawal_tokenizer **out, const char *path, char *err, siz
             expect_char(b, len, &pos, ' ') ||
             parse_uint(b, len, &pos, NAWAL_TOKENIZER_MAX_VOCAB, &r) ||
             expect_char(b, len, &pos, '\n')) {
-            fail(err, errlen, "%s:%d: expected \"<left> <right>\" (two token ids < %d) and a newline",
+            nawal_fail(err, errlen, "%s:%d: expected \"<left> <right>\" (two token ids < %d) and a newline",
                  path, i + 3, NAWAL_TOKENIZER_BYTE_VOCAB + i);
             goto done;
         }
@@ -890,7 +879,7 @@ int nawal_tokenizer_load(nawal_tokenizer **out, const char *path, char *err, siz
         right[i] = (int32_t)r;
     }
     if (pos != len) {
-        fail(err, errlen, "%s:%d: unexpected data after the last merge", path, n_merges + 3);
+        nawal_fail(err, errlen, "%s:%d: unexpected data after the last merge", path, n_merges + 3);
         goto done;
     }
     rc = tok_build(out, left, right, n_merges, path, 3, err, errlen);

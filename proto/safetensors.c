@@ -23,6 +23,7 @@
 #endif
 
 #include "safetensors.h"
+#include "error.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -60,17 +61,6 @@ struct nawal_st_file {
 
 /* Data pointer for zero-byte tensors, so callers never see NULL. */
 static const double st_empty_data[1];
-
-static void st_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void st_err(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || errlen == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static char *st_strdup(const char *s) {
     size_t len = strlen(s) + 1;
@@ -198,18 +188,18 @@ static int st_cmp_name(const void *a, const void *b) {
 static int st_check_prefix(const uint8_t *buf, uint64_t len, const char *label,
                            uint64_t *hlen, char *err, size_t errlen) {
     if (len < 8) {
-        st_err(err, errlen, "%s: file is %llu bytes, too short for the 8-byte header length",
+        (void)nawal_fail(err, errlen, "%s: file is %llu bytes, too short for the 8-byte header length",
                label, (unsigned long long)len);
         return -1;
     }
     uint64_t n = st_load_le64(buf);
     if (n > NAWAL_ST_MAX_HEADER) {
-        st_err(err, errlen, "%s: header length %llu exceeds the %llu-byte limit",
+        (void)nawal_fail(err, errlen, "%s: header length %llu exceeds the %llu-byte limit",
                label, (unsigned long long)n, (unsigned long long)NAWAL_ST_MAX_HEADER);
         return -1;
     }
     if (n > len - 8) {
-        st_err(err, errlen, "%s: header length %llu is larger than the %llu bytes after the length prefix (truncated file?)",
+        (void)nawal_fail(err, errlen, "%s: header length %llu is larger than the %llu bytes after the length prefix (truncated file?)",
                label, (unsigned long long)n, (unsigned long long)(len - 8));
         return -1;
     }
@@ -226,7 +216,7 @@ static int st_get_int(json_t *v, long long *out) {
 static int st_parse_entry(struct st_entry *e, const char *name, json_t *v, uint64_t dlen,
                           const char *label, char *err, size_t errlen) {
     if (!json_is_object(v)) {
-        st_err(err, errlen, "%s: tensor '%.*s': header entry is not a JSON object",
+        (void)nawal_fail(err, errlen, "%s: tensor '%.*s': header entry is not a JSON object",
                label, ST_NAME_SHOWN, name);
         return -1;
     }
@@ -235,12 +225,12 @@ static int st_parse_entry(struct st_entry *e, const char *name, json_t *v, uint6
     json_t *offs = json_object_get(v, "data_offsets");
     const char *missing = !dtype ? "dtype" : !shape ? "shape" : !offs ? "data_offsets" : NULL;
     if (missing) {
-        st_err(err, errlen, "%s: tensor '%.*s': missing \"%s\"", label, ST_NAME_SHOWN, name, missing);
+        (void)nawal_fail(err, errlen, "%s: tensor '%.*s': missing \"%s\"", label, ST_NAME_SHOWN, name, missing);
         return -1;
     }
 
     if (!json_is_string(dtype)) {
-        st_err(err, errlen, "%s: tensor '%.*s': \"dtype\" is not a string", label, ST_NAME_SHOWN, name);
+        (void)nawal_fail(err, errlen, "%s: tensor '%.*s': \"dtype\" is not a string", label, ST_NAME_SHOWN, name);
         return -1;
     }
     const char *ds = json_string_value(dtype);
@@ -249,18 +239,18 @@ static int st_parse_entry(struct st_entry *e, const char *name, json_t *v, uint6
     } else if (strcmp(ds, "I32") == 0) {
         e->t.dtype = NAWAL_ST_I32;
     } else {
-        st_err(err, errlen, "%s: tensor '%.*s': unsupported dtype '%.16s' (only F32 and I32 are supported)",
+        (void)nawal_fail(err, errlen, "%s: tensor '%.*s': unsupported dtype '%.16s' (only F32 and I32 are supported)",
                label, ST_NAME_SHOWN, name, ds);
         return -1;
     }
 
     if (!json_is_array(shape)) {
-        st_err(err, errlen, "%s: tensor '%.*s': \"shape\" is not an array", label, ST_NAME_SHOWN, name);
+        (void)nawal_fail(err, errlen, "%s: tensor '%.*s': \"shape\" is not an array", label, ST_NAME_SHOWN, name);
         return -1;
     }
     size_t ndim = json_array_size(shape);
     if (ndim > NAWAL_ST_MAX_DIMS) {
-        st_err(err, errlen, "%s: tensor '%.*s': %zu dimensions, at most %d are supported",
+        (void)nawal_fail(err, errlen, "%s: tensor '%.*s': %zu dimensions, at most %d are supported",
                label, ST_NAME_SHOWN, name, ndim, NAWAL_ST_MAX_DIMS);
         return -1;
     }
@@ -268,12 +258,12 @@ static int st_parse_entry(struct st_entry *e, const char *name, json_t *v, uint6
     for (size_t i = 0; i < ndim; i++) {
         long long d;
         if (st_get_int(json_array_get(shape, i), &d) != 0) {
-            st_err(err, errlen, "%s: tensor '%.*s': shape[%zu] is not an integer",
+            (void)nawal_fail(err, errlen, "%s: tensor '%.*s': shape[%zu] is not an integer",
                    label, ST_NAME_SHOWN, name, i);
             return -1;
         }
         if (d < 0) {
-            st_err(err, errlen, "%s: tensor '%.*s': shape[%zu] is negative (%lld)",
+            (void)nawal_fail(err, errlen, "%s: tensor '%.*s': shape[%zu] is negative (%lld)",
                    label, ST_NAME_SHOWN, name, i, d);
             return -1;
         }
@@ -284,22 +274,22 @@ static int st_parse_entry(struct st_entry *e, const char *name, json_t *v, uint6
     if (!json_is_array(offs) || json_array_size(offs) != 2 ||
         st_get_int(json_array_get(offs, 0), &b) != 0 ||
         st_get_int(json_array_get(offs, 1), &en) != 0) {
-        st_err(err, errlen, "%s: tensor '%.*s': \"data_offsets\" is not an array of 2 integers",
+        (void)nawal_fail(err, errlen, "%s: tensor '%.*s': \"data_offsets\" is not an array of 2 integers",
                label, ST_NAME_SHOWN, name);
         return -1;
     }
     if (b < 0 || en < 0) {
-        st_err(err, errlen, "%s: tensor '%.*s': negative data_offsets [%lld, %lld]",
+        (void)nawal_fail(err, errlen, "%s: tensor '%.*s': negative data_offsets [%lld, %lld]",
                label, ST_NAME_SHOWN, name, b, en);
         return -1;
     }
     if (b > en) {
-        st_err(err, errlen, "%s: tensor '%.*s': data_offsets begin %lld is after end %lld",
+        (void)nawal_fail(err, errlen, "%s: tensor '%.*s': data_offsets begin %lld is after end %lld",
                label, ST_NAME_SHOWN, name, b, en);
         return -1;
     }
     if ((uint64_t)en > dlen) {
-        st_err(err, errlen, "%s: tensor '%.*s': data_offsets end %lld is past the end of the %llu-byte data buffer",
+        (void)nawal_fail(err, errlen, "%s: tensor '%.*s': data_offsets end %lld is past the end of the %llu-byte data buffer",
                label, ST_NAME_SHOWN, name, en, (unsigned long long)dlen);
         return -1;
     }
@@ -307,18 +297,18 @@ static int st_parse_entry(struct st_entry *e, const char *name, json_t *v, uint6
     e->end = (uint64_t)en;
 
     if (st_shape_nbytes(e->t.shape, e->t.ndim, nawal_st_dtype_size(e->t.dtype), &e->t.nbytes) != 0) {
-        st_err(err, errlen, "%s: tensor '%.*s': shape element count overflows", label, ST_NAME_SHOWN, name);
+        (void)nawal_fail(err, errlen, "%s: tensor '%.*s': shape element count overflows", label, ST_NAME_SHOWN, name);
         return -1;
     }
     if ((uint64_t)e->t.nbytes != e->end - e->begin) {
-        st_err(err, errlen, "%s: tensor '%.*s': shape needs %zu bytes but data_offsets [%lld, %lld] span %llu",
+        (void)nawal_fail(err, errlen, "%s: tensor '%.*s': shape needs %zu bytes but data_offsets [%lld, %lld] span %llu",
                label, ST_NAME_SHOWN, name, e->t.nbytes, b, en, (unsigned long long)(e->end - e->begin));
         return -1;
     }
 
     e->name = st_strdup(name);
     if (!e->name) {
-        st_err(err, errlen, "%s: out of memory", label);
+        (void)nawal_fail(err, errlen, "%s: out of memory", label);
         return -1;
     }
     e->t.name = e->name;
@@ -327,7 +317,7 @@ static int st_parse_entry(struct st_entry *e, const char *name, json_t *v, uint6
 
 static int st_parse_metadata(nawal_st_file *f, json_t *meta, const char *label, char *err, size_t errlen) {
     if (!json_is_object(meta)) {
-        st_err(err, errlen, "%s: \"%s\" is not a JSON object", label, ST_META_KEY);
+        (void)nawal_fail(err, errlen, "%s: \"%s\" is not a JSON object", label, ST_META_KEY);
         return -1;
     }
     size_t cap = json_object_size(meta);
@@ -335,14 +325,14 @@ static int st_parse_metadata(nawal_st_file *f, json_t *meta, const char *label, 
     f->meta_keys = calloc(cap, sizeof *f->meta_keys);
     f->meta_vals = calloc(cap, sizeof *f->meta_vals);
     if (!f->meta_keys || !f->meta_vals) {
-        st_err(err, errlen, "%s: out of memory", label);
+        (void)nawal_fail(err, errlen, "%s: out of memory", label);
         return -1;
     }
     const char *k;
     json_t *v;
     json_object_foreach(meta, k, v) {
         if (!json_is_string(v)) {
-            st_err(err, errlen, "%s: metadata value for '%.*s' is not a string", label, ST_NAME_SHOWN, k);
+            (void)nawal_fail(err, errlen, "%s: metadata value for '%.*s' is not a string", label, ST_NAME_SHOWN, k);
             return -1;
         }
         char *kc = st_strdup(k);
@@ -350,7 +340,7 @@ static int st_parse_metadata(nawal_st_file *f, json_t *meta, const char *label, 
         if (!kc || !vc) {
             free(kc);
             free(vc);
-            st_err(err, errlen, "%s: out of memory", label);
+            (void)nawal_fail(err, errlen, "%s: out of memory", label);
             return -1;
         }
         f->meta_keys[f->nmeta] = kc;
@@ -385,14 +375,14 @@ static int st_place_data(nawal_st_file *f, const uint8_t *data, uint8_t *owned, 
         size_t nb = f->entries[i].t.nbytes;
         size_t padded = (nb + (ST_PACK_ALIGN - 1)) / ST_PACK_ALIGN * ST_PACK_ALIGN;
         if (padded < nb || total > SIZE_MAX - padded) {
-            st_err(err, errlen, "%s: tensor data too large", label);
+            (void)nawal_fail(err, errlen, "%s: tensor data too large", label);
             return -1;
         }
         total += padded;
     }
     f->blob = malloc(total ? total : 1);
     if (!f->blob) {
-        st_err(err, errlen, "%s: out of memory allocating %zu bytes of tensor data", label, total);
+        (void)nawal_fail(err, errlen, "%s: out of memory allocating %zu bytes of tensor data", label, total);
         return -1;
     }
     size_t pos = 0;
@@ -414,12 +404,12 @@ static int st_parse_impl(nawal_st_file **out, const uint8_t *buf, size_t len, ui
     *adopted = 0;
     if (!label) label = "<memory>";
     if (!out) {
-        st_err(err, errlen, "%s: no output pointer given", label);
+        (void)nawal_fail(err, errlen, "%s: no output pointer given", label);
         return -1;
     }
     *out = NULL;
     if (!buf && len > 0) {
-        st_err(err, errlen, "%s: NULL buffer", label);
+        (void)nawal_fail(err, errlen, "%s: NULL buffer", label);
         return -1;
     }
     uint64_t hlen;
@@ -430,24 +420,24 @@ static int st_parse_impl(nawal_st_file **out, const uint8_t *buf, size_t len, ui
     json_error_t je;
     json_t *root = json_loadb((const char *)(buf + 8), (size_t)hlen, JSON_REJECT_DUPLICATES, &je);
     if (!root) {
-        st_err(err, errlen, "%s: header is not valid JSON: %s (header byte %d)", label, je.text, je.position);
+        (void)nawal_fail(err, errlen, "%s: header is not valid JSON: %s (header byte %d)", label, je.text, je.position);
         return -1;
     }
     nawal_st_file *f = NULL;
     if (!json_is_object(root)) {
-        st_err(err, errlen, "%s: header is not a JSON object", label);
+        (void)nawal_fail(err, errlen, "%s: header is not a JSON object", label);
         goto fail;
     }
     f = calloc(1, sizeof *f);
     if (!f) {
-        st_err(err, errlen, "%s: out of memory", label);
+        (void)nawal_fail(err, errlen, "%s: out of memory", label);
         goto fail;
     }
     size_t cap = json_object_size(root);
     if (cap > 0) {
         f->entries = calloc(cap, sizeof *f->entries);
         if (!f->entries) {
-            st_err(err, errlen, "%s: out of memory", label);
+            (void)nawal_fail(err, errlen, "%s: out of memory", label);
             goto fail;
         }
     }
@@ -471,7 +461,7 @@ static int st_parse_impl(nawal_st_file **out, const uint8_t *buf, size_t len, ui
         f->by_begin = malloc(f->n * sizeof *f->by_begin);
         f->by_name = malloc(f->n * sizeof *f->by_name);
         if (!f->by_begin || !f->by_name) {
-            st_err(err, errlen, "%s: out of memory", label);
+            (void)nawal_fail(err, errlen, "%s: out of memory", label);
             goto fail;
         }
         for (size_t i = 0; i < f->n; i++) f->by_begin[i] = f->by_name[i] = &f->entries[i];
@@ -484,7 +474,7 @@ static int st_parse_impl(nawal_st_file **out, const uint8_t *buf, size_t len, ui
         for (size_t i = 1; i < f->n; i++) {
             const struct st_entry *e = f->by_begin[i];
             if (e->begin < furthest->end) {
-                st_err(err, errlen, "%s: tensors '%.*s' [%llu, %llu) and '%.*s' [%llu, %llu) overlap in the data buffer",
+                (void)nawal_fail(err, errlen, "%s: tensors '%.*s' [%llu, %llu) and '%.*s' [%llu, %llu) overlap in the data buffer",
                        label, ST_NAME_SHOWN, furthest->name, (unsigned long long)furthest->begin,
                        (unsigned long long)furthest->end, ST_NAME_SHOWN, e->name,
                        (unsigned long long)e->begin, (unsigned long long)e->end);
@@ -496,7 +486,7 @@ static int st_parse_impl(nawal_st_file **out, const uint8_t *buf, size_t len, ui
          * table sound whatever the JSON layer does. */
         for (size_t i = 1; i < f->n; i++) {
             if (strcmp(f->by_name[i - 1]->name, f->by_name[i]->name) == 0) {
-                st_err(err, errlen, "%s: duplicate tensor name '%.*s'", label, ST_NAME_SHOWN, f->by_name[i]->name);
+                (void)nawal_fail(err, errlen, "%s: duplicate tensor name '%.*s'", label, ST_NAME_SHOWN, f->by_name[i]->name);
                 goto fail;
             }
         }
@@ -540,32 +530,32 @@ static int st_read_all(int fd, uint8_t *p, size_t len) {
 int nawal_st_read(nawal_st_file **out, const char *path, char *err, size_t errlen) {
     if (out) *out = NULL;
     if (!path) {
-        st_err(err, errlen, "safetensors: no path given");
+        (void)nawal_fail(err, errlen, "safetensors: no path given");
         return -1;
     }
     if (!out) {
-        st_err(err, errlen, "%s: no output pointer given", path);
+        (void)nawal_fail(err, errlen, "%s: no output pointer given", path);
         return -1;
     }
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        st_err(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        (void)nawal_fail(err, errlen, "%s: cannot open: %s", path, strerror(errno));
         return -1;
     }
     struct stat sb;
     if (fstat(fd, &sb) != 0) {
-        st_err(err, errlen, "%s: cannot stat: %s", path, strerror(errno));
+        (void)nawal_fail(err, errlen, "%s: cannot stat: %s", path, strerror(errno));
         close(fd);
         return -1;
     }
     if (!S_ISREG(sb.st_mode)) {
-        st_err(err, errlen, "%s: not a regular file", path);
+        (void)nawal_fail(err, errlen, "%s: not a regular file", path);
         close(fd);
         return -1;
     }
     uint64_t fsize = (uint64_t)sb.st_size;
     if (fsize > SIZE_MAX) {
-        st_err(err, errlen, "%s: file too large (%llu bytes)", path, (unsigned long long)fsize);
+        (void)nawal_fail(err, errlen, "%s: file too large (%llu bytes)", path, (unsigned long long)fsize);
         close(fd);
         return -1;
     }
@@ -575,7 +565,7 @@ int nawal_st_read(nawal_st_file **out, const char *path, char *err, size_t errle
     uint8_t prefix[8];
     uint64_t hlen;
     if (fsize >= 8 && st_read_all(fd, prefix, 8) != 0) {
-        st_err(err, errlen, "%s: read error: %s", path, errno ? strerror(errno) : "file changed while reading");
+        (void)nawal_fail(err, errlen, "%s: read error: %s", path, errno ? strerror(errno) : "file changed while reading");
         close(fd);
         return -1;
     }
@@ -587,13 +577,13 @@ int nawal_st_read(nawal_st_file **out, const char *path, char *err, size_t errle
     size_t len = (size_t)fsize;
     uint8_t *buf = malloc(len);
     if (!buf) {
-        st_err(err, errlen, "%s: out of memory reading %zu bytes", path, len);
+        (void)nawal_fail(err, errlen, "%s: out of memory reading %zu bytes", path, len);
         close(fd);
         return -1;
     }
     memcpy(buf, prefix, 8);
     if (st_read_all(fd, buf + 8, len - 8) != 0) {
-        st_err(err, errlen, "%s: read error: %s", path, errno ? strerror(errno) : "file changed while reading");
+        (void)nawal_fail(err, errlen, "%s: read error: %s", path, errno ? strerror(errno) : "file changed while reading");
         free(buf);
         close(fd);
         return -1;
@@ -650,7 +640,7 @@ static char *st_build_header(const char *path, const nawal_st_tensor *tensors, s
                              const char *const *meta_kv, char *err, size_t errlen) {
     json_t *root = json_object();
     if (!root) {
-        st_err(err, errlen, "%s: out of memory", path);
+        (void)nawal_fail(err, errlen, "%s: out of memory", path);
         return NULL;
     }
     char *text = NULL;
@@ -658,22 +648,22 @@ static char *st_build_header(const char *path, const nawal_st_tensor *tensors, s
     if (meta_kv && meta_kv[0]) {
         json_t *meta = json_object();
         if (!meta || json_object_set_new(root, ST_META_KEY, meta) != 0) {
-            st_err(err, errlen, "%s: out of memory", path);
+            (void)nawal_fail(err, errlen, "%s: out of memory", path);
             goto done;
         }
         for (size_t i = 0; meta_kv[i]; i += 2) {
             const char *k = meta_kv[i], *v = meta_kv[i + 1];
             if (!v) {
-                st_err(err, errlen, "%s: metadata key '%.*s' has no value", path, ST_NAME_SHOWN, k);
+                (void)nawal_fail(err, errlen, "%s: metadata key '%.*s' has no value", path, ST_NAME_SHOWN, k);
                 goto done;
             }
             if (json_object_get(meta, k)) {
-                st_err(err, errlen, "%s: duplicate metadata key '%.*s'", path, ST_NAME_SHOWN, k);
+                (void)nawal_fail(err, errlen, "%s: duplicate metadata key '%.*s'", path, ST_NAME_SHOWN, k);
                 goto done;
             }
             json_t *js = json_string(v);
             if (!js || json_object_set_new(meta, k, js) != 0) {
-                st_err(err, errlen, "%s: metadata '%.*s' is not valid UTF-8 (or out of memory)",
+                (void)nawal_fail(err, errlen, "%s: metadata '%.*s' is not valid UTF-8 (or out of memory)",
                        path, ST_NAME_SHOWN, k);
                 goto done;
             }
@@ -685,45 +675,45 @@ static char *st_build_header(const char *path, const nawal_st_tensor *tensors, s
         const nawal_st_tensor *t = &tensors[i];
         const char *name = t->name;
         if (!name || !*name) {
-            st_err(err, errlen, "%s: tensor %zu has no name", path, i);
+            (void)nawal_fail(err, errlen, "%s: tensor %zu has no name", path, i);
             goto done;
         }
         if (strcmp(name, ST_META_KEY) == 0) {
-            st_err(err, errlen, "%s: tensor %zu may not be named '%s'", path, i, ST_META_KEY);
+            (void)nawal_fail(err, errlen, "%s: tensor %zu may not be named '%s'", path, i, ST_META_KEY);
             goto done;
         }
         const char *dname = nawal_st_dtype_name(t->dtype);
         if (!dname) {
-            st_err(err, errlen, "%s: tensor '%.*s' has an unknown dtype %d", path, ST_NAME_SHOWN, name, (int)t->dtype);
+            (void)nawal_fail(err, errlen, "%s: tensor '%.*s' has an unknown dtype %d", path, ST_NAME_SHOWN, name, (int)t->dtype);
             goto done;
         }
         if (t->ndim < 0 || t->ndim > NAWAL_ST_MAX_DIMS) {
-            st_err(err, errlen, "%s: tensor '%.*s' has %d dimensions, expected 0..%d",
+            (void)nawal_fail(err, errlen, "%s: tensor '%.*s' has %d dimensions, expected 0..%d",
                    path, ST_NAME_SHOWN, name, t->ndim, NAWAL_ST_MAX_DIMS);
             goto done;
         }
         for (int d = 0; d < t->ndim; d++) {
             if (t->shape[d] < 0) {
-                st_err(err, errlen, "%s: tensor '%.*s' has negative shape[%d]", path, ST_NAME_SHOWN, name, d);
+                (void)nawal_fail(err, errlen, "%s: tensor '%.*s' has negative shape[%d]", path, ST_NAME_SHOWN, name, d);
                 goto done;
             }
         }
         size_t nb;
         if (st_shape_nbytes(t->shape, t->ndim, nawal_st_dtype_size(t->dtype), &nb) != 0 || nb != t->nbytes) {
-            st_err(err, errlen, "%s: tensor '%.*s': nbytes %zu does not match its shape and dtype",
+            (void)nawal_fail(err, errlen, "%s: tensor '%.*s': nbytes %zu does not match its shape and dtype",
                    path, ST_NAME_SHOWN, name, t->nbytes);
             goto done;
         }
         if (nb > 0 && !t->data) {
-            st_err(err, errlen, "%s: tensor '%.*s' has no data", path, ST_NAME_SHOWN, name);
+            (void)nawal_fail(err, errlen, "%s: tensor '%.*s' has no data", path, ST_NAME_SHOWN, name);
             goto done;
         }
         if (json_object_get(root, name)) {
-            st_err(err, errlen, "%s: duplicate tensor name '%.*s'", path, ST_NAME_SHOWN, name);
+            (void)nawal_fail(err, errlen, "%s: duplicate tensor name '%.*s'", path, ST_NAME_SHOWN, name);
             goto done;
         }
         if (off > (uint64_t)LLONG_MAX - nb) {
-            st_err(err, errlen, "%s: total tensor data too large", path);
+            (void)nawal_fail(err, errlen, "%s: total tensor data too large", path);
             goto done;
         }
         json_t *shape = json_array();
@@ -740,11 +730,11 @@ static char *st_build_header(const char *path, const nawal_st_tensor *tensors, s
             json_decref(shape);
             json_decref(offs);
             json_decref(entry);
-            st_err(err, errlen, "%s: out of memory", path);
+            (void)nawal_fail(err, errlen, "%s: out of memory", path);
             goto done;
         }
         if (json_object_set_new(root, name, entry) != 0) {
-            st_err(err, errlen, "%s: tensor name '%.*s' is not valid UTF-8 (or out of memory)",
+            (void)nawal_fail(err, errlen, "%s: tensor name '%.*s' is not valid UTF-8 (or out of memory)",
                    path, ST_NAME_SHOWN, name);
             goto done;
         }
@@ -752,7 +742,7 @@ static char *st_build_header(const char *path, const nawal_st_tensor *tensors, s
     }
 
     text = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
-    if (!text) st_err(err, errlen, "%s: cannot serialize the header", path);
+    if (!text) (void)nawal_fail(err, errlen, "%s: cannot serialize the header", path);
 done:
     json_decref(root);
     return text;
@@ -761,11 +751,11 @@ done:
 int nawal_st_write(const char *path, const nawal_st_tensor *tensors, size_t n,
                    const char *const *meta_kv, char *err, size_t errlen) {
     if (!path || !*path) {
-        st_err(err, errlen, "safetensors: no path given");
+        (void)nawal_fail(err, errlen, "safetensors: no path given");
         return -1;
     }
     if (n > 0 && !tensors) {
-        st_err(err, errlen, "%s: %zu tensors but no tensor array", path, n);
+        (void)nawal_fail(err, errlen, "%s: %zu tensors but no tensor array", path, n);
         return -1;
     }
     char *json = st_build_header(path, tensors, n, meta_kv, err, errlen);
@@ -775,14 +765,14 @@ int nawal_st_write(const char *path, const nawal_st_tensor *tensors, size_t n,
     size_t jlen = strlen(json);
     size_t hlen = (jlen + 7) / 8 * 8;
     if (hlen > NAWAL_ST_MAX_HEADER) {
-        st_err(err, errlen, "%s: header of %zu bytes exceeds the %llu-byte limit",
+        (void)nawal_fail(err, errlen, "%s: header of %zu bytes exceeds the %llu-byte limit",
                path, hlen, (unsigned long long)NAWAL_ST_MAX_HEADER);
         free(json);
         return -1;
     }
     uint8_t *head = malloc(8 + hlen);
     if (!head) {
-        st_err(err, errlen, "%s: out of memory", path);
+        (void)nawal_fail(err, errlen, "%s: out of memory", path);
         free(json);
         return -1;
     }
@@ -795,7 +785,7 @@ int nawal_st_write(const char *path, const nawal_st_tensor *tensors, size_t n,
     static const char suffix[] = ".tmp.XXXXXX";
     char *tmp = malloc(plen + sizeof suffix);
     if (!tmp) {
-        st_err(err, errlen, "%s: out of memory", path);
+        (void)nawal_fail(err, errlen, "%s: out of memory", path);
         free(head);
         return -1;
     }
@@ -805,13 +795,13 @@ int nawal_st_write(const char *path, const nawal_st_tensor *tensors, size_t n,
     int rc = -1, cfd;
     int fd = mkstemp(tmp);
     if (fd < 0) {
-        st_err(err, errlen, "%s: cannot create temporary file %s: %s", path, tmp, strerror(errno));
+        (void)nawal_fail(err, errlen, "%s: cannot create temporary file %s: %s", path, tmp, strerror(errno));
         free(tmp);
         free(head);
         return -1;
     }
     if (fchmod(fd, 0644) != 0) {
-        st_err(err, errlen, "%s: chmod of temporary file failed: %s", path, strerror(errno));
+        (void)nawal_fail(err, errlen, "%s: chmod of temporary file failed: %s", path, strerror(errno));
         goto fail;
     }
     if (st_write_all(fd, head, 8 + hlen) != 0) goto write_fail;
@@ -819,17 +809,17 @@ int nawal_st_write(const char *path, const nawal_st_tensor *tensors, size_t n,
         if (tensors[i].nbytes && st_write_all(fd, tensors[i].data, tensors[i].nbytes) != 0) goto write_fail;
     }
     if (fsync(fd) != 0) {
-        st_err(err, errlen, "%s: fsync failed: %s", path, strerror(errno));
+        (void)nawal_fail(err, errlen, "%s: fsync failed: %s", path, strerror(errno));
         goto fail;
     }
     cfd = fd;
     fd = -1;
     if (close(cfd) != 0) {
-        st_err(err, errlen, "%s: close failed: %s", path, strerror(errno));
+        (void)nawal_fail(err, errlen, "%s: close failed: %s", path, strerror(errno));
         goto fail;
     }
     if (rename(tmp, path) != 0) {
-        st_err(err, errlen, "%s: cannot rename temporary file into place: %s", path, strerror(errno));
+        (void)nawal_fail(err, errlen, "%s: cannot rename temporary file into place: %s", path, strerror(errno));
         goto fail;
     }
     st_sync_dir(path);
@@ -837,7 +827,7 @@ int nawal_st_write(const char *path, const nawal_st_tensor *tensors, size_t n,
     goto out;
 
 write_fail:
-    st_err(err, errlen, "%s: write failed: %s", path, strerror(errno));
+    (void)nawal_fail(err, errlen, "%s: write failed: %s", path, strerror(errno));
 fail:
     if (fd >= 0) close(fd);
     unlink(tmp);
