@@ -11,6 +11,7 @@ static void print_help(const char *usage, const nawal_flag *flags, size_t n) {
     for (size_t i = 0; i < n; i++) {
         const nawal_flag *f = &flags[i];
         char def[64] = "";
+        if (f->required) goto print;
         switch (f->kind) {
         case NAWAL_FLAG_INT: snprintf(def, sizeof def, " (default %d)", *(int *)f->dst); break;
         case NAWAL_FLAG_U64: snprintf(def, sizeof def, " (default %llu)", (unsigned long long)*(uint64_t *)f->dst); break;
@@ -18,6 +19,7 @@ static void print_help(const char *usage, const nawal_flag *flags, size_t n) {
         case NAWAL_FLAG_STR: if (*(const char **)f->dst) snprintf(def, sizeof def, " (default %s)", *(const char **)f->dst); break;
         case NAWAL_FLAG_BOOL: break;
         }
+    print:
         printf("  --%-16s %s%s%s\n", f->name, f->help, f->required ? " (required)" : "", def);
     }
     printf("  --%-16s %s\n", "help", "show this help");

@@ -8,59 +8,15 @@
  * lives in model/tokenizer.c and model/corpus.c; this file only parses flags
  * and reports. Exit status: 0 ok, 1 runtime error, 2 usage error. */
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "cli.h"
 #include "cmds.h"
 #include "corpus.h"
 #include "tokenizer.h"
-
-static void tokenizer_usage(FILE *f) {
-    fprintf(f,
-            "usage: nawal-agent tokenizer train --data FILE --vocab N --out FILE [--skip-bad-lines]\n"
-            "\n"
-            "Trains a byte-level BPE tokenizer.\n"
-            "  --data FILE        training text: a plain text file, or a .jsonl file whose\n"
-            "                     \"text\" fields are concatenated\n"
-            "  --vocab N          vocabulary size, %d..%d (256 bytes + end-of-text + merges);\n"
-            "                     training stops early when no pair occurs twice\n"
-            "  --out FILE         where to write the tokenizer (written atomically)\n"
-            "  --skip-bad-lines   skip malformed JSONL lines instead of failing\n"
-            "  --help             show this help\n",
-            NAWAL_TOKENIZER_BYTE_VOCAB, NAWAL_TOKENIZER_MAX_VOCAB);
-}
-
-static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-static int usage_error(const char *fmt, ...) {
-    va_list ap;
-    fprintf(stderr, "nawal-agent tokenizer: ");
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fprintf(stderr, "\n(run 'nawal-agent tokenizer --help' for usage)\n");
-    return 2;
-}
-
-/* Matches "--name VALUE" or "--name=VALUE"; advances *i past what it used.
- * Returns 1 on a match with *value set, 0 when argv[*i] is another flag,
- * -1 when the value is missing. */
-static int flag_value(int argc, char **argv, int *i, const char *name, const char **value) {
-    size_t n = strlen(name);
-    const char *a = argv[*i];
-    if (strncmp(a, name, n) != 0) return 0;
-    if (a[n] == '=') {
-        *value = a + n + 1;
-        return 1;
-    }
-    if (a[n] != '\0') return 0;
-    if (*i + 1 >= argc) return -1;
-    *value = argv[++*i];
-    return 1;
-}
 
 static double now_seconds(void) {
     struct timespec ts;
@@ -69,37 +25,20 @@ static double now_seconds(void) {
 }
 
 static int tokenizer_train(int argc, char **argv) {
-    const char *data = NULL, *vocab_str = NULL, *out = NULL;
-    int skip_bad = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        int r;
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            tokenizer_usage(stdout);
-            return 0;
-        } else if (strcmp(a, "--skip-bad-lines") == 0) {
-            skip_bad = 1;
-        } else if ((r = flag_value(argc, argv, &i, "--data", &data)) != 0 ||
-                   (r = flag_value(argc, argv, &i, "--vocab", &vocab_str)) != 0 ||
-                   (r = flag_value(argc, argv, &i, "--out", &out)) != 0) {
-            if (r < 0) return usage_error("flag %s needs a value", a);
-        } else {
-            return usage_error("unknown argument '%s'", a);
-        }
-    }
-    if (!data) return usage_error("missing --data FILE");
-    if (!vocab_str) return usage_error("missing --vocab N");
-    if (!out) return usage_error("missing --out FILE");
-    if (!*data) return usage_error("--data is empty");
-    if (!*out) return usage_error("--out is empty");
-    char *end;
-    errno = 0;
-    long vocab = strtol(vocab_str, &end, 10);
-    if (errno || end == vocab_str || *end != '\0' || vocab < NAWAL_TOKENIZER_BYTE_VOCAB ||
-        vocab > NAWAL_TOKENIZER_MAX_VOCAB) {
-        return usage_error("--vocab '%s' must be an integer in [%d, %d]", vocab_str,
-                           NAWAL_TOKENIZER_BYTE_VOCAB, NAWAL_TOKENIZER_MAX_VOCAB);
-    }
+    const char *data = NULL, *out = NULL;
+    int vocab = 0, skip_bad = 0;
+    nawal_flag flags[] = {
+        { "data", NAWAL_FLAG_STR, &data, "training text: a plain text file, or .jsonl whose \"text\" fields are concatenated", 0, -1, 1, 0 },
+        { "vocab", NAWAL_FLAG_INT, &vocab, "vocabulary size (256 bytes + end-of-text + merges); stops early when no pair occurs twice",
+          NAWAL_TOKENIZER_BYTE_VOCAB, NAWAL_TOKENIZER_MAX_VOCAB, 1, 0 },
+        { "out", NAWAL_FLAG_STR, &out, "where to write the tokenizer (atomically)", 0, -1, 1, 0 },
+        { "skip-bad-lines", NAWAL_FLAG_BOOL, &skip_bad, "skip malformed JSONL lines instead of failing", 0, -1, 0, 0 },
+    };
+    int pr = nawal_flags_parse(argc, argv, flags, sizeof flags / sizeof flags[0],
+                               "usage: nawal-agent tokenizer train --data FILE --vocab N --out FILE [--skip-bad-lines]\n\n"
+                               "Trains a byte-level BPE tokenizer.");
+    if (pr) return pr == 1 ? 0 : 2;
+    if (!*data || !*out) { fprintf(stderr, "error: --data and --out must not be empty\n"); return 2; }
 
     char err[512];
     uint8_t *bytes = NULL;
@@ -142,11 +81,13 @@ done:
 }
 
 int nawal_cmd_tokenizer(int argc, char **argv) {
-    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
-        strcmp(argv[1], "help") == 0) {
-        tokenizer_usage(argc < 2 ? stderr : stdout);
-        return argc < 2 ? 2 : 0;
+    static const char usage[] = "usage: nawal-agent tokenizer train --data FILE --vocab N --out FILE [--skip-bad-lines]\n";
+    if (argc >= 2 && strcmp(argv[1], "train") == 0) return tokenizer_train(argc - 1, argv + 1);
+    if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0)) {
+        fputs(usage, stdout);
+        return 0;
     }
-    if (strcmp(argv[1], "train") == 0) return tokenizer_train(argc - 1, argv + 1);
-    return usage_error("unknown sub-command '%s' (expected 'train')", argv[1]);
+    if (argc >= 2) fprintf(stderr, "error: unknown tokenizer sub-command '%s' (expected 'train')\n", argv[1]);
+    fputs(usage, stderr);
+    return 2;
 }
