@@ -4,8 +4,9 @@ JOBS     ?= $(shell nproc)
 CMAKE_FLAGS ?=
 DATA     ?= $(firstword $(wildcard ../shared/data/tinyshakespeare.txt) $(BUILD)/demo-corpus.txt)
 SHAKESPEARE ?= ../shared/data/tinyshakespeare.txt
+FUZZ_SECONDS ?= 15
 
-.PHONY: all setup build test demo quality asan bench clean
+.PHONY: all setup build test demo quality asan bench fuzz clean
 
 all: build
 
@@ -38,9 +39,18 @@ asan: setup
 	cmake --build $(BUILD)-asan -j $(JOBS)
 	cd $(BUILD)-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure
 
+# libFuzzer targets (tests/fuzz/) built with clang, ASan and UBSan, each run
+# for FUZZ_SECONDS on a copy of its seed corpus; fails on any finding.
+# FUZZ_TARGETS="safetensors tokenizer corpus config" picks some (default: all).
+fuzz:
+	@scripts/setup.sh --fuzz
+	cmake -S . -B $(BUILD)-fuzz -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInfo -DNAWAL_FUZZ=ON $(CMAKE_FLAGS)
+	cmake --build $(BUILD)-fuzz -j $(JOBS) --target nawal_fuzz
+	tests/fuzz/run_fuzz.sh $(BUILD)-fuzz $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
 bench: build
 	$(BUILD)/nawal-bench train --device cpu --threads 1
 	$(BUILD)/nawal-bench train --device cpu --threads 2
 
 clean:
-	rm -rf $(BUILD) $(BUILD)-asan
+	rm -rf $(BUILD) $(BUILD)-asan $(BUILD)-fuzz

@@ -449,6 +449,10 @@ static int st_parse_impl(nawal_st_file **out, const uint8_t *buf, size_t len, ui
             if (st_parse_metadata(f, val, label, err, errlen) != 0) goto fail;
             continue;
         }
+        if (key[0] == '\0') { /* the writer refuses these too: read only what we could write */
+            (void)nawal_fail(err, errlen, "%s: a tensor has an empty name", label);
+            goto fail;
+        }
         if (st_parse_entry(&f->entries[f->n], key, val, dlen, label, err, errlen) != 0) {
             free(f->entries[f->n].name);
             f->entries[f->n].name = NULL;
