@@ -89,6 +89,14 @@ struct nawal_ops {
     void (*sgd)(const nawal_ops *o, float *p, const float *g, float *buf, size_t n,
                 float lr, float momentum, float wd);
 
+    /* ---- execution ---- */
+    /* How many independent shards of a batch are worth running at once
+     * (CPU: its thread count; a GPU backend: 1). */
+    int (*parallel_width)(const nawal_ops *o);
+    /* Runs fn(ctx, i) for i in [0, n), concurrently where the backend can
+     * (CPU: one thread per i, and the ops called inside run single-threaded). */
+    void (*run_parallel)(const nawal_ops *o, int n, void (*fn)(void *ctx, int i), void *ctx);
+
     void *impl;                       /* backend private state */
 };
 

@@ -8,6 +8,11 @@
  *                lnf mean/rstd, logits, losses; each sized for max_batch x n_ctx
  *                and used as a prefix for smaller batches;
  *  scratch:      dres [N][C], dsmall [N][C], dbig [N][4C], datt [B][NH][T][T].
+ * Every op is row-local except the parameter-gradient accumulations, so a
+ * batch is split into shards of whole sequences run concurrently where the
+ * backend has host threads (ops->run_parallel): each shard works on its rows
+ * of these buffers and accumulates into its own gradient buffer. On 2 cores
+ * this scales better than splitting each small GEMM across threads.
  * The residual-stream gradient dres flows backwards through the layers; the
  * LayerNorm backward accumulates into it, which adds the skip path. */
 #include "gpt.h"
@@ -165,6 +170,7 @@ void nawal_gpt_free(nawal_gpt *m) {
     const nawal_ops *o = m->ops;
     void *bufs[] = { m->params, m->grads, m->opt_m, m->opt_v, m->acts, m->scratch, m->d_inputs, m->d_targets };
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) if (bufs[i]) o->free(o, bufs[i]);
+    for (int k = 0; k < NAWAL_GPT_MAX_SHARDS - 1; k++) if (m->shard_grads[k]) o->free(o, m->shard_grads[k]);
     free(m->h_losses);
     free(m->tensors);
     free(m);
@@ -201,11 +207,109 @@ void nawal_gpt_init_params(nawal_gpt *m, uint64_t seed) {
     free(h);
 }
 
+/* Row offsets of shard [b0, b0+nb) inside the max-size buffers. */
+typedef struct { nawal_gpt *m; int B, T, S; float scale; float *grads[NAWAL_GPT_MAX_SHARDS]; } shard_job;
+
+static void shard_rows(const shard_job *j, int k, int *b0, int *nb) {
+    int base = j->B / j->S, extra = j->B % j->S;
+    *b0 = k * base + (k < extra ? k : extra);
+    *nb = base + (k < extra ? 1 : 0);
+}
+
+static void forward_shard(void *ctx, int k) {
+    shard_job *j = ctx;
+    nawal_gpt *m = j->m;
+    const nawal_ops *o = m->ops;
+    const nawal_gpt_config *c = &m->cfg;
+    int C = c->n_embd, NH = c->n_head, V = c->vocab, T = j->T, b0, B;
+    shard_rows(j, k, &b0, &B);
+    size_t r0 = (size_t)b0 * T; /* first row */
+    int N = B * T;
+    top_acts ta = get_top_acts(m);
+    scratch_bufs s = get_scratch(m);
+    float *P = m->params, *tmp = s.dsmall + r0 * C;
+    float *res = ta.encoded + r0 * C;
+    o->embedding_fwd(o, res, m->d_inputs + r0, wte(m, P), wpe(m, P), B, T, C);
+    for (int l = 0; l < c->n_layer; l++) {
+        layer_acts a = get_layer_acts(m, l);
+        float *ln1 = a.ln1 + r0 * C, *qkv = a.qkv + r0 * 3 * C, *atty = a.atty + r0 * C;
+        float *att = a.att + (size_t)b0 * NH * T * T, *res2 = a.res2 + r0 * C, *ln2 = a.ln2 + r0 * C;
+        float *fch = a.fch + r0 * 4 * C, *fch_gelu = a.fch_gelu + r0 * 4 * C, *res3 = a.res3 + r0 * C;
+        o->layernorm_fwd(o, ln1, a.ln1_mean + r0, a.ln1_rstd + r0, res, lp(m, P, l, NAWAL_P_LN1_W), lp(m, P, l, NAWAL_P_LN1_B), N, C);
+        o->matmul_fwd(o, qkv, ln1, lp(m, P, l, NAWAL_P_QKV_W), lp(m, P, l, NAWAL_P_QKV_B), N, C, 3 * C, NAWAL_W_IN_OUT);
+        o->attention_fwd(o, atty, att, qkv, B, T, C, NH);
+        o->matmul_fwd(o, tmp, atty, lp(m, P, l, NAWAL_P_ATTPROJ_W), lp(m, P, l, NAWAL_P_ATTPROJ_B), N, C, C, NAWAL_W_IN_OUT);
+        o->residual_fwd(o, res2, res, tmp, (size_t)N * C);
+        o->layernorm_fwd(o, ln2, a.ln2_mean + r0, a.ln2_rstd + r0, res2, lp(m, P, l, NAWAL_P_LN2_W), lp(m, P, l, NAWAL_P_LN2_B), N, C);
+        o->matmul_fwd(o, fch, ln2, lp(m, P, l, NAWAL_P_FC_W), lp(m, P, l, NAWAL_P_FC_B), N, C, 4 * C, NAWAL_W_IN_OUT);
+        o->gelu_fwd(o, fch_gelu, fch, (size_t)N * 4 * C);
+        o->matmul_fwd(o, tmp, fch_gelu, lp(m, P, l, NAWAL_P_FCPROJ_W), lp(m, P, l, NAWAL_P_FCPROJ_B), N, 4 * C, C, NAWAL_W_IN_OUT);
+        o->residual_fwd(o, res3, res2, tmp, (size_t)N * C);
+        res = res3;
+    }
+    float *lnfo = ta.lnf + r0 * C, *logits = ta.logits + r0 * V;
+    o->layernorm_fwd(o, lnfo, ta.lnf_mean + r0, ta.lnf_rstd + r0, res, lnf(m, P, 0), lnf(m, P, 1), N, C);
+    o->matmul_fwd(o, logits, lnfo, wte(m, P), NULL, N, C, V, NAWAL_W_OUT_IN);
+    if (j->scale >= 0.0f) o->softmax_xent(o, logits, ta.losses + r0, m->d_targets + r0, N, V, j->scale);
+}
+
+static void backward_shard(void *ctx, int k) {
+    shard_job *j = ctx;
+    nawal_gpt *m = j->m;
+    const nawal_ops *o = m->ops;
+    const nawal_gpt_config *c = &m->cfg;
+    int C = c->n_embd, NH = c->n_head, V = c->vocab, T = j->T, b0, B;
+    shard_rows(j, k, &b0, &B);
+    size_t r0 = (size_t)b0 * T;
+    int N = B * T;
+    top_acts ta = get_top_acts(m);
+    scratch_bufs s = get_scratch(m);
+    float *P = m->params, *G = j->grads[k];
+    float *dres = s.dres + r0 * C, *dsmall = s.dsmall + r0 * C, *dbig = s.dbig + r0 * 4 * C;
+    float *datt = s.datt + (size_t)b0 * NH * T * T;
+    float *res_last = (c->n_layer ? get_layer_acts(m, c->n_layer - 1).res3 : ta.encoded) + r0 * C;
+
+    o->fill(o, dres, 0.0f, (size_t)N * C);
+    o->matmul_bwd(o, dsmall, wte(m, G), NULL, ta.logits + r0 * V, ta.lnf + r0 * C, wte(m, P), N, C, V, NAWAL_W_OUT_IN);
+    o->layernorm_bwd(o, dres, lnf(m, G, 0), lnf(m, G, 1), dsmall, res_last, lnf(m, P, 0), ta.lnf_mean + r0, ta.lnf_rstd + r0, N, C);
+    for (int l = c->n_layer - 1; l >= 0; l--) {
+        layer_acts a = get_layer_acts(m, l);
+        float *res_in = (l == 0 ? ta.encoded : get_layer_acts(m, l - 1).res3) + r0 * C;
+        float *ln1 = a.ln1 + r0 * C, *qkv = a.qkv + r0 * 3 * C, *atty = a.atty + r0 * C;
+        float *att = a.att + (size_t)b0 * NH * T * T, *res2 = a.res2 + r0 * C, *ln2 = a.ln2 + r0 * C;
+        float *fch = a.fch + r0 * 4 * C, *fch_gelu = a.fch_gelu + r0 * 4 * C;
+        /* MLP branch: res3 = res2 + fcproj(gelu(fc(ln2(res2)))) */
+        o->matmul_bwd(o, dbig, lp(m, G, l, NAWAL_P_FCPROJ_W), lp(m, G, l, NAWAL_P_FCPROJ_B), dres, fch_gelu, lp(m, P, l, NAWAL_P_FCPROJ_W), N, 4 * C, C, NAWAL_W_IN_OUT);
+        o->gelu_bwd(o, dbig, fch, dbig, (size_t)N * 4 * C);
+        o->matmul_bwd(o, dsmall, lp(m, G, l, NAWAL_P_FC_W), lp(m, G, l, NAWAL_P_FC_B), dbig, ln2, lp(m, P, l, NAWAL_P_FC_W), N, C, 4 * C, NAWAL_W_IN_OUT);
+        o->layernorm_bwd(o, dres, lp(m, G, l, NAWAL_P_LN2_W), lp(m, G, l, NAWAL_P_LN2_B), dsmall, res2, lp(m, P, l, NAWAL_P_LN2_W), a.ln2_mean + r0, a.ln2_rstd + r0, N, C);
+        /* attention branch: res2 = res_in + attproj(attn(qkv(ln1(res_in)))) */
+        o->matmul_bwd(o, dsmall, lp(m, G, l, NAWAL_P_ATTPROJ_W), lp(m, G, l, NAWAL_P_ATTPROJ_B), dres, atty, lp(m, P, l, NAWAL_P_ATTPROJ_W), N, C, C, NAWAL_W_IN_OUT);
+        o->attention_bwd(o, dbig, datt, dsmall, qkv, att, B, T, C, NH);
+        o->matmul_bwd(o, dsmall, lp(m, G, l, NAWAL_P_QKV_W), lp(m, G, l, NAWAL_P_QKV_B), dbig, ln1, lp(m, P, l, NAWAL_P_QKV_W), N, C, 3 * C, NAWAL_W_IN_OUT);
+        o->layernorm_bwd(o, dres, lp(m, G, l, NAWAL_P_LN1_W), lp(m, G, l, NAWAL_P_LN1_B), dsmall, res_in, lp(m, P, l, NAWAL_P_LN1_W), a.ln1_mean + r0, a.ln1_rstd + r0, N, C);
+    }
+    o->embedding_bwd(o, wte(m, G), wpe(m, G), dres, m->d_inputs + r0, B, T, C);
+}
+
+/* Shards a batch of B sequences is split into: one per backend thread (at
+ * most NAWAL_GPT_MAX_SHARDS, at most B); 1 on backends without host threads. */
+static int shard_count(const nawal_gpt *m, int B) {
+    int w = m->ops->parallel_width ? m->ops->parallel_width(m->ops) : 1;
+    if (w > NAWAL_GPT_MAX_SHARDS) w = NAWAL_GPT_MAX_SHARDS;
+    return w < 1 ? 1 : (w > B ? B : w);
+}
+
+static void run_shards(nawal_gpt *m, shard_job *j, void (*fn)(void *, int)) {
+    if (j->S == 1) fn(j, 0);
+    else m->ops->run_parallel(m->ops, j->S, fn, j);
+}
+
 float nawal_gpt_forward(nawal_gpt *m, const int32_t *inputs, const int32_t *targets, int B, int T,
                         int want_grad, size_t *n_valid, char *err, size_t errlen) {
     const nawal_ops *o = m->ops;
     const nawal_gpt_config *c = &m->cfg;
-    int C = c->n_embd, NH = c->n_head, V = c->vocab;
+    int V = c->vocab;
     if (B < 1 || B > m->max_batch || T < 1 || T > c->n_ctx) {
         snprintf(err, errlen, "batch %dx%d outside the model's %dx%d", B, T, m->max_batch, c->n_ctx);
         return NAN;
@@ -223,34 +327,15 @@ float nawal_gpt_forward(nawal_gpt *m, const int32_t *inputs, const int32_t *targ
     m->cur_T = T;
     m->has_grad_logits = 0;
     o->upload(o, m->d_inputs, inputs, (size_t)N * sizeof(int32_t));
-
-    top_acts ta = get_top_acts(m);
-    scratch_bufs s = get_scratch(m);
-    o->embedding_fwd(o, ta.encoded, m->d_inputs, wte(m, m->params), wpe(m, m->params), B, T, C);
-    float *res = ta.encoded;
-    for (int l = 0; l < c->n_layer; l++) {
-        layer_acts a = get_layer_acts(m, l);
-        float *P = m->params;
-        o->layernorm_fwd(o, a.ln1, a.ln1_mean, a.ln1_rstd, res, lp(m, P, l, NAWAL_P_LN1_W), lp(m, P, l, NAWAL_P_LN1_B), N, C);
-        o->matmul_fwd(o, a.qkv, a.ln1, lp(m, P, l, NAWAL_P_QKV_W), lp(m, P, l, NAWAL_P_QKV_B), N, C, 3 * C, NAWAL_W_IN_OUT);
-        o->attention_fwd(o, a.atty, a.att, a.qkv, B, T, C, NH);
-        o->matmul_fwd(o, s.dsmall, a.atty, lp(m, P, l, NAWAL_P_ATTPROJ_W), lp(m, P, l, NAWAL_P_ATTPROJ_B), N, C, C, NAWAL_W_IN_OUT);
-        o->residual_fwd(o, a.res2, res, s.dsmall, (size_t)N * C);
-        o->layernorm_fwd(o, a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, lp(m, P, l, NAWAL_P_LN2_W), lp(m, P, l, NAWAL_P_LN2_B), N, C);
-        o->matmul_fwd(o, a.fch, a.ln2, lp(m, P, l, NAWAL_P_FC_W), lp(m, P, l, NAWAL_P_FC_B), N, C, 4 * C, NAWAL_W_IN_OUT);
-        o->gelu_fwd(o, a.fch_gelu, a.fch, (size_t)N * 4 * C);
-        o->matmul_fwd(o, s.dsmall, a.fch_gelu, lp(m, P, l, NAWAL_P_FCPROJ_W), lp(m, P, l, NAWAL_P_FCPROJ_B), N, 4 * C, C, NAWAL_W_IN_OUT);
-        o->residual_fwd(o, a.res3, a.res2, s.dsmall, (size_t)N * C);
-        res = a.res3;
-    }
-    o->layernorm_fwd(o, ta.lnf, ta.lnf_mean, ta.lnf_rstd, res, lnf(m, m->params, 0), lnf(m, m->params, 1), N, C);
-    o->matmul_fwd(o, ta.logits, ta.lnf, wte(m, m->params), NULL, N, C, V, NAWAL_W_OUT_IN);
+    if (targets) o->upload(o, m->d_targets, targets, (size_t)N * sizeof(int32_t));
+    /* scale < 0: no loss; 0: loss only; > 0: loss and dlogits scaled by it */
+    float scale = !targets ? -1.0f : ((want_grad && valid) ? 1.0f / (float)valid : 0.0f);
+    shard_job j = { .m = m, .B = B, .T = T, .S = shard_count(m, B), .scale = scale };
+    run_shards(m, &j, forward_shard);
     if (n_valid) *n_valid = valid;
     if (!targets) return 0.0f;
 
-    o->upload(o, m->d_targets, targets, (size_t)N * sizeof(int32_t));
-    float scale = (want_grad && valid) ? 1.0f / (float)valid : 0.0f;
-    o->softmax_xent(o, ta.logits, ta.losses, m->d_targets, N, V, scale);
+    top_acts ta = get_top_acts(m);
     if (want_grad && !valid) o->fill(o, ta.logits, 0.0f, (size_t)N * V); /* all ignored: zero gradient */
     m->has_grad_logits = want_grad;
     o->download(o, m->h_losses, ta.losses, (size_t)N * sizeof(float));
@@ -262,31 +347,20 @@ float nawal_gpt_forward(nawal_gpt *m, const int32_t *inputs, const int32_t *targ
 void nawal_gpt_backward(nawal_gpt *m) {
     if (!m->has_grad_logits) { fprintf(stderr, "nawal: backward without a forward that kept gradients\n"); abort(); }
     const nawal_ops *o = m->ops;
-    const nawal_gpt_config *c = &m->cfg;
-    int B = m->cur_B, T = m->cur_T, N = B * T, C = c->n_embd, NH = c->n_head, V = c->vocab;
-    top_acts ta = get_top_acts(m);
-    scratch_bufs s = get_scratch(m);
-    float *P = m->params, *G = m->grads;
-    float *res_last = c->n_layer ? get_layer_acts(m, c->n_layer - 1).res3 : ta.encoded;
-
-    o->fill(o, s.dres, 0.0f, (size_t)N * C);
-    o->matmul_bwd(o, s.dsmall, wte(m, G), NULL, ta.logits, ta.lnf, wte(m, P), N, C, V, NAWAL_W_OUT_IN);
-    o->layernorm_bwd(o, s.dres, lnf(m, G, 0), lnf(m, G, 1), s.dsmall, res_last, lnf(m, P, 0), ta.lnf_mean, ta.lnf_rstd, N, C);
-    for (int l = c->n_layer - 1; l >= 0; l--) {
-        layer_acts a = get_layer_acts(m, l);
-        float *res_in = l == 0 ? ta.encoded : get_layer_acts(m, l - 1).res3;
-        /* MLP branch: res3 = res2 + fcproj(gelu(fc(ln2(res2)))) */
-        o->matmul_bwd(o, s.dbig, lp(m, G, l, NAWAL_P_FCPROJ_W), lp(m, G, l, NAWAL_P_FCPROJ_B), s.dres, a.fch_gelu, lp(m, P, l, NAWAL_P_FCPROJ_W), N, 4 * C, C, NAWAL_W_IN_OUT);
-        o->gelu_bwd(o, s.dbig, a.fch, s.dbig, (size_t)N * 4 * C);
-        o->matmul_bwd(o, s.dsmall, lp(m, G, l, NAWAL_P_FC_W), lp(m, G, l, NAWAL_P_FC_B), s.dbig, a.ln2, lp(m, P, l, NAWAL_P_FC_W), N, C, 4 * C, NAWAL_W_IN_OUT);
-        o->layernorm_bwd(o, s.dres, lp(m, G, l, NAWAL_P_LN2_W), lp(m, G, l, NAWAL_P_LN2_B), s.dsmall, a.res2, lp(m, P, l, NAWAL_P_LN2_W), a.ln2_mean, a.ln2_rstd, N, C);
-        /* attention branch: res2 = res_in + attproj(attn(qkv(ln1(res_in)))) */
-        o->matmul_bwd(o, s.dsmall, lp(m, G, l, NAWAL_P_ATTPROJ_W), lp(m, G, l, NAWAL_P_ATTPROJ_B), s.dres, a.atty, lp(m, P, l, NAWAL_P_ATTPROJ_W), N, C, C, NAWAL_W_IN_OUT);
-        o->attention_bwd(o, s.dbig, s.datt, s.dsmall, a.qkv, a.att, B, T, C, NH);
-        o->matmul_bwd(o, s.dsmall, lp(m, G, l, NAWAL_P_QKV_W), lp(m, G, l, NAWAL_P_QKV_B), s.dbig, a.ln1, lp(m, P, l, NAWAL_P_QKV_W), N, C, 3 * C, NAWAL_W_IN_OUT);
-        o->layernorm_bwd(o, s.dres, lp(m, G, l, NAWAL_P_LN1_W), lp(m, G, l, NAWAL_P_LN1_B), s.dsmall, res_in, lp(m, P, l, NAWAL_P_LN1_W), a.ln1_mean, a.ln1_rstd, N, C);
+    shard_job j = { .m = m, .B = m->cur_B, .T = m->cur_T, .S = shard_count(m, m->cur_B) };
+    /* shard 0 accumulates into m->grads; the others into zeroed buffers
+     * added in afterwards, in shard order (deterministic for a thread count) */
+    j.grads[0] = m->grads;
+    for (int k = 1; k < j.S; k++) {
+        if (!m->shard_grads[k - 1]) {
+            m->shard_grads[k - 1] = o->alloc(o, m->n_params * sizeof(float));
+            if (!m->shard_grads[k - 1]) { fprintf(stderr, "nawal: out of memory for per-thread gradients\n"); abort(); }
+        }
+        j.grads[k] = m->shard_grads[k - 1];
+        o->fill(o, j.grads[k], 0.0f, m->n_params);
     }
-    o->embedding_bwd(o, wte(m, G), wpe(m, G), s.dres, m->d_inputs, B, T, C);
+    run_shards(m, &j, backward_shard);
+    for (int k = 1; k < j.S; k++) o->axpy(o, m->grads, 1.0f, j.grads[k], m->n_params);
     m->has_grad_logits = 0;
 }
 

@@ -33,6 +33,8 @@ enum {
     NAWAL_P_PER_LAYER
 };
 
+#define NAWAL_GPT_MAX_SHARDS 64
+
 typedef struct nawal_gpt {
     nawal_gpt_config cfg;
     const nawal_ops *ops;
@@ -48,6 +50,7 @@ typedef struct nawal_gpt {
     int32_t *d_inputs, *d_targets;
     float *h_losses;              /* host copy of per-position losses */
     int cur_B, cur_T, has_grad_logits;
+    float *shard_grads[NAWAL_GPT_MAX_SHARDS - 1]; /* per-thread gradients, allocated on use */
     size_t n_act_floats, n_scratch_floats;
 } nawal_gpt;
 

@@ -74,6 +74,16 @@ double cpu_sumsq(const nawal_ops *o, const float *x, size_t n) {
     return total;
 }
 
+static int cpu_parallel_width(const nawal_ops *o) { (void)o; return omp_get_max_threads(); }
+
+/* Nested parallelism is off (libgomp's default), so the ops that fn calls
+ * run on the calling thread, and oneDNN runs its GEMMs sequentially too. */
+static void cpu_run_parallel(const nawal_ops *o, int n, void (*fn)(void *ctx, int i), void *ctx) {
+    (void)o;
+    #pragma omp parallel for schedule(static, 1) num_threads(n)
+    for (int i = 0; i < n; i++) fn(ctx, i);
+}
+
 static nawal_ops cpu_table = {
     .name = "cpu",
     .alloc = cpu_alloc, .free = cpu_free, .upload = cpu_upload, .download = cpu_download, .sync = cpu_sync,
@@ -84,10 +94,12 @@ static nawal_ops cpu_table = {
     .gelu_fwd = cpu_gelu_fwd, .gelu_bwd = cpu_gelu_bwd, .residual_fwd = cpu_residual_fwd,
     .embedding_fwd = cpu_embedding_fwd, .embedding_bwd = cpu_embedding_bwd,
     .softmax_xent = cpu_softmax_xent, .adamw = cpu_adamw, .sgd = cpu_sgd,
+    .parallel_width = cpu_parallel_width, .run_parallel = cpu_run_parallel,
 };
 
 const nawal_ops *nawal_ops_cpu(int threads) {
     if (threads > 0) omp_set_num_threads(threads);
+    omp_set_max_active_levels(1);
     snprintf(cpu_table.device_desc, sizeof cpu_table.device_desc, "CPU, %d OpenMP threads, %s",
              omp_get_max_threads(), nawal_ops_cpu_blas_name());
     return &cpu_table;
