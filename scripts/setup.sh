@@ -18,6 +18,9 @@ PACKAGES=(
   libdnnl-dev                        # oneDNN: CPU matmuls
   libjansson-dev                     # JSON (JSONL corpora, safetensors headers, config.json)
   libcriterion-dev                   # unit tests
+  libsodium-dev                      # Ed25519 signatures, BLAKE2b content IDs
+  libprotobuf-c-dev protobuf-c-compiler  # wire messages (proto/nawal.proto)
+  libwebsockets-dev libssl-dev openssl   # TLS WebSockets between agent and coordinator
 )
 if [ "$FUZZ" = 1 ]; then
   PACKAGES+=(clang libomp-dev)       # fuzz targets: clang and its OpenMP runtime
