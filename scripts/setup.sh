@@ -21,6 +21,7 @@ PACKAGES=(
   libsodium-dev                      # Ed25519 signatures, BLAKE2b content IDs
   libprotobuf-c-dev protobuf-c-compiler  # wire messages (proto/nawal.proto)
   libwebsockets-dev libssl-dev openssl   # TLS WebSockets between agent and coordinator
+  libsqlite3-dev                     # coordinator state (WAL-mode SQLite)
 )
 if [ "$FUZZ" = 1 ]; then
   PACKAGES+=(clang libomp-dev)       # fuzz targets: clang and its OpenMP runtime
