@@ -14,29 +14,8 @@
 
 #include "corpus.h"
 #include "tokenizer.h"
+#include "test_util.h"
 
-typedef struct {
-    uint64_t s;
-} rng;
-
-static uint64_t rng_next(rng *r) { /* splitmix64 */
-    uint64_t z = (r->s += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
-static size_t rng_below(rng *r, size_t n) { return n ? (size_t)(rng_next(r) % n) : 0; }
-
-static uint64_t fresh_seed(void) {
-    const char *env = getenv("NAWAL_TEST_SEED");
-    if (env && *env) return strtoull(env, NULL, 10);
-    uint64_t s = 0;
-    FILE *f = fopen("/dev/urandom", "rb");
-    if (!f || fread(&s, sizeof s, 1, f) != 1) s = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
-    if (f) fclose(f);
-    return s;
-}
 
 /* A temp file with the given suffix (".jsonl" or ".txt"), filled with p. */
 static char *temp_file(const char *suffix, const void *p, size_t n) {

@@ -43,4 +43,24 @@ static inline float test_rand_normal(uint64_t *s) {
 
 static inline int test_rand_int(uint64_t *s, int n) { return (int)(test_rand_u64(s) % (uint64_t)n); }
 
+/* A seeded generator as a value, for tests that pass one around. */
+typedef struct {
+    uint64_t s;
+} rng;
+
+static inline uint64_t rng_next(rng *r) { return test_rand_u64(&r->s); }
+static inline size_t rng_below(rng *r, size_t n) { return n ? (size_t)(rng_next(r) % n) : 0; }
+
+/* A fresh seed from /dev/urandom (or NAWAL_TEST_SEED), not printed: the
+ * caller puts it in its assertion messages. */
+static inline uint64_t fresh_seed(void) {
+    const char *env = getenv("NAWAL_TEST_SEED");
+    if (env && *env) return strtoull(env, NULL, 10);
+    uint64_t s = 0;
+    FILE *f = fopen("/dev/urandom", "rb");
+    if (!f || fread(&s, sizeof s, 1, f) != 1) s = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+    if (f) fclose(f);
+    return s;
+}
+
 #endif
