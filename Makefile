@@ -41,7 +41,8 @@ asan: setup
 
 # libFuzzer targets (tests/fuzz/) built with clang, ASan and UBSan, each run
 # for FUZZ_SECONDS on a copy of its seed corpus; fails on any finding.
-# FUZZ_TARGETS="safetensors tokenizer corpus config" picks some (default: all).
+# FUZZ_TARGETS="safetensors tokenizer corpus config envelope messages" picks some
+# (default: all).
 fuzz:
 	@scripts/setup.sh --fuzz
 	cmake -S . -B $(BUILD)-fuzz -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInfo -DNAWAL_FUZZ=ON $(CMAKE_FLAGS)

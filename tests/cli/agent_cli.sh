@@ -60,4 +60,14 @@ cp -r "$T/ckpt" "$T/broken"; head -c 500 "$T/ckpt/model.safetensors" > "$T/broke
 check "truncated checkpoint is a clear error" "[ $? -eq 1 ] && grep -q model.safetensors $T/err"
 "$A" train --data "$T/corpus.txt" --device cuda --steps 1 > /dev/null 2> "$T/err"
 check "--device cuda without the plugin says so" "[ $? -eq 1 ] && grep -qi cuda $T/err"
+
+# keygen: key pair written with a private secret file, fingerprint printed, no overwrite
+fp=$("$A" keygen --out "$T/keys/v1" 2>/dev/null | awk '/^fingerprint/{print $2}')
+check "keygen prints the fingerprint" "[ \${#fp} -eq 64 ] && [ \"$fp\" = \"\$(cat $T/keys/v1/identity.pub)\" ]"
+check "keygen secret key is mode 600" "[ \$(stat -c %a $T/keys/v1/identity.key) = 600 ]"
+cp "$T/keys/v1/identity.key" "$T/key.before"
+"$A" keygen --out "$T/keys/v1" > /dev/null 2> "$T/err"
+check "keygen refuses to overwrite" "[ $? -eq 1 ] && grep -q 'already exists' $T/err && cmp -s $T/key.before $T/keys/v1/identity.key"
+"$A" keygen > /dev/null 2>&1
+check "keygen without --out exits 2" "[ $? -eq 2 ]"
 exit $fail

@@ -3,7 +3,7 @@
 rerun only to change them). Standard library only:
     python3 tests/fuzz/make_seeds.py
 The corpus seeds start with the fuzz target's flag byte ('0': stop on a bad
-line, '1': skip_bad_lines)."""
+line, '1': skip_bad_lines); the messages seeds with their MsgType byte."""
 import json
 import os
 import struct
@@ -83,3 +83,82 @@ put("config", "minimal.json",
 put("config", "bad_heads.json",
     '{"model_type": "gpt2", "n_layer": 2, "n_head": 3, "n_embd": 64, "n_positions": 32, '
     '"vocab_size": 50257, "activation_function": "gelu"}')
+
+
+# --- protobuf messages of nawal.proto, encoded by hand (no protobuf module) ---
+def varint(v):
+    out = bytearray()
+    while True:
+        b = v & 0x7F
+        v >>= 7
+        out.append(b | (0x80 if v else 0))
+        if not v:
+            return bytes(out)
+
+
+def pv(num, v):  # varint field (uint32/uint64/bool/enum)
+    return varint(num << 3) + varint(v)
+
+
+def pb(num, data):  # length-delimited field (bytes/string/message)
+    if isinstance(data, str):
+        data = data.encode()
+    return varint(num << 3 | 2) + varint(len(data)) + data
+
+
+def pf(num, x):  # float
+    return varint(num << 3 | 5) + struct.pack("<f", x)
+
+
+def pd(num, x):  # double
+    return varint(num << 3 | 1) + struct.pack("<d", x)
+
+
+KEY = bytes(range(1, 33))
+CID = bytes(range(0xA0, 0xC0))
+dp = pv(1, 1) + pf(2, 1.1) + pf(3, 1.0) + pf(4, 0.01) + pd(5, 8.0) + pd(6, 1e-5)
+train = pv(1, 200) + pf(2, 1e-3) + pv(3, 12) + pb(4, dp) + pf(5, 0.1)
+MESSAGES = {
+    1: ("hello", pv(1, 1) + pb(2, "nawal-agent 0.1") + pb(3, KEY)),
+    2: ("challenge", pb(1, bytes(range(32))) + pv(2, 1750000030000)),
+    3: ("auth", pb(1, bytes(range(32)))),
+    4: ("round_announce", pv(1, 7) + pb(2, CID) + pv(3, 1 << 32) + pb(4, train) + pv(5, 1750000600000)
+        + pv(6, 10**15) + pv(7, 8) + pv(8, 3)),
+    5: ("join", pv(1, 7) + pv(2, 5 * 10**12)),
+    6: ("blob_request", pb(1, CID) + pv(2, 1 << 20)),
+    7: ("blob_chunk", pb(1, CID) + pv(2, 0) + pb(3, bytes(range(256)) * 2) + pv(4, 3 << 20)),
+    8: ("update_submit", pv(1, 7) + pb(2, CID) + pv(3, 9600) + pb(4, pf(1, 2.5) + pf(2, 2.7) + pd(3, 12345.0))
+        + pd(5, 0.75) + pb(6, CID[::-1]) + pv(7, 123456)),
+    9: ("ack", pv(1, 42) + pb(2, "stored")),
+    10: ("error", pv(1, 4) + pb(2, "sequence 3 is not after 5")),
+    11: ("round_result", pv(1, 7) + pb(2, CID) + pb(3, KEY) + pb(3, KEY[::-1])
+         + pb(4, pb(1, KEY) + pv(2, 6 * 10**14)) + pb(4, pb(1, KEY[::-1]) + pv(2, 4 * 10**14))),
+    12: ("evaluate_request", pv(1, 7) + pb(2, CID)),
+    13: ("evaluate_result", pv(1, 7) + pb(2, CID) + pf(3, 3.25) + pv(4, 65536)),
+    14: ("heartbeat", pv(1, 1750000000000)),
+}
+# messages target: byte 0 is the MsgType
+for t, (name, body) in MESSAGES.items():
+    put("messages", "%02d_%s.bin" % (t, name), bytes([t]) + body)
+put("messages", "14_unknown_fields.bin", bytes([14]) + pv(1, 5) + pv(100, 7) + pb(101, "future") + pd(102, 1.5))
+put("messages", "15_unknown_type.bin", bytes([15]) + pv(1, 1))
+put("messages", "04_bad_wire_type.bin", bytes([4]) + pv(1, 7) + b"\x0f\x01")
+
+# envelope target: envelopes (the signature cannot be made here without a
+# crypto library, so they are refused at the signature check; the target
+# also seals inputs itself to reach the later checks), plus inputs laid out
+# for its sealing half: type, sequence (u64 LE), clock offset (s16 LE, x16 ms),
+# byte to alter (u16 LE), payload.
+def envelope(t, body, seq=1, ts=1750000000000, version=1, sender=KEY, sig=bytes(64)):
+    return pv(1, version) + pb(2, sender) + pv(3, t) + pv(4, seq) + pv(5, ts) + pb(6, body) + pb(7, sig)
+
+
+put("envelope", "heartbeat.env", envelope(14, MESSAGES[14][1]))
+put("envelope", "blob_chunk.env", envelope(7, MESSAGES[7][1], seq=9))
+put("envelope", "old_version.env", envelope(1, MESSAGES[1][1], version=0))
+put("envelope", "unknown_type.env", envelope(99, b"\x08\x01"))
+put("envelope", "extra_field.env", envelope(9, MESSAGES[9][1]) + pv(20, 3) + pb(21, "x"))
+put("envelope", "seal_join.bin",
+    bytes([5]) + struct.pack("<QhH", 3, -100, 40) + MESSAGES[5][1])
+put("envelope", "seal_round_result.bin",
+    bytes([11]) + struct.pack("<QhH", 1 << 40, 2000, 7) + MESSAGES[11][1])
