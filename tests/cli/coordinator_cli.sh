@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# coordinator_cli.sh BUILD_DIR - end-to-end checks of nawal-coordinator's
+# directory, registry and ledger commands: init layout and refusal of a
+# non-empty directory, validator add/list/remove with strict --pubkey and
+# --stake parsing, ledger verify/show on a fresh directory, --help on every
+# command, and exit codes (0 ok, 1 failed operation, 2 usage error).
+# (Ledger records, tampering and `ledger verify` naming a broken record are
+# covered by tests/unit/test_coord_ledger.c, which drives this binary too.)
+set -uo pipefail
+B=$1
+C="$B/nawal-coordinator"
+T=$(mktemp -d /tmp/nawal_coord_cli.XXXXXX)
+trap 'rm -rf "$T"' EXIT
+fail=0
+check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; fail=1; fi; }
+code() { "$@" >"$T/out" 2>"$T/err"; echo $?; }
+
+D="$T/coord"
+check "init exits 0" "[ \$(code $C init --dir $D) -eq 0 ]"
+check "init prints the coordinator key" "grep -Eq '^coordinator key [0-9a-f]{64}$' $T/out"
+check "init layout" "[ -f $D/state.db ] && [ -d $D/blobs ] && [ -f $D/identity.key ] && [ -f $D/identity.pub ]"
+check "secret key is 0600" "[ \$(stat -c %a $D/identity.key) = 600 ]"
+check "init of an initialised dir exits 1" "[ \$(code $C init --dir $D) -eq 1 ] && grep -q 'not empty' $T/err"
+mkdir "$T/full"; echo x > "$T/full/f"
+check "init of a non-empty dir exits 1" "[ \$(code $C init --dir $T/full) -eq 1 ] && [ ! -e $T/full/state.db ]"
+check "init without --dir exits 2" "[ \$(code $C init) -eq 2 ] && grep -q -- '--dir is required' $T/err"
+
+PK1=$(printf 'ab%.0s' $(seq 32)); PK2=$(printf '0%.0s' $(seq 63))1
+check "validator add exits 0" "[ \$(code $C validator add --dir $D --pubkey $PK1 --stake 10000000000000000) -eq 0 ]"
+check "add prints DALLA" "grep -q '10000.000000000000 DALLA' $T/out"
+check "max u64 stake" "[ \$(code $C validator add --dir $D --pubkey $PK2 --stake 18446744073709551615) -eq 0 ]"
+check "duplicate add exits 1" "[ \$(code $C validator add --dir $D --pubkey $PK1 --stake 1) -eq 1 ] && grep -q 'already registered' $T/err"
+for bad in -1 +1 0x10 1.5 1e3 '' ' 1' 18446744073709551616; do
+  check "stake '$bad' is a usage error" "[ \$(code $C validator add --dir $D --pubkey $PK2 --stake '$bad') -eq 2 ]"
+done
+for bad in abc "${PK1}00" "$(echo $PK1 | tr a-f A-F)" "${PK1:0:63}g"; do
+  check "pubkey '${bad:0:12}…' is a usage error" "[ \$(code $C validator add --dir $D --pubkey '$bad' --stake 1) -eq 2 ]"
+done
+check "unknown flag is a usage error" "[ \$(code $C validator add --dir $D --pubkey $PK1 --stake 1 --bogus 1) -eq 2 ]"
+check "missing --stake is a usage error" "[ \$(code $C validator add --dir $D --pubkey $PK1) -eq 2 ]"
+check "add to a missing dir exits 1" "[ \$(code $C validator add --dir $T/nope --pubkey $PK1 --stake 1) -eq 1 ] && grep -q 'init' $T/err"
+
+check "list shows both" "[ \$(code $C validator list --dir $D) -eq 0 ] && grep -q $PK1 $T/out && grep -q $PK2 $T/out && grep -q '18446744.073709551615' $T/out && grep -q '^2 validators' $T/out"
+check "remove exits 0" "[ \$(code $C validator remove --dir $D --pubkey $PK1) -eq 0 ]"
+check "remove again exits 1" "[ \$(code $C validator remove --dir $D --pubkey $PK1) -eq 1 ] && grep -q 'already removed' $T/err"
+check "list hides the removed key" "[ \$(code $C validator list --dir $D) -eq 0 ] && ! grep -q $PK1 $T/out && grep -q '^1 validator$' $T/out"
+check "list --all shows it removed" "[ \$(code $C validator list --dir $D --all) -eq 0 ] && grep -q \"$PK1.*removed\" $T/out"
+check "re-add re-activates" "[ \$(code $C validator add --dir $D --pubkey $PK1 --stake 5) -eq 0 ] && [ \$(code $C validator list --dir $D) -eq 0 ] && grep -q $PK1 $T/out"
+
+check "ledger verify on a fresh dir" "[ \$(code $C ledger verify --dir $D) -eq 0 ] && grep -q '^ledger ok: 0 records$' $T/out"
+check "ledger show on a fresh dir" "[ \$(code $C ledger show --dir $D) -eq 0 ] && grep -q '^0 records$' $T/out"
+mv "$D/identity.key" "$T/key.saved"
+check "ledger verify needs no secret key" "[ \$(code $C ledger verify --dir $D) -eq 0 ]"
+check "registry changes do" "[ \$(code $C validator remove --dir $D --pubkey $PK2) -eq 1 ]"
+mv "$T/key.saved" "$D/identity.key"
+
+for cmd in "" "init" "validator" "validator add" "validator list" "validator remove" "ledger" "ledger verify" "ledger show"; do
+  check "'$cmd --help' exits 0 with usage" "[ \$(code $C $cmd --help) -eq 0 ] && grep -q usage $T/out"
+done
+check "no command exits 2" "[ \$(code $C) -eq 2 ]"
+check "unknown command exits 2" "[ \$(code $C frobnicate) -eq 2 ]"
+check "unknown sub-command exits 2" "[ \$(code $C validator frobnicate) -eq 2 ] && [ \$(code $C ledger) -eq 2 ]"
+
+exit $fail
