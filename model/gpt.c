@@ -84,50 +84,53 @@ static size_t layer_act_floats(const nawal_gpt_config *c, size_t N, size_t B) {
     return N * C * 5 + N * 4 + N * 3 * C + B * c->n_head * T * T + N * 4 * C * 2;
 }
 
-static layer_acts get_layer_acts(const nawal_gpt *m, int l) {
-    size_t N = (size_t)m->max_batch * m->cfg.n_ctx, C = m->cfg.n_embd, T = m->cfg.n_ctx;
+/* Views of layer l's activations for the sequences from b0 on (sequence
+ * length T): every buffer is row-major, so a shard's rows are an offset. */
+static layer_acts get_layer_acts(const nawal_gpt *m, int l, int b0, int T) {
+    size_t N = (size_t)m->max_batch * m->cfg.n_ctx, C = m->cfg.n_embd, TM = m->cfg.n_ctx;
+    size_t r0 = (size_t)b0 * T, NH = m->cfg.n_head;
     float *p = m->acts + (size_t)l * layer_act_floats(&m->cfg, N, m->max_batch);
     layer_acts a;
-    a.ln1 = p; p += N * C;
-    a.ln1_mean = p; p += N;
-    a.ln1_rstd = p; p += N;
-    a.qkv = p; p += N * 3 * C;
-    a.atty = p; p += N * C;
-    a.att = p; p += (size_t)m->max_batch * m->cfg.n_head * T * T;
-    a.res2 = p; p += N * C;
-    a.ln2 = p; p += N * C;
-    a.ln2_mean = p; p += N;
-    a.ln2_rstd = p; p += N;
-    a.fch = p; p += N * 4 * C;
-    a.fch_gelu = p; p += N * 4 * C;
-    a.res3 = p;
+    a.ln1 = p + r0 * C; p += N * C;
+    a.ln1_mean = p + r0; p += N;
+    a.ln1_rstd = p + r0; p += N;
+    a.qkv = p + r0 * 3 * C; p += N * 3 * C;
+    a.atty = p + r0 * C; p += N * C;
+    a.att = p + (size_t)b0 * NH * T * T; p += (size_t)m->max_batch * NH * TM * TM;
+    a.res2 = p + r0 * C; p += N * C;
+    a.ln2 = p + r0 * C; p += N * C;
+    a.ln2_mean = p + r0; p += N;
+    a.ln2_rstd = p + r0; p += N;
+    a.fch = p + r0 * 4 * C; p += N * 4 * C;
+    a.fch_gelu = p + r0 * 4 * C; p += N * 4 * C;
+    a.res3 = p + r0 * C;
     return a;
 }
 
 typedef struct { float *encoded, *lnf, *lnf_mean, *lnf_rstd, *logits, *losses; } top_acts;
 
-static top_acts get_top_acts(const nawal_gpt *m) {
-    size_t N = (size_t)m->max_batch * m->cfg.n_ctx, C = m->cfg.n_embd;
+static top_acts get_top_acts(const nawal_gpt *m, int b0, int T) {
+    size_t N = (size_t)m->max_batch * m->cfg.n_ctx, C = m->cfg.n_embd, r0 = (size_t)b0 * T;
     float *p = m->acts + (size_t)m->cfg.n_layer * layer_act_floats(&m->cfg, N, m->max_batch);
     top_acts a;
-    a.encoded = p; p += N * C;
-    a.lnf = p; p += N * C;
-    a.lnf_mean = p; p += N;
-    a.lnf_rstd = p; p += N;
-    a.logits = p; p += N * m->cfg.vocab;
-    a.losses = p;
+    a.encoded = p + r0 * C; p += N * C;
+    a.lnf = p + r0 * C; p += N * C;
+    a.lnf_mean = p + r0; p += N;
+    a.lnf_rstd = p + r0; p += N;
+    a.logits = p + r0 * m->cfg.vocab; p += N * m->cfg.vocab;
+    a.losses = p + r0;
     return a;
 }
 
 typedef struct { float *dres, *dsmall, *dbig, *datt; } scratch_bufs;
 
-static scratch_bufs get_scratch(const nawal_gpt *m) {
-    size_t N = (size_t)m->max_batch * m->cfg.n_ctx, C = m->cfg.n_embd;
+static scratch_bufs get_scratch(const nawal_gpt *m, int b0, int T) {
+    size_t N = (size_t)m->max_batch * m->cfg.n_ctx, C = m->cfg.n_embd, r0 = (size_t)b0 * T;
     scratch_bufs s;
-    s.dres = m->scratch;
-    s.dsmall = s.dres + N * C;
-    s.dbig = s.dsmall + N * C;
-    s.datt = s.dbig + N * 4 * C;
+    s.dres = m->scratch + r0 * C;
+    s.dsmall = m->scratch + N * C + r0 * C;
+    s.dbig = m->scratch + 2 * N * C + r0 * 4 * C;
+    s.datt = m->scratch + 6 * N * C + (size_t)b0 * m->cfg.n_head * T * T;
     return s;
 }
 
@@ -216,80 +219,89 @@ static void shard_rows(const shard_job *j, int k, int *b0, int *nb) {
     *nb = base + (k < extra ? 1 : 0);
 }
 
+/* What a shard works on: its sequences [b0, b0+B), their N = B*T rows. */
+typedef struct {
+    nawal_gpt *m;
+    const nawal_ops *o;
+    int B, T, N, C, NH, V, b0;
+    size_t r0;
+    top_acts ta;
+    scratch_bufs s;
+} shard_view;
+
+static shard_view shard_begin(const shard_job *j, int k) {
+    shard_view v;
+    v.m = j->m;
+    v.o = j->m->ops;
+    v.C = v.m->cfg.n_embd;
+    v.NH = v.m->cfg.n_head;
+    v.V = v.m->cfg.vocab;
+    v.T = j->T;
+    shard_rows(j, k, &v.b0, &v.B);
+    v.N = v.B * v.T;
+    v.r0 = (size_t)v.b0 * v.T;
+    v.ta = get_top_acts(v.m, v.b0, v.T);
+    v.s = get_scratch(v.m, v.b0, v.T);
+    return v;
+}
+
 static void forward_shard(void *ctx, int k) {
     shard_job *j = ctx;
-    nawal_gpt *m = j->m;
-    const nawal_ops *o = m->ops;
-    const nawal_gpt_config *c = &m->cfg;
-    int C = c->n_embd, NH = c->n_head, V = c->vocab, T = j->T, b0, B;
-    shard_rows(j, k, &b0, &B);
-    size_t r0 = (size_t)b0 * T; /* first row */
-    int N = B * T;
-    top_acts ta = get_top_acts(m);
-    scratch_bufs s = get_scratch(m);
-    float *P = m->params, *tmp = s.dsmall + r0 * C;
-    float *res = ta.encoded + r0 * C;
-    o->embedding_fwd(o, res, m->d_inputs + r0, wte(m, P), wpe(m, P), B, T, C);
-    for (int l = 0; l < c->n_layer; l++) {
-        layer_acts a = get_layer_acts(m, l);
-        float *ln1 = a.ln1 + r0 * C, *qkv = a.qkv + r0 * 3 * C, *atty = a.atty + r0 * C;
-        float *att = a.att + (size_t)b0 * NH * T * T, *res2 = a.res2 + r0 * C, *ln2 = a.ln2 + r0 * C;
-        float *fch = a.fch + r0 * 4 * C, *fch_gelu = a.fch_gelu + r0 * 4 * C, *res3 = a.res3 + r0 * C;
-        o->layernorm_fwd(o, ln1, a.ln1_mean + r0, a.ln1_rstd + r0, res, lp(m, P, l, NAWAL_P_LN1_W), lp(m, P, l, NAWAL_P_LN1_B), N, C);
-        o->matmul_fwd(o, qkv, ln1, lp(m, P, l, NAWAL_P_QKV_W), lp(m, P, l, NAWAL_P_QKV_B), N, C, 3 * C, NAWAL_W_IN_OUT);
-        o->attention_fwd(o, atty, att, qkv, B, T, C, NH);
-        o->matmul_fwd(o, tmp, atty, lp(m, P, l, NAWAL_P_ATTPROJ_W), lp(m, P, l, NAWAL_P_ATTPROJ_B), N, C, C, NAWAL_W_IN_OUT);
-        o->residual_fwd(o, res2, res, tmp, (size_t)N * C);
-        o->layernorm_fwd(o, ln2, a.ln2_mean + r0, a.ln2_rstd + r0, res2, lp(m, P, l, NAWAL_P_LN2_W), lp(m, P, l, NAWAL_P_LN2_B), N, C);
-        o->matmul_fwd(o, fch, ln2, lp(m, P, l, NAWAL_P_FC_W), lp(m, P, l, NAWAL_P_FC_B), N, C, 4 * C, NAWAL_W_IN_OUT);
-        o->gelu_fwd(o, fch_gelu, fch, (size_t)N * 4 * C);
-        o->matmul_fwd(o, tmp, fch_gelu, lp(m, P, l, NAWAL_P_FCPROJ_W), lp(m, P, l, NAWAL_P_FCPROJ_B), N, 4 * C, C, NAWAL_W_IN_OUT);
-        o->residual_fwd(o, res3, res2, tmp, (size_t)N * C);
-        res = res3;
+    shard_view v = shard_begin(j, k);
+    nawal_gpt *m = v.m;
+    const nawal_ops *o = v.o;
+    int B = v.B, T = v.T, N = v.N, C = v.C, NH = v.NH, V = v.V;
+    float *P = m->params, *tmp = v.s.dsmall, *res = v.ta.encoded;
+    o->embedding_fwd(o, res, m->d_inputs + v.r0, wte(m, P), wpe(m, P), B, T, C);
+    for (int l = 0; l < m->cfg.n_layer; l++) {
+        layer_acts a = get_layer_acts(m, l, v.b0, T);
+        o->layernorm_fwd(o, a.ln1, a.ln1_mean, a.ln1_rstd, res, lp(m, P, l, NAWAL_P_LN1_W), lp(m, P, l, NAWAL_P_LN1_B), N, C);
+        o->matmul_fwd(o, a.qkv, a.ln1, lp(m, P, l, NAWAL_P_QKV_W), lp(m, P, l, NAWAL_P_QKV_B), N, C, 3 * C, NAWAL_W_IN_OUT);
+        o->attention_fwd(o, a.atty, a.att, a.qkv, B, T, C, NH);
+        o->matmul_fwd(o, tmp, a.atty, lp(m, P, l, NAWAL_P_ATTPROJ_W), lp(m, P, l, NAWAL_P_ATTPROJ_B), N, C, C, NAWAL_W_IN_OUT);
+        o->residual_fwd(o, a.res2, res, tmp, (size_t)N * C);
+        o->layernorm_fwd(o, a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, lp(m, P, l, NAWAL_P_LN2_W), lp(m, P, l, NAWAL_P_LN2_B), N, C);
+        o->matmul_fwd(o, a.fch, a.ln2, lp(m, P, l, NAWAL_P_FC_W), lp(m, P, l, NAWAL_P_FC_B), N, C, 4 * C, NAWAL_W_IN_OUT);
+        o->gelu_fwd(o, a.fch_gelu, a.fch, (size_t)N * 4 * C);
+        o->matmul_fwd(o, tmp, a.fch_gelu, lp(m, P, l, NAWAL_P_FCPROJ_W), lp(m, P, l, NAWAL_P_FCPROJ_B), N, 4 * C, C, NAWAL_W_IN_OUT);
+        o->residual_fwd(o, a.res3, a.res2, tmp, (size_t)N * C);
+        res = a.res3;
     }
-    float *lnfo = ta.lnf + r0 * C, *logits = ta.logits + r0 * V;
-    o->layernorm_fwd(o, lnfo, ta.lnf_mean + r0, ta.lnf_rstd + r0, res, lnf(m, P, 0), lnf(m, P, 1), N, C);
-    o->matmul_fwd(o, logits, lnfo, wte(m, P), NULL, N, C, V, NAWAL_W_OUT_IN);
-    if (j->scale >= 0.0f) o->softmax_xent(o, logits, ta.losses + r0, m->d_targets + r0, N, V, j->scale);
+    top_acts ta = v.ta;
+    o->layernorm_fwd(o, ta.lnf, ta.lnf_mean, ta.lnf_rstd, res, lnf(m, P, 0), lnf(m, P, 1), N, C);
+    o->matmul_fwd(o, ta.logits, ta.lnf, wte(m, P), NULL, N, C, V, NAWAL_W_OUT_IN);
+    if (j->scale >= 0.0f) o->softmax_xent(o, ta.logits, ta.losses, m->d_targets + v.r0, N, V, j->scale);
 }
 
 static void backward_shard(void *ctx, int k) {
     shard_job *j = ctx;
-    nawal_gpt *m = j->m;
-    const nawal_ops *o = m->ops;
-    const nawal_gpt_config *c = &m->cfg;
-    int C = c->n_embd, NH = c->n_head, V = c->vocab, T = j->T, b0, B;
-    shard_rows(j, k, &b0, &B);
-    size_t r0 = (size_t)b0 * T;
-    int N = B * T;
-    top_acts ta = get_top_acts(m);
-    scratch_bufs s = get_scratch(m);
+    shard_view v = shard_begin(j, k);
+    nawal_gpt *m = v.m;
+    const nawal_ops *o = v.o;
+    int B = v.B, T = v.T, N = v.N, C = v.C, NH = v.NH, V = v.V, L = m->cfg.n_layer;
     float *P = m->params, *G = j->grads[k];
-    float *dres = s.dres + r0 * C, *dsmall = s.dsmall + r0 * C, *dbig = s.dbig + r0 * 4 * C;
-    float *datt = s.datt + (size_t)b0 * NH * T * T;
-    float *res_last = (c->n_layer ? get_layer_acts(m, c->n_layer - 1).res3 : ta.encoded) + r0 * C;
+    top_acts ta = v.ta;
+    scratch_bufs s = v.s;
+    float *res_last = L ? get_layer_acts(m, L - 1, v.b0, T).res3 : ta.encoded;
 
-    o->fill(o, dres, 0.0f, (size_t)N * C);
-    o->matmul_bwd(o, dsmall, wte(m, G), NULL, ta.logits + r0 * V, ta.lnf + r0 * C, wte(m, P), N, C, V, NAWAL_W_OUT_IN);
-    o->layernorm_bwd(o, dres, lnf(m, G, 0), lnf(m, G, 1), dsmall, res_last, lnf(m, P, 0), ta.lnf_mean + r0, ta.lnf_rstd + r0, N, C);
-    for (int l = c->n_layer - 1; l >= 0; l--) {
-        layer_acts a = get_layer_acts(m, l);
-        float *res_in = (l == 0 ? ta.encoded : get_layer_acts(m, l - 1).res3) + r0 * C;
-        float *ln1 = a.ln1 + r0 * C, *qkv = a.qkv + r0 * 3 * C, *atty = a.atty + r0 * C;
-        float *att = a.att + (size_t)b0 * NH * T * T, *res2 = a.res2 + r0 * C, *ln2 = a.ln2 + r0 * C;
-        float *fch = a.fch + r0 * 4 * C, *fch_gelu = a.fch_gelu + r0 * 4 * C;
+    o->fill(o, s.dres, 0.0f, (size_t)N * C);
+    o->matmul_bwd(o, s.dsmall, wte(m, G), NULL, ta.logits, ta.lnf, wte(m, P), N, C, V, NAWAL_W_OUT_IN);
+    o->layernorm_bwd(o, s.dres, lnf(m, G, 0), lnf(m, G, 1), s.dsmall, res_last, lnf(m, P, 0), ta.lnf_mean, ta.lnf_rstd, N, C);
+    for (int l = L - 1; l >= 0; l--) {
+        layer_acts a = get_layer_acts(m, l, v.b0, T);
+        float *res_in = l == 0 ? ta.encoded : get_layer_acts(m, l - 1, v.b0, T).res3;
         /* MLP branch: res3 = res2 + fcproj(gelu(fc(ln2(res2)))) */
-        o->matmul_bwd(o, dbig, lp(m, G, l, NAWAL_P_FCPROJ_W), lp(m, G, l, NAWAL_P_FCPROJ_B), dres, fch_gelu, lp(m, P, l, NAWAL_P_FCPROJ_W), N, 4 * C, C, NAWAL_W_IN_OUT);
-        o->gelu_bwd(o, dbig, fch, dbig, (size_t)N * 4 * C);
-        o->matmul_bwd(o, dsmall, lp(m, G, l, NAWAL_P_FC_W), lp(m, G, l, NAWAL_P_FC_B), dbig, ln2, lp(m, P, l, NAWAL_P_FC_W), N, C, 4 * C, NAWAL_W_IN_OUT);
-        o->layernorm_bwd(o, dres, lp(m, G, l, NAWAL_P_LN2_W), lp(m, G, l, NAWAL_P_LN2_B), dsmall, res2, lp(m, P, l, NAWAL_P_LN2_W), a.ln2_mean + r0, a.ln2_rstd + r0, N, C);
+        o->matmul_bwd(o, s.dbig, lp(m, G, l, NAWAL_P_FCPROJ_W), lp(m, G, l, NAWAL_P_FCPROJ_B), s.dres, a.fch_gelu, lp(m, P, l, NAWAL_P_FCPROJ_W), N, 4 * C, C, NAWAL_W_IN_OUT);
+        o->gelu_bwd(o, s.dbig, a.fch, s.dbig, (size_t)N * 4 * C);
+        o->matmul_bwd(o, s.dsmall, lp(m, G, l, NAWAL_P_FC_W), lp(m, G, l, NAWAL_P_FC_B), s.dbig, a.ln2, lp(m, P, l, NAWAL_P_FC_W), N, C, 4 * C, NAWAL_W_IN_OUT);
+        o->layernorm_bwd(o, s.dres, lp(m, G, l, NAWAL_P_LN2_W), lp(m, G, l, NAWAL_P_LN2_B), s.dsmall, a.res2, lp(m, P, l, NAWAL_P_LN2_W), a.ln2_mean, a.ln2_rstd, N, C);
         /* attention branch: res2 = res_in + attproj(attn(qkv(ln1(res_in)))) */
-        o->matmul_bwd(o, dsmall, lp(m, G, l, NAWAL_P_ATTPROJ_W), lp(m, G, l, NAWAL_P_ATTPROJ_B), dres, atty, lp(m, P, l, NAWAL_P_ATTPROJ_W), N, C, C, NAWAL_W_IN_OUT);
-        o->attention_bwd(o, dbig, datt, dsmall, qkv, att, B, T, C, NH);
-        o->matmul_bwd(o, dsmall, lp(m, G, l, NAWAL_P_QKV_W), lp(m, G, l, NAWAL_P_QKV_B), dbig, ln1, lp(m, P, l, NAWAL_P_QKV_W), N, C, 3 * C, NAWAL_W_IN_OUT);
-        o->layernorm_bwd(o, dres, lp(m, G, l, NAWAL_P_LN1_W), lp(m, G, l, NAWAL_P_LN1_B), dsmall, res_in, lp(m, P, l, NAWAL_P_LN1_W), a.ln1_mean + r0, a.ln1_rstd + r0, N, C);
+        o->matmul_bwd(o, s.dsmall, lp(m, G, l, NAWAL_P_ATTPROJ_W), lp(m, G, l, NAWAL_P_ATTPROJ_B), s.dres, a.atty, lp(m, P, l, NAWAL_P_ATTPROJ_W), N, C, C, NAWAL_W_IN_OUT);
+        o->attention_bwd(o, s.dbig, s.datt, s.dsmall, a.qkv, a.att, B, T, C, NH);
+        o->matmul_bwd(o, s.dsmall, lp(m, G, l, NAWAL_P_QKV_W), lp(m, G, l, NAWAL_P_QKV_B), s.dbig, a.ln1, lp(m, P, l, NAWAL_P_QKV_W), N, C, 3 * C, NAWAL_W_IN_OUT);
+        o->layernorm_bwd(o, s.dres, lp(m, G, l, NAWAL_P_LN1_W), lp(m, G, l, NAWAL_P_LN1_B), s.dsmall, res_in, lp(m, P, l, NAWAL_P_LN1_W), a.ln1_mean, a.ln1_rstd, N, C);
     }
-    o->embedding_bwd(o, wte(m, G), wpe(m, G), dres, m->d_inputs + r0, B, T, C);
+    o->embedding_bwd(o, wte(m, G), wpe(m, G), s.dres, m->d_inputs + v.r0, B, T, C);
 }
 
 /* Shards a batch of B sequences is split into: one per backend thread (at
@@ -335,7 +347,7 @@ float nawal_gpt_forward(nawal_gpt *m, const int32_t *inputs, const int32_t *targ
     if (n_valid) *n_valid = valid;
     if (!targets) return 0.0f;
 
-    top_acts ta = get_top_acts(m);
+    top_acts ta = get_top_acts(m, 0, T);
     if (want_grad && !valid) o->fill(o, ta.logits, 0.0f, (size_t)N * V); /* all ignored: zero gradient */
     m->has_grad_logits = want_grad;
     o->download(o, m->h_losses, ta.losses, (size_t)N * sizeof(float));
@@ -366,7 +378,7 @@ void nawal_gpt_backward(nawal_gpt *m) {
 
 void nawal_gpt_zero_grad(nawal_gpt *m) { m->ops->fill(m->ops, m->grads, 0.0f, m->n_params); }
 
-const float *nawal_gpt_logits(const nawal_gpt *m) { return get_top_acts(m).logits; }
+const float *nawal_gpt_logits(const nawal_gpt *m) { return get_top_acts(m, 0, 0).logits; }
 
 double nawal_gpt_train_flops_per_token(const nawal_gpt_config *c, int T) {
     double C = c->n_embd, L = c->n_layer;
