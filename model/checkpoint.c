@@ -2,6 +2,7 @@
  * HF names and shapes, so saving is a walk over it and loading is the same
  * walk with every tensor checked against the file. */
 #include "checkpoint.h"
+#include "fileio.h"
 #include "safetensors.h"
 #include <errno.h>
 #include <jansson.h>
@@ -10,21 +11,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-static int write_file_atomic(const char *path, const char *data, size_t len, char *err, size_t errlen) {
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
-    FILE *f = fopen(tmp, "wb");
-    if (!f) { snprintf(err, errlen, "cannot create %s: %s", tmp, strerror(errno)); return -1; }
-    int ok = fwrite(data, 1, len, f) == len && fflush(f) == 0 && fsync(fileno(f)) == 0;
-    ok = (fclose(f) == 0) && ok;
-    if (!ok || rename(tmp, path) != 0) {
-        snprintf(err, errlen, "cannot write %s: %s", path, strerror(errno));
-        unlink(tmp);
-        return -1;
-    }
-    return 0;
-}
 
 int nawal_checkpoint_save(const nawal_gpt *m, const nawal_tokenizer *tok, const char *dir, char *err, size_t errlen) {
     if (mkdir(dir, 0755) != 0 && errno != EEXIST) { snprintf(err, errlen, "cannot create directory %s: %s", dir, strerror(errno)); return -1; }
@@ -50,7 +36,8 @@ int nawal_checkpoint_save(const nawal_gpt *m, const nawal_tokenizer *tok, const 
     json_decref(j);
     if (!text) { snprintf(err, errlen, "cannot encode config.json"); return -1; }
     snprintf(path, sizeof path, "%s/config.json", dir);
-    int rc = write_file_atomic(path, text, strlen(text), err, errlen);
+    nawal_chunk chunk = { text, strlen(text) };
+    int rc = nawal_file_replace(path, &chunk, 1, 0644, err, errlen);
     free(text);
     if (rc) return -1;
 

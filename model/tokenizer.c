@@ -10,6 +10,7 @@
  * words that contain the merged pair are rewritten and only the pair counts
  * that change are updated. */
 #include "error.h"
+#include "fileio.h"
 #include "tokenizer.h"
 
 #include <errno.h>
@@ -700,60 +701,19 @@ int nawal_tokenizer_train_bpe(nawal_tokenizer **out, const uint8_t *data, size_t
 /* ---------------------------------------------------------------------------
  * Files. */
 
-static void fsync_parent_dir(const char *path) {
-    const char *slash = strrchr(path, '/');
-    char *dir = slash ? strndup(path, (size_t)(slash - path) + (slash == path)) : strdup(".");
-    if (!dir) return;
-    int fd = open(dir, O_RDONLY | O_DIRECTORY);
-    if (fd >= 0) {
-        fsync(fd); /* best effort: the rename itself already happened */
-        close(fd);
-    }
-    free(dir);
-}
-
 int nawal_tokenizer_save(const nawal_tokenizer *t, const char *path, char *err, size_t errlen) {
     if (!t || !path) return nawal_fail(err, errlen, "tokenizer save: invalid arguments");
-    size_t plen = strlen(path);
-    char *tmp = malloc(plen + 16);
-    if (!tmp) return nawal_fail(err, errlen, "%s: out of memory", path);
-    snprintf(tmp, plen + 16, "%s.tmp.XXXXXX", path);
-    int fd = mkstemp(tmp);
-    if (fd < 0) {
-        int e = errno;
-        free(tmp);
-        return nawal_fail(err, errlen, "%s: cannot create temporary file: %s", path, strerror(e));
-    }
-    fchmod(fd, 0644);
-    FILE *f = fdopen(fd, "w");
-    if (!f) {
-        int e = errno;
-        close(fd);
-        unlink(tmp);
-        free(tmp);
-        return nawal_fail(err, errlen, "%s: %s", path, strerror(e));
-    }
-    int bad = fprintf(f, "%s %d\nvocab %d\n", TOK_MAGIC, TOK_VERSION, t->vocab_size) < 0;
-    for (int i = 0; i < t->n_merges && !bad; i++)
-        bad = fprintf(f, "%ld %ld\n", (long)t->merge_left[i], (long)t->merge_right[i]) < 0;
-    if (!bad) bad = fflush(f) != 0 || fsync(fileno(f)) != 0;
-    int e = errno;
-    if (fclose(f) != 0 && !bad) {
-        bad = 1;
-        e = errno;
-    }
-    if (!bad && rename(tmp, path) != 0) {
-        bad = 1;
-        e = errno;
-    }
-    if (bad) {
-        unlink(tmp);
-        free(tmp);
-        return nawal_fail(err, errlen, "%s: write failed: %s", path, strerror(e));
-    }
-    free(tmp);
-    fsync_parent_dir(path);
-    return 0;
+    /* "%ld %ld\n" is at most 2 x 20 + 2 bytes per merge */
+    size_t cap = 64 + (size_t)t->n_merges * 44, len = 0;
+    char *text = malloc(cap);
+    if (!text) return nawal_fail(err, errlen, "%s: out of memory", path);
+    len += (size_t)snprintf(text, cap, "%s %d\nvocab %d\n", TOK_MAGIC, TOK_VERSION, t->vocab_size);
+    for (int i = 0; i < t->n_merges; i++)
+        len += (size_t)snprintf(text + len, cap - len, "%ld %ld\n", (long)t->merge_left[i], (long)t->merge_right[i]);
+    nawal_chunk c = { text, len };
+    int rc = nawal_file_replace(path, &c, 1, 0644, err, errlen);
+    free(text);
+    return rc;
 }
 
 /* Reads a whole file of at most max bytes. */

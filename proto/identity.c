@@ -6,6 +6,7 @@
 #define _POSIX_C_SOURCE 200809L
 #endif
 
+#include "fileio.h"
 #include "identity.h"
 #include "cid.h"
 #include "error.h"
@@ -89,17 +90,6 @@ static int make_dirs(const char *dir, char *err, size_t errlen) {
     return 0;
 }
 
-static int write_all(int fd, const char *buf, size_t len) {
-    while (len) {
-        ssize_t w = write(fd, buf, len);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) return -1;
-        buf += w;
-        len -= (size_t)w;
-    }
-    return 0;
-}
-
 /* Creates `path` exclusively with `mode` and writes buf; removes it again
  * on any failure. */
 static int create_exclusive(const char *path, mode_t mode, const char *buf, size_t len, char *err, size_t errlen) {
@@ -109,7 +99,7 @@ static int create_exclusive(const char *path, mode_t mode, const char *buf, size
         return nawal_fail(err, errlen, "%s: cannot create: %s", path, strerror(errno));
     }
     int e = 0;
-    if (fchmod(fd, mode) != 0 || write_all(fd, buf, len) != 0 || fsync(fd) != 0) e = errno ? errno : EIO;
+    if (fchmod(fd, mode) != 0 || nawal_write_all(fd, buf, len) != 0 || fsync(fd) != 0) e = errno ? errno : EIO;
     if (close(fd) != 0 && !e) e = errno;
     if (e) {
         unlink(path);
@@ -157,11 +147,7 @@ int nawal_identity_save(const nawal_identity *id, const char *dir, char *err, si
         unlink(kpath);
         return -1;
     }
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        fsync(dfd);
-        close(dfd);
-    }
+    nawal_fsync_parent_dir(kpath);
     return 0;
 }
 

@@ -24,6 +24,7 @@
 
 #include "safetensors.h"
 #include "error.h"
+#include "fileio.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -602,42 +603,6 @@ int nawal_st_read(nawal_st_file **out, const char *path, char *err, size_t errle
 
 /* ---------------------------------------------------------------- writing */
 
-static int st_write_all(int fd, const void *buf, size_t len) {
-    const uint8_t *p = buf;
-    while (len > 0) {
-        ssize_t w = write(fd, p, len);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            return -1;
-        }
-        p += w;
-        len -= (size_t)w;
-    }
-    return 0;
-}
-
-/* Best effort: make the rename durable. Some filesystems refuse fsync on a
- * directory; the data itself is already synced, so errors are ignored. */
-static void st_sync_dir(const char *path) {
-    const char *slash = strrchr(path, '/');
-    char *dir;
-    if (!slash) {
-        dir = st_strdup(".");
-    } else {
-        size_t dl = slash == path ? 1 : (size_t)(slash - path);
-        dir = malloc(dl + 1);
-        if (dir) {
-            memcpy(dir, path, dl);
-            dir[dl] = '\0';
-        }
-    }
-    if (!dir) return;
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    free(dir);
-    if (fd < 0) return;
-    (void)fsync(fd);
-    close(fd);
-}
 
 /* Builds the (unpadded) JSON header; returns a malloc'd string or NULL. */
 static char *st_build_header(const char *path, const nawal_st_tensor *tensors, size_t n,
@@ -785,58 +750,15 @@ int nawal_st_write(const char *path, const nawal_st_tensor *tensors, size_t n,
     memset(head + 8 + jlen, ' ', hlen - jlen);
     free(json);
 
-    size_t plen = strlen(path);
-    static const char suffix[] = ".tmp.XXXXXX";
-    char *tmp = malloc(plen + sizeof suffix);
-    if (!tmp) {
-        (void)nawal_fail(err, errlen, "%s: out of memory", path);
+    nawal_chunk *chunks = malloc((n + 1) * sizeof *chunks);
+    if (!chunks) {
         free(head);
-        return -1;
+        return nawal_fail(err, errlen, "%s: out of memory", path);
     }
-    memcpy(tmp, path, plen);
-    memcpy(tmp + plen, suffix, sizeof suffix);
-
-    int rc = -1, cfd;
-    int fd = mkstemp(tmp);
-    if (fd < 0) {
-        (void)nawal_fail(err, errlen, "%s: cannot create temporary file %s: %s", path, tmp, strerror(errno));
-        free(tmp);
-        free(head);
-        return -1;
-    }
-    if (fchmod(fd, 0644) != 0) {
-        (void)nawal_fail(err, errlen, "%s: chmod of temporary file failed: %s", path, strerror(errno));
-        goto fail;
-    }
-    if (st_write_all(fd, head, 8 + hlen) != 0) goto write_fail;
-    for (size_t i = 0; i < n; i++) {
-        if (tensors[i].nbytes && st_write_all(fd, tensors[i].data, tensors[i].nbytes) != 0) goto write_fail;
-    }
-    if (fsync(fd) != 0) {
-        (void)nawal_fail(err, errlen, "%s: fsync failed: %s", path, strerror(errno));
-        goto fail;
-    }
-    cfd = fd;
-    fd = -1;
-    if (close(cfd) != 0) {
-        (void)nawal_fail(err, errlen, "%s: close failed: %s", path, strerror(errno));
-        goto fail;
-    }
-    if (rename(tmp, path) != 0) {
-        (void)nawal_fail(err, errlen, "%s: cannot rename temporary file into place: %s", path, strerror(errno));
-        goto fail;
-    }
-    st_sync_dir(path);
-    rc = 0;
-    goto out;
-
-write_fail:
-    (void)nawal_fail(err, errlen, "%s: write failed: %s", path, strerror(errno));
-fail:
-    if (fd >= 0) close(fd);
-    unlink(tmp);
-out:
-    free(tmp);
+    chunks[0] = (nawal_chunk){ head, 8 + hlen };
+    for (size_t i = 0; i < n; i++) chunks[i + 1] = (nawal_chunk){ tensors[i].data, tensors[i].nbytes };
+    int rc = nawal_file_replace(path, chunks, n + 1, 0644, err, errlen);
+    free(chunks);
     free(head);
     return rc;
 }

@@ -1,0 +1,66 @@
+/* fileio.c - see fileio.h. */
+#include "fileio.h"
+#include "error.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+int nawal_write_all(int fd, const void *buf, size_t len) {
+    const char *p = buf;
+    while (len > 0) {
+        ssize_t w = write(fd, p, len);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) {
+            if (w == 0) errno = EIO;
+            return -1;
+        }
+        p += w;
+        len -= (size_t)w;
+    }
+    return 0;
+}
+
+void nawal_fsync_parent_dir(const char *path) {
+    const char *slash = strrchr(path, '/');
+    char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
+    if (!dir) return;
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    free(dir);
+    if (fd < 0) return;
+    (void)fsync(fd);
+    close(fd);
+}
+
+int nawal_file_replace(const char *path, const nawal_chunk *chunks, size_t n, mode_t mode, char *err, size_t errlen) {
+    size_t plen = strlen(path);
+    static const char suffix[] = ".tmp.XXXXXX";
+    char *tmp = malloc(plen + sizeof suffix);
+    if (!tmp) return nawal_fail(err, errlen, "%s: out of memory", path);
+    memcpy(tmp, path, plen);
+    memcpy(tmp + plen, suffix, sizeof suffix);
+    int fd = mkstemp(tmp);
+    if (fd < 0) {
+        int e = errno;
+        free(tmp);
+        return nawal_fail(err, errlen, "%s: cannot create a temporary file beside it: %s", path, strerror(e));
+    }
+    const char *what = "chmod";
+    int ok = fchmod(fd, mode) == 0;
+    for (size_t i = 0; ok && i < n; i++)
+        if (chunks[i].len && nawal_write_all(fd, chunks[i].data, chunks[i].len) != 0) { ok = 0; what = "write"; }
+    if (ok && fsync(fd) != 0) { ok = 0; what = "fsync"; }
+    int e = errno;
+    if (close(fd) != 0 && ok) { ok = 0; what = "close"; e = errno; }
+    if (ok && rename(tmp, path) != 0) { ok = 0; what = "rename"; e = errno; }
+    if (!ok) {
+        unlink(tmp);
+        free(tmp);
+        return nawal_fail(err, errlen, "%s: %s failed: %s", path, what, strerror(e));
+    }
+    free(tmp);
+    nawal_fsync_parent_dir(path);
+    return 0;
+}

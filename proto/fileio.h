@@ -1,0 +1,30 @@
+/* fileio.h - durable file writes shared by everything that stores state on
+ * disk (safetensors, tokenizers, checkpoints, identities, the coordinator's
+ * blob store): write-all loops, directory fsync, and whole-file replacement
+ * that is atomic (temporary file in the same directory, fsync, rename,
+ * directory fsync), so a reader sees the old file or the new one, never a
+ * torn mix, even across a crash. */
+#ifndef NAWAL_FILEIO_H
+#define NAWAL_FILEIO_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+/* write() until len bytes are out, retrying EINTR; 0, or -1 with errno set */
+int nawal_write_all(int fd, const void *buf, size_t len);
+
+/* fsync the directory holding path (best effort: some filesystems refuse) */
+void nawal_fsync_parent_dir(const char *path);
+
+/* One piece of a file's contents. */
+typedef struct {
+    const void *data;
+    size_t len;
+} nawal_chunk;
+
+/* Replaces path with the concatenation of chunks, with the given mode.
+ * On failure the previous file, if any, is untouched and no temporary
+ * file is left behind. 0, or -1 with a message naming path. */
+int nawal_file_replace(const char *path, const nawal_chunk *chunks, size_t n, mode_t mode, char *err, size_t errlen);
+
+#endif
