@@ -1,0 +1,118 @@
+/* transport.h - the WebSocket transport between nawal-agent and
+ * nawal-coordinator: a thin server and client layer over libwebsockets.
+ *
+ * Each endpoint (server or client) owns one libwebsockets context and one
+ * event loop, driven by the caller with nawal_ws_{server,client}_service().
+ * Every message is one binary WebSocket message; fragments are reassembled
+ * and a message larger than `max_message` gets its connection dropped as
+ * soon as its size is known, before more than `max_message` bytes are
+ * buffered. Text messages, protocol errors and garbage also drop the
+ * connection; other connections keep working.
+ *
+ * TLS is the default: a server needs a certificate and key (PEM files), a
+ * client verifies the server against `ca_file` (or the system store) and the
+ * host name it connects to. `allow_self_signed` (tests) accepts a
+ * self-signed server certificate; `insecure_plaintext` turns TLS off and is
+ * for loopback tests only.
+ *
+ * Sending is queued per connection (bounded by messages and bytes); a full
+ * queue refuses with errno EAGAIN and `on_drain` fires when queued messages
+ * have gone out, so producers continue from there (back-pressure). Large
+ * messages go out as WebSocket fragments of `io_chunk` bytes, written only
+ * when the socket is writable. Keepalive: a PING after `ping_secs` without a
+ * PONG, the connection dropped when none came within `dead_secs`.
+ *
+ * Threading: an endpoint and its connections belong to the thread that
+ * services it; call every function here from that thread (inside the
+ * handlers or between service calls), except nawal_ws_*_wake(), which any
+ * thread may call. Handlers run inside service() (and inside *_free(), which
+ * closes what is still open). */
+#ifndef NAWAL_TRANSPORT_H
+#define NAWAL_TRANSPORT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* WebSocket sub-protocol name both ends speak */
+#define NAWAL_WS_SUBPROTOCOL "nawal.v1"
+
+typedef struct nawal_ws_conn nawal_ws_conn;
+typedef struct nawal_ws_server nawal_ws_server;
+typedef struct nawal_ws_client nawal_ws_client;
+
+typedef struct nawal_ws_config {
+    /* TLS */
+    const char *cert_file;   /* server: certificate chain (PEM) */
+    const char *key_file;    /* server: private key (PEM) */
+    const char *ca_file;     /* client: the only CAs (PEM) trusted to verify the server; NULL = system store */
+    int allow_self_signed;   /* client, tests only: accept a self-signed server certificate */
+    int insecure_plaintext;  /* no TLS at all (loopback tests only); both ends must agree */
+    /* listening (server) */
+    const char *bind_addr;   /* interface name or address to bind; NULL = all */
+    int port;                /* 0 = an ephemeral port, see nawal_ws_server_port() */
+    int max_connections;     /* server: open connections beyond this are refused (default 64) */
+    /* limits */
+    size_t max_message;      /* largest message received or sent, bytes (default 4 MiB) */
+    size_t queue_msgs;       /* per-connection send queue, messages (default 64) */
+    size_t queue_bytes;      /* per-connection send queue, bytes (default 64 MiB) */
+    size_t io_chunk;         /* read size and outgoing fragment size, bytes (default 256 KiB) */
+    /* keepalive */
+    int ping_secs;           /* send a PING after this long without a PONG (default 20) */
+    int dead_secs;           /* drop the peer after this long without a PONG (default 60; > ping_secs) */
+} nawal_ws_config;
+
+/* Event handlers; any may be NULL. `user` is passed back to each. */
+typedef struct nawal_ws_handlers {
+    /* the connection is established (client: after the handshake; server: a peer was accepted) */
+    void (*on_open)(nawal_ws_conn *c, void *user);
+    /* one complete message; `msg` is valid only during the call */
+    void (*on_message)(nawal_ws_conn *c, const uint8_t *msg, size_t len, void *user);
+    /* queued messages were written out and the queue has room again */
+    void (*on_drain)(nawal_ws_conn *c, void *user);
+    /* the connection is gone (or, client, never came up); `c` is freed after
+     * this returns. Called exactly once per connection that was opened (server)
+     * or returned by nawal_ws_client_connect() (client). */
+    void (*on_close)(nawal_ws_conn *c, const char *reason, void *user);
+    void *user;
+} nawal_ws_handlers;
+
+/* Server. nawal_ws_server_new() listens at once; *_service() runs one pass of
+ * the event loop, waiting up to timeout_ms (0 = do not wait) for events.
+ * Returns NULL / -1 with a message in err on failure. */
+nawal_ws_server *nawal_ws_server_new(const nawal_ws_config *cfg, const nawal_ws_handlers *h,
+                                     char *err, size_t errlen);
+int nawal_ws_server_port(const nawal_ws_server *s);
+int nawal_ws_server_service(nawal_ws_server *s, int timeout_ms);
+int nawal_ws_server_connections(const nawal_ws_server *s);
+void nawal_ws_server_wake(nawal_ws_server *s);  /* any thread: make a waiting service() return */
+void nawal_ws_server_free(nawal_ws_server *s);  /* closes every connection (on_close fires) */
+
+/* Client endpoint: one event loop for any number of outgoing connections. */
+nawal_ws_client *nawal_ws_client_new(const nawal_ws_config *cfg, const nawal_ws_handlers *h,
+                                     char *err, size_t errlen);
+/* Starts connecting to host:port (path "/" when NULL); `host` is also the
+ * name the server certificate must match. The connection completes inside
+ * service(): on_open, or on_close with the reason it failed. */
+nawal_ws_conn *nawal_ws_client_connect(nawal_ws_client *cl, const char *host, int port, const char *path,
+                                       char *err, size_t errlen);
+int nawal_ws_client_service(nawal_ws_client *cl, int timeout_ms);
+void nawal_ws_client_wake(nawal_ws_client *cl);
+void nawal_ws_client_free(nawal_ws_client *cl);
+
+/* Connections. nawal_ws_send() copies the message into the send queue:
+ * 0 = queued; -1 with errno EAGAIN (queue full: retry after on_drain),
+ * EMSGSIZE (longer than max_message) or ENOTCONN (closing or closed). */
+int nawal_ws_send(nawal_ws_conn *c, const void *msg, size_t len);
+size_t nawal_ws_queued(const nawal_ws_conn *c);        /* messages queued, not yet fully written */
+int nawal_ws_is_open(const nawal_ws_conn *c);
+/* Closes now (what is queued is dropped); on_close follows inside service(). */
+void nawal_ws_close(nawal_ws_conn *c, const char *reason);
+/* Closes once everything queued has been written; later sends are refused. */
+void nawal_ws_close_when_sent(nawal_ws_conn *c, const char *reason);
+/* Stop (pause = 1) or resume (0) reading from this peer; TCP pushes back. */
+void nawal_ws_pause_rx(nawal_ws_conn *c, int pause);
+void nawal_ws_set_data(nawal_ws_conn *c, void *data);  /* per-connection user pointer */
+void *nawal_ws_get_data(const nawal_ws_conn *c);
+const char *nawal_ws_peer(const nawal_ws_conn *c);     /* peer address, for logs */
+
+#endif
