@@ -6,7 +6,7 @@ DATA     ?= $(or $(wildcard ../shared/data/tinyshakespeare.txt),$(BUILD)/demo-co
 SHAKESPEARE ?= ../shared/data/tinyshakespeare.txt
 FUZZ_SECONDS ?= 15
 
-.PHONY: all setup build test demo quality asan bench fuzz clean
+.PHONY: all setup build test test-extended demo quality asan bench fuzz clean
 
 all: build
 
@@ -21,6 +21,10 @@ build: setup $(BUILD)/CMakeCache.txt
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure
+
+# `make test` plus the long checks: the suite under ASan + UBSan and every
+# fuzz target (FUZZ_SECONDS each, 15 s x 6 targets = 90 s by default).
+test-extended: test asan fuzz
 
 # Train a small GPT on a corpus and sample from it (a later issue turns this
 # into a federated round). Uses tiny Shakespeare when present, else a
