@@ -7,11 +7,13 @@
  *                        fraction of what the library itself does.
  *   nawal-bench matmul : just the GEMM part.
  *   nawal-bench stream : blob streaming over loopback WebSockets (bench/stream.c).
+ *   nawal-bench aggregate : FedAvg GB/s over delta files vs memcpy (bench/aggregate.c).
  * Timings are medians over --repeats runs; compare only with baselines
  * measured in the same run (bench/compare/ for PyTorch). */
 #include "cli.h"
 #include "gpt.h"
 #include "optim.h"
+#include "aggregate_bench.h"
 #include "stream.h"
 #include <math.h>
 #include <stdio.h>
@@ -124,10 +126,11 @@ static int bench_train(const nawal_ops *o, const bench_opts *b) {
 }
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: nawal-bench <train|matmul|stream> [options]\n"
+    fprintf(f, "usage: nawal-bench <train|matmul|stream|aggregate> [options]\n"
                "  train   training-step throughput of a GPT config (default: tiny Shakespeare, 4x4x128, ctx 64, batch 12)\n"
                "  matmul  GFLOP/s of the backend's matmul on that config's GEMM shapes\n"
                "  stream  blob streaming MB/s and per-end peak RSS over loopback (--size 1GiB --tls|--plain)\n"
+               "  aggregate  FedAvg GB/s over dense delta files vs memcpy (--params 124M --clients 16 --device cpu)\n"
                "Run 'nawal-bench <command> --help' for options.\n");
 }
 
@@ -136,6 +139,7 @@ int main(int argc, char **argv) {
     const char *cmd = argv[1];
     if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h")) { usage(stdout); return 0; }
     if (!strcmp(cmd, "stream")) return bench_stream(argc - 1, argv + 1);
+    if (!strcmp(cmd, "aggregate")) return bench_aggregate(argc - 1, argv + 1);
     if (strcmp(cmd, "train") && strcmp(cmd, "matmul")) { fprintf(stderr, "error: unknown command '%s'\n", cmd); usage(stderr); return 2; }
     bench_opts b = { .cfg = { 4, 4, 128, 64, 257 }, .batch = 12, .steps = 20, .warmup_steps = 5, .repeats = 5,
                      .threads = 0, .device = "auto" };

@@ -155,6 +155,74 @@ int nawal_blobstore_put_file(nawal_store *s, const char *path, uint8_t cid_out[3
     return 0;
 }
 
+struct nawal_blob_writer {
+    nawal_store *s;
+    int fd;
+    int failed;              /* a write failed: only abort is left */
+    nawal_cid_state hs;
+    char tmp[4200];
+};
+
+int nawal_blobstore_writer_open(nawal_store *s, nawal_blob_writer **out, char *err, size_t errlen) {
+    *out = NULL;
+    nawal_blob_writer *w = calloc(1, sizeof *w);
+    if (!w) return nawal_fail(err, errlen, "out of memory");
+    char top[4096];
+    if (blob_dir(s, top, sizeof top)) {
+        free(w);
+        return nawal_fail(err, errlen, "%s: path too long", nawal_store_dir(s));
+    }
+    if (nawal_cid_init(&w->hs)) {
+        free(w);
+        return nawal_fail(err, errlen, "blob store: hashing failed");
+    }
+    w->s = s;
+    w->fd = make_temp(top, w->tmp, sizeof w->tmp, err, errlen);
+    if (w->fd < 0) {
+        free(w);
+        return -1;
+    }
+    *out = w;
+    return 0;
+}
+
+int nawal_blobstore_writer_write(nawal_blob_writer *w, const void *buf, size_t len, char *err, size_t errlen) {
+    if (w->failed) return nawal_fail(err, errlen, "%s: an earlier write failed", w->tmp);
+    nawal_cid_update(&w->hs, buf, len);
+    if (write_all(w->fd, buf, len)) {
+        w->failed = 1;
+        return nawal_fail(err, errlen, "%s: write failed: %s", w->tmp, strerror(errno));
+    }
+    return 0;
+}
+
+void nawal_blobstore_writer_abort(nawal_blob_writer *w) {
+    if (!w) return;
+    if (w->fd >= 0) close(w->fd);
+    unlink(w->tmp);
+    free(w);
+}
+
+int nawal_blobstore_writer_commit(nawal_blob_writer *w, uint8_t cid_out[32], uint64_t *size_out, char *err,
+                                  size_t errlen) {
+    uint8_t cid[32];
+    uint64_t total = w->hs.length;
+    int rc = w->failed ? nawal_fail(err, errlen, "%s: an earlier write failed", w->tmp) : 0;
+    if (rc == 0 && nawal_cid_final(&w->hs, cid)) rc = nawal_fail(err, errlen, "blob store: hashing failed");
+    if (rc == 0 && fsync(w->fd) != 0) rc = nawal_fail(err, errlen, "%s: fsync failed: %s", w->tmp, strerror(errno));
+    if (close(w->fd) != 0 && rc == 0) rc = nawal_fail(err, errlen, "%s: close failed: %s", w->tmp, strerror(errno));
+    w->fd = -1;
+    if (rc == 0) rc = publish(w->s, w->tmp, cid, err, errlen);
+    if (rc) {
+        nawal_blobstore_writer_abort(w);
+        return -1;
+    }
+    free(w);
+    memcpy(cid_out, cid, 32);
+    if (size_out) *size_out = total;
+    return 0;
+}
+
 int nawal_blobstore_has(nawal_store *s, const uint8_t cid[32]) {
     char path[4096];
     struct stat sb;

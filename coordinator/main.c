@@ -1,16 +1,22 @@
 /* main.c - nawal-coordinator: sub-commands on a coordinator directory
- * (init, validator add|list|remove, ledger verify|show). Exit status 0 on
- * success, 1 when the operation fails (or the ledger is broken), 2 for a
- * usage error. */
+ * (init [with the initial model], validator add|list|remove, round
+ * start|status|tick, ledger verify|show). Exit status 0 on success, 1 when
+ * the operation fails (or the ledger is broken), 2 for a usage error. */
+#include "checkpoint.h"
+#include "cid.h"
 #include "cli.h"
+#include "genesis.h"
 #include "ledger.h"
 #include "registry.h"
 #include "rewards.h"
+#include "rounds.h"
 #include "store.h"
 
+#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define NFLAGS(f) (sizeof(f) / sizeof *(f))
 
@@ -41,24 +47,81 @@ static int parse_pubkey(uint8_t pk[32], const char *hex) {
     return 0;
 }
 
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+    (void)sb; (void)flag; (void)ftw;
+    return remove(path);
+}
+
 static int cmd_init(int argc, char **argv) {
-    const char *dir = NULL;
+    const char *dir = NULL, *model_cfg = NULL, *import = NULL;
+    uint64_t seed = 1;
     nawal_flag flags[] = {
         {"dir", NAWAL_FLAG_STR, &dir, "coordinator directory to create (must be absent or empty)", 1, 0, 1, 0},
+        {"model-config", NAWAL_FLAG_STR, &model_cfg, "initial GPT-2 model LAYERS,HEADS,WIDTH,CONTEXT,VOCAB", 1, 0, 0, 0},
+        {"seed", NAWAL_FLAG_U64, &seed, "seed of the initial model's weights (with --model-config)", 1, 0, 0, 0},
+        {"import", NAWAL_FLAG_STR, &import, "checkpoint directory to import as the initial model instead", 1, 0, 0, 0},
     };
     int rc = parsed(nawal_flags_parse(argc, argv, flags, NFLAGS(flags),
-                                      "usage: nawal-coordinator init --dir D\n\n"
+                                      "usage: nawal-coordinator init --dir D [--model-config L,H,W,C,V [--seed S] | --import CKPT]\n\n"
                                       "Creates a coordinator directory: D/state.db (SQLite), D/blobs/ (content-addressed\n"
-                                      "blob store) and the coordinator's Ed25519 key pair D/identity.key (0600) + .pub."));
+                                      "blob store) and the coordinator's Ed25519 key pair D/identity.key (0600) + .pub.\n"
+                                      "With --model-config or --import, also the initial global model (safetensors in the\n"
+                                      "blob store), the base of round 1."));
     if (rc >= 0) return rc;
     char err[512];
-    if (nawal_store_init(dir, err, sizeof err)) return fail(err);
+    if (model_cfg && import) {
+        fprintf(stderr, "error: --model-config and --import exclude each other\n");
+        return 2;
+    }
+    if (flags[2].seen && !model_cfg) {
+        fprintf(stderr, "error: --seed goes with --model-config\n");
+        return 2;
+    }
+    /* the model first: a bad config or checkpoint leaves no directory behind */
+    nawal_gpt *m = NULL;
+    if (model_cfg) {
+        nawal_gpt_config cfg;
+        if (nawal_model_config_parse(model_cfg, &cfg, err, sizeof err)) {
+            fprintf(stderr, "error: --model-config: %s\n", err);
+            return 2;
+        }
+        if (nawal_gpt_create(&m, nawal_ops_cpu(0), &cfg, 1, err, sizeof err)) return fail(err);
+        nawal_gpt_init_params(m, seed);
+    } else if (import) {
+        if (nawal_checkpoint_load(&m, NULL, nawal_ops_cpu(0), import, 1, err, sizeof err)) {
+            nawal_gpt_free(m);
+            fprintf(stderr, "error: --import %s: %s\n", import, err);
+            return 1;
+        }
+    }
+    if (nawal_store_init(dir, err, sizeof err)) {
+        nawal_gpt_free(m);
+        return fail(err);
+    }
     nawal_store *s;
-    if (open_store(&s, dir, NAWAL_STORE_OPEN_PUBLIC_ONLY)) return 1;
+    if (open_store(&s, dir, m ? 0 : NAWAL_STORE_OPEN_PUBLIC_ONLY)) {
+        nawal_gpt_free(m);
+        return 1;
+    }
+    uint8_t cid[32];
+    if (m && nawal_genesis_record(s, m, cid, err, sizeof err)) {
+        nawal_store_close(s);
+        nawal_gpt_free(m);
+        nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS); /* it was absent or empty before */
+        fprintf(stderr, "error: initial model: %s (removed %s)\n", err, dir);
+        return 1;
+    }
     char fp[NAWAL_FINGERPRINT_HEX_BYTES];
     nawal_fingerprint(fp, nawal_store_pubkey(s));
     printf("initialised %s\ncoordinator key %s\n", dir, fp);
+    if (m) {
+        char hex[NAWAL_CID_HEX_BYTES];
+        nawal_cid_to_hex(hex, cid);
+        printf("initial model %s (%d layers, %d heads, width %d, context %d, vocab %d: %zu parameters)\n", hex,
+               m->cfg.n_layer, m->cfg.n_head, m->cfg.n_embd, m->cfg.n_ctx, m->cfg.vocab, m->n_params);
+    }
     nawal_store_close(s);
+    nawal_gpt_free(m);
     return 0;
 }
 
@@ -175,14 +238,178 @@ static int cmd_ledger(int argc, char **argv, int verify) {
     return 0;
 }
 
+static int parse_planck(const char *flag, const char *text, uint64_t *out) {
+    if (nawal_parse_u64(text, out)) {
+        fprintf(stderr, "error: --%s: '%s' is not a whole number of planck\n", flag, text);
+        return 2;
+    }
+    return 0;
+}
+
+static int cmd_round_start(int argc, char **argv) {
+    const char *dir = NULL, *pool_s = NULL, *stake_s = "0";
+    int target = 0, min = 0, deadline_s = 0, join_s = 0, steps = 100, batch = 8;
+    float lr = 1e-3f, quality = 0.0f;
+    nawal_flag flags[] = {
+        {"dir", NAWAL_FLAG_STR, &dir, "coordinator directory", 1, 0, 1, 0},
+        {"pool-planck", NAWAL_FLAG_STR, &pool_s, "reward pool of the round, in planck", 1, 0, 1, 0},
+        {"target", NAWAL_FLAG_INT, &target, "participants wanted (aggregate as soon as all their updates are in)", 1, 1e6, 1, 0},
+        {"min", NAWAL_FLAG_INT, &min, "fewest updates worth aggregating (fewer at the deadline: the round fails)", 1, 1e6, 1, 0},
+        {"deadline-s", NAWAL_FLAG_INT, &deadline_s, "round length in seconds (deadline = now + this)", 1, 1e9, 1, 0},
+        {"join-window-s", NAWAL_FLAG_INT, &join_s, "joins accepted for this many seconds (default: until the deadline)", 0, 1e9, 0, 0},
+        {"min-stake-planck", NAWAL_FLAG_STR, &stake_s, "stake a validator needs to join (default 0)", 1, 0, 0, 0},
+        {"min-quality", NAWAL_FLAG_FLOAT, &quality, "updates reporting a lower quality (0..1) are not aggregated", 0, 1, 0, 0},
+        {"steps", NAWAL_FLAG_INT, &steps, "training config: local steps", 1, 1e9, 0, 0},
+        {"lr", NAWAL_FLAG_FLOAT, &lr, "training config: learning rate", 0, 10, 0, 0},
+        {"batch", NAWAL_FLAG_INT, &batch, "training config: batch size", 1, 1 << 20, 0, 0},
+    };
+    int rc = parsed(nawal_flags_parse(argc, argv, flags, NFLAGS(flags),
+                                      "usage: nawal-coordinator round start --dir D --pool-planck N --target K --min M --deadline-s S\n"
+                                      "       [--join-window-s J] [--min-stake-planck N] [--min-quality Q] [--steps N --lr F --batch B]\n\n"
+                                      "Announces a round from the current global model (the initial one for round 1). Later\n"
+                                      "rounds follow by themselves with the same parameters (see 'round tick')."));
+    if (rc >= 0) return rc;
+    nawal_round_params p = {0};
+    if (parse_planck("pool-planck", pool_s, &p.pool_planck) || parse_planck("min-stake-planck", stake_s, &p.min_stake_planck))
+        return 2;
+    if (min > target) {
+        fprintf(stderr, "error: --min %d is above --target %d\n", min, target);
+        return 2;
+    }
+    if (join_s > deadline_s) {
+        fprintf(stderr, "error: --join-window-s %d is longer than the round (--deadline-s %d)\n", join_s, deadline_s);
+        return 2;
+    }
+    char config[256];
+    snprintf(config, sizeof config, "{\"steps\": %d, \"lr\": %.7g, \"batch\": %d}", steps, (double)lr, batch);
+    p.target = (uint32_t)target;
+    p.min = (uint32_t)min;
+    p.duration_ms = (int64_t)deadline_s * 1000;
+    p.join_window_ms = (int64_t)join_s * 1000;
+    p.min_quality_ppm = (uint32_t)(quality * 1e6f + 0.5f);
+    p.config_json = config;
+    nawal_store *s;
+    if (open_store(&s, dir, 0)) return 1;
+    char err[512], hex[NAWAL_CID_HEX_BYTES], t[32], d[NAWAL_DALLA_STR_BYTES];
+    uint8_t base[32];
+    int64_t id = 0, now = nawal_now_ms();
+    rc = nawal_round_next_base(s, base, err, sizeof err);
+    if (rc == 0) rc = nawal_round_announce(s, base, &p, now, &id, err, sizeof err);
+    nawal_store_close(s);
+    if (rc) return fail(err);
+    nawal_cid_to_hex(hex, base);
+    printf("round %lld announced: base %s, deadline %s, target %d, min %d, pool %s DALLA\n", (long long)id, hex,
+           nawal_format_ms(t, now + p.duration_ms), target, min, nawal_planck_to_dalla(d, p.pool_planck));
+    return 0;
+}
+
+static int print_round(nawal_store *s, const nawal_round *r) {
+    char err[512], hex[NAWAL_CID_HEX_BYTES], t[32], d[NAWAL_DALLA_STR_BYTES], *cfg = NULL;
+    uint64_t joined = 0, subs = 0, rejected = 0;
+    if (nawal_round_counts(s, r->id, &joined, &subs, &rejected, err, sizeof err) ||
+        nawal_store_round_config(s, r->id, &cfg, err, sizeof err))
+        return fail(err);
+    printf("round %lld: %s\n", (long long)r->id, nawal_round_state_name(r->state));
+    nawal_cid_to_hex(hex, r->base_cid);
+    printf("  base         %s\n", hex);
+    if (r->has_model_cid) {
+        nawal_cid_to_hex(hex, r->model_cid);
+        printf("  model        %s\n", hex);
+    }
+    printf("  started      %s\n", nawal_format_ms(t, r->started_ms));
+    printf("  join until   %s\n", nawal_format_ms(t, r->join_deadline_ms));
+    printf("  deadline     %s\n", nawal_format_ms(t, r->deadline_ms));
+    if (r->closed_ms) printf("  ended        %s\n", nawal_format_ms(t, r->closed_ms));
+    printf("  pool         %s DALLA (%llu planck)\n", nawal_planck_to_dalla(d, r->pool_planck),
+           (unsigned long long)r->pool_planck);
+    printf("  target %u, min %u, min stake %llu planck, min quality %.6f\n", r->target, r->min,
+           (unsigned long long)r->min_stake_planck, r->min_quality_ppm / 1e6);
+    printf("  joined %llu, updates %llu, rejected %llu\n", (unsigned long long)joined, (unsigned long long)subs,
+           (unsigned long long)rejected);
+    printf("  config       %s\n", cfg);
+    free(cfg);
+    return 0;
+}
+
+static int cmd_round_status(int argc, char **argv) {
+    const char *dir = NULL;
+    int64_t id = 0;
+    int idv = 0;
+    nawal_flag flags[] = {
+        {"dir", NAWAL_FLAG_STR, &dir, "coordinator directory", 1, 0, 1, 0},
+        {"round", NAWAL_FLAG_INT, &idv, "round id (default: the current one)", 1, 2e9, 0, 0},
+    };
+    int rc = parsed(nawal_flags_parse(argc, argv, flags, NFLAGS(flags), "usage: nawal-coordinator round status --dir D [--round N]"));
+    if (rc >= 0) return rc;
+    id = idv;
+    nawal_store *s;
+    if (open_store(&s, dir, NAWAL_STORE_OPEN_PUBLIC_ONLY)) return 1;
+    char err[512];
+    nawal_round r;
+    rc = id ? nawal_store_round_get(s, id, &r, err, sizeof err) : nawal_store_round_latest(s, &r, err, sizeof err);
+    if (rc == NAWAL_STORE_REFUSED && !id) {
+        char *hex = NULL;
+        int g = nawal_store_setting_get(s, NAWAL_SETTING_BASE_MODEL, &hex, err, sizeof err);
+        printf("no rounds yet; initial model %s\n", g == 0 ? hex : "(none: init with --model-config or --import)");
+        free(hex);
+        nawal_store_close(s);
+        return 0;
+    }
+    rc = rc ? fail(err) : print_round(s, &r);
+    nawal_store_close(s);
+    return rc;
+}
+
+static int cmd_round_tick(int argc, char **argv) {
+    const char *dir = NULL, *strategy = "fedavg";
+    int threads = 0;
+    nawal_flag flags[] = {
+        {"dir", NAWAL_FLAG_STR, &dir, "coordinator directory", 1, 0, 1, 0},
+        {"threads", NAWAL_FLAG_INT, &threads, "aggregation threads (0 = all cores)", 0, 4096, 0, 0},
+        {"strategy", NAWAL_FLAG_STR, &strategy, "aggregation strategy (fedavg)", 1, 0, 0, 0},
+    };
+    int rc = parsed(nawal_flags_parse(argc, argv, flags, NFLAGS(flags),
+                                      "usage: nawal-coordinator round tick --dir D [--threads N]\n\n"
+                                      "Moves the round machine on to the present: opens and closes join windows, aggregates\n"
+                                      "(and pays) or fails rounds whose time has come, announces the next round."));
+    if (rc >= 0) return rc;
+    nawal_store *s;
+    if (open_store(&s, dir, 0)) return 1;
+    char err[512], hex[NAWAL_CID_HEX_BYTES], t[32];
+    nawal_agg_config cfg = {strategy, threads};
+    nawal_tick_report rep;
+    rc = nawal_round_tick(s, nawal_now_ms(), &cfg, &rep, err, sizeof err);
+    nawal_store_close(s);
+    if (rc) return fail(err);
+    if (rep.closed_round) {
+        nawal_cid_to_hex(hex, rep.model_cid);
+        printf("round %lld closed: model %s, %zu updates accepted, %zu rejected, %llu planck paid\n",
+               (long long)rep.closed_round, hex, rep.accepted, rep.rejected, (unsigned long long)rep.settlement.paid_planck);
+    }
+    if (rep.failed_round) printf("round %lld failed: %s\n", (long long)rep.failed_round, rep.note);
+    if (rep.announced_round) printf("round %lld announced\n", (long long)rep.announced_round);
+    if (!rep.round_id) printf("no rounds yet (see 'round start')\n");
+    else if (rep.next_event_ms)
+        printf("round %lld: %s until %s\n", (long long)rep.round_id, nawal_round_state_name(rep.state),
+               nawal_format_ms(t, rep.next_event_ms));
+    else printf("round %lld: %s\n", (long long)rep.round_id, nawal_round_state_name(rep.state));
+    return 0;
+}
+
 static void usage(FILE *f) {
     fprintf(f,
             "usage: nawal-coordinator <command> [options]\n\n"
             "commands:\n"
-            "  init --dir D                                  create a coordinator directory (database, blob store, key pair)\n"
+            "  init --dir D [--model-config L,H,W,C,V [--seed S] | --import CKPT]\n"
+            "                                                create a coordinator directory (database, blob store, key\n"
+            "                                                pair) and the initial global model\n"
             "  validator add --dir D --pubkey HEX --stake N  register a validator key with a stake in planck\n"
             "  validator list --dir D [--all]                registered validators\n"
             "  validator remove --dir D --pubkey HEX         stop admitting a validator\n"
+            "  round start --dir D --pool-planck N --target K --min M --deadline-s S\n"
+            "                                                announce a round from the current global model\n"
+            "  round status --dir D [--round N]              a round's state, times and counts\n"
+            "  round tick --dir D                            move the round machine on to now (aggregate, pay, fail)\n"
             "  ledger verify --dir D                         check the ledger's chain and signatures\n"
             "  ledger show --dir D                           print the ledger\n\n"
             "Run 'nawal-coordinator <command> --help' for its options. 1 DALLA = 10^12 planck.\n");
@@ -218,6 +445,11 @@ int main(int argc, char **argv) {
         static const char *const subs[] = {"add", "list", "remove"};
         static int (*const fns[])(int, char **) = {cmd_validator_add, cmd_validator_list, cmd_validator_remove};
         return group(argc - 1, argv + 1, "validator", subs, fns, 3);
+    }
+    if (!strcmp(cmd, "round")) {
+        static const char *const subs[] = {"start", "status", "tick"};
+        static int (*const fns[])(int, char **) = {cmd_round_start, cmd_round_status, cmd_round_tick};
+        return group(argc - 1, argv + 1, "round", subs, fns, 3);
     }
     if (!strcmp(cmd, "ledger")) {
         static const char *const subs[] = {"verify", "show"};

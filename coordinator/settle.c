@@ -28,6 +28,11 @@ static int settle_tx(nawal_store *s, int64_t round_id, const uint8_t model_cid[3
     nawal_submission *subs = NULL;
     size_t n = 0;
     if (nawal_store_submissions(s, round_id, &subs, &n, err, errlen)) return -1;
+    /* updates the aggregation dropped are neither recorded as accepted nor paid */
+    size_t kept = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!subs[i].rejected) subs[kept++] = subs[i];
+    n = kept;
     nawal_reward_input *in = n ? calloc(n, sizeof *in) : NULL;
     uint64_t *pay = n ? calloc(n, sizeof *pay) : NULL;
     nawal_ledger_entry e = {0};
@@ -105,14 +110,31 @@ out:
     return rc;
 }
 
-int nawal_round_settle(nawal_store *s, int64_t round_id, const uint8_t model_cid[32], int64_t closed_ms,
-                       nawal_settlement *out, char *err, size_t errlen) {
+static int model_present(nawal_store *s, int64_t round_id, const uint8_t model_cid[32], char *err, size_t errlen) {
     if (!nawal_blobstore_has(s, model_cid)) {
         char hex[NAWAL_CID_HEX_BYTES];
         nawal_cid_to_hex(hex, model_cid);
         nawal_fail(err, errlen, "round %lld: model blob %s is not in the blob store", (long long)round_id, hex);
         return NAWAL_STORE_REFUSED;
     }
+    return 0;
+}
+
+int nawal_round_settle_tx(nawal_store *s, int64_t round_id, const uint8_t model_cid[32], int64_t closed_ms,
+                          nawal_settlement *out, char *err, size_t errlen) {
+    if (!nawal_store_in_tx(s)) return nawal_fail(err, errlen, "round %lld: settle needs an open transaction", (long long)round_id);
+    int rc = model_present(s, round_id, model_cid, err, errlen);
+    if (rc) return rc;
+    nawal_settlement res = {0};
+    rc = settle_tx(s, round_id, model_cid, closed_ms, &res, err, errlen);
+    if (rc == 0 && out) *out = res;
+    return rc;
+}
+
+int nawal_round_settle(nawal_store *s, int64_t round_id, const uint8_t model_cid[32], int64_t closed_ms,
+                       nawal_settlement *out, char *err, size_t errlen) {
+    int rc0 = model_present(s, round_id, model_cid, err, errlen);
+    if (rc0) return rc0;
     nawal_settlement res = {0};
     if (nawal_store_begin(s, err, errlen)) return -1;
     int rc = settle_tx(s, round_id, model_cid, closed_ms, &res, err, errlen);

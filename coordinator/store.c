@@ -62,6 +62,36 @@ static const char *const SCHEMA_V1 =
     "  signature BLOB NOT NULL);\n"
     "INSERT INTO schema_version(version) VALUES(1);\n";
 
+/* Version 2: the round machine (rounds.h) and aggregation (aggregate.h).
+ * Applied by init after SCHEMA_V1, and by open to a version 1 database, in
+ * one transaction. Rounds of version 1 had no join window: theirs closes at
+ * the deadline. submissions.rejected is NULL for an update the aggregation
+ * used (or has not seen yet), else why it was dropped; those are not paid. */
+static const char *const MIGRATE_V2 =
+    "ALTER TABLE rounds ADD COLUMN join_deadline_ms INTEGER NOT NULL DEFAULT 0;\n"
+    "ALTER TABLE rounds ADD COLUMN min_stake_planck TEXT NOT NULL DEFAULT '0' " MONEY_CHECK("min_stake_planck") ";\n"
+    "ALTER TABLE rounds ADD COLUMN min_quality_ppm INTEGER NOT NULL DEFAULT 0"
+    " CHECK(min_quality_ppm BETWEEN 0 AND 1000000);\n"
+    "UPDATE rounds SET join_deadline_ms = deadline_ms;\n"
+    "ALTER TABLE submissions ADD COLUMN rejected TEXT;\n"
+    "CREATE TABLE participants(\n"
+    "  round_id INTEGER NOT NULL REFERENCES rounds(id),\n"
+    "  validator BLOB NOT NULL REFERENCES validators(pubkey),\n"
+    "  stake_planck TEXT NOT NULL " MONEY_CHECK("stake_planck") ",\n"
+    "  joined_ms INTEGER NOT NULL,\n"
+    "  UNIQUE(round_id, validator));\n"
+    "CREATE TABLE aggregates(\n"
+    "  round_id INTEGER PRIMARY KEY REFERENCES rounds(id),\n"
+    "  strategy TEXT NOT NULL,\n"
+    "  model_cid BLOB CHECK(model_cid IS NULL OR length(model_cid)=32),\n"
+    "  accepted INTEGER NOT NULL CHECK(accepted >= 0),\n"
+    "  rejected INTEGER NOT NULL CHECK(rejected >= 0),\n"
+    "  total_examples TEXT NOT NULL " MONEY_CHECK("total_examples") ",\n"
+    "  duration_ms INTEGER NOT NULL,\n"
+    "  finished_ms INTEGER NOT NULL);\n"
+    "CREATE TABLE settings(key TEXT PRIMARY KEY, value TEXT NOT NULL);\n"
+    "UPDATE schema_version SET version = 2;\n";
+
 struct nawal_store {
     char *dir;
     sqlite3 *db;
@@ -237,6 +267,7 @@ int nawal_store_init(const char *dir, char *err, size_t errlen) {
     if (sqlite3_exec(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;", NULL, NULL, &msg) != SQLITE_OK ||
         sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, &msg) != SQLITE_OK ||
         sqlite3_exec(db, SCHEMA_V1, NULL, NULL, &msg) != SQLITE_OK ||
+        sqlite3_exec(db, MIGRATE_V2, NULL, NULL, &msg) != SQLITE_OK ||
         sqlite3_exec(db, "COMMIT", NULL, NULL, &msg) != SQLITE_OK) {
         nawal_fail(err, errlen, "%s: cannot create schema: %s", db_path, msg ? msg : sqlite3_errmsg(db));
         sqlite3_free(msg);
@@ -321,6 +352,26 @@ int nawal_store_open(nawal_store **out, const char *dir, int flags, char *err, s
     if (nawal_store_prepare(s, &st, "SELECT version FROM schema_version", err, errlen)) goto out;
     int ver = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int(st, 0) : -1;
     sqlite3_finalize(st);
+    if (ver == 1) {
+        /* upgrade in place; a concurrent opener waits on the lock and then sees version 2 */
+        if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, &msg) != SQLITE_OK) {
+            nawal_fail(err, errlen, "%s: cannot upgrade the schema: %s", db_path, msg ? msg : sqlite3_errmsg(s->db));
+            sqlite3_free(msg);
+            goto out;
+        }
+        if (nawal_store_prepare(s, &st, "SELECT version FROM schema_version", err, errlen)) goto out;
+        ver = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int(st, 0) : -1;
+        sqlite3_finalize(st);
+        if (ver == 1 && sqlite3_exec(s->db, MIGRATE_V2, NULL, NULL, &msg) != SQLITE_OK) {
+            nawal_fail(err, errlen, "%s: cannot upgrade the schema to version 2: %s", db_path,
+                       msg ? msg : sqlite3_errmsg(s->db));
+            sqlite3_free(msg);
+            nawal_store_rollback(s);
+            goto out;
+        }
+        if (nawal_store_commit(s, err, errlen)) goto out;
+        if (ver == 1) ver = 2;
+    }
     if (ver != NAWAL_STORE_SCHEMA_VERSION) {
         nawal_fail(err, errlen, "%s: schema version %d, this program knows %d", db_path, ver, NAWAL_STORE_SCHEMA_VERSION);
         goto out;
@@ -367,14 +418,30 @@ int nawal_round_state_parse(const char *name) {
 
 int nawal_store_round_create(nawal_store *s, const nawal_round *r, const char *config_json, int64_t *id_out,
                              char *err, size_t errlen) {
+    if (nawal_store_begin(s, err, errlen)) return -1;
+    if (nawal_store_round_create_tx(s, r, config_json, id_out, err, errlen)) {
+        nawal_store_rollback(s);
+        return -1;
+    }
+    return nawal_store_commit(s, err, errlen);
+}
+
+int nawal_store_round_create_tx(nawal_store *s, const nawal_round *r, const char *config_json, int64_t *id_out,
+                                char *err, size_t errlen) {
+    if (!nawal_store_in_tx(s)) return nawal_fail(err, errlen, "round create: no transaction open");
     if (r->target < 1 || r->min < 1 || r->min > r->target)
         return nawal_fail(err, errlen, "round: want 1 <= min (%u) <= target (%u)", r->min, r->target);
-    if (nawal_store_begin(s, err, errlen)) return -1;
+    int64_t join_deadline = r->join_deadline_ms ? r->join_deadline_ms : r->deadline_ms;
+    if (r->deadline_ms < r->started_ms || join_deadline < r->started_ms || join_deadline > r->deadline_ms)
+        return nawal_fail(err, errlen, "round: want start <= join deadline <= deadline");
+    if (r->min_quality_ppm > 1000000u)
+        return nawal_fail(err, errlen, "round: minimum quality %u ppm is above 1", r->min_quality_ppm);
     sqlite3_stmt *st = NULL;
     if (nawal_store_prepare(s, &st,
-                            "INSERT INTO rounds(state, base_cid, started_ms, deadline_ms, pool_planck, target, min, config)"
-                            " VALUES('announced', ?1, ?2, ?3, ?4, ?5, ?6, ?7)", err, errlen))
-        goto fail;
+                            "INSERT INTO rounds(state, base_cid, started_ms, deadline_ms, pool_planck, target, min, config,"
+                            " join_deadline_ms, min_stake_planck, min_quality_ppm)"
+                            " VALUES('announced', ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)", err, errlen))
+        return -1;
     sqlite3_bind_blob(st, 1, r->base_cid, 32, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, r->started_ms);
     sqlite3_bind_int64(st, 3, r->deadline_ms);
@@ -382,22 +449,22 @@ int nawal_store_round_create(nawal_store *s, const nawal_round *r, const char *c
     sqlite3_bind_int64(st, 5, r->target);
     sqlite3_bind_int64(st, 6, r->min);
     sqlite3_bind_text(st, 7, config_json ? config_json : "{}", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 8, join_deadline);
+    nawal_store_bind_u64(st, 9, r->min_stake_planck);
+    sqlite3_bind_int64(st, 10, r->min_quality_ppm);
     if (sqlite3_step(st) != SQLITE_DONE) {
         nawal_store_sql_fail(s, err, errlen, "create round");
-        goto fail;
+        sqlite3_finalize(st);
+        return -1;
     }
     sqlite3_finalize(st);
-    int64_t id = sqlite3_last_insert_rowid(s->db);
-    if (nawal_store_commit(s, err, errlen)) return -1;
-    if (id_out) *id_out = id;
+    if (id_out) *id_out = sqlite3_last_insert_rowid(s->db);
     return 0;
-fail:
-    sqlite3_finalize(st);
-    nawal_store_rollback(s);
-    return -1;
 }
 
-#define ROUND_COLUMNS "id, state, base_cid, model_cid, started_ms, deadline_ms, closed_ms, pool_planck, target, min"
+#define ROUND_COLUMNS                                                                                   \
+    "id, state, base_cid, model_cid, started_ms, deadline_ms, closed_ms, pool_planck, target, min,"     \
+    " join_deadline_ms, min_stake_planck, min_quality_ppm"
 
 static int read_round(sqlite3_stmt *st, nawal_round *r, char *err, size_t errlen) {
     memset(r, 0, sizeof *r);
@@ -417,6 +484,9 @@ static int read_round(sqlite3_stmt *st, nawal_round *r, char *err, size_t errlen
     if (nawal_store_column_u64(st, 7, &r->pool_planck, err, errlen)) return -1;
     r->target = (uint32_t)sqlite3_column_int64(st, 8);
     r->min = (uint32_t)sqlite3_column_int64(st, 9);
+    r->join_deadline_ms = sqlite3_column_int64(st, 10);
+    if (nawal_store_column_u64(st, 11, &r->min_stake_planck, err, errlen)) return -1;
+    r->min_quality_ppm = (uint32_t)sqlite3_column_int64(st, 12);
     return 0;
 }
 
@@ -491,7 +561,10 @@ int nawal_store_round_config(nawal_store *s, int64_t id, char **json_out, char *
 
 /* ---- submissions --------------------------------------------------------- */
 
-int nawal_store_submission_add(nawal_store *s, const nawal_submission *sub, char *err, size_t errlen) {
+static int submission_add_tx(nawal_store *s, const nawal_submission *sub, char *err, size_t errlen);
+
+/* The checks that need no transaction. */
+static int submission_check(nawal_store *s, const nawal_submission *sub, char *err, size_t errlen) {
     char fp[NAWAL_FINGERPRINT_SHORT_BYTES];
     nawal_fingerprint_short(fp, sub->validator);
     long long rid = (long long)sub->round_id;
@@ -509,7 +582,31 @@ int nawal_store_submission_add(nawal_store *s, const nawal_submission *sub, char
         nawal_fail(err, errlen, "update of %s in round %lld: delta blob %s is not in the blob store", fp, rid, hex);
         return NAWAL_STORE_REFUSED;
     }
+    return 0;
+}
+
+int nawal_store_submission_add(nawal_store *s, const nawal_submission *sub, char *err, size_t errlen) {
+    int rc = submission_check(s, sub, err, errlen);
+    if (rc) return rc;
     if (nawal_store_begin(s, err, errlen)) return -1;
+    rc = submission_add_tx(s, sub, err, errlen);
+    if (rc) {
+        nawal_store_rollback(s);
+        return rc;
+    }
+    return nawal_store_commit(s, err, errlen);
+}
+
+int nawal_store_submission_add_tx(nawal_store *s, const nawal_submission *sub, char *err, size_t errlen) {
+    if (!nawal_store_in_tx(s)) return nawal_fail(err, errlen, "submission add: no transaction open");
+    int rc = submission_check(s, sub, err, errlen);
+    return rc ? rc : submission_add_tx(s, sub, err, errlen);
+}
+
+static int submission_add_tx(nawal_store *s, const nawal_submission *sub, char *err, size_t errlen) {
+    char fp[NAWAL_FINGERPRINT_SHORT_BYTES];
+    nawal_fingerprint_short(fp, sub->validator);
+    long long rid = (long long)sub->round_id;
     nawal_round r;
     int rc = nawal_store_round_get(s, sub->round_id, &r, err, errlen);
     if (rc == 0 && (r.state == NAWAL_ROUND_CLOSED || r.state == NAWAL_ROUND_FAILED)) {
@@ -543,11 +640,7 @@ int nawal_store_submission_add(nawal_store *s, const nawal_submission *sub, char
         }
     }
     sqlite3_finalize(st);
-    if (rc) {
-        nawal_store_rollback(s);
-        return rc;
-    }
-    return nawal_store_commit(s, err, errlen);
+    return rc;
 }
 
 int nawal_store_submissions(nawal_store *s, int64_t round_id, nawal_submission **out, size_t *n, char *err,
@@ -556,8 +649,8 @@ int nawal_store_submissions(nawal_store *s, int64_t round_id, nawal_submission *
     *n = 0;
     sqlite3_stmt *st;
     if (nawal_store_prepare(s, &st,
-                            "SELECT validator, delta_cid, num_examples, quality_ppm, received_ms, stake_planck"
-                            " FROM submissions WHERE round_id = ?1 ORDER BY validator",
+                            "SELECT validator, delta_cid, num_examples, quality_ppm, received_ms, stake_planck,"
+                            " rejected IS NOT NULL FROM submissions WHERE round_id = ?1 ORDER BY validator",
                             err, errlen))
         return -1;
     sqlite3_bind_int64(st, 1, round_id);
@@ -585,6 +678,7 @@ int nawal_store_submissions(nawal_store *s, int64_t round_id, nawal_submission *
         x->quality_ppm = (uint32_t)q;
         x->received_ms = sqlite3_column_int64(st, 4);
         if ((rc = nawal_store_column_u64(st, 5, &x->stake_planck, err, errlen))) break;
+        x->rejected = sqlite3_column_int(st, 6) != 0;
         cnt++;
     }
     if (rc == 0 && step != SQLITE_DONE) rc = nawal_store_sql_fail(s, err, errlen, "read submissions");
@@ -596,4 +690,43 @@ int nawal_store_submissions(nawal_store *s, int64_t round_id, nawal_submission *
     *out = v;
     *n = cnt;
     return 0;
+}
+
+/* ---- settings -------------------------------------------------------------- */
+
+int nawal_store_setting_get(nawal_store *s, const char *key, char **value_out, char *err, size_t errlen) {
+    *value_out = NULL;
+    sqlite3_stmt *st;
+    if (nawal_store_prepare(s, &st, "SELECT value FROM settings WHERE key = ?1", err, errlen)) return -1;
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+    int rc, step = sqlite3_step(st);
+    if (step == SQLITE_ROW) {
+        const char *v = (const char *)sqlite3_column_text(st, 0);
+        rc = (*value_out = strdup(v ? v : "")) ? 0 : nawal_fail(err, errlen, "out of memory");
+    } else if (step == SQLITE_DONE) {
+        nawal_fail(err, errlen, "setting '%s' is not set", key);
+        rc = NAWAL_STORE_REFUSED;
+    } else rc = nawal_store_sql_fail(s, err, errlen, "read setting");
+    sqlite3_finalize(st);
+    return rc;
+}
+
+int nawal_store_setting_set(nawal_store *s, const char *key, const char *value, char *err, size_t errlen) {
+    int own = !nawal_store_in_tx(s);
+    if (own && nawal_store_begin(s, err, errlen)) return -1;
+    sqlite3_stmt *st;
+    int rc = nawal_store_prepare(s, &st, "INSERT INTO settings(key, value) VALUES(?1, ?2)"
+                                         " ON CONFLICT(key) DO UPDATE SET value = ?2", err, errlen);
+    if (rc == 0) {
+        sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) != SQLITE_DONE) rc = nawal_store_sql_fail(s, err, errlen, "write setting");
+        sqlite3_finalize(st);
+    }
+    if (!own) return rc;
+    if (rc) {
+        nawal_store_rollback(s);
+        return rc;
+    }
+    return nawal_store_commit(s, err, errlen);
 }

@@ -3,7 +3,9 @@
  *
  *   D/state.db      SQLite, WAL journal, synchronous=FULL, foreign keys on:
  *                   schema_version, validators, rounds, submissions,
- *                   rewards, ledger (schema in store.c)
+ *                   rewards, ledger, participants, aggregates, settings
+ *                   (schema in store.c; a version 1 database is upgraded
+ *                   to version 2 in place by nawal_store_open)
  *   D/blobs/ab/cd…  content-addressed blob store: a blob's path is the
  *                   lowercase hex of its BLAKE2b-256 CID, the first two
  *                   characters a sub-directory
@@ -39,7 +41,7 @@
 
 #define NAWAL_STORE_DB_FILE "state.db"
 #define NAWAL_STORE_BLOB_DIR "blobs"
-#define NAWAL_STORE_SCHEMA_VERSION 1
+#define NAWAL_STORE_SCHEMA_VERSION 2
 
 enum { NAWAL_STORE_OK = 0, NAWAL_STORE_ERROR = -1, NAWAL_STORE_REFUSED = -2 };
 
@@ -115,13 +117,21 @@ typedef struct {
     int64_t closed_ms;           /* 0 until closed/failed */
     uint64_t pool_planck;
     uint32_t target, min;        /* participants */
+    int64_t join_deadline_ms;    /* joins accepted before this; 0 at create: the deadline */
+    uint64_t min_stake_planck;   /* a joining validator's stake must reach this */
+    uint32_t min_quality_ppm;    /* aggregation drops updates reporting less */
 } nawal_round;
 
 /* Inserts a round in state announced, from r's base_cid, started_ms,
- * deadline_ms, pool_planck, target, min (other fields ignored) and a JSON
- * training config (NULL: "{}"); *id_out gets its id. */
+ * deadline_ms, pool_planck, target, min, join_deadline_ms,
+ * min_stake_planck, min_quality_ppm (other fields ignored) and a JSON
+ * training config (NULL: "{}"); *id_out gets its id. Wants
+ * started <= join deadline <= deadline. */
 int nawal_store_round_create(nawal_store *s, const nawal_round *r, const char *config_json, int64_t *id_out,
                              char *err, size_t errlen);
+/* The same inside the caller's open transaction. */
+int nawal_store_round_create_tx(nawal_store *s, const nawal_round *r, const char *config_json, int64_t *id_out,
+                                char *err, size_t errlen);
 /* NAWAL_STORE_REFUSED if there is no such round. */
 int nawal_store_round_get(nawal_store *s, int64_t id, nawal_round *out, char *err, size_t errlen);
 /* The round with the highest id; NAWAL_STORE_REFUSED if there is none. */
@@ -143,6 +153,7 @@ typedef struct {
     uint32_t quality_ppm;        /* [0, 10^6] */
     int64_t received_ms;
     uint64_t stake_planck;       /* filled from the registry at insert */
+    int rejected;                /* set by the aggregation: dropped (not used, not paid) */
 } nawal_submission;
 
 /* Records an accepted update. Refused (NAWAL_STORE_REFUSED, reason in err):
@@ -151,10 +162,21 @@ typedef struct {
  * not in the blob store, quality above 10^6. sub->stake_planck is ignored:
  * the registry's stake at this moment is stored. */
 int nawal_store_submission_add(nawal_store *s, const nawal_submission *sub, char *err, size_t errlen);
+/* The same inside the caller's open transaction. */
+int nawal_store_submission_add_tx(nawal_store *s, const nawal_submission *sub, char *err, size_t errlen);
 /* All submissions of a round, ordered by validator key; *out is malloc'ed
  * (NULL when *n == 0). */
 int nawal_store_submissions(nawal_store *s, int64_t round_id, nawal_submission **out, size_t *n,
                             char *err, size_t errlen);
+
+/* ---- settings ------------------------------------------------------------ */
+
+/* Small key/value settings (e.g. NAWAL_SETTING_BASE_MODEL). get: *value_out
+ * malloc'ed, NAWAL_STORE_REFUSED if unset. set: inside the caller's
+ * transaction if one is open, else in its own. */
+#define NAWAL_SETTING_BASE_MODEL "base_model_cid" /* the initial global model (hex CID) */
+int nawal_store_setting_get(nawal_store *s, const char *key, char **value_out, char *err, size_t errlen);
+int nawal_store_setting_set(nawal_store *s, const char *key, const char *value, char *err, size_t errlen);
 
 /* ---- blob store ---------------------------------------------------------- */
 
@@ -174,6 +196,16 @@ int nawal_blobstore_has(nawal_store *s, const uint8_t cid[32]);
  * and -1 returned with "corrupt" in the message. */
 int nawal_blobstore_open(nawal_store *s, const uint8_t cid[32], int verify, uint64_t *size_out,
                          char *err, size_t errlen);
+/* Streaming writes, for blobs produced piecewise (an aggregated model):
+ * open a temp file in the store, write any number of times (hashing as it
+ * goes), then commit (fsync, rename to the CID's name: whole or absent) or
+ * abort (temp file removed). commit and abort free w, whatever happens. */
+typedef struct nawal_blob_writer nawal_blob_writer;
+int nawal_blobstore_writer_open(nawal_store *s, nawal_blob_writer **w, char *err, size_t errlen);
+int nawal_blobstore_writer_write(nawal_blob_writer *w, const void *buf, size_t len, char *err, size_t errlen);
+int nawal_blobstore_writer_commit(nawal_blob_writer *w, uint8_t cid_out[32], uint64_t *size_out, char *err,
+                                  size_t errlen);
+void nawal_blobstore_writer_abort(nawal_blob_writer *w);
 /* Removes temp files left by dead writers; *removed (may be NULL) counts
  * them. Called by nawal_store_open. */
 int nawal_blobstore_cleanup(nawal_store *s, size_t *removed, char *err, size_t errlen);

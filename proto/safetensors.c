@@ -57,7 +57,8 @@ struct nawal_st_file {
     char **meta_keys;
     char **meta_vals;
     size_t nmeta;
-    uint8_t *blob;               /* owns all tensor data */
+    uint8_t *blob;               /* owns all tensor data (NULL for an index) */
+    uint64_t data_start;         /* file offset of the data buffer: 8 + header length */
 };
 
 /* Data pointer for zero-byte tensors, so callers never see NULL. */
@@ -400,8 +401,11 @@ static int st_place_data(nawal_st_file *f, const uint8_t *data, uint8_t *owned, 
     return 0;
 }
 
+/* Parses and validates buf[0..len). With index_len != 0 (nawal_st_read_index)
+ * buf holds only the length prefix and the header of a file of index_len
+ * bytes: offsets are checked against that size and no data is placed. */
 static int st_parse_impl(nawal_st_file **out, const uint8_t *buf, size_t len, uint8_t *owned,
-                         int *adopted, const char *label, char *err, size_t errlen) {
+                         int *adopted, uint64_t index_len, const char *label, char *err, size_t errlen) {
     *adopted = 0;
     if (!label) label = "<memory>";
     if (!out) {
@@ -414,9 +418,14 @@ static int st_parse_impl(nawal_st_file **out, const uint8_t *buf, size_t len, ui
         return -1;
     }
     uint64_t hlen;
-    if (st_check_prefix(buf, len, label, &hlen, err, errlen) != 0) return -1;
-    const uint8_t *data = buf + 8 + hlen;
-    uint64_t dlen = (uint64_t)len - 8 - hlen;
+    if (st_check_prefix(buf, index_len ? index_len : len, label, &hlen, err, errlen) != 0) return -1;
+    if (index_len && (uint64_t)len < 8 + hlen) {
+        (void)nawal_fail(err, errlen, "%s: header index needs %llu bytes, got %zu", label,
+                         (unsigned long long)(8 + hlen), len);
+        return -1;
+    }
+    const uint8_t *data = index_len ? NULL : buf + 8 + hlen;
+    uint64_t dlen = (index_len ? index_len : (uint64_t)len) - 8 - hlen;
 
     json_error_t je;
     json_t *root = json_loadb((const char *)(buf + 8), (size_t)hlen, JSON_REJECT_DUPLICATES, &je);
@@ -497,7 +506,8 @@ static int st_parse_impl(nawal_st_file **out, const uint8_t *buf, size_t len, ui
         }
     }
 
-    if (st_place_data(f, data, owned, adopted, label, err, errlen) != 0) goto fail;
+    f->data_start = 8 + hlen;
+    if (!index_len && st_place_data(f, data, owned, adopted, label, err, errlen) != 0) goto fail;
     json_decref(root);
     *out = f;
     return 0;
@@ -511,7 +521,7 @@ fail:
 int nawal_st_parse(nawal_st_file **out, const uint8_t *buf, size_t len,
                    const char *label, char *err, size_t errlen) {
     int adopted;
-    return st_parse_impl(out, buf, len, NULL, &adopted, label, err, errlen);
+    return st_parse_impl(out, buf, len, NULL, &adopted, 0, label, err, errlen);
 }
 
 /* Reads exactly `len` bytes at the current position. */
@@ -596,9 +606,48 @@ int nawal_st_read(nawal_st_file **out, const char *path, char *err, size_t errle
     close(fd);
 
     int adopted = 0;
-    int rc = st_parse_impl(out, buf, len, buf, &adopted, path, err, errlen);
+    int rc = st_parse_impl(out, buf, len, buf, &adopted, 0, path, err, errlen);
     if (!adopted) free(buf);
     return rc;
+}
+
+int nawal_st_read_index(nawal_st_file **out, int fd, const char *label, char *err, size_t errlen) {
+    if (!label) label = "<fd>";
+    if (out) *out = NULL;
+    if (!out) return nawal_fail(err, errlen, "%s: no output pointer given", label);
+    struct stat sb;
+    if (fstat(fd, &sb) != 0) return nawal_fail(err, errlen, "%s: cannot stat: %s", label, strerror(errno));
+    if (!S_ISREG(sb.st_mode)) return nawal_fail(err, errlen, "%s: not a regular file", label);
+    uint64_t fsize = (uint64_t)sb.st_size;
+    uint8_t prefix[8];
+    uint64_t hlen;
+    if (fsize >= 8 && pread(fd, prefix, 8, 0) != 8)
+        return nawal_fail(err, errlen, "%s: cannot read the header length", label);
+    if (st_check_prefix(prefix, fsize, label, &hlen, err, errlen) != 0) return -1;
+    /* hlen <= NAWAL_ST_MAX_HEADER and <= the file's size: bounded by both */
+    size_t len = (size_t)(8 + hlen);
+    uint8_t *buf = malloc(len);
+    if (!buf) return nawal_fail(err, errlen, "%s: out of memory reading a %llu-byte header", label, (unsigned long long)hlen);
+    memcpy(buf, prefix, 8);
+    size_t got = 8;
+    while (got < len) {
+        ssize_t r = pread(fd, buf + got, len - got, (off_t)got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) {
+            free(buf);
+            return nawal_fail(err, errlen, "%s: read error in the header: %s", label, r < 0 ? strerror(errno) : "file shrank");
+        }
+        got += (size_t)r;
+    }
+    int adopted = 0;
+    int rc = st_parse_impl(out, buf, len, NULL, &adopted, fsize, label, err, errlen);
+    free(buf);
+    return rc;
+}
+
+uint64_t nawal_st_data_offset(const nawal_st_file *f, size_t i) {
+    if (!f || i >= f->n) return 0;
+    return f->data_start + f->entries[i].begin;
 }
 
 /* ---------------------------------------------------------------- writing */
@@ -606,7 +655,7 @@ int nawal_st_read(nawal_st_file **out, const char *path, char *err, size_t errle
 
 /* Builds the (unpadded) JSON header; returns a malloc'd string or NULL. */
 static char *st_build_header(const char *path, const nawal_st_tensor *tensors, size_t n,
-                             const char *const *meta_kv, char *err, size_t errlen) {
+                             const char *const *meta_kv, int need_data, char *err, size_t errlen) {
     json_t *root = json_object();
     if (!root) {
         (void)nawal_fail(err, errlen, "%s: out of memory", path);
@@ -673,7 +722,7 @@ static char *st_build_header(const char *path, const nawal_st_tensor *tensors, s
                    path, ST_NAME_SHOWN, name, t->nbytes);
             goto done;
         }
-        if (nb > 0 && !t->data) {
+        if (need_data && nb > 0 && !t->data) {
             (void)nawal_fail(err, errlen, "%s: tensor '%.*s' has no data", path, ST_NAME_SHOWN, name);
             goto done;
         }
@@ -717,31 +766,27 @@ done:
     return text;
 }
 
-int nawal_st_write(const char *path, const nawal_st_tensor *tensors, size_t n,
-                   const char *const *meta_kv, char *err, size_t errlen) {
-    if (!path || !*path) {
-        (void)nawal_fail(err, errlen, "safetensors: no path given");
-        return -1;
-    }
-    if (n > 0 && !tensors) {
-        (void)nawal_fail(err, errlen, "%s: %zu tensors but no tensor array", path, n);
-        return -1;
-    }
-    char *json = st_build_header(path, tensors, n, meta_kv, err, errlen);
+/* Length prefix + header padded with spaces so the data buffer starts at a
+ * multiple of 8; label names the destination in messages. */
+static int st_encode_header(const char *label, const nawal_st_tensor *tensors, size_t n,
+                            const char *const *meta_kv, int need_data, uint8_t **out, size_t *out_len,
+                            char *err, size_t errlen) {
+    *out = NULL;
+    *out_len = 0;
+    if (n > 0 && !tensors) return nawal_fail(err, errlen, "%s: %zu tensors but no tensor array", label, n);
+    char *json = st_build_header(label, tensors, n, meta_kv, need_data, err, errlen);
     if (!json) return -1;
-
-    /* Pad with spaces so the data buffer starts at a multiple of 8. */
     size_t jlen = strlen(json);
     size_t hlen = (jlen + 7) / 8 * 8;
     if (hlen > NAWAL_ST_MAX_HEADER) {
         (void)nawal_fail(err, errlen, "%s: header of %zu bytes exceeds the %llu-byte limit",
-               path, hlen, (unsigned long long)NAWAL_ST_MAX_HEADER);
+               label, hlen, (unsigned long long)NAWAL_ST_MAX_HEADER);
         free(json);
         return -1;
     }
     uint8_t *head = malloc(8 + hlen);
     if (!head) {
-        (void)nawal_fail(err, errlen, "%s: out of memory", path);
+        (void)nawal_fail(err, errlen, "%s: out of memory", label);
         free(json);
         return -1;
     }
@@ -749,13 +794,32 @@ int nawal_st_write(const char *path, const nawal_st_tensor *tensors, size_t n,
     memcpy(head + 8, json, jlen);
     memset(head + 8 + jlen, ' ', hlen - jlen);
     free(json);
+    *out = head;
+    *out_len = 8 + hlen;
+    return 0;
+}
+
+int nawal_st_encode_header(const nawal_st_tensor *tensors, size_t n, const char *const *meta_kv, uint8_t **out,
+                           size_t *len, char *err, size_t errlen) {
+    return st_encode_header("safetensors header", tensors, n, meta_kv, 0, out, len, err, errlen);
+}
+
+int nawal_st_write(const char *path, const nawal_st_tensor *tensors, size_t n,
+                   const char *const *meta_kv, char *err, size_t errlen) {
+    if (!path || !*path) {
+        (void)nawal_fail(err, errlen, "safetensors: no path given");
+        return -1;
+    }
+    uint8_t *head;
+    size_t head_len;
+    if (st_encode_header(path, tensors, n, meta_kv, 1, &head, &head_len, err, errlen)) return -1;
 
     nawal_chunk *chunks = malloc((n + 1) * sizeof *chunks);
     if (!chunks) {
         free(head);
         return nawal_fail(err, errlen, "%s: out of memory", path);
     }
-    chunks[0] = (nawal_chunk){ head, 8 + hlen };
+    chunks[0] = (nawal_chunk){ head, head_len };
     for (size_t i = 0; i < n; i++) chunks[i + 1] = (nawal_chunk){ tensors[i].data, tensors[i].nbytes };
     int rc = nawal_file_replace(path, chunks, n + 1, 0644, err, errlen);
     free(chunks);

@@ -44,7 +44,7 @@ typedef struct {
     int ndim;                           /* 0 (scalar) .. NAWAL_ST_MAX_DIMS */
     int64_t shape[NAWAL_ST_MAX_DIMS];   /* entries past ndim are 0 */
     size_t nbytes;                      /* element count * element size */
-    const void *data;                   /* nbytes bytes; never NULL on read */
+    const void *data;                   /* nbytes bytes; never NULL on read (NULL in an index) */
 } nawal_st_tensor;
 
 typedef struct nawal_st_file nawal_st_file;
@@ -58,6 +58,18 @@ int nawal_st_read(nawal_st_file **out, const char *path, char *err, size_t errle
  * `buf` may be released as soon as this returns. */
 int nawal_st_parse(nawal_st_file **out, const uint8_t *buf, size_t len,
                    const char *label, char *err, size_t errlen);
+
+/* Header only, for reading big files piecewise: reads and validates the
+ * length prefix and the JSON header of the file open on fd (every check
+ * nawal_st_read makes, offsets against the file's size) without reading
+ * any tensor data. The tensors' data pointers are NULL; each tensor's bytes
+ * are at nawal_st_data_offset() in the file (read them with pread). fd is
+ * not closed or moved. */
+int nawal_st_read_index(nawal_st_file **out, int fd, const char *label, char *err, size_t errlen);
+
+/* File offset of tensor i's first byte (8 + header length + its begin
+ * offset); 0 if i is out of range. */
+uint64_t nawal_st_data_offset(const nawal_st_file *f, size_t i);
 
 void nawal_st_free(nawal_st_file *f);
 
@@ -84,5 +96,12 @@ const char *nawal_st_dtype_name(nawal_st_dtype dtype);
  * non-empty, unique and not "__metadata__". */
 int nawal_st_write(const char *path, const nawal_st_tensor *tensors, size_t n,
                    const char *const *meta_kv, char *err, size_t errlen);
+
+/* The bytes nawal_st_write puts before the tensor data (length prefix and
+ * space-padded header, tensors packed in the given order), for writers that
+ * stream the data after it: the tensors' data pointers are not used. *out is
+ * malloc'ed. */
+int nawal_st_encode_header(const nawal_st_tensor *tensors, size_t n, const char *const *meta_kv, uint8_t **out,
+                           size_t *len, char *err, size_t errlen);
 
 #endif

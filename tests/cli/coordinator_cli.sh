@@ -54,7 +54,7 @@ check "ledger verify needs no secret key" "[ \$(code $C ledger verify --dir $D) 
 check "registry changes do" "[ \$(code $C validator remove --dir $D --pubkey $PK2) -eq 1 ]"
 mv "$T/key.saved" "$D/identity.key"
 
-for cmd in "" "init" "validator" "validator add" "validator list" "validator remove" "ledger" "ledger verify" "ledger show"; do
+for cmd in "" "init" "validator" "validator add" "validator list" "validator remove" "round" "round start" "round status" "round tick" "ledger" "ledger verify" "ledger show"; do
   check "'$cmd --help' exits 0 with usage" "[ \$(code $C $cmd --help) -eq 0 ] && grep -q usage $T/out"
 done
 check "no command exits 2" "[ \$(code $C) -eq 2 ]"

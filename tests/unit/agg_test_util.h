@@ -1,0 +1,159 @@
+/* agg_test_util.h - helpers for the aggregation and round machine tests
+ * (test_coord_aggregate.c, test_coord_rounds.c): a small model layout with
+ * awkward shapes (a scalar, a tensor spanning several work chunks), random
+ * models and deltas written as safetensors files (optionally malformed:
+ * a tensor missing, an extra one, a transposed shape, an I32 tensor), a
+ * brute-force FedAvg in double, and FedAvg's documented error bound. */
+#ifndef NAWAL_AGG_TEST_UTIL_H
+#define NAWAL_AGG_TEST_UTIL_H
+
+#include "aggregate.h"
+#include "safetensors.h"
+#include "test_util.h"
+
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    const char *name;
+    int ndim;
+    int64_t shape[2];
+} agg_tensor_def;
+
+/* HF-like names; "big" spans three default chunks, "scalar" has rank 0 */
+static const agg_tensor_def AGG_LAYOUT[] = {
+    {"transformer.wte.weight", 2, {50, 16}}, {"transformer.h.0.attn.c_attn.weight", 2, {16, 48}},
+    {"transformer.h.0.attn.c_attn.bias", 1, {48}}, {"transformer.ln_f.weight", 1, {16}},
+    {"big", 1, {70001}}, {"scalar", 0, {0}},
+};
+#define AGG_NT (sizeof AGG_LAYOUT / sizeof *AGG_LAYOUT)
+
+static inline size_t agg_numel(size_t t) {
+    size_t n = 1;
+    for (int d = 0; d < AGG_LAYOUT[t].ndim; d++) n *= (size_t)AGG_LAYOUT[t].shape[d];
+    return n;
+}
+
+static inline size_t agg_total(void) {
+    size_t n = 0;
+    for (size_t t = 0; t < AGG_NT; t++) n += agg_numel(t);
+    return n;
+}
+
+typedef enum { AGG_OK, AGG_MISSING, AGG_EXTRA, AGG_TRANSPOSED, AGG_I32, AGG_REORDERED } agg_mutation;
+
+/* Writes values (agg_total() floats, tensors in AGG_LAYOUT order) as a
+ * safetensors file, mutated as asked (on tensor 1 where it applies). */
+static inline void agg_write(const char *path, const float *values, agg_mutation mut) {
+    nawal_st_tensor ts[AGG_NT + 1];
+    size_t n = 0, off = 0;
+    static const int32_t ints[16 * 48];
+    for (size_t t = 0; t < AGG_NT; t++) {
+        size_t numel = agg_numel(t);
+        nawal_st_tensor x = {.name = AGG_LAYOUT[t].name, .dtype = NAWAL_ST_F32, .ndim = AGG_LAYOUT[t].ndim,
+                             .nbytes = numel * 4, .data = values + off};
+        x.shape[0] = AGG_LAYOUT[t].shape[0];
+        x.shape[1] = AGG_LAYOUT[t].shape[1];
+        off += numel;
+        if (t == 1 && mut == AGG_MISSING) continue;
+        if (t == 1 && mut == AGG_TRANSPOSED) { x.shape[0] = AGG_LAYOUT[t].shape[1]; x.shape[1] = AGG_LAYOUT[t].shape[0]; }
+        if (t == 1 && mut == AGG_I32) { x.dtype = NAWAL_ST_I32; x.data = ints; }
+        ts[n++] = x;
+    }
+    if (mut == AGG_EXTRA) ts[n++] = (nawal_st_tensor){.name = "extra.bias", .dtype = NAWAL_ST_F32, .ndim = 1,
+                                                      .shape = {4}, .nbytes = 16, .data = values};
+    if (mut == AGG_REORDERED) /* same tensors, another file order */
+        for (size_t i = 0; i < n / 2; i++) { nawal_st_tensor tmp = ts[i]; ts[i] = ts[n - 1 - i]; ts[n - 1 - i] = tmp; }
+    static const char *const meta[] = {"format", "pt", "note", "agg test", NULL};
+    char err[512] = "";
+    cr_assert_eq(nawal_st_write(path, ts, n, meta, err, sizeof err), 0, "write %s: %s", path, err);
+}
+
+/* Random values of scale sc; a few exact zeros and large values too. */
+static inline void agg_random(uint64_t *seed, float *v, size_t n, float sc) {
+    for (size_t i = 0; i < n; i++) {
+        uint64_t k = test_rand_u64(seed) % 1000;
+        v[i] = k == 0 ? 0.0f : k == 1 ? sc * 1e3f : sc * test_rand_normal(seed);
+    }
+}
+
+/* A growing memory buffer as a nawal_byte_sink. */
+typedef struct {
+    uint8_t *p;
+    size_t len, cap;
+} agg_membuf;
+
+static inline int agg_mem_sink(void *ctx, const void *buf, size_t len, char *err, size_t errlen) {
+    (void)err; (void)errlen;
+    agg_membuf *m = ctx;
+    if (m->len + len > m->cap) {
+        size_t nc = (m->cap ? m->cap * 2 : 1 << 16);
+        while (nc < m->len + len) nc *= 2;
+        m->p = realloc(m->p, nc);
+        cr_assert(m->p);
+        m->cap = nc;
+    }
+    memcpy(m->p + m->len, buf, len);
+    m->len += len;
+    return 0;
+}
+
+/* The floats of a serialized model (AGG_LAYOUT order) out of a safetensors buffer. */
+static inline float *agg_parse(const agg_membuf *m) {
+    nawal_st_file *f;
+    char err[512] = "";
+    cr_assert_eq(nawal_st_parse(&f, m->p, m->len, "aggregate", err, sizeof err), 0, "%s", err);
+    cr_assert_eq(nawal_st_count(f), AGG_NT);
+    float *v = malloc(agg_total() * 4);
+    size_t off = 0;
+    for (size_t t = 0; t < AGG_NT; t++) {
+        const nawal_st_tensor *x = nawal_st_at(f, t);
+        cr_assert_str_eq(x->name, AGG_LAYOUT[t].name, "output keeps the base's tensor order");
+        cr_assert_eq(x->dtype, NAWAL_ST_F32);
+        cr_assert_eq(x->ndim, AGG_LAYOUT[t].ndim);
+        cr_assert_eq(x->nbytes, agg_numel(t) * 4);
+        memcpy(v + off, x->data, x->nbytes);
+        off += agg_numel(t);
+    }
+    cr_assert_str_eq(nawal_st_metadata(f, "note"), "agg test", "output keeps the base's metadata");
+    nawal_st_free(f);
+    return v;
+}
+
+/* base + sum w_i d_i / sum w_i in double, for the deltas with use[i]. */
+static inline double *agg_reference(const float *base, float *const *deltas, const uint64_t *w, const int *use, size_t k) {
+    size_t n = agg_total();
+    double *r = calloc(n, sizeof *r), W = 0;
+    cr_assert(r);
+    for (size_t i = 0; i < k; i++) if (!use || use[i]) W += (double)w[i];
+    for (size_t i = 0; i < k; i++) {
+        if (use && !use[i]) continue;
+        double c = (double)w[i] / W;
+        for (size_t e = 0; e < n; e++) r[e] += c * deltas[i][e];
+    }
+    for (size_t e = 0; e < n; e++) r[e] += base[e];
+    return r;
+}
+
+/* aggregate.h's bound: (K + 3) u (max|delta| + |base|), K updates used */
+static inline void agg_check_close(const float *got, const double *want, const float *base, float *const *deltas,
+                                   const int *use, size_t k, uint64_t seed) {
+    size_t n = agg_total(), K = 0;
+    double M = 0;
+    for (size_t i = 0; i < k; i++) {
+        if (use && !use[i]) continue;
+        K++;
+        for (size_t e = 0; e < n; e++) M = fmax(M, fabs(deltas[i][e]));
+    }
+    double u = ldexp(1.0, -24);
+    for (size_t e = 0; e < n; e++) {
+        double bound = (K + 3.0) * u * (M + fabs(base[e]));
+        cr_assert(fabs(got[e] - want[e]) <= bound, "element %zu: got %.9g want %.9g (bound %.3g, K=%zu, seed %llu)",
+                  e, got[e], want[e], bound, K, (unsigned long long)seed);
+    }
+}
+
+#endif
