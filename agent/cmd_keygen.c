@@ -17,16 +17,11 @@ int nawal_cmd_keygen(int argc, char **argv) {
     int pr = nawal_flags_parse(argc, argv, flags, sizeof flags / sizeof flags[0],
                                "usage: nawal-agent keygen --out DIR");
     if (pr) return pr == 1 ? 0 : 2;
-    char err[512] = "";
-    nawal_identity id;
-    if (nawal_identity_generate(&id, err, sizeof err) || nawal_identity_save(&id, out, err, sizeof err)) {
-        nawal_identity_wipe(&id);
+    char err[512] = "", fp[NAWAL_FINGERPRINT_HEX_BYTES];
+    if (nawal_identity_create(out, fp, err, sizeof err)) {
         fprintf(stderr, "error: %s\n", err);
         return 1;
     }
-    char fp[NAWAL_FINGERPRINT_HEX_BYTES];
-    nawal_fingerprint(fp, id.pk);
-    nawal_identity_wipe(&id);
     fprintf(stderr, "wrote %s/%s (secret, mode 0600) and %s/%s\n", out, NAWAL_IDENTITY_KEY_FILE, out,
             NAWAL_IDENTITY_PUB_FILE);
     printf("fingerprint %s\n", fp);

@@ -5,6 +5,7 @@
 #include "checkpoint.h"
 #include "cid.h"
 #include "cli.h"
+#include "identity.h"
 #include "genesis.h"
 #include "ledger.h"
 #include "registry.h"
@@ -396,6 +397,21 @@ static int cmd_round_tick(int argc, char **argv) {
     return 0;
 }
 
+/* `keygen --out DIR`: a coordinator key pair outside a coordinator
+ * directory (init makes its own), e.g. to provision one ahead of time. */
+static int cmd_keygen(int argc, char **argv) {
+    const char *out = NULL;
+    nawal_flag flags[] = {
+        { "out", NAWAL_FLAG_STR, &out, "directory for identity.key (secret, 0600) and identity.pub", 0, -1, 1, 0 },
+    };
+    int rc = parsed(nawal_flags_parse(argc, argv, flags, NFLAGS(flags), "usage: nawal-coordinator keygen --out DIR"));
+    if (rc >= 0) return rc;
+    char err[512] = "", fp[NAWAL_FINGERPRINT_HEX_BYTES];
+    if (nawal_identity_create(out, fp, err, sizeof err)) return fail(err);
+    printf("fingerprint %s\n", fp);
+    return 0;
+}
+
 static void usage(FILE *f) {
     fprintf(f,
             "usage: nawal-coordinator <command> [options]\n\n"
@@ -403,6 +419,7 @@ static void usage(FILE *f) {
             "  init --dir D [--model-config L,H,W,C,V [--seed S] | --import CKPT]\n"
             "                                                create a coordinator directory (database, blob store, key\n"
             "                                                pair) and the initial global model\n"
+            "  keygen --out DIR                              write an Ed25519 key pair (refuses to overwrite)\n"
             "  validator add --dir D --pubkey HEX --stake N  register a validator key with a stake in planck\n"
             "  validator list --dir D [--all]                registered validators\n"
             "  validator remove --dir D --pubkey HEX         stop admitting a validator\n"
@@ -441,6 +458,7 @@ int main(int argc, char **argv) {
     const char *cmd = argv[1];
     if (is_help(cmd)) { usage(stdout); return 0; }
     if (!strcmp(cmd, "init")) return cmd_init(argc - 1, argv + 1);
+    if (!strcmp(cmd, "keygen")) return cmd_keygen(argc - 1, argv + 1);
     if (!strcmp(cmd, "validator")) {
         static const char *const subs[] = {"add", "list", "remove"};
         static int (*const fns[])(int, char **) = {cmd_validator_add, cmd_validator_list, cmd_validator_remove};

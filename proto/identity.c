@@ -235,3 +235,11 @@ int nawal_identity_load(nawal_identity *id, const char *dir, char *err, size_t e
     if (rc) nawal_identity_wipe(id);
     return rc;
 }
+
+int nawal_identity_create(const char *dir, char fp[NAWAL_FINGERPRINT_HEX_BYTES], char *err, size_t errlen) {
+    nawal_identity id;
+    int rc = nawal_identity_generate(&id, err, errlen) || nawal_identity_save(&id, dir, err, errlen) ? -1 : 0;
+    if (rc == 0) nawal_fingerprint(fp, id.pk);
+    nawal_identity_wipe(&id);
+    return rc;
+}

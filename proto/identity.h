@@ -59,6 +59,11 @@ int nawal_identity_save(const nawal_identity *id, const char *dir, char *err, si
 
 /* Reads and checks dir/identity.key and dir/identity.pub (see above). On
  * failure *id is zeroed. */
+/* Generates a new identity, saves it into dir (as nawal_identity_save) and
+ * writes its fingerprint into fp; the secret never leaves the call. This is
+ * what `nawal-agent keygen` and `nawal-coordinator keygen` do. */
+int nawal_identity_create(const char *dir, char fp[NAWAL_FINGERPRINT_HEX_BYTES], char *err, size_t errlen);
+
 int nawal_identity_load(nawal_identity *id, const char *dir, char *err, size_t errlen);
 
 /* Zeroes the secret key (and the rest) of *id. */

@@ -25,6 +25,12 @@ mkdir "$T/full"; echo x > "$T/full/f"
 check "init of a non-empty dir exits 1" "[ \$(code $C init --dir $T/full) -eq 1 ] && [ ! -e $T/full/state.db ]"
 check "init without --dir exits 2" "[ \$(code $C init) -eq 2 ] && grep -q -- '--dir is required' $T/err"
 
+check "keygen exits 0 with a fingerprint" "[ \$(code $C keygen --out $T/keys) -eq 0 ] && grep -Eq '^fingerprint [0-9a-f]{64}$' $T/out"
+check "keygen secret is 0600" "[ \$(stat -c %a $T/keys/identity.key) = 600 ]"
+check "keygen refuses to overwrite" "[ \$(code $C keygen --out $T/keys) -eq 1 ] && grep -q 'refusing to overwrite' $T/err"
+fp=$($C keygen --out "$T/keys3" 2>/dev/null)
+check "keygen fingerprint is identity.pub" "[ \"$fp\" = \"fingerprint \$(cat $T/keys3/identity.pub)\" ]"
+
 PK1=$(printf 'ab%.0s' $(seq 32)); PK2=$(printf '0%.0s' $(seq 63))1
 check "validator add exits 0" "[ \$(code $C validator add --dir $D --pubkey $PK1 --stake 10000000000000000) -eq 0 ]"
 check "add prints DALLA" "grep -q '10000.000000000000 DALLA' $T/out"
