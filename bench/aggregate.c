@@ -23,6 +23,7 @@
  *   end_to_end_gbps delta bytes / time including the new model written
  *   memcpy_gbps     bytes copied / time
  *   fedavg_vs_memcpy against the faster of the two memcpy figures. */
+#include "timing.h"
 #include "aggregate_bench.h"
 #include "aggregate.h"
 #include "cli.h"
@@ -43,22 +44,6 @@
 #define TENSOR_FLOATS ((size_t)1 << 22) /* the generated models' tensors: 4 Mi floats (16 MiB) each */
 #define MEMCPY_BYTES ((size_t)512 << 20)
 #define MAX_REPEATS 16
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 /* "124M" -> 124000000; K, M, G are powers of ten. */
 static int parse_count(const char *s, uint64_t *out) {
@@ -134,16 +119,16 @@ static void drop_cache(const char *path) {
 static double bench_memcpy(uint8_t *dst, const uint8_t *src, int threads, int reps) {
     double t[MAX_REPEATS];
     for (int r = -1; r < reps; r++) {
-        double t0 = now_s();
+        double t0 = bench_now_s();
         #pragma omp parallel num_threads(threads)
         {
             int k = omp_get_thread_num(), n = omp_get_num_threads();
             size_t lo = MEMCPY_BYTES / (size_t)n * (size_t)k, hi = k == n - 1 ? MEMCPY_BYTES : MEMCPY_BYTES / (size_t)n * (size_t)(k + 1);
             memcpy(dst + lo, src + lo, hi - lo);
         }
-        if (r >= 0) t[r] = now_s() - t0;
+        if (r >= 0) t[r] = bench_now_s() - t0;
     }
-    return MEMCPY_BYTES / median(t, reps) * 1e-9;
+    return MEMCPY_BYTES / bench_median(t, reps) * 1e-9;
 }
 
 static int sink_fn(void *ctx, const void *buf, size_t len, char *err, size_t errlen) {
@@ -158,7 +143,7 @@ static int run_once(nawal_store *s, const char *base_path, char (*paths)[4200], 
     nawal_aggregator *a = NULL;
     nawal_tensor_source *base = NULL;
     nawal_blob_writer *w = NULL;
-    double t0 = now_s(), t1 = 0;
+    double t0 = bench_now_s(), t1 = 0;
     int rc = nawal_fedavg_create(&a, o, err, errlen);
     if (rc == 0) rc = nawal_tensor_source_open_file(&base, base_path, err, errlen);
     if (rc == 0) rc = a->begin(a, base, err, errlen);
@@ -168,7 +153,7 @@ static int run_once(nawal_store *s, const char *base_path, char (*paths)[4200], 
         rc = a->add(a, d, 1000 + (uint64_t)i * 37, err, errlen);
     }
     if (rc == 0) rc = a->finish(a, err, errlen);
-    t1 = now_s();
+    t1 = bench_now_s();
     for (int i = 0; rc == 0 && i < clients; i++)
         if (a->verdict(a, (size_t)i, err, errlen)) rc = -1;
     if (rc == 0) rc = nawal_blobstore_writer_open(s, &w, err, errlen);
@@ -178,7 +163,7 @@ static int run_once(nawal_store *s, const char *base_path, char (*paths)[4200], 
         rc = nawal_blobstore_writer_commit(w, cid, NULL, err, errlen);
         w = NULL;
     }
-    double t2 = now_s();
+    double t2 = bench_now_s();
     nawal_blobstore_writer_abort(w);
     nawal_aggregator_destroy(a);
     nawal_tensor_source_close(base);
@@ -257,13 +242,13 @@ int bench_aggregate(int argc, char **argv) {
            clients, (unsigned long long)n, n * 4e-6, delta_bytes * 1e-9, root, nthreads, cold ? "cold (dropped)" : "warm",
            copy ? "pread copies" : "mapped views");
     fflush(stdout);
-    double tw = now_s();
+    double tw = bench_now_s();
     if (rc == 0) rc = write_model(base_path, n, 999, 1.0f, buf, err, sizeof err);
     for (int i = 0; rc == 0 && i < clients; i++) {
         snprintf(paths[i], sizeof paths[i], "%s/delta%03d.safetensors", root, i);
         rc = write_model(paths[i], n, (uint64_t)i + 1, 1e-3f, buf, err, sizeof err);
     }
-    if (rc == 0) printf("wrote the files in %.1f s\n", now_s() - tw);
+    if (rc == 0) printf("wrote the files in %.1f s\n", bench_now_s() - tw);
     if (rc == 0) rc = nawal_store_init(store_dir, err, sizeof err);
     if (rc == 0) rc = nawal_store_open(&s, store_dir, 0, err, sizeof err);
 
@@ -296,8 +281,8 @@ int bench_aggregate(int argc, char **argv) {
     free(m1);
     free(m2);
     if (rc == 0) {
-        double a = delta_bytes / median(agg, repeats) * 1e-9, t = delta_bytes / median(tot, repeats) * 1e-9;
-        double c1 = median(mc1, repeats), cn = median(mcn, repeats), mc = nthreads > 1 && cn > c1 ? cn : c1;
+        double a = delta_bytes / bench_median(agg, repeats) * 1e-9, t = delta_bytes / bench_median(tot, repeats) * 1e-9;
+        double c1 = bench_median(mc1, repeats), cn = bench_median(mcn, repeats), mc = nthreads > 1 && cn > c1 ? cn : c1;
         if (nthreads > 1)
             printf("memcpy_gbps_1t %.2f  memcpy_gbps_%dt %.2f  (512 MiB buffers, median over the repeats)\n", c1, nthreads, cn);
         else printf("memcpy_gbps_1t %.2f  (512 MiB buffers, median over the repeats)\n", c1);

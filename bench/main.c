@@ -10,6 +10,7 @@
  *   nawal-bench aggregate : FedAvg GB/s over delta files vs memcpy (bench/aggregate.c).
  * Timings are medians over --repeats runs; compare only with baselines
  * measured in the same run (bench/compare/ for PyTorch). */
+#include "timing.h"
 #include "cli.h"
 #include "gpt.h"
 #include "optim.h"
@@ -20,22 +21,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 typedef struct {
     nawal_gpt_config cfg;
@@ -60,12 +45,12 @@ static double bench_matmul(const nawal_ops *o, const bench_opts *b, int verbose)
         o->matmul_fwd(o, y, x, w, NULL, N, K, M, NAWAL_W_IN_OUT);
         for (int r = 0; r < reps; r++) {
             o->sync(o);
-            double t0 = now_s();
+            double t0 = bench_now_s();
             for (int i = 0; i < iters; i++) o->matmul_fwd(o, y, x, w, NULL, N, K, M, NAWAL_W_IN_OUT);
             o->sync(o);
-            times[r] = (now_s() - t0) / iters;
+            times[r] = (bench_now_s() - t0) / iters;
         }
-        double t = median(times, reps);
+        double t = bench_median(times, reps);
         if (verbose) printf("matmul %5d x %5d x %5d: %7.1f GFLOP/s\n", N, K, M, flops / t * 1e-9);
         total_flops += flops;
         total_time += t;
@@ -98,7 +83,7 @@ static int bench_train(const nawal_ops *o, const bench_opts *b) {
     for (int r = -1; r < reps; r++) {
         int steps = r < 0 ? b->warmup_steps : b->steps;
         o->sync(o);
-        double t0 = now_s();
+        double t0 = bench_now_s();
         for (int i = 0; i < steps; i++) {
             nawal_gpt_zero_grad(m);
             float l = nawal_gpt_forward(m, in, tg, b->batch, b->cfg.n_ctx, 1, NULL, err, sizeof err);
@@ -109,11 +94,11 @@ static int bench_train(const nawal_ops *o, const bench_opts *b) {
         }
         o->sync(o);
         if (r >= 0) {
-            per_rep[r] = (double)steps * N / (now_s() - t0);
+            per_rep[r] = (double)steps * N / (bench_now_s() - t0);
             printf("repeat %d: %.0f tokens/s\n", r + 1, per_rep[r]);
         }
     }
-    double tps = median(per_rep, reps);
+    double tps = bench_median(per_rep, reps);
     double flops = nawal_gpt_train_flops_per_token(&b->cfg, b->cfg.n_ctx) * tps;
     double mm = bench_matmul(o, b, 0);
     printf("train_tokens_per_s %.0f  (median of %d repeats of %d steps)\n", tps, reps, b->steps);

@@ -15,6 +15,7 @@
  * --raw measures the transport alone: 1 MiB messages from memory, no files,
  * no protobuf, no CID. TLS (default) uses a throw-away self-signed certificate made with the
  * openssl command in the bench's temporary directory. */
+#include "timing.h"
 #include "stream.h"
 
 #include "blobstream.h"
@@ -33,12 +34,6 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /* "1GiB", "512MiB", "100M", "4096" -> bytes; 0 on a bad string */
 static uint64_t parse_size(const char *s) {
@@ -134,7 +129,7 @@ static void h_open(nawal_ws_conn *c, void *user) {
     size_t n = 1;
     req[0] = 0;
     if (!e->raw) nawal_blob_receiver_request(e->rx, req, sizeof req, &n);
-    e->t_request = now_s();
+    e->t_request = bench_now_s();
     if (nawal_ws_send(c, req, n)) fail(e, c, "cannot send the request");
 }
 
@@ -161,7 +156,7 @@ static void h_message(nawal_ws_conn *c, const uint8_t *msg, size_t len, void *us
         if (e->receiver) {
             e->raw_done += len;
             if (e->raw_done >= e->raw_size) {
-                e->t_last_chunk = e->t_complete = now_s();
+                e->t_last_chunk = e->t_complete = bench_now_s();
                 e->ok = 1;
                 nawal_ws_close(c, "done");
             }
@@ -172,13 +167,13 @@ static void h_message(nawal_ws_conn *c, const uint8_t *msg, size_t len, void *us
         return;
     }
     if (e->receiver) {
-        double t = now_s();
+        double t = bench_now_s();
         int rc = nawal_blob_receiver_chunk(e->rx, msg, len, e->err, sizeof e->err);
         if (rc < 0) {
             nawal_ws_close(c, "bad chunk");
         } else if (rc == 1) {
             e->t_last_chunk = t;
-            e->t_complete = now_s();
+            e->t_complete = bench_now_s();
             e->ok = 1;
             nawal_ws_close(c, "done");
         }
@@ -268,7 +263,7 @@ int bench_stream(int argc, char **argv) {
     snprintf(key, sizeof key, "%s/key.pem", tmp);
     if (nawal_crypto_init()) return 1;
     uint8_t cid[NAWAL_CID_BYTES] = { 0 };
-    double t0 = now_s();
+    double t0 = bench_now_s();
     if (raw) printf("transport only (--raw): %" PRIu64 " bytes as 1 MiB messages from memory, no files, no CID\n", size);
     else if (make_blob(src, size, cid)) {
         fprintf(stderr, "error: writing %s: %s\n", src, strerror(errno));
@@ -278,7 +273,7 @@ int bench_stream(int argc, char **argv) {
     nawal_cid_to_hex(hex, cid);
     if (!raw)
         printf("blob: %" PRIu64 " bytes (%.2f GiB), cid %s, generated in %.1f s\n", size,
-               (double)size / 1073741824.0, hex, now_s() - t0);
+               (double)size / 1073741824.0, hex, bench_now_s() - t0);
     if (!plain) {
         char cmd[2048];
         snprintf(cmd, sizeof cmd,
@@ -333,8 +328,8 @@ int bench_stream(int argc, char **argv) {
             snprintf(rep.err, sizeof rep.err, "%.200s", err);
         } else {
             rep.base_kib = status_kib("VmRSS");
-            double tstart = now_s();
-            while (!e.ended && now_s() - tstart < 7200) nawal_ws_server_service(s, 100);
+            double tstart = bench_now_s();
+            while (!e.ended && bench_now_s() - tstart < 7200) nawal_ws_server_service(s, 100);
             rep.peak_kib = status_kib("VmHWM");
             rep.ok = e.ok;
             rep.t_transfer = e.t_last_chunk - e.t_request;
@@ -375,8 +370,8 @@ int bench_stream(int argc, char **argv) {
         kill(pid, SIGTERM);
     } else {
         long base = status_kib("VmRSS");
-        double tstart = now_s();
-        while (!e.ended && now_s() - tstart < 7200) nawal_ws_client_service(cl, 100);
+        double tstart = bench_now_s();
+        while (!e.ended && bench_now_s() - tstart < 7200) nawal_ws_client_service(cl, 100);
         long peak = status_kib("VmHWM");
         end_report srv = { 0 };
         ssize_t got = read(report_pipe[0], &srv, sizeof srv);
