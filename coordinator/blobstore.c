@@ -3,6 +3,7 @@
  * CID. A blob is written to a temp file, fsync'd, renamed into place and
  * the directory fsync'd, so after a crash it is either whole or absent;
  * temp files of dead writers are removed by nawal_blobstore_cleanup. */
+#include "fileio.h"
 #include "store.h"
 #include "store_internal.h"
 #include "cid.h"
@@ -41,17 +42,6 @@ int nawal_blobstore_path(const nawal_store *s, const uint8_t cid[32], char *out,
     return n < 0 || (size_t)n >= outlen ? -1 : 0;
 }
 
-static int write_all(int fd, const uint8_t *p, size_t n) {
-    while (n) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) return -1;
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 /* mkstemp of "<dir>/.tmp-<pid>-XXXXXX"; the pid lets cleanup tell a dead
  * writer's leftovers from a live one's file in progress. */
 static int make_temp(const char *dir, char *path, size_t pathlen, char *err, size_t errlen) {
@@ -77,7 +67,7 @@ static int publish(nawal_store *s, const char *tmp, const uint8_t cid[32], char 
     if (rename(tmp, final) != 0) return nawal_fail(err, errlen, "%s: cannot rename into place: %s", final, strerror(errno));
     /* the new entry in blobs/ab, the new blobs/ab in blobs/ (and the temp
      * file's entry gone from wherever it was) */
-    if (nawal_store_fsync_dir(sub) || nawal_store_fsync_dir(top))
+    if (nawal_fsync_dir(sub) || nawal_fsync_dir(top))
         return nawal_fail(err, errlen, "%s: directory fsync failed: %s", sub, strerror(errno));
     return 0;
 }
@@ -91,7 +81,7 @@ int nawal_blobstore_put_buffer(nawal_store *s, const void *buf, size_t len, uint
     if (ensure_dir(sub, err, errlen)) return -1;
     int fd = make_temp(sub, tmp, sizeof tmp, err, errlen);
     if (fd < 0) return -1;
-    if (write_all(fd, buf, len) || fsync(fd)) {
+    if (nawal_write_all(fd, buf, len) || fsync(fd)) {
         int e = errno;
         close(fd);
         unlink(tmp);
@@ -136,7 +126,7 @@ int nawal_blobstore_put_file(nawal_store *s, const char *path, uint8_t cid_out[3
         if (n < 0) rc = nawal_fail(err, errlen, "%s: read failed: %s", path, strerror(errno));
         if (n <= 0) break;
         nawal_cid_update(&hs, chunk, (size_t)n);
-        if (write_all(fd, chunk, (size_t)n)) rc = nawal_fail(err, errlen, "%s: write failed: %s", tmp, strerror(errno));
+        if (nawal_write_all(fd, chunk, (size_t)n)) rc = nawal_fail(err, errlen, "%s: write failed: %s", tmp, strerror(errno));
     }
     free(chunk);
     close(in);
@@ -189,7 +179,7 @@ int nawal_blobstore_writer_open(nawal_store *s, nawal_blob_writer **out, char *e
 int nawal_blobstore_writer_write(nawal_blob_writer *w, const void *buf, size_t len, char *err, size_t errlen) {
     if (w->failed) return nawal_fail(err, errlen, "%s: an earlier write failed", w->tmp);
     nawal_cid_update(&w->hs, buf, len);
-    if (write_all(w->fd, buf, len)) {
+    if (nawal_write_all(w->fd, buf, len)) {
         w->failed = 1;
         return nawal_fail(err, errlen, "%s: write failed: %s", w->tmp, strerror(errno));
     }
@@ -301,7 +291,7 @@ static int clean_dir(const char *dir, int recurse, size_t *removed, char *err, s
         }
     }
     closedir(d);
-    if (rc == 0 && any && nawal_store_fsync_dir(dir)) rc = nawal_fail(err, errlen, "%s: fsync failed", dir);
+    if (rc == 0 && any && nawal_fsync_dir(dir)) rc = nawal_fail(err, errlen, "%s: fsync failed", dir);
     return rc;
 }
 

@@ -1,6 +1,7 @@
 /* store.c - the coordinator directory's database: creation, opening,
  * transactions, rounds and submissions (see store.h). The blob store is in
  * blobstore.c, the registry in registry.c. */
+#include "fileio.h"
 #include "store.h"
 #include "store_internal.h"
 #include "cid.h"
@@ -201,16 +202,6 @@ static int mkdir_parents(const char *dir, char *err, size_t errlen) {
     return 0;
 }
 
-static int fsync_dir(const char *path) {
-    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) return -1;
-    int rc = fsync(fd);
-    close(fd);
-    return rc;
-}
-
-int nawal_store_fsync_dir(const char *path) { return fsync_dir(path); }
-
 static char *join(const char *dir, const char *name) {
     size_t n = strlen(dir) + strlen(name) + 2;
     char *p = malloc(n);
@@ -275,7 +266,7 @@ int nawal_store_init(const char *dir, char *err, size_t errlen) {
     }
     if (sqlite3_close(db) != SQLITE_OK) { db = NULL; nawal_fail(err, errlen, "%s: close failed", db_path); goto out; }
     db = NULL;
-    if (fsync_dir(blobs) || fsync_dir(dir)) { nawal_fail(err, errlen, "%s: fsync failed: %s", dir, strerror(errno)); goto out; }
+    if (nawal_fsync_dir(blobs) || nawal_fsync_dir(dir)) { nawal_fail(err, errlen, "%s: fsync failed: %s", dir, strerror(errno)); goto out; }
     rc = 0;
 out:
     if (db) sqlite3_close(db);

@@ -12,7 +12,5 @@ int nawal_store_sql_fail(nawal_store *s, char *err, size_t errlen, const char *w
 int nawal_store_prepare(nawal_store *s, sqlite3_stmt **st, const char *sql, char *err, size_t errlen);
 /* Copies a BLOB column of exactly 32 bytes; -1 if it is anything else. */
 int nawal_store_column_key(sqlite3_stmt *st, int col, uint8_t out[32]);
-/* fsync of a directory (after a rename or create in it). */
-int nawal_store_fsync_dir(const char *path);
 
 #endif

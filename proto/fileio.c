@@ -23,15 +23,20 @@ int nawal_write_all(int fd, const void *buf, size_t len) {
     return 0;
 }
 
+int nawal_fsync_dir(const char *dir) {
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
 void nawal_fsync_parent_dir(const char *path) {
     const char *slash = strrchr(path, '/');
     char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
     if (!dir) return;
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    (void)nawal_fsync_dir(dir);
     free(dir);
-    if (fd < 0) return;
-    (void)fsync(fd);
-    close(fd);
 }
 
 int nawal_file_replace(const char *path, const nawal_chunk *chunks, size_t n, mode_t mode, char *err, size_t errlen) {

@@ -13,6 +13,9 @@
 /* write() until len bytes are out, retrying EINTR; 0, or -1 with errno set */
 int nawal_write_all(int fd, const void *buf, size_t len);
 
+/* fsync a directory (so renames and creations in it are durable); 0 or -1 */
+int nawal_fsync_dir(const char *dir);
+
 /* fsync the directory holding path (best effort: some filesystems refuse) */
 void nawal_fsync_parent_dir(const char *path);
 
