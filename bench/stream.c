@@ -108,6 +108,19 @@ typedef struct {
     size_t window;
 } end_state;
 
+static end_state end_init(int receiver, int raw, uint64_t size, int window, const char *src, const char *dst,
+                          const uint8_t cid[NAWAL_CID_BYTES]) {
+    end_state e = { 0 };
+    e.receiver = receiver;
+    e.raw = raw;
+    e.raw_size = size;
+    e.window = (size_t)window;
+    e.src = src;
+    e.dst = dst;
+    memcpy(e.cid, cid, NAWAL_CID_BYTES);
+    return e;
+}
+
 /* what the child reports to the parent */
 typedef struct {
     long peak_kib, base_kib;
@@ -307,14 +320,7 @@ int bench_stream(int argc, char **argv) {
     if (pid == 0) { /* ---- server ---- */
         close(port_pipe[0]);
         close(report_pipe[0]);
-        end_state e = { 0 };
-        e.receiver = up;
-        e.raw = raw;
-        e.raw_size = size;
-        e.window = (size_t)window;
-        e.src = src;
-        e.dst = dst;
-        memcpy(e.cid, cid, sizeof cid);
+        end_state e = end_init(up, raw, size, window, src, dst, cid);
         nawal_ws_config scfg = cfg;
         scfg.bind_addr = "127.0.0.1";
         scfg.cert_file = cert;
@@ -351,14 +357,7 @@ int bench_stream(int argc, char **argv) {
         waitpid(pid, NULL, 0);
         return 1;
     }
-    end_state e = { 0 };
-    e.receiver = up ? 0 : 1;
-    e.raw = raw;
-    e.raw_size = size;
-    e.window = (size_t)window;
-    e.src = src;
-    e.dst = dst;
-    memcpy(e.cid, cid, sizeof cid);
+    end_state e = end_init(up ? 0 : 1, raw, size, window, src, dst, cid);
     nawal_ws_config ccfg = cfg;
     ccfg.ca_file = plain ? NULL : cert;
     nawal_ws_handlers h = { h_open, h_message, h_drain, h_close, &e };
