@@ -14,7 +14,7 @@ int nawal_cmd_train(int argc, char **argv) {
     nawal_gpt_config cfg = { .n_layer = 4, .n_head = 4, .n_embd = 128, .n_ctx = 64, .vocab = 0 };
     nawal_train_config tc;
     nawal_train_config_default(&tc);
-    const char *data = NULL, *device = "auto", *out = NULL, *tokfile = NULL;
+    const char *data = NULL, *device = "auto", *out = NULL, *tokfile = NULL, *precision = "fp32";
     int threads = 0, skip_bad = 0;
     nawal_flag flags[] = {
         { "data", NAWAL_FLAG_STR, &data, "training corpus: text file, or .jsonl with {\"text\": ...} per line", 0, -1, 1, 0 },
@@ -33,6 +33,7 @@ int nawal_cmd_train(int argc, char **argv) {
         { "grad-clip", NAWAL_FLAG_FLOAT, &tc.grad_clip, "global gradient-norm clip (0 = off)", 0, 1e9, 0, 0 },
         { "seed", NAWAL_FLAG_U64, &tc.seed, "seed for initialisation and batch sampling", 0, -1, 0, 0 },
         { "device", NAWAL_FLAG_STR, &device, "auto|cpu|cuda", 0, -1, 0, 0 },
+        { "precision", NAWAL_FLAG_STR, &precision, "matmul precision fp32|tf32|bf16 (tf32/bf16: GPU only)", 0, -1, 0, 0 },
         { "threads", NAWAL_FLAG_INT, &threads, "CPU threads (0 = all cores)", 0, 4096, 0, 0 },
         { "tokenizer", NAWAL_FLAG_STR, &tokfile, "BPE tokenizer file (default: byte-level)", 0, -1, 0, 0 },
         { "log-every", NAWAL_FLAG_INT, &tc.log_every, "progress line every N steps", 0, 1 << 30, 0, 0 },
@@ -50,6 +51,7 @@ int nawal_cmd_train(int argc, char **argv) {
     nawal_gpt *m = NULL;
     int rc = 1;
     if (nawal_agent_open_device(&ops, device, threads)) return 1;
+    if (nawal_ops_set_precision_name(ops, precision, err, sizeof err)) { fprintf(stderr, "error: %s\n", err); return 2; }
     if (nawal_agent_load_tokenizer(&tok, tokfile)) return 1;
     if (nawal_corpus_load(&corpus, data, tok, skip_bad, err, sizeof err)) { fprintf(stderr, "error: %s\n", err); goto out; }
     if (corpus.n_skipped_lines) fprintf(stderr, "warning: skipped %zu malformed lines of %s\n", corpus.n_skipped_lines, data);

@@ -25,8 +25,25 @@
 typedef struct {
     nawal_gpt_config cfg;
     int batch, steps, warmup_steps, repeats, threads;
-    const char *device;
+    const char *device, *precision, *preset;
+    float peak_tflops;
 } bench_opts;
+
+/* Dense datasheet peak TFLOP/s of a GPU for a matmul precision (SXM parts
+ * unless the name says PCIe); 0 when the card is not in the table. */
+static double card_peak_tflops(const char *desc, nawal_precision p) {
+    static const struct { const char *name, *not_name; double fp32, tf32, bf16; } cards[] = {
+        { "H200", NULL, 66.9, 494.7, 989.4 },
+        { "H100", "PCIe", 66.9, 494.7, 989.4 },
+        { "H100 PCIe", NULL, 51.2, 378.0, 756.0 },
+        { "A100", NULL, 19.5, 156.0, 312.0 },
+    };
+    for (size_t i = 0; i < sizeof cards / sizeof cards[0]; i++) {
+        if (!strstr(desc, cards[i].name) || (cards[i].not_name && strstr(desc, cards[i].not_name))) continue;
+        return p == NAWAL_PREC_BF16 ? cards[i].bf16 : p == NAWAL_PREC_TF32 ? cards[i].tf32 : cards[i].fp32;
+    }
+    return 0.0;
+}
 
 /* GFLOP/s of the backend's matmul_fwd on the model's GEMM shapes, FLOP-weighted */
 static double bench_matmul(const nawal_ops *o, const bench_opts *b, int verbose) {
@@ -104,6 +121,14 @@ static int bench_train(const nawal_ops *o, const bench_opts *b) {
     printf("train_tokens_per_s %.0f  (median of %d repeats of %d steps)\n", tps, reps, b->steps);
     printf("model_gflops %.1f  (6N + 6LCT per token)\n", flops * 1e-9);
     printf("model_vs_matmul %.1f%%\n", 100.0 * flops * 1e-9 / mm);
+    nawal_precision prec = NAWAL_PREC_FP32;
+    nawal_precision_parse(b->precision, &prec);
+    double peak = b->peak_tflops > 0 ? b->peak_tflops : card_peak_tflops(o->device_desc, prec);
+    if (peak > 0)
+        printf("mfu %.1f%%  (of %.1f TFLOP/s %s peak%s)\n", 100.0 * flops * 1e-12 / peak, peak, b->precision,
+               b->peak_tflops > 0 ? ", from --peak-tflops" : ", datasheet dense");
+    else
+        printf("mfu unknown  (no peak for this device: pass --peak-tflops)\n");
     free(in);
     free(tg);
     nawal_gpt_free(m);
@@ -127,7 +152,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "aggregate")) return bench_aggregate(argc - 1, argv + 1);
     if (strcmp(cmd, "train") && strcmp(cmd, "matmul")) { fprintf(stderr, "error: unknown command '%s'\n", cmd); usage(stderr); return 2; }
     bench_opts b = { .cfg = { 4, 4, 128, 64, 257 }, .batch = 12, .steps = 20, .warmup_steps = 5, .repeats = 5,
-                     .threads = 0, .device = "auto" };
+                     .threads = 0, .device = "auto", .precision = "fp32", .preset = NULL };
     nawal_flag flags[] = {
         { "layers", NAWAL_FLAG_INT, &b.cfg.n_layer, "transformer blocks", 1, 256, 0, 0 },
         { "heads", NAWAL_FLAG_INT, &b.cfg.n_head, "attention heads", 1, 1024, 0, 0 },
@@ -140,14 +165,31 @@ int main(int argc, char **argv) {
         { "repeats", NAWAL_FLAG_INT, &b.repeats, "timed repeats (median reported)", 1, 64, 0, 0 },
         { "threads", NAWAL_FLAG_INT, &b.threads, "CPU threads (0 = all cores)", 0, 4096, 0, 0 },
         { "device", NAWAL_FLAG_STR, &b.device, "auto|cpu|cuda", 0, -1, 0, 0 },
+        { "precision", NAWAL_FLAG_STR, &b.precision, "matmul precision fp32|tf32|bf16", 0, -1, 0, 0 },
+        { "preset", NAWAL_FLAG_STR, &b.preset, "tiny (default) | gpt2-small (12x12x768, ctx 1024, vocab 50257, batch 8); later flags override", 0, -1, 0, 0 },
+        { "peak-tflops", NAWAL_FLAG_FLOAT, &b.peak_tflops, "device peak for the MFU line (default: datasheet table)", 0, 1e9, 0, 0 },
     };
+    /* a preset sets the config first; explicit flags then override it */
+    for (int i = 2; i + 1 < argc; i++) {
+        if (strcmp(argv[i], "--preset") || strcmp(argv[i + 1], "gpt2-small")) continue;
+        b.cfg = (nawal_gpt_config){ 12, 12, 768, 1024, 50257 };
+        b.batch = 8;
+        b.steps = 5;
+        b.warmup_steps = 2;
+    }
     int pr = nawal_flags_parse(argc - 1, argv + 1, flags, sizeof flags / sizeof flags[0], "usage: nawal-bench train|matmul [options]");
     if (pr) return pr == 1 ? 0 : 2;
     char err[512];
     if (nawal_gpt_config_check(&b.cfg, err, sizeof err)) { fprintf(stderr, "error: %s\n", err); return 2; }
     const nawal_ops *o;
     nawal_ops_cpu(b.threads);
+    if (b.preset && strcmp(b.preset, "tiny") && strcmp(b.preset, "gpt2-small")) {
+        fprintf(stderr, "error: unknown preset '%s' (expected tiny or gpt2-small)\n", b.preset);
+        return 2;
+    }
     if (nawal_ops_open(&o, b.device, err, sizeof err)) { fprintf(stderr, "error: %s\n", err); return 1; }
+    if (nawal_ops_set_precision_name(o, b.precision, err, sizeof err)) { fprintf(stderr, "error: %s\n", err); return 2; }
+    printf("precision: %s\n", b.precision);
     if (!strcmp(cmd, "matmul")) { bench_matmul(o, &b, 1); return 0; }
     return bench_train(o, &b);
 }

@@ -19,7 +19,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" { /* the CUDA backend includes this from C++ (.cu) */
+#endif
+
 typedef enum { NAWAL_W_IN_OUT = 0, NAWAL_W_OUT_IN = 1 } nawal_wlayout;
+
+/* Matmul arithmetic. Weights, gradients and optimizer state stay fp32 in
+ * every mode; tf32/bf16 round the matmul operands for the tensor cores and
+ * accumulate in fp32. */
+typedef enum { NAWAL_PREC_FP32 = 0, NAWAL_PREC_TF32 = 1, NAWAL_PREC_BF16 = 2 } nawal_precision;
 
 typedef struct nawal_ops nawal_ops;
 struct nawal_ops {
@@ -90,6 +99,9 @@ struct nawal_ops {
                 float lr, float momentum, float wd);
 
     /* ---- execution ---- */
+    /* Selects the matmul precision; 0, or -1 with a message when the
+     * backend cannot run it (the CPU backend runs fp32 only). */
+    int (*set_precision)(const nawal_ops *o, nawal_precision p, char *err, size_t errlen);
     /* How many independent shards of a batch are worth running at once
      * (CPU: its thread count; a GPU backend: 1). */
     int (*parallel_width)(const nawal_ops *o);
@@ -104,10 +116,25 @@ struct nawal_ops {
 const nawal_ops *nawal_ops_cpu(int threads);
 
 /* Opens a backend by name: "cpu", "cuda", or "auto" (CUDA when its plugin and
- * a device are present, else CPU). Returns 0, or -1 with a message in err. */
+ * a device are present, else CPU). Returns 0; NAWAL_OPS_NO_DEVICE when CUDA
+ * was asked for and no usable GPU or driver is present; -1 for any other
+ * failure (unknown name, plugin missing or broken). err says which. */
+#define NAWAL_OPS_NO_DEVICE (-2)
 int nawal_ops_open(const nawal_ops **out, const char *device, char *err, size_t errlen);
+
+/* Parses a precision name and selects it on o: 0, or -1 with a message
+ * (unknown name, or a precision the backend cannot run). */
+int nawal_ops_set_precision_name(const nawal_ops *o, const char *name, char *err, size_t errlen);
+
+/* Parses "fp32", "tf32" or "bf16"; 0 or -1. */
+int nawal_precision_parse(const char *s, nawal_precision *out);
+const char *nawal_precision_name(nawal_precision p);
 
 /* Name of the matmul library the CPU backend uses, with its version. */
 const char *nawal_ops_cpu_blas_name(void);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

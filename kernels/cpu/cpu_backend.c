@@ -84,6 +84,13 @@ static void cpu_run_parallel(const nawal_ops *o, int n, void (*fn)(void *ctx, in
     for (int i = 0; i < n; i++) fn(ctx, i);
 }
 
+static int cpu_set_precision(const nawal_ops *o, nawal_precision p, char *err, size_t errlen) {
+    (void)o;
+    if (p == NAWAL_PREC_FP32) return 0;
+    snprintf(err, errlen, "the CPU backend runs fp32 matmuls only (asked for %s)", nawal_precision_name(p));
+    return -1;
+}
+
 static nawal_ops cpu_table = {
     .name = "cpu",
     .alloc = cpu_alloc, .free = cpu_free, .upload = cpu_upload, .download = cpu_download, .sync = cpu_sync,
@@ -94,7 +101,7 @@ static nawal_ops cpu_table = {
     .gelu_fwd = cpu_gelu_fwd, .gelu_bwd = cpu_gelu_bwd, .residual_fwd = cpu_residual_fwd,
     .embedding_fwd = cpu_embedding_fwd, .embedding_bwd = cpu_embedding_bwd,
     .softmax_xent = cpu_softmax_xent, .adamw = cpu_adamw, .sgd = cpu_sgd,
-    .parallel_width = cpu_parallel_width, .run_parallel = cpu_run_parallel,
+    .set_precision = cpu_set_precision, .parallel_width = cpu_parallel_width, .run_parallel = cpu_run_parallel,
 };
 
 const nawal_ops *nawal_ops_cpu(int threads) {

@@ -1,0 +1,150 @@
+/* matmul.cu - CUDA matmul forward/backward through cuBLASLt.
+ *
+ * Row-major tensors are handed to column-major cuBLASLt as their transposes
+ * (a row-major X[r][c] is a column-major c x r matrix), so every product
+ * below is written as D_cm = op(A) op(B) with m, n, k in that view.
+ * The forward fuses the bias into the GEMM epilogue; the weight gradient
+ * accumulates (beta = 1); the bias gradient is a deterministic column sum
+ * (vector.cu). Matmul descriptors, layouts and the chosen algorithm are
+ * cached per shape, layout, pointer alignment and precision, so a training
+ * step pays for cuBLASLt's heuristic once. */
+#include "cuda_common.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    int ta, tb, m, n, k, lda, ldb, ldc;
+    int bias, beta_one, align;   /* bias epilogue, beta == 1, min pointer alignment (bytes) */
+    int compute;
+} plan_key;
+
+struct cuda_matmul_plan {
+    plan_key key;
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t a, b, c;
+    cublasLtMatmulAlgo_t algo;
+};
+
+#define MAX_PLANS 256
+
+static int ptr_align(const void *p) {
+    uintptr_t u = (uintptr_t)p;
+    int a = 256;
+    while (a > 4 && (u % (uintptr_t)a)) a /= 2;
+    return a;
+}
+
+static cuda_matmul_plan *get_plan(cuda_state *s, const char *op, const plan_key *key) {
+    for (int i = 0; i < s->n_plans; i++)
+        if (!memcmp(&s->plans[i].key, key, sizeof *key)) return &s->plans[i];
+    if (!s->plans) {
+        s->plans = (cuda_matmul_plan *)calloc(MAX_PLANS, sizeof(cuda_matmul_plan));
+        if (!s->plans) cuda_fatal(op, "calloc", "out of host memory for matmul plans", __FILE__, __LINE__);
+    }
+    if (s->n_plans == MAX_PLANS) { /* many shapes (benchmarks): start over */
+        cuda_matmul_plans_free(s);
+        s->plans = (cuda_matmul_plan *)calloc(MAX_PLANS, sizeof(cuda_matmul_plan));
+        if (!s->plans) cuda_fatal(op, "calloc", "out of host memory for matmul plans", __FILE__, __LINE__);
+    }
+    cuda_matmul_plan *p = &s->plans[s->n_plans];
+    memset(p, 0, sizeof *p);
+    p->key = *key;
+    cublasOperation_t ta = key->ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb = key->tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    BLAS_CHECK(op, cublasLtMatmulDescCreate(&p->desc, (cublasComputeType_t)key->compute, CUDA_R_32F));
+    BLAS_CHECK(op, cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+    BLAS_CHECK(op, cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+    if (key->bias) {
+        cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+        BLAS_CHECK(op, cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
+    }
+    /* stored shapes: A is (ta ? k x m : m x k), B is (tb ? n x k : k x n), C is m x n */
+    BLAS_CHECK(op, cublasLtMatrixLayoutCreate(&p->a, CUDA_R_32F, key->ta ? key->k : key->m, key->ta ? key->m : key->k, key->lda));
+    BLAS_CHECK(op, cublasLtMatrixLayoutCreate(&p->b, CUDA_R_32F, key->tb ? key->n : key->k, key->tb ? key->k : key->n, key->ldb));
+    BLAS_CHECK(op, cublasLtMatrixLayoutCreate(&p->c, CUDA_R_32F, key->m, key->n, key->ldc));
+    cublasLtMatmulPreference_t pref;
+    BLAS_CHECK(op, cublasLtMatmulPreferenceCreate(&pref));
+    BLAS_CHECK(op, cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                        &s->lt_workspace_bytes, sizeof s->lt_workspace_bytes));
+    uint32_t al = (uint32_t)key->align;
+    BLAS_CHECK(op, cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al, sizeof al));
+    BLAS_CHECK(op, cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al, sizeof al));
+    BLAS_CHECK(op, cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al, sizeof al));
+    BLAS_CHECK(op, cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al, sizeof al));
+    cublasLtMatmulHeuristicResult_t h;
+    int found = 0;
+    BLAS_CHECK(op, cublasLtMatmulAlgoGetHeuristic(s->lt, p->desc, p->a, p->b, p->c, p->c, pref, 1, &h, &found));
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (!found) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "no cuBLASLt algorithm for m=%d n=%d k=%d ta=%d tb=%d bias=%d align=%d",
+                 key->m, key->n, key->k, key->ta, key->tb, key->bias, key->align);
+        cuda_fatal(op, "cublasLtMatmulAlgoGetHeuristic", msg, __FILE__, __LINE__);
+    }
+    p->algo = h.algo;
+    s->n_plans++;
+    return p;
+}
+
+void cuda_matmul_plans_free(cuda_state *s) {
+    for (int i = 0; i < s->n_plans; i++) {
+        cublasLtMatmulDescDestroy(s->plans[i].desc);
+        cublasLtMatrixLayoutDestroy(s->plans[i].a);
+        cublasLtMatrixLayoutDestroy(s->plans[i].b);
+        cublasLtMatrixLayoutDestroy(s->plans[i].c);
+    }
+    free(s->plans);
+    s->plans = NULL;
+    s->n_plans = 0;
+}
+
+/* D(m x n, ldc) = op(A) op(B) (+ D if beta_one) (+ bias[m] broadcast over columns) */
+static void gemm(const nawal_ops *o, const char *op, int ta, int tb, int m, int n, int k,
+                 const float *A, int lda, const float *B, int ldb, float *D, int ldc,
+                 int beta_one, const float *bias) {
+    cuda_state *s = CUDA_STATE(o);
+    if (m <= 0 || n <= 0) return;
+    if (k <= 0) { /* empty sum: D = beta D (+ bias) is not worth a plan; only the shapes we never hit */
+        cuda_fatal(op, "gemm", "k = 0", __FILE__, __LINE__);
+    }
+    int al = ptr_align(A);
+    int a2 = ptr_align(B), a3 = ptr_align(D);
+    if (a2 < al) al = a2;
+    if (a3 < al) al = a3;
+    if (bias && ptr_align(bias) < al) al = ptr_align(bias);
+    plan_key key;
+    memset(&key, 0, sizeof key);
+    key.ta = ta; key.tb = tb; key.m = m; key.n = n; key.k = k;
+    key.lda = lda; key.ldb = ldb; key.ldc = ldc;
+    key.bias = bias != NULL; key.beta_one = beta_one; key.align = al; key.compute = (int)s->compute;
+    cuda_matmul_plan *p = get_plan(s, op, &key);
+    if (bias)
+        BLAS_CHECK(op, cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+    float one = 1.0f, beta = beta_one ? 1.0f : 0.0f;
+    BLAS_CHECK(op, cublasLtMatmul(s->lt, p->desc, &one, A, p->a, B, p->b, &beta, D, p->c, D, p->c, &p->algo,
+                                  s->lt_workspace, s->lt_workspace_bytes, s->stream));
+}
+
+/* out[N][OC] = inp[N][C] @ w (+ bias).  Column-major: out_cm (OC x N) = W_cm op . inp_cm (C x N).
+ * IN_OUT w[C][OC] is W_cm (OC x C, ld OC): no transpose. OUT_IN w[OC][C] is (C x OC, ld C): transpose. */
+void cuda_matmul_fwd(const nawal_ops *o, float *out, const float *inp, const float *w,
+                     const float *bias, int N, int C, int OC, nawal_wlayout layout) {
+    if (layout == NAWAL_W_IN_OUT) gemm(o, "matmul_fwd", 0, 0, OC, N, C, w, OC, inp, C, out, OC, 0, bias);
+    else gemm(o, "matmul_fwd", 1, 0, OC, N, C, w, C, inp, C, out, OC, 0, bias);
+}
+
+/* dinp[N][C] = dout @ w^T: dinp_cm (C x N) = op(W_cm) . dout_cm (OC x N)
+ * dw += inp^T dout:  IN_OUT dw_cm (OC x C) = dout_cm (OC x N) . inp_cm^T (N x C)
+ *                    OUT_IN dw_cm (C x OC) = inp_cm (C x N) . dout_cm^T (N x OC) */
+void cuda_matmul_bwd(const nawal_ops *o, float *dinp, float *dw, float *dbias,
+                     const float *dout, const float *inp, const float *w,
+                     int N, int C, int OC, nawal_wlayout layout) {
+    if (layout == NAWAL_W_IN_OUT) {
+        if (dinp) gemm(o, "matmul_bwd", 1, 0, C, N, OC, w, OC, dout, OC, dinp, C, 0, NULL);
+        gemm(o, "matmul_bwd", 0, 1, OC, C, N, dout, OC, inp, C, dw, OC, 1, NULL);
+    } else {
+        if (dinp) gemm(o, "matmul_bwd", 0, 0, C, N, OC, w, C, dout, OC, dinp, C, 0, NULL);
+        gemm(o, "matmul_bwd", 0, 1, C, OC, N, inp, C, dout, OC, dw, C, 1, NULL);
+    }
+    if (dbias) cuda_colsum(o, "matmul_bwd", dbias, NULL, dout, NULL, NULL, NULL, N, OC);
+}

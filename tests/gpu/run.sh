@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# tests/gpu/run.sh - everything that needs a GPU, in one call: build (or use a
+# prebuilt bundle), the GPU parity tests, the GPU benchmarks (nawal-bench vs
+# PyTorch eager and torch.compile, same GPU, back to back), an optional
+# quality run, and one table printed last. Sized for < 5 minutes on an H100.
+#
+#   tests/gpu/run.sh                      # configure + build in build-gpu/, then run
+#   tests/gpu/run.sh --prebuilt DIR       # use DIR/bin + DIR/lib (tests/gpu/pack.sh made it)
+#   options: --data FILE  (also train tiny Shakespeare on the GPU and report val_loss)
+#            --quick      (skip GPT-2-small and torch.compile)
+#            --out DIR    (logs; default: $OUT if set, else build-gpu/results)
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+PREBUILT= DATA= QUICK=0 LOGDIR=${OUT:-}
+while [ $# -gt 0 ]; do
+  case $1 in
+    --prebuilt) PREBUILT=$2; shift 2 ;;
+    --data) DATA=$2; shift 2 ;;
+    --quick) QUICK=1; shift ;;
+    --out) LOGDIR=$2; shift 2 ;;
+    -h|--help) sed -n 2,12p "$0"; exit 0 ;;
+    *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+LOGDIR=${LOGDIR:-$ROOT/build-gpu/results}
+mkdir -p "$LOGDIR"
+ROWS=()
+row() { ROWS+=("$(printf '%-34s %-14s %s' "$1" "$2" "$3")"); }
+
+# ---- binaries ----
+if [ -n "$PREBUILT" ]; then
+  BIN=$PREBUILT/bin
+  export LD_LIBRARY_PATH=$PREBUILT/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+else
+  cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DNAWAL_CUDA=ON >"$LOGDIR/cmake.log" 2>&1 &&
+    cmake --build build-gpu -j "$(nproc)" >"$LOGDIR/build.log" 2>&1 || { tail -30 "$LOGDIR/build.log"; echo "BUILD FAILED"; exit 1; }
+  BIN=$ROOT/build-gpu
+fi
+# cuBLAS: the toolkit's, else the one PyTorch's wheels carry
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib $(python3 -c 'import nvidia,os;print(" ".join(os.path.join(p,"cu13","lib") for p in nvidia.__path__))' 2>/dev/null); do
+  [ -e "$d/libcublasLt.so.13" ] && export LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$d
+done
+export NAWAL_CUDA_PLUGIN=$BIN/libnawal_cuda.so
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader | tee "$LOGDIR/gpu.txt"
+GPU=$(head -1 "$LOGDIR/gpu.txt" | cut -d, -f1)
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+
+# ---- parity tests ----
+for t in test_gpu_ops test_gpu_model; do
+  if "$BIN/$t" --jobs 1 --verbose >"$LOGDIR/$t.log" 2>&1; then r=pass; else r=FAIL; fi
+  grep -E "Synthesis|relative error" "$LOGDIR/$t.log"
+  [ $r = FAIL ] && grep -E "FAIL|fail|error" "$LOGDIR/$t.log" | head -20
+  row "$t" "$r" "$(grep Synthesis "$LOGDIR/$t.log" | sed 's/.*Synthesis: //')"
+done
+
+# ---- benchmarks ----
+bench() { # name, args...
+  local name=$1; shift
+  if "$BIN/nawal-bench" train --device cuda "$@" >"$LOGDIR/$name.log" 2>&1; then
+    local tps mfu
+    tps=$(awk '/^train_tokens_per_s/{print $2}' "$LOGDIR/$name.log")
+    mfu=$(awk '/^mfu/{print $2}' "$LOGDIR/$name.log")
+    row "nawal $name" "$tps" "tokens/s, MFU $mfu"
+    echo "nawal $name: $tps tokens/s, MFU $mfu"
+  else
+    row "nawal $name" FAIL "$(tail -1 "$LOGDIR/$name.log")"; tail -5 "$LOGDIR/$name.log"
+  fi
+}
+torchb() { # name, args...
+  local name=$1; shift
+  if PYTHONUNBUFFERED=1 timeout 400 python3 bench/compare/torch_gpu.py "$@" >"$LOGDIR/$name.log" 2>&1; then
+    while read -r line; do
+      local c t
+      c=$(sed -n 's/.*compile=\([a-z]*\).*/\1/p' <<<"$line"); t=$(sed -n 's/.*tokens_per_s=\([0-9]*\).*/\1/p' <<<"$line")
+      row "torch $name compile=$c" "$t" "tokens/s"
+      echo "torch $name compile=$c: $t tokens/s"
+    done < <(grep '^torch_gpu' "$LOGDIR/$name.log")
+  else
+    row "torch $name" FAIL "$(tail -1 "$LOGDIR/$name.log")"; tail -5 "$LOGDIR/$name.log"
+  fi
+}
+bench tiny-fp32 --precision fp32
+bench tiny-bf16 --precision bf16
+torchb tiny-fp32 --preset tiny --precision fp32 --compile off
+torchb tiny-bf16 --preset tiny --precision bf16 --compile $([ $QUICK = 1 ] && echo off || echo both)
+if [ $QUICK = 0 ]; then
+  bench gpt2s-fp32 --preset gpt2-small --precision fp32 --steps 3 --repeats 3
+  bench gpt2s-tf32 --preset gpt2-small --precision tf32
+  bench gpt2s-bf16 --preset gpt2-small --precision bf16
+  torchb gpt2s-bf16 --preset gpt2-small --precision bf16 --compile both
+fi
+if [ -n "$DATA" ]; then
+  if "$BIN/nawal-agent" train --device cuda --data "$DATA" --log-every 500 >"$LOGDIR/quality.log" 2>&1; then
+    row "quality tiny-shakespeare (cuda)" "$(awk '/val_loss/{for(i=1;i<=NF;i++) if($i=="val_loss") v=$(i+1)} END{print v}' "$LOGDIR/quality.log")" "val_loss (CPU run: 1.8771)"
+  else row "quality tiny-shakespeare (cuda)" FAIL "$(tail -1 "$LOGDIR/quality.log")"; fi
+  tail -3 "$LOGDIR/quality.log"
+fi
+
+echo
+echo "== nawal GPU results: $GPU, commit $COMMIT, $(date -u +%Y-%m-%d) =="
+printf '%s\n' "${ROWS[@]}"
