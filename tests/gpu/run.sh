@@ -8,11 +8,12 @@
 #   tests/gpu/run.sh --prebuilt DIR       # use DIR/bin + DIR/lib (tests/gpu/pack.sh made it)
 #   options: --data FILE  (also train tiny Shakespeare on the GPU and report val_loss)
 #            --quick      (skip GPT-2-small and torch.compile)
-#            --out DIR    (logs; default: $OUT if set, else build-gpu/results)
+#            --out DIR    (logs; default build-gpu/results; when $OUT is set they
+#                          are also packed into $OUT/gpu-logs.tar.gz)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
-PREBUILT= DATA= QUICK=0 LOGDIR=${OUT:-}
+PREBUILT= DATA= QUICK=0 LOGDIR=
 while [ $# -gt 0 ]; do
   case $1 in
     --prebuilt) PREBUILT=$2; shift 2 ;;
@@ -44,7 +45,7 @@ done
 export NAWAL_CUDA_PLUGIN=$BIN/libnawal_cuda.so
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader | tee "$LOGDIR/gpu.txt"
 GPU=$(head -1 "$LOGDIR/gpu.txt" | cut -d, -f1)
-COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+COMMIT=${NAWAL_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 
 # ---- parity tests ----
 for t in test_gpu_ops test_gpu_model; do
@@ -97,6 +98,7 @@ if [ -n "$DATA" ]; then
   tail -3 "$LOGDIR/quality.log"
 fi
 
+[ -n "${OUT:-}" ] && tar czf "$OUT/gpu-logs.tar.gz" -C "$LOGDIR" .
 echo
 echo "== nawal GPU results: $GPU, commit $COMMIT, $(date -u +%Y-%m-%d) =="
 printf '%s\n' "${ROWS[@]}"
