@@ -24,7 +24,7 @@
 
 typedef struct {
     nawal_gpt_config cfg;
-    int batch, steps, warmup_steps, repeats, threads;
+    int batch, steps, warmup_steps, repeats, threads, profile;
     const char *device, *precision, *preset;
     float peak_tflops;
 } bench_opts;
@@ -115,6 +115,18 @@ static int bench_train(const nawal_ops *o, const bench_opts *b) {
             printf("repeat %d: %.0f tokens/s\n", r + 1, per_rep[r]);
         }
     }
+    if (b->profile) { /* same model, same buffers, ops timed one by one */
+        m->ops = nawal_ops_profiled(o);
+        for (int i = 0; i < b->steps; i++) {
+            nawal_gpt_zero_grad(m);
+            nawal_gpt_forward(m, in, tg, b->batch, b->cfg.n_ctx, 1, NULL, err, sizeof err);
+            nawal_gpt_backward(m);
+            nawal_gpt_clip_grad_norm(m, 1.0f);
+            nawal_gpt_adamw_step(m, &ac, 1e-4f);
+        }
+        nawal_ops_profile_print(stdout, b->steps);
+        m->ops = o;
+    }
     double tps = bench_median(per_rep, reps);
     double flops = nawal_gpt_train_flops_per_token(&b->cfg, b->cfg.n_ctx) * tps;
     double mm = bench_matmul(o, b, 0);
@@ -167,6 +179,7 @@ int main(int argc, char **argv) {
         { "device", NAWAL_FLAG_STR, &b.device, "auto|cpu|cuda", 0, -1, 0, 0 },
         { "precision", NAWAL_FLAG_STR, &b.precision, "matmul precision fp32|tf32|bf16", 0, -1, 0, 0 },
         { "preset", NAWAL_FLAG_STR, &b.preset, "tiny (default) | gpt2-small (12x12x768, ctx 1024, vocab 50257, batch 8); later flags override", 0, -1, 0, 0 },
+        { "profile", NAWAL_FLAG_BOOL, &b.profile, "also print a per-op time breakdown of a step", 0, -1, 0, 0 },
         { "peak-tflops", NAWAL_FLAG_FLOAT, &b.peak_tflops, "device peak for the MFU line (default: datasheet table)", 0, 1e9, 0, 0 },
     };
     /* a preset sets the config first; explicit flags then override it */

@@ -18,6 +18,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #ifdef __cplusplus
 extern "C" { /* the CUDA backend includes this from C++ (.cu) */
@@ -129,6 +130,12 @@ int nawal_ops_set_precision_name(const nawal_ops *o, const char *name, char *err
 /* Parses "fp32", "tf32" or "bf16"; 0 or -1. */
 int nawal_precision_parse(const char *s, nawal_precision *out);
 const char *nawal_precision_name(nawal_precision p);
+
+/* A wrapper of `inner` that times every op between syncs (a breakdown of a
+ * step, not a speed measurement); one profiled backend per process. */
+const nawal_ops *nawal_ops_profiled(const nawal_ops *inner);
+/* Prints the per-op totals divided by `steps` to f. */
+void nawal_ops_profile_print(FILE *f, int steps);
 
 /* Name of the matmul library the CPU backend uses, with its version. */
 const char *nawal_ops_cpu_blas_name(void);

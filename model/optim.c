@@ -1,6 +1,8 @@
 /* optim.c - AdamW / SGD steps, gradient clipping and the LR schedule.
  * Each step walks the model's tensor table so weight decay applies only to
- * tensors marked `decay` (2-D weights), then calls the backend's update. */
+ * tensors marked `decay` (2-D weights), and calls the backend's update once
+ * per run of adjacent tensors with the same decay (fewer launches on a GPU;
+ * the update is per element, so the result is the same). */
 #include "optim.h"
 #include <math.h>
 
@@ -19,14 +21,29 @@ static int ensure_state(nawal_gpt *m, int need_v) {
     return 0;
 }
 
+/* Tensors [*i, end) form the next run: adjacent in the flat buffer, same
+ * decay flag. Returns the run's offset and length; advances *i. */
+static void next_run(const nawal_gpt *m, int *i, size_t *off, size_t *n, int *decay) {
+    const nawal_param_tensor *t = &m->tensors[*i];
+    *off = t->offset;
+    *n = t->numel;
+    *decay = t->decay;
+    for ((*i)++; *i < m->n_tensors; (*i)++) {
+        const nawal_param_tensor *u = &m->tensors[*i];
+        if (u->decay != *decay || u->offset != *off + *n) break;
+        *n += u->numel;
+    }
+}
+
 int nawal_gpt_adamw_step(nawal_gpt *m, const nawal_adamw_config *c, float lr) {
     if (ensure_state(m, 1)) return -1;
     m->opt_step++;
-    for (int i = 0; i < m->n_tensors; i++) {
-        const nawal_param_tensor *t = &m->tensors[i];
-        m->ops->adamw(m->ops, m->params + t->offset, m->grads + t->offset, m->opt_m + t->offset,
-                      m->opt_v + t->offset, t->numel, lr, c->beta1, c->beta2, c->eps,
-                      t->decay ? c->weight_decay : 0.0f, m->opt_step);
+    size_t off, n;
+    int decay;
+    for (int i = 0; i < m->n_tensors;) {
+        next_run(m, &i, &off, &n, &decay);
+        m->ops->adamw(m->ops, m->params + off, m->grads + off, m->opt_m + off, m->opt_v + off, n, lr, c->beta1,
+                      c->beta2, c->eps, decay ? c->weight_decay : 0.0f, m->opt_step);
     }
     return 0;
 }
@@ -34,10 +51,12 @@ int nawal_gpt_adamw_step(nawal_gpt *m, const nawal_adamw_config *c, float lr) {
 int nawal_gpt_sgd_step(nawal_gpt *m, float lr, float momentum, float weight_decay) {
     if (ensure_state(m, 0)) return -1;
     m->opt_step++;
-    for (int i = 0; i < m->n_tensors; i++) {
-        const nawal_param_tensor *t = &m->tensors[i];
-        m->ops->sgd(m->ops, m->params + t->offset, m->grads + t->offset, m->opt_m + t->offset,
-                    t->numel, lr, momentum, t->decay ? weight_decay : 0.0f);
+    size_t off, n;
+    int decay;
+    for (int i = 0; i < m->n_tensors;) {
+        next_run(m, &i, &off, &n, &decay);
+        m->ops->sgd(m->ops, m->params + off, m->grads + off, m->opt_m + off, n, lr, momentum,
+                    decay ? weight_decay : 0.0f);
     }
     return 0;
 }

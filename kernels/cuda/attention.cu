@@ -1,27 +1,65 @@
 /* attention.cu - CUDA causal multi-head self-attention forward/backward.
  *
- * Per batch element, the four products (scale Q K^T, P V, and in the
- * backward dP = dY V^T, dV = P^T dY, dQ = dS K, dK = dS^T Q) are strided
- * batched GEMMs over the heads (cuBLAS, the backend's precision), reading
- * q, k, v straight out of qkv[B][T][3C] with leading dimension 3C. Between
- * them a warp-per-row kernel applies the causal softmax (forward) or its
- * backward, with the shared nawal_expf. att[B][NH][T][T] keeps the
- * probabilities with the upper triangle zero, as the CPU backend does.
- * Like the CPU path it computes the full T x T square; a fused causal
- * (flash-style) kernel is the next step. */
+ * The four products (scale Q K^T, P V, and in the backward dP = dY V^T,
+ * dV = P^T dY, dQ = dS K, dK = dS^T Q) are each ONE batched GEMM over all
+ * B x NH (batch, head) pairs (cuBLAS, the backend's precision), reading q,
+ * k, v straight out of qkv[B][T][3C] with leading dimension 3C: a small
+ * kernel writes the per-pair operand pointers first. Between the products a
+ * warp-per-row kernel applies the causal softmax (forward) or its backward,
+ * with the shared nawal_expf. att[B][NH][T][T] keeps the probabilities with
+ * the upper triangle zero, as the CPU backend does. Like the CPU path it
+ * computes the full T x T square; a fused causal (flash-style) kernel is the
+ * next step. */
 #include "cuda_common.h"
 #include "elementwise.h"
 #include <math.h>
 
-/* C_cm (m x n) = op(A) op(B) per head; batch = NH; strides in floats */
-static void gemm_heads(const nawal_ops *o, const char *op, int ta, int tb, int m, int n, int k, float alpha,
-                       const float *A, int lda, long long sa, const float *B, int ldb, long long sb,
-                       float *Cm, int ldc, long long sc, int NH) {
+/* Operand pointers of up to 4 batched GEMMs: for GEMM g and operand j
+ * (A, B, C), pair (b, h) uses base[g][j] + b * sb[g][j] + h * sh[g][j]. */
+typedef struct {
+    const float *base[4][3];
+    long long sb[4][3], sh[4][3];
+} att_ptr_spec;
+
+__global__ static void att_ptrs_kernel(const float **ptrs, att_ptr_spec spec, int G, int B, int NH) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x, P = B * NH;
+    if (i >= P) return;
+    int b = i / NH, h = i % NH;
+    for (int g = 0; g < G; g++)
+        for (int j = 0; j < 3; j++) ptrs[((size_t)g * 3 + j) * P + i] = spec.base[g][j] + b * spec.sb[g][j] + h * spec.sh[g][j];
+}
+
+/* device array of G*3*B*NH pointers, filled per spec */
+static const float **att_ptrs(const nawal_ops *o, const char *op, const att_ptr_spec *spec, int G, int B, int NH) {
+    cuda_state *s = CUDA_STATE(o);
+    size_t need = (size_t)G * 3 * B * NH;
+    if (need > s->ptrs_cap) {
+        if (s->ptrs) {
+            CUDA_CHECK(op, cudaStreamSynchronize(s->stream));
+            CUDA_CHECK(op, cudaFree(s->ptrs));
+        }
+        size_t cap = need < 4096 ? 4096 : need * 2;
+        CUDA_CHECK(op, cudaMalloc((void **)&s->ptrs, cap * sizeof(float *)));
+        s->ptrs_cap = cap;
+    }
+    att_ptrs_kernel<<<(B * NH + 127) / 128, 128, 0, s->stream>>>((const float **)s->ptrs, *spec, G, B, NH);
+    LAUNCH_CHECK(op, "att_ptrs_kernel");
+    return (const float **)s->ptrs;
+}
+
+/* C_cm (m x n) = alpha op(A) op(B) for each of the count pairs, pointers from arrays */
+static void gemm_pairs(const nawal_ops *o, const char *op, int ta, int tb, int m, int n, int k, float alpha,
+                       const float *const *A, int lda, const float *const *Bm, int ldb, float *const *Cm, int ldc,
+                       int count) {
     cuda_state *s = CUDA_STATE(o);
     float beta = 0.0f;
-    BLAS_CHECK(op, cublasGemmStridedBatchedEx(s->blas, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                              m, n, k, &alpha, A, CUDA_R_32F, lda, sa, B, CUDA_R_32F, ldb, sb,
-                                              &beta, Cm, CUDA_R_32F, ldc, sc, NH, s->compute, CUBLAS_GEMM_DEFAULT));
+    /* bf16 mode keeps these at tf32: rounding att (T x T) to bf16 would cost
+     * more traffic than the products save */
+    cublasComputeType_t ct = s->precision == NAWAL_PREC_FP32 ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32F_FAST_TF32;
+    BLAS_CHECK(op, cublasGemmBatchedEx(s->blas, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N, m, n, k,
+                                       &alpha, (const void *const *)A, CUDA_R_32F, lda, (const void *const *)Bm,
+                                       CUDA_R_32F, ldb, &beta, (void *const *)Cm, CUDA_R_32F, ldc, count, ct,
+                                       CUBLAS_GEMM_DEFAULT));
 }
 
 __device__ static float warp_max(float v) {
@@ -81,25 +119,32 @@ static void launch_rows(const nawal_ops *o, const char *op, long long rows, int 
     }
 }
 
-/* Row-major X (r x c, ld) is column-major X^T (c x r, ld). Per head h of batch b:
+static void spec_set(att_ptr_spec *sp, int g, int j, const float *base, long long sb, long long sh) {
+    sp->base[g][j] = base;
+    sp->sb[g][j] = sb;
+    sp->sh[g][j] = sh;
+}
+
+/* Row-major X (r x c, ld) is column-major X^T (c x r, ld). Per pair (b, h):
  *   S^T (T_s x T_t) = K (T_s x hs) . Q^T        -> A = k (op T, ld 3C), B = q (op N, ld 3C)
  *   Y^T (hs x T)    = V^T (hs x T_s) . P^T      -> A = v (op N, ld 3C), B = att (op N, ld T) */
 void cuda_attention_fwd(const nawal_ops *o, float *out, float *att, const float *qkv,
                         int B, int T, int C, int NH) {
-    int hs = C / NH, C3 = 3 * C;
+    int hs = C / NH, C3 = 3 * C, P = B * NH;
     float scale = 1.0f / sqrtf((float)hs);
-    long long TT = (long long)T * T;
-    for (int b = 0; b < B; b++) {
-        const float *q = qkv + (size_t)b * T * C3, *k = q + C;
-        float *p = att + (size_t)b * NH * TT;
-        gemm_heads(o, "attention_fwd", 1, 0, T, T, hs, scale, k, C3, hs, q, C3, hs, p, T, TT, NH);
-    }
-    launch_rows(o, "attention_fwd", (long long)B * NH * T, T, att, NULL, 0.0f, 0);
-    for (int b = 0; b < B; b++) {
-        const float *v = qkv + (size_t)b * T * C3 + 2 * C;
-        gemm_heads(o, "attention_fwd", 0, 0, hs, T, T, 1.0f, v, C3, hs, att + (size_t)b * NH * TT, T, TT,
-                   out + (size_t)b * T * C, C, hs, NH);
-    }
+    long long TT = (long long)T * T, bq = (long long)T * C3;
+    att_ptr_spec sp;
+    memset(&sp, 0, sizeof sp);
+    spec_set(&sp, 0, 0, qkv + C, bq, hs);          /* k */
+    spec_set(&sp, 0, 1, qkv, bq, hs);              /* q */
+    spec_set(&sp, 0, 2, att, NH * TT, TT);         /* S */
+    spec_set(&sp, 1, 0, qkv + 2 * C, bq, hs);      /* v */
+    spec_set(&sp, 1, 1, att, NH * TT, TT);         /* P */
+    spec_set(&sp, 1, 2, out, (long long)T * C, hs);/* Y */
+    const float **pt = att_ptrs(o, "attention_fwd", &sp, 2, B, NH);
+    gemm_pairs(o, "attention_fwd", 1, 0, T, T, hs, scale, pt, C3, pt + P, C3, (float *const *)(pt + 2 * P), T, P);
+    launch_rows(o, "attention_fwd", (long long)P * T, T, att, NULL, 0.0f, 0);
+    gemm_pairs(o, "attention_fwd", 0, 0, hs, T, T, 1.0f, pt + 3 * P, C3, pt + 4 * P, T, (float *const *)(pt + 5 * P), C, P);
 }
 
 /*   dP^T (T_s x T_t) = V . dY^T          -> A = v (op T, ld 3C), B = dout (op N, ld C)
@@ -108,24 +153,29 @@ void cuda_attention_fwd(const nawal_ops *o, float *out, float *att, const float 
  *   dK^T (hs x T_s)  = Q^T . dS          -> A = q (op N, ld 3C), B = dS (op T, ld T) */
 void cuda_attention_bwd(const nawal_ops *o, float *dqkv, float *datt, const float *dout,
                         const float *qkv, const float *att, int B, int T, int C, int NH) {
-    int hs = C / NH, C3 = 3 * C;
+    int hs = C / NH, C3 = 3 * C, P = B * NH;
     float scale = 1.0f / sqrtf((float)hs);
-    long long TT = (long long)T * T;
-    for (int b = 0; b < B; b++) {
-        const float *v = qkv + (size_t)b * T * C3 + 2 * C;
-        const float *dy = dout + (size_t)b * T * C;
-        const float *p = att + (size_t)b * NH * TT;
-        float *ds = datt + (size_t)b * NH * TT;
-        float *dv = dqkv + (size_t)b * T * C3 + 2 * C;
-        gemm_heads(o, "attention_bwd", 1, 0, T, T, hs, 1.0f, v, C3, hs, dy, C, hs, ds, T, TT, NH);
-        gemm_heads(o, "attention_bwd", 0, 1, hs, T, T, 1.0f, dy, C, hs, p, T, TT, dv, C3, hs, NH);
-    }
-    launch_rows(o, "attention_bwd", (long long)B * NH * T, T, datt, att, scale, 1);
-    for (int b = 0; b < B; b++) {
-        const float *q = qkv + (size_t)b * T * C3, *k = q + C;
-        const float *ds = datt + (size_t)b * NH * TT;
-        float *dq = dqkv + (size_t)b * T * C3, *dk = dq + C;
-        gemm_heads(o, "attention_bwd", 0, 0, hs, T, T, 1.0f, k, C3, hs, ds, T, TT, dq, C3, hs, NH);
-        gemm_heads(o, "attention_bwd", 0, 1, hs, T, T, 1.0f, q, C3, hs, ds, T, TT, dk, C3, hs, NH);
-    }
+    long long TT = (long long)T * T, bq = (long long)T * C3, bo = (long long)T * C;
+    att_ptr_spec sp;
+    memset(&sp, 0, sizeof sp);
+    spec_set(&sp, 0, 0, qkv + 2 * C, bq, hs);      /* v */
+    spec_set(&sp, 0, 1, dout, bo, hs);             /* dY */
+    spec_set(&sp, 0, 2, datt, NH * TT, TT);        /* dP */
+    spec_set(&sp, 1, 0, dout, bo, hs);             /* dY */
+    spec_set(&sp, 1, 1, att, NH * TT, TT);         /* P */
+    spec_set(&sp, 1, 2, dqkv + 2 * C, bq, hs);     /* dV */
+    spec_set(&sp, 2, 0, qkv + C, bq, hs);          /* k */
+    spec_set(&sp, 2, 1, datt, NH * TT, TT);        /* dS */
+    spec_set(&sp, 2, 2, dqkv, bq, hs);             /* dQ */
+    spec_set(&sp, 3, 0, qkv, bq, hs);              /* q */
+    spec_set(&sp, 3, 1, datt, NH * TT, TT);        /* dS */
+    spec_set(&sp, 3, 2, dqkv + C, bq, hs);         /* dK */
+    const float **pt = att_ptrs(o, "attention_bwd", &sp, 4, B, NH);
+#define PT(g, j) (pt + ((size_t)(g) * 3 + (j)) * P)
+    gemm_pairs(o, "attention_bwd", 1, 0, T, T, hs, 1.0f, PT(0, 0), C3, PT(0, 1), C, (float *const *)PT(0, 2), T, P);
+    gemm_pairs(o, "attention_bwd", 0, 1, hs, T, T, 1.0f, PT(1, 0), C, PT(1, 1), T, (float *const *)PT(1, 2), C3, P);
+    launch_rows(o, "attention_bwd", (long long)P * T, T, datt, att, scale, 1);
+    gemm_pairs(o, "attention_bwd", 0, 0, hs, T, T, 1.0f, PT(2, 0), C3, PT(2, 1), T, (float *const *)PT(2, 2), C3, P);
+    gemm_pairs(o, "attention_bwd", 0, 1, hs, T, T, 1.0f, PT(3, 0), C3, PT(3, 1), T, (float *const *)PT(3, 2), C3, P);
+#undef PT
 }

@@ -32,6 +32,8 @@ typedef struct {
     void *scratch;                     /* grow-only scratch (reduction partials, sort buffers) */
     size_t scratch_bytes;
     double *host_result;               /* pinned: sumsq's result */
+    void **ptrs;                       /* attention.cu: batched-GEMM operand pointers */
+    size_t ptrs_cap;
     cuda_matmul_plan *plans;           /* matmul.cu */
     int n_plans;
 } cuda_state;

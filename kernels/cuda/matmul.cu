@@ -7,8 +7,15 @@
  * accumulates (beta = 1); the bias gradient is a deterministic column sum
  * (vector.cu). Matmul descriptors, layouts and the chosen algorithm are
  * cached per shape, layout, pointer alignment and precision, so a training
- * step pays for cuBLASLt's heuristic once. */
-#include "cuda_common.h"
+ * step pays for cuBLASLt's heuristic once.
+ *
+ * Precision: fp32 and tf32 hand fp32 operands to cuBLASLt with compute type
+ * 32F or 32F_FAST_TF32. bf16 rounds both operands to bf16 copies (one cast
+ * kernel each, into scratch) and runs a bf16 x bf16 -> fp32 GEMM with fp32
+ * accumulation: cuBLASLt's 32F_FAST_16BF on fp32 operands measured no
+ * faster and no less exact than tf32 on an H200, so it is not used. */
+#include "cuda_map.cuh"
+#include <cuda_bf16.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +24,7 @@ typedef struct {
     int ta, tb, m, n, k, lda, ldb, ldc;
     int bias, beta_one, align;   /* bias epilogue, beta == 1, min pointer alignment (bytes) */
     int compute;
+    int bf16;                    /* A and B are bf16 */
 } plan_key;
 
 struct cuda_matmul_plan {
@@ -59,8 +67,9 @@ static cuda_matmul_plan *get_plan(cuda_state *s, const char *op, const plan_key 
         BLAS_CHECK(op, cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
     }
     /* stored shapes: A is (ta ? k x m : m x k), B is (tb ? n x k : k x n), C is m x n */
-    BLAS_CHECK(op, cublasLtMatrixLayoutCreate(&p->a, CUDA_R_32F, key->ta ? key->k : key->m, key->ta ? key->m : key->k, key->lda));
-    BLAS_CHECK(op, cublasLtMatrixLayoutCreate(&p->b, CUDA_R_32F, key->tb ? key->n : key->k, key->tb ? key->k : key->n, key->ldb));
+    cudaDataType_t ab = key->bf16 ? CUDA_R_16BF : CUDA_R_32F;
+    BLAS_CHECK(op, cublasLtMatrixLayoutCreate(&p->a, ab, key->ta ? key->k : key->m, key->ta ? key->m : key->k, key->lda));
+    BLAS_CHECK(op, cublasLtMatrixLayoutCreate(&p->b, ab, key->tb ? key->n : key->k, key->tb ? key->k : key->n, key->ldb));
     BLAS_CHECK(op, cublasLtMatrixLayoutCreate(&p->c, CUDA_R_32F, key->m, key->n, key->ldc));
     cublasLtMatmulPreference_t pref;
     BLAS_CHECK(op, cublasLtMatmulPreferenceCreate(&pref));
@@ -98,7 +107,9 @@ void cuda_matmul_plans_free(cuda_state *s) {
     s->n_plans = 0;
 }
 
-/* D(m x n, ldc) = op(A) op(B) (+ D if beta_one) (+ bias[m] broadcast over columns) */
+/* D(m x n, ldc) = op(A) op(B) (+ D if beta_one) (+ bias[m] broadcast over columns).
+ * A and B are dense (lda, ldb = their stored row count), as every linear
+ * layer's operands are, so the bf16 path can cast them whole. */
 static void gemm(const nawal_ops *o, const char *op, int ta, int tb, int m, int n, int k,
                  const float *A, int lda, const float *B, int ldb, float *D, int ldc,
                  int beta_one, const float *bias) {
@@ -107,8 +118,19 @@ static void gemm(const nawal_ops *o, const char *op, int ta, int tb, int m, int 
     if (k <= 0) { /* empty sum: D = beta D (+ bias) is not worth a plan; only the shapes we never hit */
         cuda_fatal(op, "gemm", "k = 0", __FILE__, __LINE__);
     }
-    int al = ptr_align(A);
-    int a2 = ptr_align(B), a3 = ptr_align(D);
+    int bf16 = s->precision == NAWAL_PREC_BF16;
+    const void *Ause = A, *Buse = B;
+    if (bf16) {
+        size_t na = (size_t)m * k, nb = (size_t)k * n, na_pad = (na + 127) / 128 * 128;
+        __nv_bfloat16 *a16 = (__nv_bfloat16 *)cuda_scratch(o, (na_pad + nb) * sizeof(__nv_bfloat16));
+        __nv_bfloat16 *b16 = a16 + na_pad;
+        cuda_map(o, op, na, [=] __device__(size_t i) { a16[i] = __float2bfloat16_rn(A[i]); });
+        cuda_map(o, op, nb, [=] __device__(size_t i) { b16[i] = __float2bfloat16_rn(B[i]); });
+        Ause = a16;
+        Buse = b16;
+    }
+    int al = ptr_align(Ause);
+    int a2 = ptr_align(Buse), a3 = ptr_align(D);
     if (a2 < al) al = a2;
     if (a3 < al) al = a3;
     if (bias && ptr_align(bias) < al) al = ptr_align(bias);
@@ -116,12 +138,14 @@ static void gemm(const nawal_ops *o, const char *op, int ta, int tb, int m, int 
     memset(&key, 0, sizeof key);
     key.ta = ta; key.tb = tb; key.m = m; key.n = n; key.k = k;
     key.lda = lda; key.ldb = ldb; key.ldc = ldc;
-    key.bias = bias != NULL; key.beta_one = beta_one; key.align = al; key.compute = (int)s->compute;
+    key.bias = bias != NULL; key.beta_one = beta_one; key.align = al;
+    key.compute = bf16 ? (int)CUBLAS_COMPUTE_32F : (int)s->compute;
+    key.bf16 = bf16;
     cuda_matmul_plan *p = get_plan(s, op, &key);
     if (bias)
         BLAS_CHECK(op, cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
     float one = 1.0f, beta = beta_one ? 1.0f : 0.0f;
-    BLAS_CHECK(op, cublasLtMatmul(s->lt, p->desc, &one, A, p->a, B, p->b, &beta, D, p->c, D, p->c, &p->algo,
+    BLAS_CHECK(op, cublasLtMatmul(s->lt, p->desc, &one, Ause, p->a, Buse, p->b, &beta, D, p->c, D, p->c, &p->algo,
                                   s->lt_workspace, s->lt_workspace_bytes, s->stream));
 }
 

@@ -8,17 +8,21 @@
 #   tests/gpu/run.sh --prebuilt DIR       # use DIR/bin + DIR/lib (tests/gpu/pack.sh made it)
 #   options: --data FILE  (also train tiny Shakespeare on the GPU and report val_loss)
 #            --quick      (skip GPT-2-small and torch.compile)
+#            --no-torch   (skip the PyTorch baselines)
+#            --profile    (nawal-bench --profile: per-op breakdown of each config)
 #            --out DIR    (logs; default build-gpu/results; when $OUT is set they
 #                          are also packed into $OUT/gpu-logs.tar.gz)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
-PREBUILT= DATA= QUICK=0 LOGDIR=
+PREBUILT= DATA= QUICK=0 LOGDIR= TORCH=1 PROFILE=
 while [ $# -gt 0 ]; do
   case $1 in
     --prebuilt) PREBUILT=$2; shift 2 ;;
     --data) DATA=$2; shift 2 ;;
     --quick) QUICK=1; shift ;;
+    --no-torch) TORCH=0; shift ;;
+    --profile) PROFILE=--profile; shift ;;
     --out) LOGDIR=$2; shift 2 ;;
     -h|--help) sed -n 2,12p "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
@@ -58,27 +62,30 @@ done
 # ---- benchmarks ----
 bench() { # name, args...
   local name=$1; shift
-  if "$BIN/nawal-bench" train --device cuda "$@" >"$LOGDIR/$name.log" 2>&1; then
+  if "$BIN/nawal-bench" train --device cuda $PROFILE "$@" >"$LOGDIR/$name.log" 2>&1; then
     local tps mfu
     tps=$(awk '/^train_tokens_per_s/{print $2}' "$LOGDIR/$name.log")
     mfu=$(awk '/^mfu/{print $2}' "$LOGDIR/$name.log")
     row "nawal $name" "$tps" "tokens/s, MFU $mfu"
     echo "nawal $name: $tps tokens/s, MFU $mfu"
+    [ -n "$PROFILE" ] && sed -n '/^profile/,/^  total/p' "$LOGDIR/$name.log"
   else
     row "nawal $name" FAIL "$(tail -1 "$LOGDIR/$name.log")"; tail -5 "$LOGDIR/$name.log"
   fi
 }
 torchb() { # name, args...
   local name=$1; shift
+  [ $TORCH = 1 ] || return 0
+  name=torch-$name
   if PYTHONUNBUFFERED=1 timeout 400 python3 bench/compare/torch_gpu.py "$@" >"$LOGDIR/$name.log" 2>&1; then
     while read -r line; do
       local c t
       c=$(sed -n 's/.*compile=\([a-z]*\).*/\1/p' <<<"$line"); t=$(sed -n 's/.*tokens_per_s=\([0-9]*\).*/\1/p' <<<"$line")
-      row "torch $name compile=$c" "$t" "tokens/s"
-      echo "torch $name compile=$c: $t tokens/s"
+      row "$name compile=$c" "$t" "tokens/s"
+      echo "$name compile=$c: $t tokens/s"
     done < <(grep '^torch_gpu' "$LOGDIR/$name.log")
   else
-    row "torch $name" FAIL "$(tail -1 "$LOGDIR/$name.log")"; tail -5 "$LOGDIR/$name.log"
+    row "$name" FAIL "$(tail -1 "$LOGDIR/$name.log")"; tail -5 "$LOGDIR/$name.log"
   fi
 }
 bench tiny-fp32 --precision fp32

@@ -2,8 +2,11 @@
  * AdamW) on the CUDA backend against the same step on the CPU backend, from
  * the same initial parameters and the same random batch (a small config
  * with awkward sizes: 3 heads of 16, context 37, vocabulary 101, some
- * ignored targets). fp32 must agree to 1e-4 (norm-wise relative error per
- * tensor), bf16 matmuls to 2e-2; two GPU runs from the same state must be
+ * ignored targets). Gradients must agree per tensor, parameters after the
+ * AdamW step over the whole vector (norm-wise relative error; per tensor
+ * it would be ill-conditioned: a zero-initialised bias moves by
+ * lr * g / (|g| + eps), a ratio of two small numbers): fp32 to 1e-4, tf32 to
+ * 5e-3, bf16 matmuls to 2e-2; two GPU runs from the same state must be
  * bitwise identical (every CUDA op is deterministic by construction).
  * Skips with one line when no GPU is present. */
 #include "gpu_test_util.h"
@@ -52,12 +55,13 @@ static void make_batch(int32_t *in, int32_t *tg) {
     }
 }
 
-/* norm-wise relative error of each parameter tensor's slice */
-static void compare(const char *what, const float *gpu, const float *cpu, double tol) {
+/* norm-wise relative error of each parameter tensor's slice (whole: of the
+ * whole vector) */
+static void compare(const char *what, const float *gpu, const float *cpu, double tol, int whole) {
     char err[256];
     nawal_gpt *m; /* for the tensor table only */
     cr_assert(nawal_gpt_create(&m, CPU, &CFG, 1, err, sizeof err) == 0, "%s", err);
-    double worst = 0.0;
+    double worst = 0.0, all_num = 0.0, all_den = 0.0;
     const char *worst_name = "";
     for (int t = 0; t < m->n_tensors; t++) {
         const nawal_param_tensor *pt = &m->tensors[t];
@@ -70,9 +74,14 @@ static void compare(const char *what, const float *gpu, const float *cpu, double
         }
         double rel = den > 0 ? sqrt(num / den) : sqrt(num);
         if (rel > worst) { worst = rel; worst_name = pt->name; }
-        cr_expect(rel <= tol, "%s: %s relative error %.3g > %.1g (seed %llu)", what, pt->name, rel, tol, SEED);
+        all_num += num;
+        all_den += den;
+        if (!whole) cr_expect(rel <= tol, "%s: %s relative error %.3g > %.1g (seed %llu)", what, pt->name, rel, tol, SEED);
     }
-    fprintf(stderr, "[gpu_model] %s: worst tensor %s, relative error %.3g (limit %.1g)\n", what, worst_name, worst, tol);
+    double all = sqrt(all_num / all_den);
+    if (whole) cr_expect(all <= tol, "%s: relative error %.3g > %.1g (seed %llu)", what, all, tol, SEED);
+    fprintf(stderr, "[gpu_model] %s: %s relative error %.3g (limit %.1g); worst tensor %s %.3g\n", what,
+            whole ? "whole-vector" : "per-tensor", whole ? all : worst, tol, worst_name, worst);
     nawal_gpt_free(m);
 }
 
@@ -85,9 +94,9 @@ static void parity(nawal_precision prec, double tol, const char *tag) {
     char what[64];
     cr_expect(fabs(g.loss - c.loss) <= tol * fabs(c.loss), "%s loss gpu %.9g cpu %.9g (seed %llu)", tag, g.loss, c.loss, SEED);
     snprintf(what, sizeof what, "%s gradients", tag);
-    compare(what, g.grads, c.grads, tol);
+    compare(what, g.grads, c.grads, tol, 0);
     snprintf(what, sizeof what, "%s parameters after AdamW", tag);
-    compare(what, g.params, c.params, tol);
+    compare(what, g.params, c.params, tol, 1);
     free_result(&c);
     free_result(&g);
 }
