@@ -45,6 +45,20 @@ static double card_peak_tflops(const char *desc, nawal_precision p) {
     return 0.0;
 }
 
+/* uniform random values in [-scale, scale): matmul speed on constant or zero
+ * data can differ from real data (tensor-core power draw) */
+static void fill_random(const nawal_ops *o, float *d, size_t n, float scale) {
+    float *h = malloc(n * sizeof(float));
+    if (!h) { fprintf(stderr, "error: out of memory\n"); exit(1); }
+    uint64_t s = 0x9E3779B97F4A7C15ull ^ n;
+    for (size_t i = 0; i < n; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        h[i] = scale * ((float)(s >> 40) * (2.0f / 16777216.0f) - 1.0f);
+    }
+    o->upload(o, d, h, n * sizeof(float));
+    free(h);
+}
+
 /* GFLOP/s of the backend's matmul_fwd on the model's GEMM shapes, FLOP-weighted */
 static double bench_matmul(const nawal_ops *o, const bench_opts *b, int verbose) {
     int N = b->batch * b->cfg.n_ctx, C = b->cfg.n_embd;
@@ -55,11 +69,18 @@ static double bench_matmul(const nawal_ops *o, const bench_opts *b, int verbose)
         float *x = o->alloc(o, (size_t)N * K * sizeof(float)), *w = o->alloc(o, (size_t)K * M * sizeof(float));
         float *y = o->alloc(o, (size_t)N * M * sizeof(float));
         if (!x || !w || !y) { fprintf(stderr, "error: out of memory\n"); exit(1); }
-        o->fill(o, x, 0.5f, (size_t)N * K);
-        o->fill(o, w, 0.25f, (size_t)K * M);
+        fill_random(o, x, (size_t)N * K, 1.0f);
+        fill_random(o, w, (size_t)K * M, 0.02f);
         double flops = 2.0 * N * K * M, times[64];
-        int iters = (int)(2e9 / flops) + 1, reps = b->repeats < 64 ? b->repeats : 64;
+        int reps = b->repeats < 64 ? b->repeats : 64;
+        o->matmul_fwd(o, y, x, w, NULL, N, K, M, NAWAL_W_IN_OUT); /* warm-up (plans, autotuning) */
+        o->sync(o);
+        double c0 = bench_now_s();
         o->matmul_fwd(o, y, x, w, NULL, N, K, M, NAWAL_W_IN_OUT);
+        o->sync(o);
+        double one = bench_now_s() - c0; /* iterations so that a repeat lasts ~20 ms */
+        int iters = one > 0.02 ? 1 : (int)(0.02 / (one > 1e-7 ? one : 1e-7)) + 1;
+        if (iters > 10000) iters = 10000;
         for (int r = 0; r < reps; r++) {
             o->sync(o);
             double t0 = bench_now_s();

@@ -7,7 +7,12 @@
  * accumulates (beta = 1); the bias gradient is a deterministic column sum
  * (vector.cu). Matmul descriptors, layouts and the chosen algorithm are
  * cached per shape, layout, pointer alignment and precision, so a training
- * step pays for cuBLASLt's heuristic once.
+ * step pays for cuBLASLt's heuristic once. Unless NAWAL_CUDA_DETERMINISTIC=1,
+ * a new plan also times cuBLASLt's top candidates (up to 8, on the call's
+ * real operands, writing into a temporary output) and keeps the fastest;
+ * the choice can differ between processes, so results are bitwise
+ * repeatable within a process always and across processes only in the
+ * deterministic mode (heuristic's first choice).
  *
  * Precision: fp32 and tf32 hand fp32 operands to cuBLASLt with compute type
  * 32F or 32F_FAST_TF32. bf16 rounds both operands to bf16 copies (one cast
@@ -43,7 +48,38 @@ static int ptr_align(const void *p) {
     return a;
 }
 
-static cuda_matmul_plan *get_plan(cuda_state *s, const char *op, const plan_key *key) {
+#define TUNE_CANDIDATES 8
+
+/* times algorithm h on the plan's shapes: median-free min of 3 runs after one warm-up, in ms */
+static float time_algo(cuda_state *s, const char *op, cuda_matmul_plan *p, const cublasLtMatmulAlgo_t *algo,
+                       const void *A, const void *B, float *D) {
+    cudaEvent_t e0, e1;
+    CUDA_CHECK(op, cudaEventCreate(&e0));
+    CUDA_CHECK(op, cudaEventCreate(&e1));
+    float one = 1.0f, zero = 0.0f, best = 1e30f;
+    for (int r = 0; r < 4; r++) {
+        CUDA_CHECK(op, cudaEventRecord(e0, s->stream));
+        cublasStatus_t st = cublasLtMatmul(s->lt, p->desc, &one, A, p->a, B, p->b, &zero, D, p->c, D, p->c, algo,
+                                           s->lt_workspace, s->lt_workspace_bytes, s->stream);
+        CUDA_CHECK(op, cudaEventRecord(e1, s->stream));
+        CUDA_CHECK(op, cudaEventSynchronize(e1));
+        if (st != CUBLAS_STATUS_SUCCESS) { best = 1e30f; break; }
+        float ms = 0.0f;
+        CUDA_CHECK(op, cudaEventElapsedTime(&ms, e0, e1));
+        if (r > 0 && ms < best) best = ms;
+    }
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    return best;
+}
+
+static int deterministic_mode(void) {
+    const char *e = getenv("NAWAL_CUDA_DETERMINISTIC");
+    return e && *e && strcmp(e, "0");
+}
+
+static cuda_matmul_plan *get_plan(cuda_state *s, const char *op, const plan_key *key, const void *A, const void *B,
+                                  const float *bias) {
     for (int i = 0; i < s->n_plans; i++)
         if (!memcmp(&s->plans[i].key, key, sizeof *key)) return &s->plans[i];
     if (!s->plans) {
@@ -80,9 +116,9 @@ static cuda_matmul_plan *get_plan(cuda_state *s, const char *op, const plan_key 
     BLAS_CHECK(op, cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al, sizeof al));
     BLAS_CHECK(op, cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al, sizeof al));
     BLAS_CHECK(op, cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al, sizeof al));
-    cublasLtMatmulHeuristicResult_t h;
-    int found = 0;
-    BLAS_CHECK(op, cublasLtMatmulAlgoGetHeuristic(s->lt, p->desc, p->a, p->b, p->c, p->c, pref, 1, &h, &found));
+    cublasLtMatmulHeuristicResult_t h[TUNE_CANDIDATES];
+    int found = 0, want = deterministic_mode() ? 1 : TUNE_CANDIDATES;
+    BLAS_CHECK(op, cublasLtMatmulAlgoGetHeuristic(s->lt, p->desc, p->a, p->b, p->c, p->c, pref, want, h, &found));
     cublasLtMatmulPreferenceDestroy(pref);
     if (!found) {
         char msg[256];
@@ -90,7 +126,23 @@ static cuda_matmul_plan *get_plan(cuda_state *s, const char *op, const plan_key 
                  key->m, key->n, key->k, key->ta, key->tb, key->bias, key->align);
         cuda_fatal(op, "cublasLtMatmulAlgoGetHeuristic", msg, __FILE__, __LINE__);
     }
-    p->algo = h.algo;
+    int pick = 0;
+    if (found > 1) {
+        float *tmp = NULL;
+        CUDA_CHECK(op, cudaMalloc((void **)&tmp, (size_t)key->ldc * key->n * sizeof(float)));
+        if (bias)
+            BLAS_CHECK(op, cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+        float best = 1e30f;
+        for (int i = 0; i < found; i++) {
+            float ms = time_algo(s, op, p, &h[i].algo, A, B, tmp);
+            if (ms < best) { best = ms; pick = i; }
+        }
+        CUDA_CHECK(op, cudaFree(tmp));
+        if (getenv("NAWAL_CUDA_VERBOSE"))
+            fprintf(stderr, "nawal cuda: matmul m=%d n=%d k=%d ta=%d tb=%d bf16=%d: candidate %d of %d, %.3f ms\n",
+                    key->m, key->n, key->k, key->ta, key->tb, key->bf16, pick, found, best);
+    }
+    p->algo = h[pick].algo;
     s->n_plans++;
     return p;
 }
@@ -141,7 +193,7 @@ static void gemm(const nawal_ops *o, const char *op, int ta, int tb, int m, int 
     key.bias = bias != NULL; key.beta_one = beta_one; key.align = al;
     key.compute = bf16 ? (int)CUBLAS_COMPUTE_32F : (int)s->compute;
     key.bf16 = bf16;
-    cuda_matmul_plan *p = get_plan(s, op, &key);
+    cuda_matmul_plan *p = get_plan(s, op, &key, Ause, Buse, bias);
     if (bias)
         BLAS_CHECK(op, cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
     float one = 1.0f, beta = beta_one ? 1.0f : 0.0f;

@@ -98,6 +98,20 @@ if [ $QUICK = 0 ]; then
   bench gpt2s-bf16 --preset gpt2-small --precision bf16
   torchb gpt2s-bf16 --preset gpt2-small --precision bf16 --compile both
 fi
+# GEMM speed on GPT-2-small's linear-layer shapes, nawal (cuBLASLt) vs torch.matmul
+if [ $QUICK = 0 ]; then
+  for p in tf32 bf16; do
+    "$BIN/nawal-bench" matmul --device cuda --preset gpt2-small --precision $p >"$LOGDIR/matmul-$p.log" 2>&1
+    g=$(awk '/^matmul_gflops/{printf "%.1f", $2/1000}' "$LOGDIR/matmul-$p.log")
+    row "nawal matmul gpt2s $p" "${g:-FAIL}" "TFLOP/s (FLOP-weighted, fp32 out)"
+    grep "^matmul " "$LOGDIR/matmul-$p.log"
+    if [ $TORCH = 1 ]; then
+      python3 bench/compare/torch_gemm.py --precision $p >"$LOGDIR/torch-matmul-$p.log" 2>&1
+      cat "$LOGDIR/torch-matmul-$p.log"
+      row "torch matmul gpt2s $p" "$(sed -n 's/.*weighted_tflops=//p' "$LOGDIR/torch-matmul-$p.log")" "TFLOP/s (FLOP-weighted)"
+    fi
+  done
+fi
 if [ -n "$DATA" ]; then
   if "$BIN/nawal-agent" train --device cuda --data "$DATA" --log-every 500 >"$LOGDIR/quality.log" 2>&1; then
     row "quality tiny-shakespeare (cuda)" "$(awk '/val_loss/{for(i=1;i<=NF;i++) if($i=="val_loss") v=$(i+1)} END{print v}' "$LOGDIR/quality.log")" "val_loss (CPU run: 1.8771)"
