@@ -42,11 +42,7 @@ else
     cmake --build build-gpu -j "$(nproc)" >"$LOGDIR/build.log" 2>&1 || { tail -30 "$LOGDIR/build.log"; echo "BUILD FAILED"; exit 1; }
   BIN=$ROOT/build-gpu
 fi
-# cuBLAS: the toolkit's, else the one PyTorch's wheels carry
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib $(python3 -c 'import nvidia,os;print(" ".join(os.path.join(p,"cu13","lib") for p in nvidia.__path__))' 2>/dev/null); do
-  [ -e "$d/libcublasLt.so.13" ] && export LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$d
-done
-export NAWAL_CUDA_PLUGIN=$BIN/libnawal_cuda.so
+. tests/gpu/env.sh "$BIN"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader | tee "$LOGDIR/gpu.txt"
 GPU=$(head -1 "$LOGDIR/gpu.txt" | cut -d, -f1)
 COMMIT=${NAWAL_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
