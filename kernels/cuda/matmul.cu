@@ -159,44 +159,24 @@ void cuda_matmul_plans_free(cuda_state *s) {
     s->n_plans = 0;
 }
 
-/* Operand staging. A matrix whose leading dimension is not a multiple of 4
- * floats (GPT-2's vocabulary, 50257) has rows that are not 16-byte aligned,
- * and cuBLASLt then falls back to kernels 4x slower (measured on an H200:
- * the 8192 x 768 x 50257 LM-head product ran at 124 TFLOP/s in tf32 and in
- * bf16, PyTorch's too). Such operands, and every operand in bf16 mode, are
- * copied (and cast) into scratch with the leading dimension padded to a
- * multiple of 64, zeros in the padding; an unaligned output is computed
- * padded and copied back. */
+/* bf16 operand staging: each operand is cast into scratch with its leading
+ * dimension padded to a multiple of 64 (zeros in the padding), so rows are
+ * 16-byte aligned whatever the shape. Padding fp32 operands and outputs too
+ * was tried and measured on an H200 (db29e5c): the 8192 x 768 x 50257
+ * LM-head product stayed at ~100-124 TFLOP/s with or without it (PyTorch's
+ * torch.matmul: 123), so its slowness is not row alignment, and the extra
+ * copies only cost time; fp32/tf32 operands are used in place. */
 #define LD_PAD 64
 static size_t pad_ld(int rows) { return ((size_t)rows + LD_PAD - 1) / LD_PAD * LD_PAD; }
 static size_t align_bytes(size_t b) { return (b + 255) / 256 * 256; }
 
-/* dst[c][0..ldp) = src[c][0..rows) then zeros, for c in [0, cols) (column-major view) */
+/* dst[c][0..ldp) = bf16(src[c][0..rows)) then zeros, for c in [0, cols) (column-major view) */
 static void stage_bf16(const nawal_ops *o, const char *op, __nv_bfloat16 *dst, const float *src, int rows, int cols,
                        int ld, size_t ldp) {
     cuda_map(o, op, ldp * (size_t)cols, [=] __device__(size_t i) {
         size_t r = i % ldp, c = i / ldp;
         dst[i] = __float2bfloat16_rn(r < (size_t)rows ? src[c * ld + r] : 0.0f);
     });
-}
-static void stage_f32(const nawal_ops *o, const char *op, float *dst, const float *src, int rows, int cols, int ld,
-                      size_t ldp) {
-    cuda_map(o, op, ldp * (size_t)cols, [=] __device__(size_t i) {
-        size_t r = i % ldp, c = i / ldp;
-        dst[i] = r < (size_t)rows ? src[c * ld + r] : 0.0f;
-    });
-}
-static void unstage_f32(const nawal_ops *o, const char *op, float *dst, int ld, const float *src, size_t ldp, int rows,
-                        int cols) {
-    cuda_map(o, op, (size_t)rows * cols, [=] __device__(size_t i) {
-        size_t r = i % rows, c = i / rows;
-        dst[c * ld + r] = src[c * ldp + r];
-    });
-}
-
-static int pad_disabled(void) {
-    const char *e = getenv("NAWAL_CUDA_NO_PAD");
-    return e && *e && strcmp(e, "0");
 }
 
 /* D(m x n, ldc) = op(A) op(B) (+ D if beta_one) (+ bias[m] broadcast over columns),
@@ -209,39 +189,29 @@ static void gemm(const nawal_ops *o, const char *op, int ta, int tb, int m, int 
     if (k <= 0) { /* empty sum: D = beta D (+ bias) is not worth a plan; only the shapes we never hit */
         cuda_fatal(op, "gemm", "k = 0", __FILE__, __LINE__);
     }
-    int bf16 = s->precision == NAWAL_PREC_BF16, nopad = pad_disabled();
-    int a_rows = ta ? k : m, a_cols = ta ? m : k, b_rows = tb ? n : k, b_cols = tb ? k : n;
-    int stage_a = bf16 || (!nopad && lda % 4), stage_b = bf16 || (!nopad && ldb % 4), stage_d = !nopad && ldc % 4;
-    size_t lda_p = stage_a ? pad_ld(a_rows) : (size_t)lda, ldb_p = stage_b ? pad_ld(b_rows) : (size_t)ldb;
-    size_t ldc_p = stage_d ? pad_ld(m) : (size_t)ldc, es = bf16 ? 2 : 4;
-    size_t bytes_a = stage_a ? align_bytes(lda_p * a_cols * es) : 0, bytes_b = stage_b ? align_bytes(ldb_p * b_cols * es) : 0;
-    size_t bytes_d = stage_d ? align_bytes(ldc_p * n * sizeof(float)) : 0;
-    char *scr = (bytes_a + bytes_b + bytes_d) ? (char *)cuda_scratch(o, bytes_a + bytes_b + bytes_d) : NULL;
+    int bf16 = s->precision == NAWAL_PREC_BF16;
     const void *Ause = A, *Buse = B;
-    float *Duse = D;
-    if (stage_a) {
-        if (bf16) stage_bf16(o, op, (__nv_bfloat16 *)scr, A, a_rows, a_cols, lda, lda_p);
-        else stage_f32(o, op, (float *)scr, A, a_rows, a_cols, lda, lda_p);
+    size_t lda_p = (size_t)lda, ldb_p = (size_t)ldb;
+    if (bf16) {
+        int a_rows = ta ? k : m, a_cols = ta ? m : k, b_rows = tb ? n : k, b_cols = tb ? k : n;
+        lda_p = pad_ld(a_rows);
+        ldb_p = pad_ld(b_rows);
+        size_t bytes_a = align_bytes(lda_p * a_cols * sizeof(__nv_bfloat16));
+        char *scr = (char *)cuda_scratch(o, bytes_a + ldb_p * b_cols * sizeof(__nv_bfloat16));
+        stage_bf16(o, op, (__nv_bfloat16 *)scr, A, a_rows, a_cols, lda, lda_p);
+        stage_bf16(o, op, (__nv_bfloat16 *)(scr + bytes_a), B, b_rows, b_cols, ldb, ldb_p);
         Ause = scr;
-    }
-    if (stage_b) {
-        if (bf16) stage_bf16(o, op, (__nv_bfloat16 *)(scr + bytes_a), B, b_rows, b_cols, ldb, ldb_p);
-        else stage_f32(o, op, (float *)(scr + bytes_a), B, b_rows, b_cols, ldb, ldb_p);
         Buse = scr + bytes_a;
     }
-    if (stage_d) {
-        Duse = (float *)(scr + bytes_a + bytes_b);
-        if (beta_one) stage_f32(o, op, Duse, D, m, n, ldc, ldc_p);
-    }
     int al = ptr_align(Ause);
-    int a2 = ptr_align(Buse), a3 = ptr_align(Duse);
+    int a2 = ptr_align(Buse), a3 = ptr_align(D);
     if (a2 < al) al = a2;
     if (a3 < al) al = a3;
     if (bias && ptr_align(bias) < al) al = ptr_align(bias);
     plan_key key;
     memset(&key, 0, sizeof key);
     key.ta = ta; key.tb = tb; key.m = m; key.n = n; key.k = k;
-    key.lda = (int)lda_p; key.ldb = (int)ldb_p; key.ldc = (int)ldc_p;
+    key.lda = (int)lda_p; key.ldb = (int)ldb_p; key.ldc = ldc;
     key.bias = bias != NULL; key.beta_one = beta_one; key.align = al;
     key.compute = bf16 ? (int)CUBLAS_COMPUTE_32F : (int)s->compute;
     key.bf16 = bf16;
@@ -249,9 +219,8 @@ static void gemm(const nawal_ops *o, const char *op, int ta, int tb, int m, int 
     if (bias)
         BLAS_CHECK(op, cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
     float one = 1.0f, beta = beta_one ? 1.0f : 0.0f;
-    BLAS_CHECK(op, cublasLtMatmul(s->lt, p->desc, &one, Ause, p->a, Buse, p->b, &beta, Duse, p->c, Duse, p->c, &p->algo,
+    BLAS_CHECK(op, cublasLtMatmul(s->lt, p->desc, &one, Ause, p->a, Buse, p->b, &beta, D, p->c, D, p->c, &p->algo,
                                   s->lt_workspace, s->lt_workspace_bytes, s->stream));
-    if (stage_d) unstage_f32(o, op, D, ldc, Duse, ldc_p, m, n);
 }
 
 /* out[N][OC] = inp[N][C] @ w (+ bias).  Column-major: out_cm (OC x N) = W_cm op . inp_cm (C x N).
