@@ -3,7 +3,8 @@
 # a generated corpus: train lowers the loss and prints val_loss, eval on a
 # checkpoint agrees with training's validation loss on the same tokens, BPE
 # tokenizer train + use, sample output, and clear errors (exit 2 for usage,
-# 1 for bad files) on bad flags, corrupt checkpoints and malformed JSONL.
+# 1 for bad files) on bad flags, corrupt checkpoints and malformed JSONL;
+# keygen; `privacy` (accountant values, noise search round trip, usage errors).
 set -uo pipefail
 B=$1; R=$2
 A="$B/nawal-agent"
@@ -70,4 +71,29 @@ cp "$T/keys/v1/identity.key" "$T/key.before"
 check "keygen refuses to overwrite" "[ $? -eq 1 ] && grep -q 'already exists' $T/err && cmp -s $T/key.before $T/keys/v1/identity.key"
 "$A" keygen > /dev/null 2>&1
 check "keygen without --out exits 2" "[ $? -eq 2 ]"
+
+# privacy: the accountant on the command line. Opacus's own test: sigma 1.5,
+# q 0.04, 2250 steps, delta 1e-5 -> epsilon 7.32911117143 (best order 3.9).
+P="--sample-rate 0.04 --steps 2250 --delta 1e-5"
+"$A" privacy --noise-multiplier 1.5 $P > "$T/priv" 2> "$T/err"
+check "privacy exits 0" "[ $? -eq 0 ]"
+check "privacy first line is 'epsilon <float>'" "head -1 $T/priv | grep -Eq '^epsilon [0-9.]+$'"
+e=$(awk 'NR==1{print $2}' "$T/priv")
+check "privacy epsilon ($e) matches Opacus's 7.32911117" "awk -v a=$e 'BEGIN{d=a-7.32911117; if (d<0) d=-d; exit !(d < 1e-6)}'"
+check "privacy names the best order" "sed -n 2p $T/priv | grep -q 'order 3.9 '"
+s=$("$A" privacy --epsilon 8 $P 2> "$T/err" | awk '/^noise_multiplier /{print $2}')
+check "privacy --epsilon prints noise_multiplier ($s)" "[ -n '$s' ]"
+e=$("$A" privacy --noise-multiplier "$s" $P 2> "$T/err" | awk 'NR==1{print $2}')
+check "that noise multiplier spends epsilon $e, just within 8" "awk -v a=$e 'BEGIN{exit !(a <= 8 && a > 7.999)}'"
+"$A" privacy --epsilon 0.05 $P > /dev/null 2> "$T/err"
+check "unreachable epsilon is a clear error" "[ $? -eq 1 ] && grep -q unreachable $T/err"
+"$A" privacy --help > /dev/null
+check "privacy --help exits 0" "[ $? -eq 0 ]"
+for bad in "--noise-multiplier 1 --epsilon 2 $P" "$P" "--noise-multiplier 1 --sample-rate 0 --steps 10 --delta 1e-5" \
+           "--noise-multiplier 1 --sample-rate 1.5 --steps 10 --delta 1e-5" "--noise-multiplier 1 --sample-rate 0.1 --steps 10 --delta 1" \
+           "--noise-multiplier 1 --sample-rate 0.1 --steps 0 --delta 1e-5" "--noise-multiplier 0 $P" "--epsilon -1 $P" \
+           "--noise-multiplier x $P" "--noise-multiplier 1 --sample-rate 0.1 --steps 10"; do
+    "$A" privacy $bad > /dev/null 2> "$T/err"
+    check "privacy $bad exits 2" "[ $? -eq 2 ] && grep -q error $T/err"
+done
 exit $fail
