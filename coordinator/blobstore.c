@@ -213,6 +213,12 @@ int nawal_blobstore_writer_commit(nawal_blob_writer *w, uint8_t cid_out[32], uin
     return 0;
 }
 
+int nawal_blobstore_adopt(nawal_store *s, const char *path, const uint8_t cid[32], char *err, size_t errlen) {
+    struct stat sb;
+    if (lstat(path, &sb) != 0 || !S_ISREG(sb.st_mode)) return nawal_fail(err, errlen, "%s: not a regular file", path);
+    return publish(s, path, cid, err, errlen);
+}
+
 int nawal_blobstore_has(nawal_store *s, const uint8_t cid[32]) {
     char path[4096];
     struct stat sb;

@@ -1,6 +1,6 @@
 /* main.c - nawal-coordinator: sub-commands on a coordinator directory
- * (init [with the initial model], validator add|list|remove, round
- * start|status|tick, ledger verify|show). Exit status 0 on success, 1 when
+ * (init [with the initial model and TLS paths], validator add|list|remove,
+ * round start|status|tick, ledger verify|show, serve: serve.h). Exit status 0 on success, 1 when
  * the operation fails (or the ledger is broken), 2 for a usage error. */
 #include "checkpoint.h"
 #include "cid.h"
@@ -10,10 +10,14 @@
 #include "ledger.h"
 #include "registry.h"
 #include "rewards.h"
+#include "log.h"
 #include "rounds.h"
+#include "serve.h"
 #include "store.h"
 
+#include <errno.h>
 #include <ftw.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,21 +57,36 @@ static int rm_entry(const char *path, const struct stat *sb, int flag, struct FT
     return remove(path);
 }
 
+/* An absolute path of a readable file (for settings that outlive the cwd), or NULL with a message. */
+static char *readable_file(const char *flag, const char *path) {
+    char *abs = realpath(path, NULL);
+    if (!abs || access(abs, R_OK)) {
+        fprintf(stderr, "error: --%s %s: %s\n", flag, path, strerror(errno));
+        free(abs);
+        return NULL;
+    }
+    return abs;
+}
+
 static int cmd_init(int argc, char **argv) {
-    const char *dir = NULL, *model_cfg = NULL, *import = NULL;
+    const char *dir = NULL, *model_cfg = NULL, *import = NULL, *tls_cert = NULL, *tls_key = NULL;
     uint64_t seed = 1;
     nawal_flag flags[] = {
         {"dir", NAWAL_FLAG_STR, &dir, "coordinator directory to create (must be absent or empty)", 1, 0, 1, 0},
         {"model-config", NAWAL_FLAG_STR, &model_cfg, "initial GPT-2 model LAYERS,HEADS,WIDTH,CONTEXT,VOCAB", 1, 0, 0, 0},
         {"seed", NAWAL_FLAG_U64, &seed, "seed of the initial model's weights (with --model-config)", 1, 0, 0, 0},
         {"import", NAWAL_FLAG_STR, &import, "checkpoint directory to import as the initial model instead", 1, 0, 0, 0},
+        {"tls-cert", NAWAL_FLAG_STR, &tls_cert, "TLS certificate chain (PEM) 'serve' uses; its absolute path is stored", 1, 0, 0, 0},
+        {"tls-key", NAWAL_FLAG_STR, &tls_key, "TLS private key (PEM) 'serve' uses; its absolute path is stored", 1, 0, 0, 0},
     };
     int rc = parsed(nawal_flags_parse(argc, argv, flags, NFLAGS(flags),
-                                      "usage: nawal-coordinator init --dir D [--model-config L,H,W,C,V [--seed S] | --import CKPT]\n\n"
+                                      "usage: nawal-coordinator init --dir D [--model-config L,H,W,C,V [--seed S] | --import CKPT]\n"
+                                      "       [--tls-cert CERT.pem --tls-key KEY.pem]\n\n"
                                       "Creates a coordinator directory: D/state.db (SQLite), D/blobs/ (content-addressed\n"
                                       "blob store) and the coordinator's Ed25519 key pair D/identity.key (0600) + .pub.\n"
                                       "With --model-config or --import, also the initial global model (safetensors in the\n"
-                                      "blob store), the base of round 1."));
+                                      "blob store), the base of round 1. With --tls-cert/--tls-key, the TLS material\n"
+                                      "'serve' uses (serve --cert/--key override it for one run)."));
     if (rc >= 0) return rc;
     char err[512];
     if (model_cfg && import) {
@@ -78,38 +97,68 @@ static int cmd_init(int argc, char **argv) {
         fprintf(stderr, "error: --seed goes with --model-config\n");
         return 2;
     }
+    if (!tls_cert != !tls_key) {
+        fprintf(stderr, "error: --tls-cert and --tls-key go together\n");
+        return 2;
+    }
+    char *cert_abs = NULL, *key_abs = NULL;
+    if (tls_cert && (!(cert_abs = readable_file("tls-cert", tls_cert)) || !(key_abs = readable_file("tls-key", tls_key)))) {
+        free(cert_abs);
+        return 2;
+    }
     /* the model first: a bad config or checkpoint leaves no directory behind */
     nawal_gpt *m = NULL;
     if (model_cfg) {
         nawal_gpt_config cfg;
         if (nawal_model_config_parse(model_cfg, &cfg, err, sizeof err)) {
             fprintf(stderr, "error: --model-config: %s\n", err);
+            free(cert_abs);
+            free(key_abs);
             return 2;
         }
-        if (nawal_gpt_create(&m, nawal_ops_cpu(0), &cfg, 1, err, sizeof err)) return fail(err);
+        if (nawal_gpt_create(&m, nawal_ops_cpu(0), &cfg, 1, err, sizeof err)) {
+            free(cert_abs);
+            free(key_abs);
+            return fail(err);
+        }
         nawal_gpt_init_params(m, seed);
     } else if (import) {
         if (nawal_checkpoint_load(&m, NULL, nawal_ops_cpu(0), import, 1, err, sizeof err)) {
             nawal_gpt_free(m);
+            free(cert_abs);
+            free(key_abs);
             fprintf(stderr, "error: --import %s: %s\n", import, err);
             return 1;
         }
     }
     if (nawal_store_init(dir, err, sizeof err)) {
         nawal_gpt_free(m);
+        free(cert_abs);
+        free(key_abs);
         return fail(err);
     }
     nawal_store *s;
     if (open_store(&s, dir, m ? 0 : NAWAL_STORE_OPEN_PUBLIC_ONLY)) {
         nawal_gpt_free(m);
+        free(cert_abs);
+        free(key_abs);
         return 1;
     }
     uint8_t cid[32];
-    if (m && nawal_genesis_record(s, m, cid, err, sizeof err)) {
+    const char *what = "initial model";
+    rc = m ? nawal_genesis_record(s, m, cid, err, sizeof err) : 0;
+    if (rc == 0 && cert_abs) {
+        what = "TLS settings";
+        rc = nawal_store_setting_set(s, NAWAL_SETTING_TLS_CERT, cert_abs, err, sizeof err);
+        if (rc == 0) rc = nawal_store_setting_set(s, NAWAL_SETTING_TLS_KEY, key_abs, err, sizeof err);
+    }
+    if (rc) {
         nawal_store_close(s);
         nawal_gpt_free(m);
+        free(cert_abs);
+        free(key_abs);
         nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS); /* it was absent or empty before */
-        fprintf(stderr, "error: initial model: %s (removed %s)\n", err, dir);
+        fprintf(stderr, "error: %s: %s (removed %s)\n", what, err, dir);
         return 1;
     }
     char fp[NAWAL_FINGERPRINT_HEX_BYTES];
@@ -121,8 +170,11 @@ static int cmd_init(int argc, char **argv) {
         printf("initial model %s (%d layers, %d heads, width %d, context %d, vocab %d: %zu parameters)\n", hex,
                m->cfg.n_layer, m->cfg.n_head, m->cfg.n_embd, m->cfg.n_ctx, m->cfg.vocab, m->n_params);
     }
+    if (cert_abs) printf("TLS certificate %s, key %s\n", cert_abs, key_abs);
     nawal_store_close(s);
     nawal_gpt_free(m);
+    free(cert_abs);
+    free(key_abs);
     return 0;
 }
 
@@ -397,6 +449,60 @@ static int cmd_round_tick(int argc, char **argv) {
     return 0;
 }
 
+static int cmd_serve(int argc, char **argv) {
+    const char *dir = NULL, *listen = NULL, *cert = NULL, *key = NULL, *level = "info", *strategy = "fedavg";
+    int plain = 0, maxconn = 64, threads = 0, auth_s = 30;
+    nawal_flag flags[] = {
+        {"dir", NAWAL_FLAG_STR, &dir, "coordinator directory", 1, 0, 1, 0},
+        {"listen", NAWAL_FLAG_STR, &listen, "HOST:PORT to listen on ([::1]:PORT for IPv6, *:PORT for all; port 0 = any free one, logged)", 1, 0, 1, 0},
+        {"cert", NAWAL_FLAG_STR, &cert, "TLS certificate chain (PEM), instead of the one stored by init --tls-cert", 1, 0, 0, 0},
+        {"key", NAWAL_FLAG_STR, &key, "TLS private key (PEM), instead of the one stored by init --tls-key", 1, 0, 0, 0},
+        {"insecure-plaintext", NAWAL_FLAG_BOOL, &plain, "no TLS (loopback addresses only, for tests)", 1, 0, 0, 0},
+        {"max-connections", NAWAL_FLAG_INT, &maxconn, "open connections at most", 1, 65536, 0, 0},
+        {"auth-timeout-s", NAWAL_FLAG_INT, &auth_s, "close connections not authenticated within this many seconds", 1, 3600, 0, 0},
+        {"log-level", NAWAL_FLAG_STR, &level, "debug|info|warn|error: key=value lines on stderr", 1, 0, 0, 0},
+        {"threads", NAWAL_FLAG_INT, &threads, "aggregation threads (0 = all cores)", 0, 4096, 0, 0},
+        {"strategy", NAWAL_FLAG_STR, &strategy, "aggregation strategy", 1, 0, 0, 0},
+    };
+    int rc = parsed(nawal_flags_parse(argc, argv, flags, NFLAGS(flags),
+                                      "usage: nawal-coordinator serve --dir D --listen HOST:PORT [--cert F --key F | --insecure-plaintext]\n"
+                                      "       [--log-level debug|info|warn|error] [--max-connections N] [--threads N]\n\n"
+                                      "Serves the round protocol to validators' agents over TLS WebSockets (signed envelopes:\n"
+                                      "Hello/Challenge/Auth, RoundAnnounce, Join, base model download, UpdateSubmit with the\n"
+                                      "delta upload, RoundResult), runs the round machine's deadlines, and answers plain\n"
+                                      "HTTP on the same port: GET /metrics (Prometheus text) and GET /status (JSON).\n"
+                                      "TLS material comes from init --tls-cert/--tls-key or --cert/--key. Stops cleanly\n"
+                                      "on SIGINT/SIGTERM."));
+    if (rc >= 0) return rc;
+    nawal_log_level lv;
+    if (nawal_log_parse_level(level, &lv)) {
+        fprintf(stderr, "error: --log-level: '%s' is not one of debug, info, warn, error\n", level);
+        return 2;
+    }
+    char host[256], err[512];
+    int port;
+    if (nawal_listen_parse(listen, host, sizeof host, &port, err, sizeof err)) {
+        fprintf(stderr, "error: --listen: %s\n", err);
+        return 2;
+    }
+    if (plain && !nawal_listen_is_loopback(host)) {
+        fprintf(stderr, "error: --insecure-plaintext is for loopback tests only (listen on 127.0.0.1 or [::1])\n");
+        return 2;
+    }
+    if (plain && (cert || key)) {
+        fprintf(stderr, "error: --insecure-plaintext and --cert/--key exclude each other\n");
+        return 2;
+    }
+    if (!cert != !key) {
+        fprintf(stderr, "error: --cert and --key go together\n");
+        return 2;
+    }
+    nawal_log_set_level(lv);
+    nawal_serve_options o = {dir, listen, cert, key, plain, maxconn, auth_s * 1000, strategy, threads};
+    if (nawal_serve_run(&o, err, sizeof err)) return fail(err);
+    return 0;
+}
+
 /* `keygen --out DIR`: a coordinator key pair outside a coordinator
  * directory (init makes its own), e.g. to provision one ahead of time. */
 static int cmd_keygen(int argc, char **argv) {
@@ -428,7 +534,8 @@ static void usage(FILE *f) {
             "  round status --dir D [--round N]              a round's state, times and counts\n"
             "  round tick --dir D                            move the round machine on to now (aggregate, pay, fail)\n"
             "  ledger verify --dir D                         check the ledger's chain and signatures\n"
-            "  ledger show --dir D                           print the ledger\n\n"
+            "  ledger show --dir D                           print the ledger\n"
+            "  serve --dir D --listen HOST:PORT              serve agents (TLS WebSockets) and GET /metrics, /status\n\n"
             "Run 'nawal-coordinator <command> --help' for its options. 1 DALLA = 10^12 planck.\n");
 }
 
@@ -459,6 +566,7 @@ int main(int argc, char **argv) {
     if (is_help(cmd)) { usage(stdout); return 0; }
     if (!strcmp(cmd, "init")) return cmd_init(argc - 1, argv + 1);
     if (!strcmp(cmd, "keygen")) return cmd_keygen(argc - 1, argv + 1);
+    if (!strcmp(cmd, "serve")) return cmd_serve(argc - 1, argv + 1);
     if (!strcmp(cmd, "validator")) {
         static const char *const subs[] = {"add", "list", "remove"};
         static int (*const fns[])(int, char **) = {cmd_validator_add, cmd_validator_list, cmd_validator_remove};

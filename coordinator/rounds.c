@@ -288,9 +288,10 @@ int nawal_round_join(nawal_store *s, const uint8_t pubkey[32], int64_t round_id,
     return rc;
 }
 
-int nawal_round_submit(nawal_store *s, const uint8_t pubkey[32], int64_t round_id, const uint8_t base_cid[32],
-                       const uint8_t delta_cid[32], uint64_t num_examples, uint32_t quality_ppm, int64_t now_ms,
-                       nawal_round_reply *rep) {
+/* nawal_round_submit, or with check_only its refusals alone (no blob needed, nothing written). */
+static int submit(nawal_store *s, const uint8_t pubkey[32], int64_t round_id, const uint8_t base_cid[32],
+                  const uint8_t delta_cid[32], uint64_t num_examples, uint32_t quality_ppm, int64_t now_ms,
+                  int check_only, nawal_round_reply *rep) {
     memset(rep, 0, sizeof *rep);
     char err[256], t[32], fp[NAWAL_FINGERPRINT_SHORT_BYTES], h1[NAWAL_CID_HEX_BYTES], h2[NAWAL_CID_HEX_BYTES];
     nawal_fingerprint_short(fp, pubkey);
@@ -335,7 +336,7 @@ int nawal_round_submit(nawal_store *s, const uint8_t pubkey[32], int64_t round_i
                                         (unsigned long long)num_examples), rep);
     if (quality_ppm > NAWAL_QUALITY_ONE)
         return finish_request(s, refuse(rep, NAWAL__ERROR_CODE__ERR_BAD_MESSAGE, "quality %u ppm is above 1", quality_ppm), rep);
-    if (!nawal_blobstore_has(s, delta_cid)) {
+    if (!check_only && !nawal_blobstore_has(s, delta_cid)) {
         nawal_cid_to_hex(h1, delta_cid);
         return finish_request(s, refuse(rep, NAWAL__ERROR_CODE__ERR_NOT_FOUND, "delta blob %s is not in the blob store", h1), rep);
     }
@@ -344,6 +345,10 @@ int nawal_round_submit(nawal_store *s, const uint8_t pubkey[32], int64_t round_i
     if (g < 0) return finish_request(s, internal(rep, err), rep);
     if (g || v.removed)
         return finish_request(s, refuse(rep, NAWAL__ERROR_CODE__ERR_UNKNOWN_SENDER, "validator %s is no longer registered", fp), rep);
+    if (check_only) {
+        nawal_store_rollback(s);
+        return 0;
+    }
     nawal_submission sub = {0};
     sub.round_id = round_id;
     memcpy(sub.validator, pubkey, 32);
@@ -357,6 +362,18 @@ int nawal_round_submit(nawal_store *s, const uint8_t pubkey[32], int64_t round_i
     if (rc == 0) nawal_log(NAWAL_LOG_INFO, "update_accepted", "round=%lld validator=%s examples=%llu quality_ppm=%u", rid, fp,
                            (unsigned long long)num_examples, quality_ppm);
     return rc;
+}
+
+int nawal_round_submit(nawal_store *s, const uint8_t pubkey[32], int64_t round_id, const uint8_t base_cid[32],
+                       const uint8_t delta_cid[32], uint64_t num_examples, uint32_t quality_ppm, int64_t now_ms,
+                       nawal_round_reply *rep) {
+    return submit(s, pubkey, round_id, base_cid, delta_cid, num_examples, quality_ppm, now_ms, 0, rep);
+}
+
+int nawal_round_submit_check(nawal_store *s, const uint8_t pubkey[32], int64_t round_id, const uint8_t base_cid[32],
+                             uint64_t num_examples, uint32_t quality_ppm, int64_t now_ms, nawal_round_reply *rep) {
+    static const uint8_t no_blob[32];
+    return submit(s, pubkey, round_id, base_cid, no_blob, num_examples, quality_ppm, now_ms, 1, rep);
 }
 
 /* ---- the machine --------------------------------------------------------------- */

@@ -84,6 +84,13 @@ int nawal_round_submit(nawal_store *s, const uint8_t pubkey[32], int64_t round_i
                        const uint8_t delta_cid[32], uint64_t num_examples, uint32_t quality_ppm, int64_t now_ms,
                        nawal_round_reply *reply);
 
+/* The refusals nawal_round_submit would make, except that the delta blob
+ * need not be in the store yet: 0 when the update would be taken once its
+ * blob is there (the server then receives the blob before submitting),
+ * else NAWAL_STORE_REFUSED / -1 with reply filled. Writes nothing. */
+int nawal_round_submit_check(nawal_store *s, const uint8_t pubkey[32], int64_t round_id, const uint8_t base_cid[32],
+                             uint64_t num_examples, uint32_t quality_ppm, int64_t now_ms, nawal_round_reply *rep);
+
 typedef struct {
     int64_t round_id;           /* the current (latest) round after the tick; 0 if none */
     nawal_round_state state;

@@ -105,12 +105,6 @@ sqlite3 *nawal_store_db(nawal_store *s) { return s->db; }
 const uint8_t *nawal_store_pubkey(const nawal_store *s) { return s->id.pk; }
 const nawal_identity *nawal_store_identity(const nawal_store *s) { return s->have_secret ? &s->id : NULL; }
 
-int64_t nawal_now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 char *nawal_format_ms(char out[32], int64_t ms) {
     time_t sec = (time_t)(ms >= 0 ? ms / 1000 : (ms - 999) / 1000);
     int frac = (int)(ms - (int64_t)sec * 1000);

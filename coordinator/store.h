@@ -11,6 +11,8 @@
  *                   characters a sub-directory
  *   D/identity.key  the coordinator's Ed25519 key pair, in proto/identity.h's
  *   D/identity.pub  format (secret file 0600)
+ *   D/uploads/      deltas `serve` is receiving (serve.h); a verified one
+ *                   moves into the blob store (nawal_blobstore_adopt)
  *
  * Durability contract: every function here that changes state runs in one
  * transaction (BEGIN IMMEDIATE … COMMIT) and returns only after the commit
@@ -37,6 +39,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "envelope.h" /* nawal_now_ms */
 #include "identity.h"
 
 #define NAWAL_STORE_DB_FILE "state.db"
@@ -80,8 +83,8 @@ void nawal_store_rollback(nawal_store *s);
 /* 1 if a transaction is open on s. */
 int nawal_store_in_tx(nawal_store *s);
 
-/* Wall clock in milliseconds since the Unix epoch. */
-int64_t nawal_now_ms(void);
+/* Wall clock: nawal_now_ms() (Unix milliseconds) is proto/envelope.h's,
+ * the one clock of the wire and the database. */
 /* "2024-05-01T12:00:00.123Z" (UTC); out needs 32 bytes. */
 char *nawal_format_ms(char out[32], int64_t ms);
 
@@ -175,6 +178,8 @@ int nawal_store_submissions(nawal_store *s, int64_t round_id, nawal_submission *
  * malloc'ed, NAWAL_STORE_REFUSED if unset. set: inside the caller's
  * transaction if one is open, else in its own. */
 #define NAWAL_SETTING_BASE_MODEL "base_model_cid" /* the initial global model (hex CID) */
+#define NAWAL_SETTING_TLS_CERT "tls_cert"             /* serve: TLS certificate chain (PEM path) */
+#define NAWAL_SETTING_TLS_KEY "tls_key"               /* serve: TLS private key (PEM path) */
 int nawal_store_setting_get(nawal_store *s, const char *key, char **value_out, char *err, size_t errlen);
 int nawal_store_setting_set(nawal_store *s, const char *key, const char *value, char *err, size_t errlen);
 
@@ -206,6 +211,10 @@ int nawal_blobstore_writer_write(nawal_blob_writer *w, const void *buf, size_t l
 int nawal_blobstore_writer_commit(nawal_blob_writer *w, uint8_t cid_out[32], uint64_t *size_out, char *err,
                                   size_t errlen);
 void nawal_blobstore_writer_abort(nawal_blob_writer *w);
+/* Moves the file at path, whose content the caller has verified to hash
+ * to cid (e.g. a blob received with blobstream.h), into the store by
+ * rename (same file system), then fsyncs the directories as a put does. */
+int nawal_blobstore_adopt(nawal_store *s, const char *path, const uint8_t cid[32], char *err, size_t errlen);
 /* Removes temp files left by dead writers; *removed (may be NULL) counts
  * them. Called by nawal_store_open. */
 int nawal_blobstore_cleanup(nawal_store *s, size_t *removed, char *err, size_t errlen);

@@ -21,7 +21,11 @@
  * socket is not choked. Writing a fragment's header into the LWS_PRE bytes
  * before it overwrites payload that has already gone out, which is allowed.
  * Client frames are built and masked here (client_write_frame), server
- * frames by lws_write. */
+ * frames by lws_write.
+ *
+ * Plain HTTP requests on a server's port (LWS_CALLBACK_HTTP) go to the
+ * handler installed with nawal_ws_server_set_http, answered whole in that
+ * callback (http_reply); without one they drop the connection. */
 #include "transport.h"
 
 #include "error.h"
@@ -56,6 +60,8 @@ typedef struct ws_ep {
     int nconn;                   /* open connections */
     int destroying;
     int port;
+    nawal_ws_http_fn http_fn;    /* server: plain HTTP requests (NULL: refused) */
+    void *http_user;
     uint32_t retry_ms[1];
     lws_retry_bo_t retry;        /* keepalive policy (only its idle part is used) */
     lws_sorted_usec_list_t tick; /* bounds the wait of one service() call */
@@ -258,6 +264,40 @@ static nawal_ws_conn *conn_new(ws_ep *ep) {
     return c;
 }
 
+/* ---- plain HTTP (server) ------------------------------------------------ */
+
+/* One whole reply from inside LWS_CALLBACK_HTTP: headers, then the body.
+ * What the socket does not take at once, lws keeps and sends first when it
+ * is writable, and it defers the end of the transaction until then. */
+static int http_reply(ws_ep *ep, struct lws *wsi, const char *path) {
+    const char *method = lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI)    ? "GET"
+                         : lws_hdr_total_length(wsi, WSI_TOKEN_HEAD_URI) ? "HEAD"
+                         : lws_hdr_total_length(wsi, WSI_TOKEN_POST_URI) ? "POST"
+                                                                         : "OTHER";
+    nawal_ws_http_reply r = { 0 };
+    if (ep->http_fn(method, path ? path : "/", &r, ep->http_user)) {
+        free(r.body);
+        return -1;
+    }
+    int head = !strcmp(method, "HEAD");
+    unsigned char hdr[LWS_PRE + 512], *start = hdr + LWS_PRE, *p = start, *end = hdr + sizeof hdr;
+    unsigned char *buf = malloc(LWS_PRE + (r.body_len ? r.body_len : 1));
+    int rc = buf ? 0 : -1;
+    if (rc == 0 && (lws_add_http_common_headers(wsi, (unsigned int)r.status,
+                                                r.content_type ? r.content_type : "text/plain",
+                                                (lws_filepos_t)r.body_len, &p, end) ||
+                    lws_finalize_write_http_header(wsi, start, &p, end)))
+        rc = -1;
+    if (rc == 0 && r.body_len && !head) {
+        memcpy(buf + LWS_PRE, r.body, r.body_len);
+        if (lws_write(wsi, buf + LWS_PRE, r.body_len, LWS_WRITE_HTTP_FINAL) < 0) rc = -1;
+    }
+    free(buf);
+    free(r.body);
+    if (rc) return -1;
+    return lws_http_transaction_completed(wsi) ? -1 : 0;
+}
+
 /* ---- the one lws callback ----------------------------------------------- */
 
 static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len) {
@@ -321,8 +361,9 @@ static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
             conn_destroy(c);
         }
         return 0;
-    case LWS_CALLBACK_HTTP: /* plain HTTP is not served here */
-        return -1;
+    case LWS_CALLBACK_HTTP: /* plain HTTP: only through the server's handler */
+        if (!ep || !ep->is_server || ep->destroying || !ep->http_fn) return -1;
+        return http_reply(ep, wsi, in);
     default:
         break;
     }
@@ -458,6 +499,11 @@ int nawal_ws_server_port(const nawal_ws_server *s) { return s->ep.port; }
 int nawal_ws_server_service(nawal_ws_server *s, int timeout_ms) { return ep_service(&s->ep, timeout_ms); }
 int nawal_ws_server_connections(const nawal_ws_server *s) { return s->ep.nconn; }
 void nawal_ws_server_wake(nawal_ws_server *s) { lws_cancel_service(s->ep.ctx); }
+
+void nawal_ws_server_set_http(nawal_ws_server *s, nawal_ws_http_fn fn, void *user) {
+    s->ep.http_fn = fn;
+    s->ep.http_user = user;
+}
 
 void nawal_ws_server_free(nawal_ws_server *s) {
     if (!s) return;

@@ -76,6 +76,21 @@ typedef struct nawal_ws_handlers {
     void *user;
 } nawal_ws_handlers;
 
+/* Plain HTTP on the server's port, next to the WebSocket upgrades (e.g. an
+ * operator's GET /metrics). The handler gets the method ("GET", "HEAD",
+ * "POST", or "OTHER") and the path (without the query string), fills
+ * *reply and returns 0 to send it, or -1 to drop the connection. body is
+ * malloc'ed by the handler and freed by the transport (NULL when body_len
+ * is 0); a HEAD reply sends the headers only. Without a handler (the
+ * default) every plain HTTP request drops its connection. */
+typedef struct nawal_ws_http_reply {
+    int status;               /* 200, 404, ... */
+    const char *content_type; /* a static string */
+    char *body;
+    size_t body_len;
+} nawal_ws_http_reply;
+typedef int (*nawal_ws_http_fn)(const char *method, const char *path, nawal_ws_http_reply *reply, void *user);
+
 /* Server. nawal_ws_server_new() listens at once; *_service() runs one pass of
  * the event loop, waiting up to timeout_ms (0 = do not wait) for events.
  * Returns NULL / -1 with a message in err on failure. */
@@ -86,6 +101,8 @@ int nawal_ws_server_service(nawal_ws_server *s, int timeout_ms);
 int nawal_ws_server_connections(const nawal_ws_server *s);
 void nawal_ws_server_wake(nawal_ws_server *s);  /* any thread: make a waiting service() return */
 void nawal_ws_server_free(nawal_ws_server *s);  /* closes every connection (on_close fires) */
+/* Installs (fn) or removes (NULL) the plain HTTP handler; call it from the servicing thread. */
+void nawal_ws_server_set_http(nawal_ws_server *s, nawal_ws_http_fn fn, void *user);
 
 /* Client endpoint: one event loop for any number of outgoing connections. */
 nawal_ws_client *nawal_ws_client_new(const nawal_ws_config *cfg, const nawal_ws_handlers *h,

@@ -2,8 +2,9 @@
 # coordinator_cli.sh BUILD_DIR - end-to-end checks of nawal-coordinator's
 # directory, registry and ledger commands: init layout and refusal of a
 # non-empty directory, validator add/list/remove with strict --pubkey and
-# --stake parsing, ledger verify/show on a fresh directory, --help on every
-# command, and exit codes (0 ok, 1 failed operation, 2 usage error).
+# --stake parsing, ledger verify/show on a fresh directory, serve's flag
+# checks, --help on every command, and exit codes (0 ok, 1 failed
+# operation, 2 usage error).
 # (Ledger records, tampering and `ledger verify` naming a broken record are
 # covered by tests/unit/test_coord_ledger.c, which drives this binary too.)
 set -uo pipefail
@@ -60,7 +61,22 @@ check "ledger verify needs no secret key" "[ \$(code $C ledger verify --dir $D) 
 check "registry changes do" "[ \$(code $C validator remove --dir $D --pubkey $PK2) -eq 1 ]"
 mv "$T/key.saved" "$D/identity.key"
 
-for cmd in "" "init" "validator" "validator add" "validator list" "validator remove" "round" "round start" "round status" "round tick" "ledger" "ledger verify" "ledger show"; do
+# serve: bad flags are usage errors (2); no TLS material is a failure (1). The
+# protocol itself is covered by tests/unit/test_coord_serve.c.
+check "serve without --listen exits 2" "[ \$(code $C serve --dir $D) -eq 2 ]"
+for bad in nonsense 127.0.0.1 127.0.0.1:65536 127.0.0.1:-1 127.0.0.1:x ::1:80 '[::1]80'; do
+  check "serve --listen '$bad' exits 2" "[ \$(code $C serve --dir $D --listen '$bad' --insecure-plaintext) -eq 2 ]"
+done
+check "serve --insecure-plaintext off loopback exits 2" "[ \$(code $C serve --dir $D --listen 0.0.0.0:0 --insecure-plaintext) -eq 2 ] && grep -q loopback $T/err"
+check "serve --log-level loud exits 2" "[ \$(code $C serve --dir $D --listen 127.0.0.1:0 --insecure-plaintext --log-level loud) -eq 2 ]"
+check "serve --cert without --key exits 2" "[ \$(code $C serve --dir $D --listen 127.0.0.1:0 --cert /etc/hostname) -eq 2 ]"
+check "serve without TLS material exits 1" "[ \$(code $C serve --dir $D --listen 127.0.0.1:0) -eq 1 ] && grep -q 'no TLS certificate' $T/err"
+check "serve with an unreadable certificate exits 1" "[ \$(code $C serve --dir $D --listen 127.0.0.1:0 --cert $T/none.pem --key $T/none.pem) -eq 1 ]"
+check "serve on a missing dir exits 1" "[ \$(code $C serve --dir $T/nope --listen 127.0.0.1:0 --insecure-plaintext) -eq 1 ]"
+check "init --tls-cert without --tls-key exits 2" "[ \$(code $C init --dir $T/tls1 --tls-cert /etc/hostname) -eq 2 ] && [ ! -e $T/tls1 ]"
+check "init --tls-cert of a missing file exits 2" "[ \$(code $C init --dir $T/tls2 --tls-cert $T/none.pem --tls-key $T/none.pem) -eq 2 ] && [ ! -e $T/tls2 ]"
+
+for cmd in "" "init" "validator" "validator add" "validator list" "validator remove" "round" "round start" "round status" "round tick" "ledger" "ledger verify" "ledger show" "serve"; do
   check "'$cmd --help' exits 0 with usage" "[ \$(code $C $cmd --help) -eq 0 ] && grep -q usage $T/out"
 done
 check "no command exits 2" "[ \$(code $C) -eq 2 ]"

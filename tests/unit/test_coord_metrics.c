@@ -1,8 +1,8 @@
 /* test_coord_metrics.c - the coordinator's /metrics text and its structured
  * log lines. The exposition output is read back by an independent strict
- * parser of the Prometheus text format 0.0.4 written here (HELP/TYPE lines,
- * metric and label name grammar, label value escapes, float values, one TYPE
- * per metric before its samples, samples of a metric contiguous), on fresh
+ * parser of the Prometheus text format 0.0.4 (prom_test_util.h: HELP/TYPE
+ * lines, metric and label name grammar, label value escapes, float values,
+ * one TYPE per metric before its samples, samples of a metric contiguous), on fresh
  * random names, label values (quotes, backslashes, newlines, UTF-8) and
  * values; every value set must come back exactly. */
 #include <criterion/criterion.h>
@@ -13,87 +13,10 @@
 #include <string.h>
 #include "log.h"
 #include "metrics.h"
+#include "prom_test_util.h"
 #include "test_util.h"
 
-#define MAXS 512
-typedef struct { char name[64], labels[4][2][128]; int nl; double v; } parsed_sample;
-
-static int name_char(int c, int first) { return isalpha(c) || c == '_' || c == ':' || (!first && isdigit(c)); }
-
-/* Parses one exposition document; returns number of samples or -1 with why. */
-static int parse_exposition(const char *t, parsed_sample *out, char *why) {
-    char typed[64][64];
-    int ntyped = 0, ns = 0;
-    char last_metric[64] = "";
-    while (*t) {
-        const char *eol = strchr(t, '\n');
-        if (!eol) { strcpy(why, "last line lacks a newline"); return -1; }
-        if (t[0] == '#') {
-            char kw[8], nm[64];
-            if (sscanf(t, "# %7s %63s", kw, nm) != 2) { strcpy(why, "bad comment line"); return -1; }
-            if (!strcmp(kw, "TYPE")) {
-                const char *ty = t + 7 + strlen(nm) + 1;
-                if (strncmp(ty, "counter\n", 8) && strncmp(ty, "gauge\n", 6)) { strcpy(why, "bad TYPE"); return -1; }
-                for (int i = 0; i < ntyped; i++) if (!strcmp(typed[i], nm)) { strcpy(why, "TYPE twice"); return -1; }
-                strcpy(typed[ntyped++], nm);
-            } else if (strcmp(kw, "HELP")) { strcpy(why, "unknown comment keyword"); return -1; }
-            else
-                for (const char *p = t; p < eol; p++)
-                    if (*p == '\\') {
-                        if (p[1] != '\\' && p[1] != 'n') { strcpy(why, "bad HELP escape"); return -1; }
-                        p++;
-                    }
-            t = eol + 1;
-            continue;
-        }
-        parsed_sample *s = &out[ns];
-        memset(s, 0, sizeof *s);
-        const char *p = t;
-        int k = 0;
-        if (!name_char((unsigned char)*p, 1)) { strcpy(why, "bad metric name start"); return -1; }
-        while (name_char((unsigned char)*p, 0)) s->name[k++] = *p++;
-        if (*p == '{') {
-            p++;
-            while (*p != '}') {
-                char *ln = s->labels[s->nl][0], *lv = s->labels[s->nl][1];
-                int a = 0, b = 0;
-                if (!name_char((unsigned char)*p, 1) || *p == ':') { strcpy(why, "bad label name"); return -1; }
-                while (name_char((unsigned char)*p, 0) && *p != ':') ln[a++] = *p++;
-                if (p[0] != '=' || p[1] != '"') { strcpy(why, "label lacks =\""); return -1; }
-                p += 2;
-                while (*p != '"') {
-                    if (*p == '\n' || !*p) { strcpy(why, "raw newline in label value"); return -1; }
-                    if (*p == '\\') {
-                        p++;
-                        if (*p == 'n') lv[b++] = '\n';
-                        else if (*p == '\\' || *p == '"') lv[b++] = *p;
-                        else { strcpy(why, "bad label escape"); return -1; }
-                        p++;
-                    } else lv[b++] = *p++;
-                }
-                p++;
-                s->nl++;
-                if (*p == ',') p++;
-                else if (*p != '}') { strcpy(why, "labels not separated"); return -1; }
-            }
-            p++;
-        }
-        if (*p++ != ' ') { strcpy(why, "no space before value"); return -1; }
-        char *end;
-        s->v = strtod(p, &end);
-        if (end != eol) { strcpy(why, "bad value"); return -1; }
-        int was_typed = 0;
-        for (int i = 0; i < ntyped; i++) was_typed |= !strcmp(typed[i], s->name);
-        if (!was_typed) { strcpy(why, "sample before its TYPE"); return -1; }
-        if (strcmp(last_metric, s->name)) {
-            for (int i = 0; i < ns; i++) if (!strcmp(out[i].name, s->name)) { strcpy(why, "samples of a metric not contiguous"); return -1; }
-            strcpy(last_metric, s->name);
-        }
-        ns++;
-        t = eol + 1;
-    }
-    return ns;
-}
+#define MAXS PROM_MAX_SAMPLES
 
 Test(metrics, exposition_round_trips_through_a_strict_parser) {
     uint64_t seed = test_seed("metrics");
@@ -125,9 +48,9 @@ Test(metrics, exposition_round_trips_through_a_strict_parser) {
         char *text = nawal_metrics_render(m, &len);
         cr_assert(text);
         cr_assert_eq(strlen(text), len);
-        parsed_sample ps[MAXS];
+        prom_sample ps[MAXS];
         char why[128] = "";
-        int n = parse_exposition(text, ps, why);
+        int n = prom_parse(text, ps, MAXS, why);
         cr_assert(n >= 0, "seed-round %d: exposition rejected: %s\n%s", round, why, text);
         int k = 0;
         for (int i = 0; i < nmet; i++) {
