@@ -23,7 +23,7 @@ test: build
 	cd $(BUILD) && ctest --output-on-failure
 
 # `make test` plus the long checks: the suite under ASan + UBSan and every
-# fuzz target (FUZZ_SECONDS each, 15 s x 6 targets = 90 s by default).
+# fuzz target (FUZZ_SECONDS each, 15 s x 7 targets = 105 s by default).
 test-extended: test asan fuzz
 
 # Train a small GPT on a corpus and sample from it (a later issue turns this
@@ -45,7 +45,7 @@ asan: setup
 
 # libFuzzer targets (tests/fuzz/) built with clang, ASan and UBSan, each run
 # for FUZZ_SECONDS on a copy of its seed corpus; fails on any finding.
-# FUZZ_TARGETS="safetensors tokenizer corpus config envelope messages" picks some
+# FUZZ_TARGETS="safetensors tokenizer corpus config envelope messages delta" picks some
 # (default: all).
 fuzz:
 	@scripts/setup.sh --fuzz

@@ -45,21 +45,6 @@
 #define MEMCPY_BYTES ((size_t)512 << 20)
 #define MAX_REPEATS 16
 
-/* "124M" -> 124000000; K, M, G are powers of ten. */
-static int parse_count(const char *s, uint64_t *out) {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || v <= 0) return -1;
-    double mul = 1;
-    if (*end == 'K' || *end == 'k') mul = 1e3, end++;
-    else if (*end == 'M' || *end == 'm') mul = 1e6, end++;
-    else if (*end == 'G' || *end == 'g') mul = 1e9, end++;
-    if (*end || v * mul < 1 || v * mul > 4e9) return -1;
-    *out = (uint64_t)(v * mul + 0.5);
-    return 0;
-}
-
 static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
     (void)sb; (void)flag; (void)ftw;
     return remove(path);
@@ -191,7 +176,7 @@ int bench_aggregate(int argc, char **argv) {
                                "usage: nawal-bench aggregate [--params 124M] [--clients 16] [--device cpu] [--threads N]");
     if (pr) return pr == 1 ? 0 : 2;
     uint64_t n;
-    if (parse_count(params_s, &n)) {
+    if (bench_parse_count(params_s, &n)) {
         fprintf(stderr, "error: --params: '%s' is not a count like 124M (1 .. 4G floats)\n", params_s);
         return 2;
     }

@@ -8,13 +8,16 @@
  *   nawal-bench matmul : just the GEMM part.
  *   nawal-bench stream : blob streaming over loopback WebSockets (bench/stream.c).
  *   nawal-bench aggregate : FedAvg GB/s over delta files vs memcpy (bench/aggregate.c).
+ *   nawal-bench compress : delta codec size and encode/decode GB/s (bench/compress.c).
  * Timings are medians over --repeats runs; compare only with baselines
  * measured in the same run (bench/compare/ for PyTorch). */
 #include "timing.h"
 #include "cli.h"
 #include "gpt.h"
 #include "optim.h"
+#include "dp.h"
 #include "aggregate_bench.h"
+#include "compress_bench.h"
 #include "stream.h"
 #include <math.h>
 #include <stdio.h>
@@ -24,7 +27,7 @@
 
 typedef struct {
     nawal_gpt_config cfg;
-    int batch, steps, warmup_steps, repeats, threads, profile;
+    int batch, steps, warmup_steps, repeats, threads, profile, dp;
     const char *device, *precision, *preset;
     float peak_tflops;
 } bench_opts;
@@ -99,6 +102,25 @@ static double bench_matmul(const nawal_ops *o, const bench_opts *b, int verbose)
     return g;
 }
 
+/* one training step on the fixed batch: plain (clip 1.0) or DP-SGD (clip
+ * each example to 1.0, noise multiplier 1.0); 0 or -1 with err */
+static int train_step(nawal_gpt *m, const int32_t *in, const int32_t *tg, const bench_opts *b, int dp, int i,
+                      char *err, size_t errlen) {
+    nawal_adamw_config ac = { 0.9f, 0.99f, 1e-8f, 0.1f };
+    nawal_gpt_zero_grad(m);
+    if (dp) {
+        float loss;
+        if (nawal_gpt_dp_accumulate(m, in, tg, b->batch, b->cfg.n_ctx, 1.0f, NULL, &loss, err, errlen)) return -1;
+        nawal_gpt_dp_finish(m, 1.0f, (double)b->batch, 1, (uint64_t)i);
+    } else {
+        float l = nawal_gpt_forward(m, in, tg, b->batch, b->cfg.n_ctx, 1, NULL, err, errlen);
+        if (isnan(l)) return -1;
+        nawal_gpt_backward(m);
+        nawal_gpt_clip_grad_norm(m, 1.0f);
+    }
+    return nawal_gpt_adamw_step(m, &ac, 1e-4f) ? (snprintf(err, errlen, "out of memory"), -1) : 0;
+}
+
 static int bench_train(const nawal_ops *o, const bench_opts *b) {
     char err[512];
     nawal_gpt *m;
@@ -112,43 +134,39 @@ static int bench_train(const nawal_ops *o, const bench_opts *b) {
         in[i] = (int32_t)((s >> 33) % (uint64_t)b->cfg.vocab);
         tg[i] = (int32_t)((s >> 13) % (uint64_t)b->cfg.vocab);
     }
-    nawal_adamw_config ac = { 0.9f, 0.99f, 1e-8f, 0.1f };
-    double per_rep[64];
+    double per_rep[64], per_rep_dp[64];
     int reps = b->repeats < 64 ? b->repeats : 64;
     printf("model: %d layers, %d heads, width %d, context %d, vocab %d: %zu parameters; batch %d\n",
            b->cfg.n_layer, b->cfg.n_head, b->cfg.n_embd, b->cfg.n_ctx, b->cfg.vocab, m->n_params, b->batch);
     printf("device: %s\n", o->device_desc);
+    /* with --dp, plain and DP repeats alternate so drifts of a shared host hit both alike */
     for (int r = -1; r < reps; r++) {
-        int steps = r < 0 ? b->warmup_steps : b->steps;
-        o->sync(o);
-        double t0 = bench_now_s();
-        for (int i = 0; i < steps; i++) {
-            nawal_gpt_zero_grad(m);
-            float l = nawal_gpt_forward(m, in, tg, b->batch, b->cfg.n_ctx, 1, NULL, err, sizeof err);
-            if (isnan(l)) { fprintf(stderr, "error: %s\n", err); return 1; }
-            nawal_gpt_backward(m);
-            nawal_gpt_clip_grad_norm(m, 1.0f);
-            nawal_gpt_adamw_step(m, &ac, 1e-4f);
-        }
-        o->sync(o);
-        if (r >= 0) {
-            per_rep[r] = (double)steps * N / (bench_now_s() - t0);
-            printf("repeat %d: %.0f tokens/s\n", r + 1, per_rep[r]);
+        for (int dp = 0; dp <= b->dp; dp++) {
+            int steps = r < 0 ? b->warmup_steps : b->steps;
+            o->sync(o);
+            double t0 = bench_now_s();
+            for (int i = 0; i < steps; i++)
+                if (train_step(m, in, tg, b, dp, i, err, sizeof err)) { fprintf(stderr, "error: %s\n", err); return 1; }
+            o->sync(o);
+            if (r < 0) continue;
+            double tps = (double)steps * N / (bench_now_s() - t0);
+            (dp ? per_rep_dp : per_rep)[r] = tps;
+            printf("repeat %d%s: %.0f tokens/s\n", r + 1, dp ? " (dp)" : "", tps);
         }
     }
     if (b->profile) { /* same model, same buffers, ops timed one by one */
         m->ops = nawal_ops_profiled(o);
-        for (int i = 0; i < b->steps; i++) {
-            nawal_gpt_zero_grad(m);
-            nawal_gpt_forward(m, in, tg, b->batch, b->cfg.n_ctx, 1, NULL, err, sizeof err);
-            nawal_gpt_backward(m);
-            nawal_gpt_clip_grad_norm(m, 1.0f);
-            nawal_gpt_adamw_step(m, &ac, 1e-4f);
-        }
+        for (int i = 0; i < b->steps; i++)
+            if (train_step(m, in, tg, b, b->dp, i, err, sizeof err)) { fprintf(stderr, "error: %s\n", err); return 1; }
         nawal_ops_profile_print(stdout, b->steps);
         m->ops = o;
     }
     double tps = bench_median(per_rep, reps);
+    if (b->dp) {
+        double dtps = bench_median(per_rep_dp, reps);
+        printf("dp_train_tokens_per_s %.0f  (DP-SGD: per-example clip 1.0, noise multiplier 1.0, same batch)\n", dtps);
+        printf("dp_step_time_ratio %.3f  (DP step time / plain step time, medians)\n", tps / dtps);
+    }
     double flops = nawal_gpt_train_flops_per_token(&b->cfg, b->cfg.n_ctx) * tps;
     double mm = bench_matmul(o, b, 0);
     printf("train_tokens_per_s %.0f  (median of %d repeats of %d steps)\n", tps, reps, b->steps);
@@ -169,11 +187,12 @@ static int bench_train(const nawal_ops *o, const bench_opts *b) {
 }
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: nawal-bench <train|matmul|stream|aggregate> [options]\n"
+    fprintf(f, "usage: nawal-bench <train|matmul|stream|aggregate|compress> [options]\n"
                "  train   training-step throughput of a GPT config (default: tiny Shakespeare, 4x4x128, ctx 64, batch 12)\n"
                "  matmul  GFLOP/s of the backend's matmul on that config's GEMM shapes\n"
                "  stream  blob streaming MB/s and per-end peak RSS over loopback (--size 1GiB --tls|--plain)\n"
                "  aggregate  FedAvg GB/s over dense delta files vs memcpy (--params 124M --clients 16 --device cpu)\n"
+               "  compress  delta codec: compressed size, encode/decode GB/s (--params 124M --ratio 0.01 --quant fp16|int8)\n"
                "Run 'nawal-bench <command> --help' for options.\n");
 }
 
@@ -183,6 +202,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h")) { usage(stdout); return 0; }
     if (!strcmp(cmd, "stream")) return bench_stream(argc - 1, argv + 1);
     if (!strcmp(cmd, "aggregate")) return bench_aggregate(argc - 1, argv + 1);
+    if (!strcmp(cmd, "compress")) return bench_compress(argc - 1, argv + 1);
     if (strcmp(cmd, "train") && strcmp(cmd, "matmul")) { fprintf(stderr, "error: unknown command '%s'\n", cmd); usage(stderr); return 2; }
     bench_opts b = { .cfg = { 4, 4, 128, 64, 257 }, .batch = 12, .steps = 20, .warmup_steps = 5, .repeats = 5,
                      .threads = 0, .device = "auto", .precision = "fp32", .preset = NULL };
@@ -200,6 +220,7 @@ int main(int argc, char **argv) {
         { "device", NAWAL_FLAG_STR, &b.device, "auto|cpu|cuda", 0, -1, 0, 0 },
         { "precision", NAWAL_FLAG_STR, &b.precision, "matmul precision fp32|tf32|bf16", 0, -1, 0, 0 },
         { "preset", NAWAL_FLAG_STR, &b.preset, "tiny (default) | gpt2-small (12x12x768, ctx 1024, vocab 50257, batch 8); later flags override", 0, -1, 0, 0 },
+        { "dp", NAWAL_FLAG_BOOL, &b.dp, "also time DP-SGD steps (per-example clipping + noise) and print the ratio", 0, -1, 0, 0 },
         { "profile", NAWAL_FLAG_BOOL, &b.profile, "also print a per-op time breakdown of a step", 0, -1, 0, 0 },
         { "peak-tflops", NAWAL_FLAG_FLOAT, &b.peak_tflops, "device peak for the MFU line (default: datasheet table)", 0, 1e9, 0, 0 },
     };

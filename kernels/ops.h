@@ -55,15 +55,15 @@ struct nawal_ops {
     /* out[N][OC] = inp[N][C] @ w (+ bias[OC] if bias) */
     void (*matmul_fwd)(const nawal_ops *o, float *out, const float *inp, const float *w,
                        const float *bias, int N, int C, int OC, nawal_wlayout layout);
-    /* dinp[N][C] = dout @ w^T (skipped if dinp NULL); dw += inp^T dout in w's layout;
-     * dbias[OC] += column sums of dout (skipped if dbias NULL) */
+    /* dinp[N][C] = dout @ w^T (skipped if dinp NULL); dw += inp^T dout in w's layout
+     * (skipped if dw NULL); dbias[OC] += column sums of dout (skipped if dbias NULL) */
     void (*matmul_bwd)(const nawal_ops *o, float *dinp, float *dw, float *dbias,
                        const float *dout, const float *inp, const float *w,
                        int N, int C, int OC, nawal_wlayout layout);
     /* out[N][C] = (inp - mean) * rstd * w + b; saves mean[N], rstd[N]; eps 1e-5 */
     void (*layernorm_fwd)(const nawal_ops *o, float *out, float *mean, float *rstd,
                           const float *inp, const float *w, const float *b, int N, int C);
-    /* dinp += ..., dw += ..., db += ... */
+    /* dinp += ... (skipped if dinp NULL), dw += ..., db += ... (skipped if both NULL) */
     void (*layernorm_bwd)(const nawal_ops *o, float *dinp, float *dw, float *db,
                           const float *dout, const float *inp, const float *w,
                           const float *mean, const float *rstd, int N, int C);
@@ -93,11 +93,52 @@ struct nawal_ops {
     void (*softmax_xent)(const nawal_ops *o, float *logits, float *losses, const int32_t *targets,
                          int N, int V, float grad_scale);
 
+    /* ---- differential privacy: per-example quantities for DP-SGD ----
+     * A batch is B examples of T rows each (rows b*T .. b*T+T-1 are example
+     * b). norms[B] is a device buffer of squared L2 norms that these ops add
+     * to (+=), one contribution per parameter tensor. */
+    /* norms[b] += ||A_b^T D_b||_F^2, A[B*T][d] the layer's inputs, D[B*T][p] its
+     * output gradients: the squared norm of example b's weight gradient of a
+     * linear layer, without materialising it where the ghost form
+     * sum_{s,t} (A_b A_b^T)_{st} (D_b D_b^T)_{st} is cheaper (2 T^2 < d p) */
+    void (*pe_norm_linear)(const nawal_ops *o, float *norms, const float *A, const float *D, int B, int T, int d, int p);
+    /* norms[b] += ||sum_t D_b[t]||^2 (a bias's per-example gradient), D[B*T][p] */
+    void (*pe_norm_bias)(const nawal_ops *o, float *norms, const float *D, int B, int T, int p);
+    /* norms[b] += ||sum_t D_b[t] * xhat_b[t]||^2 + ||sum_t D_b[t]||^2 with
+     * xhat = (inp - mean) * rstd: layernorm weight + bias, D, inp [B*T][C] */
+    void (*pe_norm_layernorm)(const nawal_ops *o, float *norms, const float *D, const float *inp,
+                              const float *mean, const float *rstd, int B, int T, int C);
+    /* norms[b] += sum_t ||D_b[t]||^2: the position embedding's per-example
+     * gradient (each position occurs once in an example), D[B*T][C] */
+    void (*pe_norm_rows)(const nawal_ops *o, float *norms, const float *D, int B, int T, int C);
+    /* norms[b] += ||E_b + H_b||_F^2 for the tied token-embedding / LM-head
+     * matrix [V][C]: E_b scatters dres_b's rows by token tok_b (embedding
+     * lookup gradient), H_b = dlogits_b^T lnf_b (LM-head gradient); the cross
+     * term 2<E_b, H_b> included. dres, lnf [B*T][C]; dlogits [B*T][V] */
+    void (*pe_norm_tied)(const nawal_ops *o, float *norms, const float *dres, const int32_t *tok, const float *lnf,
+                         const float *dlogits, int B, int T, int C, int V);
+    /* x[b][0..n) *= scales[b] for each example b (x is [B][n]; scales a device buffer) */
+    void (*scale_examples)(const nawal_ops *o, float *x, const float *scales, int B, size_t n);
+    /* x[i] += std * z_i for i in [0, n): z_i standard normal, element i of
+     * stream `stream` of Philox4x32-10 keyed by `key` (nawal_philox_gauss2
+     * at counter i/2, z0 for even i, z1 for odd): the same numbers, bit for
+     * bit, on every backend for the same key */
+    void (*add_noise)(const nawal_ops *o, float *x, size_t n, float std, uint64_t key, uint64_t stream);
+
     /* ---- optimizers (t is the 1-based step count) ---- */
     void (*adamw)(const nawal_ops *o, float *p, const float *g, float *m, float *v, size_t n,
                   float lr, float beta1, float beta2, float eps, float wd, int t);
     void (*sgd)(const nawal_ops *o, float *p, const float *g, float *buf, size_t n,
                 float lr, float momentum, float wd);
+
+    /* ---- compression ---- */
+    /* Top-k by magnitude (delta sparsification): writes to idx_out the indices
+     * of the min(k, n) elements of x[0..n) with the largest |x|, in increasing
+     * order, and returns their count. Equal |x| go to the lower index; |x| is
+     * compared as x's bits with the sign cleared (topk.h), so NaNs rank above
+     * infinities. n <= UINT32_MAX. Expected O(n), no full sort; every backend
+     * selects exactly the same elements. idx_out is a device buffer. */
+    size_t (*topk_select)(const nawal_ops *o, uint32_t *idx_out, const float *x, size_t n, size_t k);
 
     /* ---- execution ---- */
     /* Selects the matmul precision; 0, or -1 with a message when the

@@ -13,12 +13,14 @@
 
 enum {
     P_FILL, P_COPY, P_AXPY, P_SCALE, P_SUMSQ, P_MATMUL_FWD, P_MATMUL_BWD, P_LN_FWD, P_LN_BWD, P_ATT_FWD, P_ATT_BWD,
-    P_GELU_FWD, P_GELU_BWD, P_RESIDUAL, P_EMB_FWD, P_EMB_BWD, P_XENT, P_ADAMW, P_SGD, P_UPLOAD, P_DOWNLOAD, P_N
+    P_GELU_FWD, P_GELU_BWD, P_RESIDUAL, P_EMB_FWD, P_EMB_BWD, P_XENT, P_ADAMW, P_SGD, P_UPLOAD, P_DOWNLOAD,
+    P_PE_LINEAR, P_PE_BIAS, P_PE_LN, P_PE_ROWS, P_PE_TIED, P_SCALE_EX, P_NOISE, P_N
 };
 static const char *const names[P_N] = {
     "fill", "copy", "axpy", "scale", "sumsq", "matmul_fwd", "matmul_bwd", "layernorm_fwd", "layernorm_bwd",
     "attention_fwd", "attention_bwd", "gelu_fwd", "gelu_bwd", "residual_fwd", "embedding_fwd", "embedding_bwd",
     "softmax_xent", "adamw", "sgd", "upload", "download",
+    "pe_norm_linear", "pe_norm_bias", "pe_norm_layernorm", "pe_norm_rows", "pe_norm_tied", "scale_examples", "add_noise",
 };
 
 static const nawal_ops *inner;
@@ -122,11 +124,45 @@ static void p_sgd(const nawal_ops *o, float *p, const float *g, float *buf, size
     (void)o;
     T(P_SGD, inner->sgd(inner, p, g, buf, n, lr, mu, wd));
 }
+static void p_pe_linear(const nawal_ops *o, float *nr, const float *A, const float *D, int B, int Tn, int d, int p) {
+    (void)o;
+    T(P_PE_LINEAR, inner->pe_norm_linear(inner, nr, A, D, B, Tn, d, p));
+}
+static void p_pe_bias(const nawal_ops *o, float *nr, const float *D, int B, int Tn, int p) {
+    (void)o;
+    T(P_PE_BIAS, inner->pe_norm_bias(inner, nr, D, B, Tn, p));
+}
+static void p_pe_ln(const nawal_ops *o, float *nr, const float *D, const float *inp, const float *mean, const float *rstd,
+                    int B, int Tn, int C) {
+    (void)o;
+    T(P_PE_LN, inner->pe_norm_layernorm(inner, nr, D, inp, mean, rstd, B, Tn, C));
+}
+static void p_pe_rows(const nawal_ops *o, float *nr, const float *D, int B, int Tn, int C) {
+    (void)o;
+    T(P_PE_ROWS, inner->pe_norm_rows(inner, nr, D, B, Tn, C));
+}
+static void p_pe_tied(const nawal_ops *o, float *nr, const float *dres, const int32_t *tok, const float *lnf_,
+                      const float *dlogits, int B, int Tn, int C, int V) {
+    (void)o;
+    T(P_PE_TIED, inner->pe_norm_tied(inner, nr, dres, tok, lnf_, dlogits, B, Tn, C, V));
+}
+static void p_scale_ex(const nawal_ops *o, float *x, const float *sc, int B, size_t n) {
+    (void)o;
+    T(P_SCALE_EX, inner->scale_examples(inner, x, sc, B, n));
+}
+static void p_noise(const nawal_ops *o, float *x, size_t n, float std, uint64_t key, uint64_t stream) {
+    (void)o;
+    T(P_NOISE, inner->add_noise(inner, x, n, std, key, stream));
+}
 static int p_set_precision(const nawal_ops *o, nawal_precision p, char *err, size_t errlen) {
     (void)o;
     return inner->set_precision(inner, p, err, errlen);
 }
 static int p_parallel_width(const nawal_ops *o) { (void)o; return inner->parallel_width(inner); }
+static size_t p_topk(const nawal_ops *o, uint32_t *idx, const float *x, size_t n, size_t k) { /* not a step op: untimed */
+    (void)o;
+    return inner->topk_select(inner, idx, x, n, k);
+}
 static void p_run_parallel(const nawal_ops *o, int n, void (*fn)(void *, int), void *ctx) {
     (void)o;
     inner->run_parallel(inner, n, fn, ctx);
@@ -142,8 +178,10 @@ const nawal_ops *nawal_ops_profiled(const nawal_ops *in) {
         .matmul_fwd = p_matmul_fwd, .matmul_bwd = p_matmul_bwd, .layernorm_fwd = p_ln_fwd, .layernorm_bwd = p_ln_bwd,
         .attention_fwd = p_att_fwd, .attention_bwd = p_att_bwd, .gelu_fwd = p_gelu_fwd, .gelu_bwd = p_gelu_bwd,
         .residual_fwd = p_residual, .embedding_fwd = p_emb_fwd, .embedding_bwd = p_emb_bwd, .softmax_xent = p_xent,
-        .adamw = p_adamw, .sgd = p_sgd, .set_precision = p_set_precision, .parallel_width = p_parallel_width,
-        .run_parallel = p_run_parallel,
+        .adamw = p_adamw, .sgd = p_sgd, .set_precision = p_set_precision,
+        .pe_norm_linear = p_pe_linear, .pe_norm_bias = p_pe_bias, .pe_norm_layernorm = p_pe_ln, .pe_norm_rows = p_pe_rows,
+        .pe_norm_tied = p_pe_tied, .scale_examples = p_scale_ex, .add_noise = p_noise, .parallel_width = p_parallel_width,
+        .run_parallel = p_run_parallel, .topk_select = p_topk,
     };
     table.name = in->name;
     memcpy(table.device_desc, in->device_desc, sizeof table.device_desc);

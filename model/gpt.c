@@ -15,7 +15,7 @@
  * this scales better than splitting each small GEMM across threads.
  * The residual-stream gradient dres flows backwards through the layers; the
  * LayerNorm backward accumulates into it, which adds the skip path. */
-#include "gpt.h"
+#include "gpt_internal.h"
 #include "philox.h"
 #include <math.h>
 #include <stdio.h>
@@ -69,15 +69,13 @@ static void build_tensors(nawal_gpt *m) {
 }
 
 /* pointer to tensor i of layer l inside a params-shaped buffer */
-static float *lp(const nawal_gpt *m, float *base, int l, int i) {
+float *gpt_lp(const nawal_gpt *m, float *base, int l, int i) {
     return base + m->tensors[2 + l * NAWAL_P_PER_LAYER + i].offset;
 }
-static float *wte(const nawal_gpt *m, float *base) { return base + m->tensors[0].offset; }
-static float *wpe(const nawal_gpt *m, float *base) { return base + m->tensors[1].offset; }
-static float *lnf(const nawal_gpt *m, float *base, int i) { return base + m->tensors[m->n_tensors - 2 + i].offset; }
+float *gpt_wte(const nawal_gpt *m, float *base) { return base + m->tensors[0].offset; }
+float *gpt_wpe(const nawal_gpt *m, float *base) { return base + m->tensors[1].offset; }
+float *gpt_lnf(const nawal_gpt *m, float *base, int i) { return base + m->tensors[m->n_tensors - 2 + i].offset; }
 
-/* Activation views for a batch of B sequences of length T (prefixes of max-size buffers). */
-typedef struct { float *ln1, *ln1_mean, *ln1_rstd, *qkv, *atty, *att, *res2, *ln2, *ln2_mean, *ln2_rstd, *fch, *fch_gelu, *res3; } layer_acts;
 
 static size_t layer_act_floats(const nawal_gpt_config *c, size_t N, size_t B) {
     size_t C = c->n_embd, T = c->n_ctx;
@@ -86,7 +84,7 @@ static size_t layer_act_floats(const nawal_gpt_config *c, size_t N, size_t B) {
 
 /* Views of layer l's activations for the sequences from b0 on (sequence
  * length T): every buffer is row-major, so a shard's rows are an offset. */
-static layer_acts get_layer_acts(const nawal_gpt *m, int l, int b0, int T) {
+layer_acts gpt_layer_acts(const nawal_gpt *m, int l, int b0, int T) {
     size_t N = (size_t)m->max_batch * m->cfg.n_ctx, C = m->cfg.n_embd, TM = m->cfg.n_ctx;
     size_t r0 = (size_t)b0 * T, NH = m->cfg.n_head;
     float *p = m->acts + (size_t)l * layer_act_floats(&m->cfg, N, m->max_batch);
@@ -107,9 +105,7 @@ static layer_acts get_layer_acts(const nawal_gpt *m, int l, int b0, int T) {
     return a;
 }
 
-typedef struct { float *encoded, *lnf, *lnf_mean, *lnf_rstd, *logits, *losses; } top_acts;
-
-static top_acts get_top_acts(const nawal_gpt *m, int b0, int T) {
+top_acts gpt_top_acts(const nawal_gpt *m, int b0, int T) {
     size_t N = (size_t)m->max_batch * m->cfg.n_ctx, C = m->cfg.n_embd, r0 = (size_t)b0 * T;
     float *p = m->acts + (size_t)m->cfg.n_layer * layer_act_floats(&m->cfg, N, m->max_batch);
     top_acts a;
@@ -122,9 +118,7 @@ static top_acts get_top_acts(const nawal_gpt *m, int b0, int T) {
     return a;
 }
 
-typedef struct { float *dres, *dsmall, *dbig, *datt; } scratch_bufs;
-
-static scratch_bufs get_scratch(const nawal_gpt *m, int b0, int T) {
+scratch_bufs gpt_scratch(const nawal_gpt *m, int b0, int T) {
     size_t N = (size_t)m->max_batch * m->cfg.n_ctx, C = m->cfg.n_embd, r0 = (size_t)b0 * T;
     scratch_bufs s;
     s.dres = m->scratch + r0 * C;
@@ -171,7 +165,8 @@ int nawal_gpt_create(nawal_gpt **out, const nawal_ops *ops, const nawal_gpt_conf
 void nawal_gpt_free(nawal_gpt *m) {
     if (!m) return;
     const nawal_ops *o = m->ops;
-    void *bufs[] = { m->params, m->grads, m->opt_m, m->opt_v, m->acts, m->scratch, m->d_inputs, m->d_targets };
+    void *bufs[] = { m->params, m->grads, m->opt_m, m->opt_v, m->acts, m->scratch, m->d_inputs, m->d_targets,
+                     m->dp_store, m->dp_norms, m->dp_scales };
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) if (bufs[i]) o->free(o, bufs[i]);
     for (int k = 0; k < NAWAL_GPT_MAX_SHARDS - 1; k++) if (m->shard_grads[k]) o->free(o, m->shard_grads[k]);
     free(m->h_losses);
@@ -211,25 +206,13 @@ void nawal_gpt_init_params(nawal_gpt *m, uint64_t seed) {
 }
 
 /* Row offsets of shard [b0, b0+nb) inside the max-size buffers. */
-typedef struct { nawal_gpt *m; int B, T, S; float scale; float *grads[NAWAL_GPT_MAX_SHARDS]; } shard_job;
-
 static void shard_rows(const shard_job *j, int k, int *b0, int *nb) {
     int base = j->B / j->S, extra = j->B % j->S;
     *b0 = k * base + (k < extra ? k : extra);
     *nb = base + (k < extra ? 1 : 0);
 }
 
-/* What a shard works on: its sequences [b0, b0+B), their N = B*T rows. */
-typedef struct {
-    nawal_gpt *m;
-    const nawal_ops *o;
-    int B, T, N, C, NH, V, b0;
-    size_t r0;
-    top_acts ta;
-    scratch_bufs s;
-} shard_view;
-
-static shard_view shard_begin(const shard_job *j, int k) {
+shard_view gpt_shard_begin(const shard_job *j, int k) {
     shard_view v;
     v.m = j->m;
     v.o = j->m->ops;
@@ -240,79 +223,79 @@ static shard_view shard_begin(const shard_job *j, int k) {
     shard_rows(j, k, &v.b0, &v.B);
     v.N = v.B * v.T;
     v.r0 = (size_t)v.b0 * v.T;
-    v.ta = get_top_acts(v.m, v.b0, v.T);
-    v.s = get_scratch(v.m, v.b0, v.T);
+    v.ta = gpt_top_acts(v.m, v.b0, v.T);
+    v.s = gpt_scratch(v.m, v.b0, v.T);
     return v;
 }
 
 static void forward_shard(void *ctx, int k) {
     shard_job *j = ctx;
-    shard_view v = shard_begin(j, k);
+    shard_view v = gpt_shard_begin(j, k);
     nawal_gpt *m = v.m;
     const nawal_ops *o = v.o;
     int B = v.B, T = v.T, N = v.N, C = v.C, NH = v.NH, V = v.V;
     float *P = m->params, *tmp = v.s.dsmall, *res = v.ta.encoded;
-    o->embedding_fwd(o, res, m->d_inputs + v.r0, wte(m, P), wpe(m, P), B, T, C);
+    o->embedding_fwd(o, res, m->d_inputs + v.r0, gpt_wte(m, P), gpt_wpe(m, P), B, T, C);
     for (int l = 0; l < m->cfg.n_layer; l++) {
-        layer_acts a = get_layer_acts(m, l, v.b0, T);
-        o->layernorm_fwd(o, a.ln1, a.ln1_mean, a.ln1_rstd, res, lp(m, P, l, NAWAL_P_LN1_W), lp(m, P, l, NAWAL_P_LN1_B), N, C);
-        o->matmul_fwd(o, a.qkv, a.ln1, lp(m, P, l, NAWAL_P_QKV_W), lp(m, P, l, NAWAL_P_QKV_B), N, C, 3 * C, NAWAL_W_IN_OUT);
+        layer_acts a = gpt_layer_acts(m, l, v.b0, T);
+        o->layernorm_fwd(o, a.ln1, a.ln1_mean, a.ln1_rstd, res, gpt_lp(m, P, l, NAWAL_P_LN1_W), gpt_lp(m, P, l, NAWAL_P_LN1_B), N, C);
+        o->matmul_fwd(o, a.qkv, a.ln1, gpt_lp(m, P, l, NAWAL_P_QKV_W), gpt_lp(m, P, l, NAWAL_P_QKV_B), N, C, 3 * C, NAWAL_W_IN_OUT);
         o->attention_fwd(o, a.atty, a.att, a.qkv, B, T, C, NH);
-        o->matmul_fwd(o, tmp, a.atty, lp(m, P, l, NAWAL_P_ATTPROJ_W), lp(m, P, l, NAWAL_P_ATTPROJ_B), N, C, C, NAWAL_W_IN_OUT);
+        o->matmul_fwd(o, tmp, a.atty, gpt_lp(m, P, l, NAWAL_P_ATTPROJ_W), gpt_lp(m, P, l, NAWAL_P_ATTPROJ_B), N, C, C, NAWAL_W_IN_OUT);
         o->residual_fwd(o, a.res2, res, tmp, (size_t)N * C);
-        o->layernorm_fwd(o, a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, lp(m, P, l, NAWAL_P_LN2_W), lp(m, P, l, NAWAL_P_LN2_B), N, C);
-        o->matmul_fwd(o, a.fch, a.ln2, lp(m, P, l, NAWAL_P_FC_W), lp(m, P, l, NAWAL_P_FC_B), N, C, 4 * C, NAWAL_W_IN_OUT);
+        o->layernorm_fwd(o, a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, gpt_lp(m, P, l, NAWAL_P_LN2_W), gpt_lp(m, P, l, NAWAL_P_LN2_B), N, C);
+        o->matmul_fwd(o, a.fch, a.ln2, gpt_lp(m, P, l, NAWAL_P_FC_W), gpt_lp(m, P, l, NAWAL_P_FC_B), N, C, 4 * C, NAWAL_W_IN_OUT);
         o->gelu_fwd(o, a.fch_gelu, a.fch, (size_t)N * 4 * C);
-        o->matmul_fwd(o, tmp, a.fch_gelu, lp(m, P, l, NAWAL_P_FCPROJ_W), lp(m, P, l, NAWAL_P_FCPROJ_B), N, 4 * C, C, NAWAL_W_IN_OUT);
+        o->matmul_fwd(o, tmp, a.fch_gelu, gpt_lp(m, P, l, NAWAL_P_FCPROJ_W), gpt_lp(m, P, l, NAWAL_P_FCPROJ_B), N, 4 * C, C, NAWAL_W_IN_OUT);
         o->residual_fwd(o, a.res3, a.res2, tmp, (size_t)N * C);
         res = a.res3;
     }
     top_acts ta = v.ta;
-    o->layernorm_fwd(o, ta.lnf, ta.lnf_mean, ta.lnf_rstd, res, lnf(m, P, 0), lnf(m, P, 1), N, C);
-    o->matmul_fwd(o, ta.logits, ta.lnf, wte(m, P), NULL, N, C, V, NAWAL_W_OUT_IN);
+    o->layernorm_fwd(o, ta.lnf, ta.lnf_mean, ta.lnf_rstd, res, gpt_lnf(m, P, 0), gpt_lnf(m, P, 1), N, C);
+    o->matmul_fwd(o, ta.logits, ta.lnf, gpt_wte(m, P), NULL, N, C, V, NAWAL_W_OUT_IN);
     if (j->scale >= 0.0f) o->softmax_xent(o, ta.logits, ta.losses, m->d_targets + v.r0, N, V, j->scale);
 }
 
 static void backward_shard(void *ctx, int k) {
     shard_job *j = ctx;
-    shard_view v = shard_begin(j, k);
+    shard_view v = gpt_shard_begin(j, k);
     nawal_gpt *m = v.m;
     const nawal_ops *o = v.o;
     int B = v.B, T = v.T, N = v.N, C = v.C, NH = v.NH, V = v.V, L = m->cfg.n_layer;
     float *P = m->params, *G = j->grads[k];
     top_acts ta = v.ta;
     scratch_bufs s = v.s;
-    float *res_last = L ? get_layer_acts(m, L - 1, v.b0, T).res3 : ta.encoded;
+    float *res_last = L ? gpt_layer_acts(m, L - 1, v.b0, T).res3 : ta.encoded;
 
     o->fill(o, s.dres, 0.0f, (size_t)N * C);
-    o->matmul_bwd(o, s.dsmall, wte(m, G), NULL, ta.logits, ta.lnf, wte(m, P), N, C, V, NAWAL_W_OUT_IN);
-    o->layernorm_bwd(o, s.dres, lnf(m, G, 0), lnf(m, G, 1), s.dsmall, res_last, lnf(m, P, 0), ta.lnf_mean, ta.lnf_rstd, N, C);
+    o->matmul_bwd(o, s.dsmall, gpt_wte(m, G), NULL, ta.logits, ta.lnf, gpt_wte(m, P), N, C, V, NAWAL_W_OUT_IN);
+    o->layernorm_bwd(o, s.dres, gpt_lnf(m, G, 0), gpt_lnf(m, G, 1), s.dsmall, res_last, gpt_lnf(m, P, 0), ta.lnf_mean, ta.lnf_rstd, N, C);
     for (int l = L - 1; l >= 0; l--) {
-        layer_acts a = get_layer_acts(m, l, v.b0, T);
-        float *res_in = l == 0 ? ta.encoded : get_layer_acts(m, l - 1, v.b0, T).res3;
+        layer_acts a = gpt_layer_acts(m, l, v.b0, T);
+        float *res_in = l == 0 ? ta.encoded : gpt_layer_acts(m, l - 1, v.b0, T).res3;
         /* MLP branch: res3 = res2 + fcproj(gelu(fc(ln2(res2)))) */
-        o->matmul_bwd(o, s.dbig, lp(m, G, l, NAWAL_P_FCPROJ_W), lp(m, G, l, NAWAL_P_FCPROJ_B), s.dres, a.fch_gelu, lp(m, P, l, NAWAL_P_FCPROJ_W), N, 4 * C, C, NAWAL_W_IN_OUT);
+        o->matmul_bwd(o, s.dbig, gpt_lp(m, G, l, NAWAL_P_FCPROJ_W), gpt_lp(m, G, l, NAWAL_P_FCPROJ_B), s.dres, a.fch_gelu, gpt_lp(m, P, l, NAWAL_P_FCPROJ_W), N, 4 * C, C, NAWAL_W_IN_OUT);
         o->gelu_bwd(o, s.dbig, a.fch, s.dbig, (size_t)N * 4 * C);
-        o->matmul_bwd(o, s.dsmall, lp(m, G, l, NAWAL_P_FC_W), lp(m, G, l, NAWAL_P_FC_B), s.dbig, a.ln2, lp(m, P, l, NAWAL_P_FC_W), N, C, 4 * C, NAWAL_W_IN_OUT);
-        o->layernorm_bwd(o, s.dres, lp(m, G, l, NAWAL_P_LN2_W), lp(m, G, l, NAWAL_P_LN2_B), s.dsmall, a.res2, lp(m, P, l, NAWAL_P_LN2_W), a.ln2_mean, a.ln2_rstd, N, C);
+        o->matmul_bwd(o, s.dsmall, gpt_lp(m, G, l, NAWAL_P_FC_W), gpt_lp(m, G, l, NAWAL_P_FC_B), s.dbig, a.ln2, gpt_lp(m, P, l, NAWAL_P_FC_W), N, C, 4 * C, NAWAL_W_IN_OUT);
+        o->layernorm_bwd(o, s.dres, gpt_lp(m, G, l, NAWAL_P_LN2_W), gpt_lp(m, G, l, NAWAL_P_LN2_B), s.dsmall, a.res2, gpt_lp(m, P, l, NAWAL_P_LN2_W), a.ln2_mean, a.ln2_rstd, N, C);
         /* attention branch: res2 = res_in + attproj(attn(qkv(ln1(res_in)))) */
-        o->matmul_bwd(o, s.dsmall, lp(m, G, l, NAWAL_P_ATTPROJ_W), lp(m, G, l, NAWAL_P_ATTPROJ_B), s.dres, a.atty, lp(m, P, l, NAWAL_P_ATTPROJ_W), N, C, C, NAWAL_W_IN_OUT);
+        o->matmul_bwd(o, s.dsmall, gpt_lp(m, G, l, NAWAL_P_ATTPROJ_W), gpt_lp(m, G, l, NAWAL_P_ATTPROJ_B), s.dres, a.atty, gpt_lp(m, P, l, NAWAL_P_ATTPROJ_W), N, C, C, NAWAL_W_IN_OUT);
         o->attention_bwd(o, s.dbig, s.datt, s.dsmall, a.qkv, a.att, B, T, C, NH);
-        o->matmul_bwd(o, s.dsmall, lp(m, G, l, NAWAL_P_QKV_W), lp(m, G, l, NAWAL_P_QKV_B), s.dbig, a.ln1, lp(m, P, l, NAWAL_P_QKV_W), N, C, 3 * C, NAWAL_W_IN_OUT);
-        o->layernorm_bwd(o, s.dres, lp(m, G, l, NAWAL_P_LN1_W), lp(m, G, l, NAWAL_P_LN1_B), s.dsmall, res_in, lp(m, P, l, NAWAL_P_LN1_W), a.ln1_mean, a.ln1_rstd, N, C);
+        o->matmul_bwd(o, s.dsmall, gpt_lp(m, G, l, NAWAL_P_QKV_W), gpt_lp(m, G, l, NAWAL_P_QKV_B), s.dbig, a.ln1, gpt_lp(m, P, l, NAWAL_P_QKV_W), N, C, 3 * C, NAWAL_W_IN_OUT);
+        o->layernorm_bwd(o, s.dres, gpt_lp(m, G, l, NAWAL_P_LN1_W), gpt_lp(m, G, l, NAWAL_P_LN1_B), s.dsmall, res_in, gpt_lp(m, P, l, NAWAL_P_LN1_W), a.ln1_mean, a.ln1_rstd, N, C);
     }
-    o->embedding_bwd(o, wte(m, G), wpe(m, G), s.dres, m->d_inputs + v.r0, B, T, C);
+    o->embedding_bwd(o, gpt_wte(m, G), gpt_wpe(m, G), s.dres, m->d_inputs + v.r0, B, T, C);
 }
 
 /* Shards a batch of B sequences is split into: one per backend thread (at
  * most NAWAL_GPT_MAX_SHARDS, at most B); 1 on backends without host threads. */
-static int shard_count(const nawal_gpt *m, int B) {
+int gpt_shard_count(const nawal_gpt *m, int B) {
     int w = m->ops->parallel_width ? m->ops->parallel_width(m->ops) : 1;
     if (w > NAWAL_GPT_MAX_SHARDS) w = NAWAL_GPT_MAX_SHARDS;
     return w < 1 ? 1 : (w > B ? B : w);
 }
 
-static void run_shards(nawal_gpt *m, shard_job *j, void (*fn)(void *, int)) {
+void gpt_run_shards(nawal_gpt *m, shard_job *j, void (*fn)(void *, int)) {
     if (j->S == 1) fn(j, 0);
     else m->ops->run_parallel(m->ops, j->S, fn, j);
 }
@@ -342,12 +325,12 @@ float nawal_gpt_forward(nawal_gpt *m, const int32_t *inputs, const int32_t *targ
     if (targets) o->upload(o, m->d_targets, targets, (size_t)N * sizeof(int32_t));
     /* scale < 0: no loss; 0: loss only; > 0: loss and dlogits scaled by it */
     float scale = !targets ? -1.0f : ((want_grad && valid) ? 1.0f / (float)valid : 0.0f);
-    shard_job j = { .m = m, .B = B, .T = T, .S = shard_count(m, B), .scale = scale };
-    run_shards(m, &j, forward_shard);
+    shard_job j = { .m = m, .B = B, .T = T, .S = gpt_shard_count(m, B), .scale = scale };
+    gpt_run_shards(m, &j, forward_shard);
     if (n_valid) *n_valid = valid;
     if (!targets) return 0.0f;
 
-    top_acts ta = get_top_acts(m, 0, T);
+    top_acts ta = gpt_top_acts(m, 0, T);
     if (want_grad && !valid) o->fill(o, ta.logits, 0.0f, (size_t)N * V); /* all ignored: zero gradient */
     m->has_grad_logits = want_grad;
     o->download(o, m->h_losses, ta.losses, (size_t)N * sizeof(float));
@@ -358,27 +341,35 @@ float nawal_gpt_forward(nawal_gpt *m, const int32_t *inputs, const int32_t *targ
 
 void nawal_gpt_backward(nawal_gpt *m) {
     if (!m->has_grad_logits) { fprintf(stderr, "nawal: backward without a forward that kept gradients\n"); abort(); }
+    shard_job j = { .m = m, .B = m->cur_B, .T = m->cur_T, .S = gpt_shard_count(m, m->cur_B) };
+    gpt_shard_grads_begin(m, &j);
+    gpt_run_shards(m, &j, backward_shard);
+    gpt_shard_grads_end(m, &j);
+    m->has_grad_logits = 0;
+}
+
+/* shard 0 accumulates into m->grads; the others into zeroed buffers
+ * added in afterwards, in shard order (deterministic for a thread count) */
+void gpt_shard_grads_begin(nawal_gpt *m, shard_job *j) {
     const nawal_ops *o = m->ops;
-    shard_job j = { .m = m, .B = m->cur_B, .T = m->cur_T, .S = shard_count(m, m->cur_B) };
-    /* shard 0 accumulates into m->grads; the others into zeroed buffers
-     * added in afterwards, in shard order (deterministic for a thread count) */
-    j.grads[0] = m->grads;
-    for (int k = 1; k < j.S; k++) {
+    j->grads[0] = m->grads;
+    for (int k = 1; k < j->S; k++) {
         if (!m->shard_grads[k - 1]) {
             m->shard_grads[k - 1] = o->alloc(o, m->n_params * sizeof(float));
             if (!m->shard_grads[k - 1]) { fprintf(stderr, "nawal: out of memory for per-thread gradients\n"); abort(); }
         }
-        j.grads[k] = m->shard_grads[k - 1];
-        o->fill(o, j.grads[k], 0.0f, m->n_params);
+        j->grads[k] = m->shard_grads[k - 1];
+        o->fill(o, j->grads[k], 0.0f, m->n_params);
     }
-    run_shards(m, &j, backward_shard);
-    for (int k = 1; k < j.S; k++) o->axpy(o, m->grads, 1.0f, j.grads[k], m->n_params);
-    m->has_grad_logits = 0;
+}
+
+void gpt_shard_grads_end(nawal_gpt *m, shard_job *j) {
+    for (int k = 1; k < j->S; k++) m->ops->axpy(m->ops, m->grads, 1.0f, j->grads[k], m->n_params);
 }
 
 void nawal_gpt_zero_grad(nawal_gpt *m) { m->ops->fill(m->ops, m->grads, 0.0f, m->n_params); }
 
-const float *nawal_gpt_logits(const nawal_gpt *m) { return get_top_acts(m, 0, 0).logits; }
+const float *nawal_gpt_logits(const nawal_gpt *m) { return gpt_top_acts(m, 0, 0).logits; }
 
 double nawal_gpt_train_flops_per_token(const nawal_gpt_config *c, int T) {
     double C = c->n_embd, L = c->n_layer;

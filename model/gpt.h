@@ -52,6 +52,7 @@ typedef struct nawal_gpt {
     int cur_B, cur_T, has_grad_logits;
     float *shard_grads[NAWAL_GPT_MAX_SHARDS - 1]; /* per-thread gradients, allocated on use */
     size_t n_act_floats, n_scratch_floats;
+    float *dp_store, *dp_norms, *dp_scales; /* DP-SGD book-keeping (dp.c), allocated on first use */
 } nawal_gpt;
 
 /* Checks a config (positive sizes, width divisible by heads, caps). */

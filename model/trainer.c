@@ -21,14 +21,14 @@ void nawal_train_config_default(nawal_train_config *c) {
     c->log_every = 100;
 }
 
-static uint64_t next_u64(uint64_t *s) {
+uint64_t nawal_splitmix64(uint64_t *s) {
     uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     return z ^ (z >> 31);
 }
 
-static double now_s(void) {
+double nawal_monotonic_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
@@ -48,11 +48,11 @@ int nawal_train_run(nawal_gpt *m, const int32_t *train, size_t n_train, const na
     uint64_t rng = tc->seed ^ 0x6E6177616C00ull;
     size_t span = n_train - (size_t)T; /* start in [0, span) */
     memset(res, 0, sizeof *res);
-    double t0 = now_s(), tlog = t0;
+    double t0 = nawal_monotonic_s(), tlog = t0;
     int rc = 0;
     for (int step = 0; step < tc->steps; step++) {
         for (int b = 0; b < B; b++) {
-            size_t s = (size_t)(next_u64(&rng) % span);
+            size_t s = (size_t)(nawal_splitmix64(&rng) % span);
             memcpy(in + (size_t)b * T, train + s, (size_t)T * sizeof(int32_t));
             memcpy(tg + (size_t)b * T, train + s + 1, (size_t)T * sizeof(int32_t));
         }
@@ -71,7 +71,7 @@ int nawal_train_run(nawal_gpt *m, const int32_t *train, size_t n_train, const na
             break;
         }
         if (log && tc->log_every > 0 && ((step + 1) % tc->log_every == 0 || step == 0 || step + 1 == tc->steps)) {
-            double t = now_s();
+            double t = nawal_monotonic_s();
             int nsteps = step == 0 ? 1 : ((step + 1) % tc->log_every == 0 ? tc->log_every : (step + 1) % tc->log_every);
             fprintf(log, "step %5d/%d  loss %.4f  lr %.2e  grad_norm %.3f  %.0f tokens/s\n", step + 1, tc->steps,
                     loss, lr, norm, (double)nsteps * B * T / (t - tlog));
@@ -80,7 +80,7 @@ int nawal_train_run(nawal_gpt *m, const int32_t *train, size_t n_train, const na
         }
     }
     m->ops->sync(m->ops);
-    res->seconds = now_s() - t0;
+    res->seconds = nawal_monotonic_s() - t0;
     res->tokens_per_s = res->seconds > 0 ? (double)tc->steps * B * T / res->seconds : 0.0;
     free(in);
     free(tg);

@@ -40,4 +40,9 @@ int nawal_train_run(nawal_gpt *m, const int32_t *train, size_t n_train, const na
 int nawal_eval_tokens(nawal_gpt *m, const int32_t *toks, size_t n, double *loss, size_t *n_predicted,
                       char *err, size_t errlen);
 
+/* The loops' small helpers: splitmix64 (seeded batch sampling) and a
+ * monotonic clock in seconds. */
+uint64_t nawal_splitmix64(uint64_t *state);
+double nawal_monotonic_s(void);
+
 #endif

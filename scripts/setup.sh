@@ -22,6 +22,7 @@ PACKAGES=(
   libprotobuf-c-dev protobuf-c-compiler  # wire messages (proto/nawal.proto)
   libwebsockets-dev libssl-dev openssl   # TLS WebSockets between agent and coordinator
   libsqlite3-dev                     # coordinator state (WAL-mode SQLite)
+  libzstd-dev                        # delta compression (proto/delta_codec.c)
 )
 if [ "$FUZZ" = 1 ]; then
   PACKAGES+=(clang libomp-dev)       # fuzz targets: clang and its OpenMP runtime

@@ -55,5 +55,24 @@ void cpu_copy(const nawal_ops *o, float *dst, const float *src, size_t n);
 void cpu_axpy(const nawal_ops *o, float *y, float a, const float *x, size_t n);
 void cpu_scale(const nawal_ops *o, float *x, float a, size_t n);
 double cpu_sumsq(const nawal_ops *o, const float *x, size_t n);
+size_t cpu_topk_select(const nawal_ops *o, uint32_t *idx_out, const float *x, size_t n, size_t k); /* topk.c */
+
+/* DP-SGD per-example ops (dp.c) */
+void cpu_pe_norm_linear(const nawal_ops *o, float *norms, const float *A, const float *D, int B, int T, int d, int p);
+void cpu_pe_norm_bias(const nawal_ops *o, float *norms, const float *D, int B, int T, int p);
+void cpu_pe_norm_layernorm(const nawal_ops *o, float *norms, const float *D, const float *inp,
+                           const float *mean, const float *rstd, int B, int T, int C);
+void cpu_pe_norm_rows(const nawal_ops *o, float *norms, const float *D, int B, int T, int C);
+void cpu_pe_norm_tied(const nawal_ops *o, float *norms, const float *dres, const int32_t *tok, const float *lnf,
+                      const float *dlogits, int B, int T, int C, int V);
+void cpu_scale_examples(const nawal_ops *o, float *x, const float *scales, int B, size_t n);
+void cpu_add_noise(const nawal_ops *o, float *x, size_t n, float std, uint64_t key, uint64_t stream);
+/* pe_norm_linear's two ways to the same norm: CPU_PE_AUTO takes the one
+ * cpu_pe_ghost_cheaper picks (ghost when 2 T^2 (d + p) < 2 T d p FLOPs);
+ * the tests force each one on every shape */
+typedef enum { CPU_PE_AUTO = 0, CPU_PE_GHOST = 1, CPU_PE_MATERIALISE = 2 } cpu_pe_path;
+int cpu_pe_ghost_cheaper(int T, int d, int p);
+void cpu_pe_norm_linear_path(float *norms, const float *A, const float *D, int B, int T, int d, int p,
+                             cpu_pe_path path);
 
 #endif

@@ -31,8 +31,8 @@ void cpu_layernorm_bwd(const nawal_ops *o, float *dinp, float *dw, float *db,
                        const float *dout, const float *inp, const float *w,
                        const float *mean, const float *rstd, int N, int C) {
     (void)o;
-    #pragma omp parallel for
-    for (int n = 0; n < N; n++) {
+    #pragma omp parallel for if (dinp)
+    for (int n = 0; n < (dinp ? N : 0); n++) {
         const float *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
         float *dx = dinp + (size_t)n * C;
         float m = mean[n], s = rstd[n];
@@ -49,7 +49,7 @@ void cpu_layernorm_bwd(const nawal_ops *o, float *dinp, float *dw, float *db,
             dx[i] += s * (dy[i] * w[i] - sum_dn - xh * sum_dn_xh);
         }
     }
-    int nblk = (C + 63) / 64;
+    int nblk = dw || db ? (C + 63) / 64 : 0;
     #pragma omp parallel for
     for (int bk = 0; bk < nblk; bk++) {
         int c0 = bk * 64, c1 = c0 + 64 < C ? c0 + 64 : C;

@@ -44,8 +44,8 @@ void cpu_matmul_bwd(const nawal_ops *o, float *dinp, float *dw, float *dbias,
         if (layout == NAWAL_W_IN_OUT) sgemm('N', 'T', N, C, OC, dout, OC, w, OC, 0.0f, dinp, C);
         else sgemm('N', 'N', N, C, OC, dout, OC, w, C, 0.0f, dinp, C);
     }
-    if (layout == NAWAL_W_IN_OUT) sgemm('T', 'N', C, OC, N, inp, C, dout, OC, 1.0f, dw, OC);
-    else sgemm('T', 'N', OC, C, N, dout, OC, inp, C, 1.0f, dw, C);
+    if (dw && layout == NAWAL_W_IN_OUT) sgemm('T', 'N', C, OC, N, inp, C, dout, OC, 1.0f, dw, OC);
+    else if (dw) sgemm('T', 'N', OC, C, N, dout, OC, inp, C, 1.0f, dw, C);
     if (dbias) {
         /* column sums in blocks of 64 columns: deterministic, rows summed in order */
         int nblk = (OC + 63) / 64;

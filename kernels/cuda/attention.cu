@@ -11,6 +11,7 @@
  * computes the full T x T square; a fused causal (flash-style) kernel is the
  * next step. */
 #include "cuda_common.h"
+#include "cuda_reduce.cuh"
 #include "elementwise.h"
 #include <math.h>
 
@@ -60,15 +61,6 @@ static void gemm_pairs(const nawal_ops *o, const char *op, int ta, int tb, int m
                                        &alpha, (const void *const *)A, CUDA_R_32F, lda, (const void *const *)Bm,
                                        CUDA_R_32F, ldb, &beta, (void *const *)Cm, CUDA_R_32F, ldc, count, ct,
                                        CUBLAS_GEMM_DEFAULT));
-}
-
-__device__ static float warp_max(float v) {
-    for (int off = 16; off > 0; off /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
-    return v;
-}
-__device__ static float warp_sum(float v) {
-    for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
-    return v;
 }
 
 /* rows = B*NH*T rows of length T; row r is query position t = r % T.

@@ -173,8 +173,16 @@ extern "C" __attribute__((visibility("default"))) int nawal_ops_cuda_open(const 
     t->embedding_fwd = cuda_embedding_fwd;
     t->embedding_bwd = cuda_embedding_bwd;
     t->softmax_xent = cuda_softmax_xent;
+    t->pe_norm_linear = cuda_pe_norm_linear;
+    t->pe_norm_bias = cuda_pe_norm_bias;
+    t->pe_norm_layernorm = cuda_pe_norm_layernorm;
+    t->pe_norm_rows = cuda_pe_norm_rows;
+    t->pe_norm_tied = cuda_pe_norm_tied;
+    t->scale_examples = cuda_scale_examples;
+    t->add_noise = cuda_add_noise;
     t->adamw = cuda_adamw;
     t->sgd = cuda_sgd;
+    t->topk_select = cuda_topk_select;
     t->set_precision = cu_set_precision;
     t->parallel_width = cu_parallel_width;
     t->run_parallel = cu_run_parallel;

@@ -107,9 +107,19 @@ void cuda_embedding_bwd(const nawal_ops *o, float *dwte, float *dwpe, const floa
                         const int32_t *tok, int B, int T, int C);
 void cuda_softmax_xent(const nawal_ops *o, float *logits, float *losses, const int32_t *targets,
                        int N, int V, float grad_scale);
+void cuda_pe_norm_linear(const nawal_ops *o, float *norms, const float *A, const float *D, int B, int T, int d, int p);
+void cuda_pe_norm_bias(const nawal_ops *o, float *norms, const float *D, int B, int T, int p);
+void cuda_pe_norm_layernorm(const nawal_ops *o, float *norms, const float *D, const float *inp,
+                            const float *mean, const float *rstd, int B, int T, int C);
+void cuda_pe_norm_rows(const nawal_ops *o, float *norms, const float *D, int B, int T, int C);
+void cuda_pe_norm_tied(const nawal_ops *o, float *norms, const float *dres, const int32_t *tok, const float *lnf,
+                       const float *dlogits, int B, int T, int C, int V);
+void cuda_scale_examples(const nawal_ops *o, float *x, const float *scales, int B, size_t n);
+void cuda_add_noise(const nawal_ops *o, float *x, size_t n, float std, uint64_t key, uint64_t stream);
 void cuda_adamw(const nawal_ops *o, float *p, const float *g, float *m, float *v, size_t n,
                 float lr, float beta1, float beta2, float eps, float wd, int t);
 void cuda_sgd(const nawal_ops *o, float *p, const float *g, float *buf, size_t n,
               float lr, float momentum, float wd);
+size_t cuda_topk_select(const nawal_ops *o, uint32_t *idx_out, const float *x, size_t n, size_t k); /* topk.cu */
 
 #endif

@@ -2,13 +2,9 @@
  * One warp per row for the normalisation and the input gradient; the weight
  * and bias gradients are deterministic column sums (vector.cu). */
 #include "cuda_common.h"
+#include "cuda_reduce.cuh"
 
 #define LN_EPS 1e-5f
-
-__device__ static float ln_warp_sum(float v) {
-    for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
-    return v;
-}
 
 /* two passes over the row (mean, then centred variance) as the CPU does */
 __global__ static void layernorm_fwd_kernel(float *out, float *mean, float *rstd, const float *inp,
@@ -19,10 +15,10 @@ __global__ static void layernorm_fwd_kernel(float *out, float *mean, float *rstd
     float *y = out + (size_t)n * C;
     float m = 0.0f;
     for (int i = lane; i < C; i += 32) m += x[i];
-    m = ln_warp_sum(m) / C;
+    m = warp_sum(m) / C;
     float v = 0.0f;
     for (int i = lane; i < C; i += 32) { float d = x[i] - m; v += d * d; }
-    v = ln_warp_sum(v) / C;
+    v = warp_sum(v) / C;
     float s = 1.0f / sqrtf(v + LN_EPS);
     for (int i = lane; i < C; i += 32) y[i] = (x[i] - m) * s * w[i] + b[i];
     if (lane == 0) { mean[n] = m; rstd[n] = s; }
@@ -41,8 +37,8 @@ __global__ static void layernorm_bwd_kernel(float *dinp, const float *dout, cons
         sum_dn += dn;
         sum_dn_xh += dn * xh;
     }
-    sum_dn = ln_warp_sum(sum_dn) / C;
-    sum_dn_xh = ln_warp_sum(sum_dn_xh) / C;
+    sum_dn = warp_sum(sum_dn) / C;
+    sum_dn_xh = warp_sum(sum_dn_xh) / C;
     for (int i = lane; i < C; i += 32) {
         float xh = (x[i] - m) * s;
         dx[i] += s * (dy[i] * w[i] - sum_dn - xh * sum_dn_xh);
@@ -60,7 +56,9 @@ void cuda_layernorm_bwd(const nawal_ops *o, float *dinp, float *dw, float *db,
                         const float *dout, const float *inp, const float *w,
                         const float *mean, const float *rstd, int N, int C) {
     if (N <= 0) return;
-    layernorm_bwd_kernel<<<(N + 7) / 8, 256, 0, CUDA_STATE(o)->stream>>>(dinp, dout, inp, w, mean, rstd, N, C);
-    LAUNCH_CHECK("layernorm_bwd", "layernorm_bwd_kernel");
-    cuda_colsum(o, "layernorm_bwd", db, dw, dout, inp, mean, rstd, N, C);
+    if (dinp) {
+        layernorm_bwd_kernel<<<(N + 7) / 8, 256, 0, CUDA_STATE(o)->stream>>>(dinp, dout, inp, w, mean, rstd, N, C);
+        LAUNCH_CHECK("layernorm_bwd", "layernorm_bwd_kernel");
+    }
+    if (dw || db) cuda_colsum(o, "layernorm_bwd", db, dw, dout, inp, mean, rstd, N, C);
 }

@@ -239,10 +239,10 @@ void cuda_matmul_bwd(const nawal_ops *o, float *dinp, float *dw, float *dbias,
                      int N, int C, int OC, nawal_wlayout layout) {
     if (layout == NAWAL_W_IN_OUT) {
         if (dinp) gemm(o, "matmul_bwd", 1, 0, C, N, OC, w, OC, dout, OC, dinp, C, 0, NULL);
-        gemm(o, "matmul_bwd", 0, 1, OC, C, N, dout, OC, inp, C, dw, OC, 1, NULL);
+        if (dw) gemm(o, "matmul_bwd", 0, 1, OC, C, N, dout, OC, inp, C, dw, OC, 1, NULL);
     } else {
         if (dinp) gemm(o, "matmul_bwd", 0, 0, C, N, OC, w, C, dout, OC, dinp, C, 0, NULL);
-        gemm(o, "matmul_bwd", 0, 1, C, OC, N, inp, C, dout, OC, dw, C, 1, NULL);
+        if (dw) gemm(o, "matmul_bwd", 0, 1, C, OC, N, inp, C, dout, OC, dw, C, 1, NULL);
     }
     if (dbias) cuda_colsum(o, "matmul_bwd", dbias, NULL, dout, NULL, NULL, NULL, N, OC);
 }

@@ -5,6 +5,7 @@
  * Reductions never use atomics: fixed partitions write partials, which one
  * block then adds in a fixed order, so results repeat bit for bit. */
 #include "cuda_map.cuh"
+#include "cuda_reduce.cuh"
 
 void cuda_fill(const nawal_ops *o, float *x, float value, size_t n) {
     cuda_map(o, "fill", n, [=] __device__(size_t i) { x[i] = value; });
@@ -26,20 +27,6 @@ void cuda_scale(const nawal_ops *o, float *x, float a, size_t n) {
 /* ---- sum of squares: SUMSQ_BLOCKS grid-stride partials in double, then one block ---- */
 #define SUMSQ_BLOCKS 1024
 #define SUMSQ_THREADS 256
-
-/* sums a[tid], a[tid+blockDim], ... then a fixed tree across the block */
-__device__ static double block_sum_double(double v) {
-    __shared__ double sh[1024];
-    sh[threadIdx.x] = v;
-    __syncthreads();
-    for (unsigned w = blockDim.x / 2; w > 0; w /= 2) {
-        if (threadIdx.x < w) sh[threadIdx.x] += sh[threadIdx.x + w];
-        __syncthreads();
-    }
-    double r = sh[0];
-    __syncthreads();
-    return r;
-}
 
 __global__ static void sumsq_partial_kernel(double *part, const float *x, size_t n) {
     double s = 0.0;

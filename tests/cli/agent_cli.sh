@@ -4,7 +4,9 @@
 # checkpoint agrees with training's validation loss on the same tokens, BPE
 # tokenizer train + use, sample output, and clear errors (exit 2 for usage,
 # 1 for bad files) on bad flags, corrupt checkpoints and malformed JSONL;
-# keygen; `privacy` (accountant values, noise search round trip, usage errors).
+# keygen; `privacy` (accountant values, noise search round trip, usage errors);
+# `train --dp` (epsilon stays within the target, a second run on the same
+# signed budget stops before its first step, a tampered budget is refused).
 set -uo pipefail
 B=$1; R=$2
 A="$B/nawal-agent"
@@ -96,4 +98,18 @@ for bad in "--noise-multiplier 1 --epsilon 2 $P" "$P" "--noise-multiplier 1 --sa
     "$A" privacy $bad > /dev/null 2> "$T/err"
     check "privacy $bad exits 2" "[ $? -eq 2 ] && grep -q error $T/err"
 done
+# DP-SGD training against a signed budget in the key directory
+"$A" keygen --out "$T/vkey" > /dev/null 2>&1
+DP="--data $T/corpus.txt --layers 1 --heads 2 --width 16 --context 16 --batch 8 --steps 12 --log-every 4 --dp --delta 1e-5 --max-grad-norm 1"
+"$A" train $DP --epsilon 20 --key "$T/vkey" > "$T/dp.log" 2>&1
+check "train --dp exits 0" "[ $? -eq 0 ] && grep -q '^val_loss' $T/dp.log"
+e=$(awk '/^epsilon .* spent/{print $2}' "$T/dp.log")
+check "train --dp spends epsilon $e <= 20, recorded in the budget" "awk -v a=$e 'BEGIN{exit !(a > 0 && a <= 20)}' && [ -s $T/vkey/privacy_budget ]"
+"$A" train $DP --epsilon "$e" --key "$T/vkey" > "$T/dp2.log" 2>&1
+check "a second run on the spent budget stops before step 1" "[ $? -eq 0 ] && grep -q 'stopping before step 1' $T/dp2.log"
+printf 'x' | dd of="$T/vkey/privacy_budget" bs=1 seek=40 conv=notrunc 2>/dev/null
+"$A" train $DP --epsilon 100 --key "$T/vkey" > /dev/null 2> "$T/err"
+check "a tampered budget file is refused" "[ $? -eq 1 ] && grep -q privacy_budget $T/err"
+"$A" train --data "$T/corpus.txt" --dp > /dev/null 2> "$T/err"
+check "train --dp without --epsilon or --noise-multiplier is an error" "[ $? -ne 0 ] && grep -q epsilon $T/err"
 exit $fail

@@ -3,8 +3,11 @@
 rerun only to change them). Standard library only:
     python3 tests/fuzz/make_seeds.py
 The corpus seeds start with the fuzz target's flag byte ('0': stop on a bad
-line, '1': skip_bad_lines); the messages seeds with their MsgType byte."""
+line, '1': skip_bad_lines); the messages seeds with their MsgType byte; the
+delta seeds are delta frames (their zstd frames of raw blocks, written here)
+and encoder material (see fuzz_delta.c)."""
 import json
+import math
 import os
 import struct
 
@@ -162,3 +165,65 @@ put("envelope", "seal_join.bin",
     bytes([5]) + struct.pack("<QhH", 3, -100, 40) + MESSAGES[5][1])
 put("envelope", "seal_round_result.bin",
     bytes([11]) + struct.pack("<QhH", 1 << 40, 2000, 7) + MESSAGES[11][1])
+
+# delta target (fuzz_delta.c): frames of proto/delta_codec.h, their payload in
+# a zstd frame made of raw (stored) blocks, which needs no zstd module; plus
+# inputs laid out for its encoder half: mode byte, block byte, floats.
+def zstd_raw(data):
+    out = bytearray(b"\x28\xb5\x2f\xfd")          # magic
+    out += bytes([0xA0]) + struct.pack("<I", len(data))  # single segment, 4-byte content size
+    blocks = [data[i:i + 65536] for i in range(0, len(data), 65536)] or [b""]
+    for i, b in enumerate(blocks):
+        last = 1 if i == len(blocks) - 1 else 0
+        out += struct.pack("<I", len(b) << 3 | last)[:3] + b  # raw block
+    return bytes(out)
+
+
+def f32bits(x):
+    return struct.unpack("<f", struct.pack("<f", x))[0]
+
+
+def delta_frame(mode, values, n, ratio, block, payload, trailing=b""):
+    k = n if mode == 0 else math.ceil(f32bits(ratio) * n)
+    head = b"NWDC" + bytes([1, mode, values, 0]) + struct.pack("<QQfI", n, k, ratio, block)
+    return head + zstd_raw(payload) + trailing, k
+
+
+def planes(raw_values, width):
+    """per-entry little-endian values of `width` bytes, as byte planes"""
+    return b"".join(bytes((v >> (8 * b)) & 0xFF for v in raw_values) for b in range(width))
+
+
+def gaps(indices):
+    return b"".join(varint(i - (indices[j - 1] if j else 0)) for j, i in enumerate(indices))
+
+
+def f32u(x):
+    return struct.unpack("<I", struct.pack("<f", x))[0]
+
+
+frame, _ = delta_frame(0, 0, 8, 1.0, 0, planes([f32u(x) for x in (1, -2, 0.5, 0, -0.0, 3e-3, 1e-20, 7)], 4))
+put("delta", "dense_f32.bin", frame)
+frame, _ = delta_frame(0, 1, 5, 1.0, 0, planes([0x3C00, 0xC100, 0x0001, 0x7BFF, 0x8000], 2))
+put("delta", "dense_f16.bin", frame)
+frame, _ = delta_frame(0, 2, 300, 1.0, 256,
+                       struct.pack("<2f", 0.01, 0.5) + bytes(((i * 37) % 255 - 127) & 0xFF for i in range(300)))
+put("delta", "dense_i8.bin", frame)
+idx = [3, 130, 400, 401, 999]
+frame, _ = delta_frame(1, 1, 1000, 0.005, 0, planes([0x3C00, 0xC100, 0x0001, 0x7BFF, 0x8000], 2) + gaps(idx))
+put("delta", "topk_f16.bin", frame)
+idx = [0, 1, 2, 77, 128, 129, 500, 640, 998, 999]
+frame, _ = delta_frame(1, 2, 1000, 0.01, 4,
+                       struct.pack("<3f", 0.5, 0.25, 1.0) + bytes([127, 255, 3, 0, 129, 1, 2, 3, 4, 5]) + gaps(idx))
+put("delta", "topk_i8.bin", frame)
+n = 100000
+frame, k = delta_frame(1, 0, n, 1e-4, 0, b"")
+idx = [i * 9000 + 17 for i in range(k)]
+frame, _ = delta_frame(1, 0, n, 1e-4, 0, planes([f32u(0.001 * (i + 1)) for i in range(k)], 4) + gaps(idx))
+put("delta", "topk_f32_wide_gaps.bin", frame)
+put("delta", "trailing_byte.bin", frame + b"\x00")
+# encoder material: byte 0 = encoding (mod 3) and ratio, byte 1 = block - 1, then floats
+put("delta", "material_i8.bin", bytes([5, 15]) + struct.pack("<64f", *[((i * 7919) % 201 - 100) * 1e-3 for i in range(64)]))
+put("delta", "material_f16.bin", bytes([1 + 3 * 49, 0]) + struct.pack("<20f", *[(-1) ** i * 1.5 ** i for i in range(20)]))
+# tiny blocks: 127 / max|x| overflows there (a fuzzer finding: the sign flipped)
+put("delta", "material_i8_tiny.bin", bytes([209, 0]) + struct.pack("<8f", 1.2e-38, -3e-39, 1.7e-38, 1e-45, 0.0, 2e-39, -1e-38, 5e-45))

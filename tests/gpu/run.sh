@@ -48,7 +48,7 @@ GPU=$(head -1 "$LOGDIR/gpu.txt" | cut -d, -f1)
 COMMIT=${NAWAL_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 
 # ---- parity tests ----
-for t in test_gpu_ops test_gpu_model; do
+for t in test_gpu_ops test_gpu_model test_gpu_topk; do
   if "$BIN/$t" --jobs 1 --verbose >"$LOGDIR/$t.log" 2>&1; then r=pass; else r=FAIL; fi
   grep -E "Synthesis|relative error" "$LOGDIR/$t.log"
   [ $r = FAIL ] && grep -E "FAIL|fail|error" "$LOGDIR/$t.log" | head -20
@@ -94,6 +94,13 @@ if [ $QUICK = 0 ]; then
   bench gpt2s-bf16 --preset gpt2-small --precision bf16
   torchb gpt2s-bf16 --preset gpt2-small --precision bf16 --compile both
 fi
+# delta codec at 124M, 1% top-k: selection on the GPU, then on the CPU of the same host
+for dev in cuda cpu; do
+  if "$BIN/nawal-bench" compress --device $dev --params 124M --ratio 0.01 --repeats 3 >"$LOGDIR/compress-$dev.log" 2>&1; then
+    row "nawal compress 124M 1% ($dev)" "$(awk '/^encode_gbps/{print $2}' "$LOGDIR/compress-$dev.log")" \
+      "encode GB/s; $(awk '/^ratio_vs_dense_fp32/{print $2}' "$LOGDIR/compress-$dev.log") smaller than fp32"
+  else row "nawal compress 124M 1% ($dev)" FAIL "$(tail -1 "$LOGDIR/compress-$dev.log")"; fi
+done
 # GEMM speed on GPT-2-small's linear-layer shapes, nawal (cuBLASLt) vs torch.matmul
 if [ $QUICK = 0 ]; then
   for p in tf32 bf16; do

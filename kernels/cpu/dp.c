@@ -1,0 +1,260 @@
+/* dp.c - CPU per-example quantities for DP-SGD: squared per-example gradient
+ * norms of every kind of parameter tensor, per-example scaling and Gaussian
+ * noise (see the "differential privacy" section of ops.h).
+ *
+ * The norm ops run one example per OpenMP iteration: each iteration writes
+ * only norms[b], with its sum kept in double and added once, so there are no
+ * races and the result does not depend on the thread count. Each thread owns
+ * its scratch, and the small GEMMs inside (oneDNN, through cpu_sgemm) run
+ * single-threaded, as in attention.c.
+ *
+ * Linear layers: ||A_b^T D_b||^2 either by the ghost form
+ * sum_{s,t} (A_b A_b^T)_{st} (D_b D_b^T)_{st} (~2 T^2 (d + p) FLOPs) or by
+ * materialising A_b^T D_b in column tiles (~2 T d p FLOPs), whichever is
+ * cheaper for the shape. The tied embedding / LM head groups an example's
+ * positions by token, which gives E_b's rows directly (||E_b||^2 and the
+ * cross term need only the distinct tokens), and reuses the linear path for
+ * ||H_b||^2. */
+#include "cpu_ops.h"
+#include "philox.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* materialised weight-gradient tiles hold at most this many floats (1 MiB),
+ * so the scratch stays in L2 and bounded for any d x p (the LM head's C x V) */
+#define PE_TILE_FLOATS ((size_t)1 << 18)
+
+/* per-thread scratch, grown on demand */
+typedef struct {
+    float *f;
+    size_t fcap;
+    double *d;
+    size_t dcap;
+    uint64_t *k;
+    size_t kcap;
+} dp_scratch;
+
+static void *grow(void *p, size_t *cap, size_t n, size_t elem) {
+    if (n <= *cap) return p;
+    free(p);
+    p = malloc(n * elem);
+    if (!p) {
+        fprintf(stderr, "nawal: out of memory in a DP per-example op (%zu bytes)\n", n * elem);
+        abort();
+    }
+    *cap = n;
+    return p;
+}
+static float *scratch_f(dp_scratch *s, size_t n) { return s->f = grow(s->f, &s->fcap, n, sizeof(float)); }
+static double *scratch_d(dp_scratch *s, size_t n) { return s->d = grow(s->d, &s->dcap, n, sizeof(double)); }
+static uint64_t *scratch_k(dp_scratch *s, size_t n) { return s->k = grow(s->k, &s->kcap, n, sizeof(uint64_t)); }
+static void scratch_free(dp_scratch *s) { free(s->f); free(s->d); free(s->k); }
+
+/* norms[b] += s, one rounding to float */
+static void add_norm(float *norms, int b, double s) { norms[b] = (float)((double)norms[b] + s); }
+
+static double sumsq_d(const float *x, size_t n) {
+    double s = 0.0;
+    for (size_t i = 0; i < n; i++) s += (double)x[i] * x[i];
+    return s;
+}
+
+/* the rule of ops.h (and of the CUDA backend): ghost when its two T x T
+ * Gram matrices are smaller than the d x p gradient it avoids */
+int cpu_pe_ghost_cheaper(int T, int d, int p) {
+    return 2.0 * T * T < (double)d * p;
+}
+
+/* ||A^T D||_F^2 of one example, A[T][d], D[T][p] */
+static double linear_example(const float *A, const float *D, int T, int d, int p, int ghost, dp_scratch *s) {
+    if (T <= 0 || d <= 0 || p <= 0) return 0.0;
+    if (ghost) {
+        size_t tt = (size_t)T * T;
+        float *ga = scratch_f(s, 2 * tt), *gd = ga + tt;
+        cpu_sgemm('N', 'T', T, T, d, 1.0f, A, d, A, d, 0.0f, ga, T);
+        cpu_sgemm('N', 'T', T, T, p, 1.0f, D, p, D, p, 0.0f, gd, T);
+        double sum = 0.0;
+        for (size_t i = 0; i < tt; i++) sum += (double)ga[i] * gd[i];
+        return sum;
+    }
+    /* W = A^T D, [d][pt] column tiles of it at a time */
+    size_t pt = PE_TILE_FLOATS / (size_t)d;
+    pt = pt < 16 ? 16 : pt;
+    pt = pt > (size_t)p ? (size_t)p : pt;
+    float *w = scratch_f(s, (size_t)d * pt);
+    double sum = 0.0;
+    for (int p0 = 0; p0 < p; p0 += (int)pt) {
+        int n = p - p0 < (int)pt ? p - p0 : (int)pt;
+        cpu_sgemm('T', 'N', d, n, T, 1.0f, A, d, D + p0, p, 0.0f, w, n);
+        sum += sumsq_d(w, (size_t)d * n);
+    }
+    return sum;
+}
+
+void cpu_pe_norm_linear_path(float *norms, const float *A, const float *D, int B, int T, int d, int p,
+                             cpu_pe_path path) {
+    int ghost = path == CPU_PE_AUTO ? cpu_pe_ghost_cheaper(T, d, p) : path == CPU_PE_GHOST;
+    #pragma omp parallel
+    {
+        dp_scratch s = { 0 };
+        #pragma omp for schedule(static, 1)
+        for (int b = 0; b < B; b++)
+            add_norm(norms, b, linear_example(A + (size_t)b * T * d, D + (size_t)b * T * p, T, d, p, ghost, &s));
+        scratch_free(&s);
+    }
+}
+
+void cpu_pe_norm_linear(const nawal_ops *o, float *norms, const float *A, const float *D, int B, int T, int d, int p) {
+    (void)o;
+    cpu_pe_norm_linear_path(norms, A, D, B, T, d, p, CPU_PE_AUTO);
+}
+
+/* One example's column sums of D[T][C]: ||sum_t D[t]||^2, plus
+ * ||sum_t D[t] * xhat[t]||^2 when inp is given (layernorm's weight). */
+static double colsums_example(const float *D, const float *inp, const float *mean, const float *rstd,
+                              int T, int C, dp_scratch *s) {
+    double *cb = scratch_d(s, (size_t)2 * C), *cw = cb + C;
+    memset(cb, 0, (size_t)2 * C * sizeof(double));
+    for (int t = 0; t < T; t++) {
+        const float *dr = D + (size_t)t * C;
+        for (int c = 0; c < C; c++) cb[c] += dr[c];
+        if (inp) {
+            const float *x = inp + (size_t)t * C;
+            double m = mean[t], r = rstd[t];
+            for (int c = 0; c < C; c++) cw[c] += (double)dr[c] * ((x[c] - m) * r);
+        }
+    }
+    double sum = 0.0;
+    for (int c = 0; c < C; c++) sum += cb[c] * cb[c] + (inp ? cw[c] * cw[c] : 0.0);
+    return sum;
+}
+
+static void colsums_norms(float *norms, const float *D, const float *inp, const float *mean, const float *rstd,
+                          int B, int T, int C) {
+    #pragma omp parallel
+    {
+        dp_scratch s = { 0 };
+        #pragma omp for schedule(static, 1)
+        for (int b = 0; b < B; b++) {
+            size_t r0 = (size_t)b * T;
+            add_norm(norms, b, colsums_example(D + r0 * C, inp ? inp + r0 * C : NULL, inp ? mean + r0 : NULL,
+                                               inp ? rstd + r0 : NULL, T, C, &s));
+        }
+        scratch_free(&s);
+    }
+}
+
+void cpu_pe_norm_bias(const nawal_ops *o, float *norms, const float *D, int B, int T, int p) {
+    (void)o;
+    colsums_norms(norms, D, NULL, NULL, NULL, B, T, p);
+}
+
+void cpu_pe_norm_layernorm(const nawal_ops *o, float *norms, const float *D, const float *inp,
+                           const float *mean, const float *rstd, int B, int T, int C) {
+    (void)o;
+    colsums_norms(norms, D, inp, mean, rstd, B, T, C);
+}
+
+void cpu_pe_norm_rows(const nawal_ops *o, float *norms, const float *D, int B, int T, int C) {
+    (void)o;
+    #pragma omp parallel for schedule(static, 1)
+    for (int b = 0; b < B; b++) add_norm(norms, b, sumsq_d(D + (size_t)b * T * C, (size_t)T * C));
+}
+
+static int cmp_u64(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* ||E + H||^2 of one example = ||E||^2 + 2 <E, H> + ||H||^2. E's nonzero
+ * rows are e_v = sum_{t: tok_t = v} dres_t for the U distinct tokens v of the
+ * example; H[v] = sum_s dlogits[s][v] lnf[s], so
+ * <E, H> = sum_v sum_s dlogits[s][v] <lnf[s], e_v>: M = lnf e^T [T][U]. */
+static double tied_example(const float *dres, const int32_t *tok, const float *lnf, const float *dlogits,
+                           int T, int C, int V, dp_scratch *s) {
+    if (T <= 0 || C <= 0) return 0.0;
+    /* positions sorted by token: key = token << 32 | position */
+    uint64_t *key = scratch_k(s, (size_t)T);
+    for (int t = 0; t < T; t++) key[t] = (uint64_t)(uint32_t)tok[t] << 32 | (uint32_t)t;
+    qsort(key, (size_t)T, sizeof *key, cmp_u64);
+    double *acc = scratch_d(s, (size_t)C);
+    float *e = scratch_f(s, (size_t)T * C + (size_t)T * T);
+    double e2 = 0.0;
+    int U = 0;
+    for (int i = 0; i < T;) {
+        uint32_t v = (uint32_t)(key[i] >> 32);
+        memset(acc, 0, (size_t)C * sizeof(double));
+        for (; i < T && (uint32_t)(key[i] >> 32) == v; i++) {
+            const float *r = dres + (size_t)(uint32_t)key[i] * C;
+            for (int c = 0; c < C; c++) acc[c] += r[c];
+        }
+        float *eu = e + (size_t)U * C;
+        for (int c = 0; c < C; c++) { e2 += acc[c] * acc[c]; eu[c] = (float)acc[c]; }
+        key[U++] = v; /* key[0..U) now holds the distinct tokens (U <= i) */
+    }
+    float *m = e + (size_t)T * C;
+    cpu_sgemm('N', 'T', T, U, C, 1.0f, lnf, C, e, C, 0.0f, m, U);
+    double cross = 0.0;
+    for (int t = 0; t < T; t++) {
+        const float *dl = dlogits + (size_t)t * V, *mr = m + (size_t)t * U;
+        for (int u = 0; u < U; u++) cross += (double)dl[key[u]] * mr[u];
+    }
+    double h2 = linear_example(lnf, dlogits, T, C, V, cpu_pe_ghost_cheaper(T, C, V), s);
+    return e2 + 2.0 * cross + h2;
+}
+
+void cpu_pe_norm_tied(const nawal_ops *o, float *norms, const float *dres, const int32_t *tok, const float *lnf,
+                      const float *dlogits, int B, int T, int C, int V) {
+    (void)o;
+    #pragma omp parallel
+    {
+        dp_scratch s = { 0 };
+        #pragma omp for schedule(static, 1)
+        for (int b = 0; b < B; b++) {
+            size_t r0 = (size_t)b * T;
+            add_norm(norms, b, tied_example(dres + r0 * C, tok + r0, lnf + r0 * C, dlogits + r0 * V, T, C, V, &s));
+        }
+        scratch_free(&s);
+    }
+}
+
+static void scale_range(float *restrict x, float a, size_t n) { for (size_t i = 0; i < n; i++) x[i] *= a; }
+
+void cpu_scale_examples(const nawal_ops *o, float *x, const float *scales, int B, size_t n) {
+    (void)o;
+    size_t total = (size_t)(B > 0 ? B : 0) * n;
+    if (n == 0) return;
+    #pragma omp parallel
+    {
+        size_t lo, hi;
+        cpu_thread_range(total, &lo, &hi);
+        /* this thread's range crosses example boundaries at multiples of n */
+        while (lo < hi) {
+            size_t b = lo / n, end = (b + 1) * n < hi ? (b + 1) * n : hi;
+            scale_range(x + lo, scales[b], end - lo);
+            lo = end;
+        }
+    }
+}
+
+void cpu_add_noise(const nawal_ops *o, float *x, size_t n, float std, uint64_t key, uint64_t stream) {
+    (void)o;
+    #pragma omp parallel
+    {
+        size_t lo, hi;
+        cpu_thread_range(n, &lo, &hi); /* lo is a multiple of 64: ranges split between pairs */
+        for (size_t i = lo; i < hi; i += 2) {
+            float z0, z1;
+            nawal_philox_gauss2(key, stream, i / 2, &z0, &z1);
+            /* product and sum as separate statements, two roundings: clang does
+             * not contract across statements, GCC in ISO C mode not at all */
+            float a0 = std * z0;
+            x[i] += a0;
+            if (i + 1 < hi) {
+                float a1 = std * z1;
+                x[i + 1] += a1;
+            }
+        }
+    }
+}

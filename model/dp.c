@@ -1,0 +1,189 @@
+/* dp.c - see dp.h. The DP backward runs in two passes over each shard of
+ * the batch, with the host between them:
+ *   pass 1: the usual backward chain for the input gradients only (no weight
+ *           gradients), keeping every parameterised op's output gradient D
+ *           in dp_store and adding each parameter tensor's per-example
+ *           squared gradient norm into dp_norms (ops pe_norm_*);
+ *   host:   clip factors c_b = min(1, C / (||g_b|| + 1e-6));
+ *   pass 2: each kept D scaled row-wise by its example's c_b, then the
+ *           weight and bias gradients from it (matmul_bwd / layernorm_bwd /
+ *           embedding_bwd with the input gradient skipped).
+ * dp_store per layer holds, for the max batch: D of mlp.c_proj [N][C], of
+ * mlp.c_fc [N][4C], of ln_2 [N][C], of attn.c_proj [N][C], of attn.c_attn
+ * [N][3C], of ln_1 [N][C]; then D of ln_f [N][C]. The embedding's D is the
+ * residual gradient left in scratch by pass 1; the LM head's D is dlogits. */
+#include "dp.h"
+#include "gpt_internal.h"
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { D_FCPROJ, D_FC, D_LN2, D_ATTPROJ, D_QKV, D_LN1, D_PER_LAYER };
+static const int d_width[D_PER_LAYER] = { 1, 4, 1, 1, 3, 1 }; /* in units of C */
+#define STORE_WIDTH_PER_LAYER 11
+
+/* slot k of layer l (l == n_layer: the ln_f slot) for the rows from r0 */
+static float *slot(const nawal_gpt *m, int l, int k, size_t r0) {
+    size_t N = (size_t)m->max_batch * m->cfg.n_ctx, C = m->cfg.n_embd;
+    float *p = m->dp_store + (size_t)l * STORE_WIDTH_PER_LAYER * N * C;
+    for (int i = 0; i < k; i++) p += (size_t)d_width[i] * N * C;
+    return p + r0 * (size_t)(l == m->cfg.n_layer ? 1 : d_width[k]) * C;
+}
+
+static int ensure_buffers(nawal_gpt *m, char *err, size_t errlen) {
+    const nawal_ops *o = m->ops;
+    size_t N = (size_t)m->max_batch * m->cfg.n_ctx, C = m->cfg.n_embd;
+    if (!m->dp_store) m->dp_store = o->alloc(o, ((size_t)m->cfg.n_layer * STORE_WIDTH_PER_LAYER + 1) * N * C * sizeof(float));
+    if (!m->dp_norms) m->dp_norms = o->alloc(o, (size_t)m->max_batch * sizeof(float));
+    if (!m->dp_scales) m->dp_scales = o->alloc(o, (size_t)m->max_batch * sizeof(float));
+    if (!m->dp_store || !m->dp_norms || !m->dp_scales) {
+        snprintf(err, errlen, "out of memory for DP-SGD book-keeping (%zu floats) on %s",
+                 ((size_t)m->cfg.n_layer * STORE_WIDTH_PER_LAYER + 1) * N * C, o->name);
+        return -1;
+    }
+    return 0;
+}
+
+static void dp_pass1(void *ctx, int k) {
+    shard_job *j = ctx;
+    shard_view v = gpt_shard_begin(j, k);
+    nawal_gpt *m = v.m;
+    const nawal_ops *o = v.o;
+    int B = v.B, T = v.T, N = v.N, C = v.C, NH = v.NH, V = v.V, L = m->cfg.n_layer;
+    float *P = m->params, *norms = m->dp_norms + v.b0;
+    top_acts ta = v.ta;
+    scratch_bufs s = v.s;
+    float *res_last = gpt_layer_acts(m, L - 1, v.b0, T).res3;
+    float *d_lnf = slot(m, L, 0, v.r0);
+
+    o->fill(o, norms, 0.0f, (size_t)B);
+    o->fill(o, s.dres, 0.0f, (size_t)N * C);
+    o->matmul_bwd(o, d_lnf, NULL, NULL, ta.logits, ta.lnf, gpt_wte(m, P), N, C, V, NAWAL_W_OUT_IN);
+    o->pe_norm_layernorm(o, norms, d_lnf, res_last, ta.lnf_mean, ta.lnf_rstd, B, T, C);
+    o->layernorm_bwd(o, s.dres, NULL, NULL, d_lnf, res_last, gpt_lnf(m, P, 0), ta.lnf_mean, ta.lnf_rstd, N, C);
+    for (int l = L - 1; l >= 0; l--) {
+        layer_acts a = gpt_layer_acts(m, l, v.b0, T);
+        float *res_in = l == 0 ? ta.encoded : gpt_layer_acts(m, l - 1, v.b0, T).res3;
+        float *d_fcproj = slot(m, l, D_FCPROJ, v.r0), *d_fc = slot(m, l, D_FC, v.r0), *d_ln2 = slot(m, l, D_LN2, v.r0);
+        float *d_attproj = slot(m, l, D_ATTPROJ, v.r0), *d_qkv = slot(m, l, D_QKV, v.r0), *d_ln1 = slot(m, l, D_LN1, v.r0);
+        /* MLP branch */
+        o->copy(o, d_fcproj, s.dres, (size_t)N * C);
+        o->pe_norm_linear(o, norms, a.fch_gelu, d_fcproj, B, T, 4 * C, C);
+        o->pe_norm_bias(o, norms, d_fcproj, B, T, C);
+        o->matmul_bwd(o, d_fc, NULL, NULL, d_fcproj, a.fch_gelu, gpt_lp(m, P, l, NAWAL_P_FCPROJ_W), N, 4 * C, C, NAWAL_W_IN_OUT);
+        o->gelu_bwd(o, d_fc, a.fch, d_fc, (size_t)N * 4 * C);
+        o->pe_norm_linear(o, norms, a.ln2, d_fc, B, T, C, 4 * C);
+        o->pe_norm_bias(o, norms, d_fc, B, T, 4 * C);
+        o->matmul_bwd(o, d_ln2, NULL, NULL, d_fc, a.ln2, gpt_lp(m, P, l, NAWAL_P_FC_W), N, C, 4 * C, NAWAL_W_IN_OUT);
+        o->pe_norm_layernorm(o, norms, d_ln2, a.res2, a.ln2_mean, a.ln2_rstd, B, T, C);
+        o->layernorm_bwd(o, s.dres, NULL, NULL, d_ln2, a.res2, gpt_lp(m, P, l, NAWAL_P_LN2_W), a.ln2_mean, a.ln2_rstd, N, C);
+        /* attention branch */
+        o->copy(o, d_attproj, s.dres, (size_t)N * C);
+        o->pe_norm_linear(o, norms, a.atty, d_attproj, B, T, C, C);
+        o->pe_norm_bias(o, norms, d_attproj, B, T, C);
+        o->matmul_bwd(o, s.dsmall, NULL, NULL, d_attproj, a.atty, gpt_lp(m, P, l, NAWAL_P_ATTPROJ_W), N, C, C, NAWAL_W_IN_OUT);
+        o->attention_bwd(o, d_qkv, s.datt, s.dsmall, a.qkv, a.att, B, T, C, NH);
+        o->pe_norm_linear(o, norms, a.ln1, d_qkv, B, T, C, 3 * C);
+        o->pe_norm_bias(o, norms, d_qkv, B, T, 3 * C);
+        o->matmul_bwd(o, d_ln1, NULL, NULL, d_qkv, a.ln1, gpt_lp(m, P, l, NAWAL_P_QKV_W), N, C, 3 * C, NAWAL_W_IN_OUT);
+        o->pe_norm_layernorm(o, norms, d_ln1, res_in, a.ln1_mean, a.ln1_rstd, B, T, C);
+        o->layernorm_bwd(o, s.dres, NULL, NULL, d_ln1, res_in, gpt_lp(m, P, l, NAWAL_P_LN1_W), a.ln1_mean, a.ln1_rstd, N, C);
+    }
+    o->pe_norm_rows(o, norms, s.dres, B, T, C);
+    o->pe_norm_tied(o, norms, s.dres, m->d_inputs + v.r0, ta.lnf, ta.logits, B, T, C, V);
+}
+
+static void dp_pass2(void *ctx, int k) {
+    shard_job *j = ctx;
+    shard_view v = gpt_shard_begin(j, k);
+    nawal_gpt *m = v.m;
+    const nawal_ops *o = v.o;
+    int B = v.B, T = v.T, N = v.N, C = v.C, V = v.V, L = m->cfg.n_layer;
+    float *P = m->params, *G = j->grads[k], *sc = m->dp_scales + v.b0;
+    top_acts ta = v.ta;
+    scratch_bufs s = v.s;
+    float *res_last = gpt_layer_acts(m, L - 1, v.b0, T).res3;
+    float *d_lnf = slot(m, L, 0, v.r0);
+    size_t TC = (size_t)T * C;
+
+    o->scale_examples(o, ta.logits, sc, B, (size_t)T * V);
+    o->matmul_bwd(o, NULL, gpt_wte(m, G), NULL, ta.logits, ta.lnf, gpt_wte(m, P), N, C, V, NAWAL_W_OUT_IN);
+    o->scale_examples(o, d_lnf, sc, B, TC);
+    o->layernorm_bwd(o, NULL, gpt_lnf(m, G, 0), gpt_lnf(m, G, 1), d_lnf, res_last, gpt_lnf(m, P, 0), ta.lnf_mean, ta.lnf_rstd, N, C);
+    for (int l = L - 1; l >= 0; l--) {
+        layer_acts a = gpt_layer_acts(m, l, v.b0, T);
+        float *res_in = l == 0 ? ta.encoded : gpt_layer_acts(m, l - 1, v.b0, T).res3;
+        float *d_fcproj = slot(m, l, D_FCPROJ, v.r0), *d_fc = slot(m, l, D_FC, v.r0), *d_ln2 = slot(m, l, D_LN2, v.r0);
+        float *d_attproj = slot(m, l, D_ATTPROJ, v.r0), *d_qkv = slot(m, l, D_QKV, v.r0), *d_ln1 = slot(m, l, D_LN1, v.r0);
+        o->scale_examples(o, d_fcproj, sc, B, TC);
+        o->matmul_bwd(o, NULL, gpt_lp(m, G, l, NAWAL_P_FCPROJ_W), gpt_lp(m, G, l, NAWAL_P_FCPROJ_B), d_fcproj, a.fch_gelu,
+                      gpt_lp(m, P, l, NAWAL_P_FCPROJ_W), N, 4 * C, C, NAWAL_W_IN_OUT);
+        o->scale_examples(o, d_fc, sc, B, 4 * TC);
+        o->matmul_bwd(o, NULL, gpt_lp(m, G, l, NAWAL_P_FC_W), gpt_lp(m, G, l, NAWAL_P_FC_B), d_fc, a.ln2,
+                      gpt_lp(m, P, l, NAWAL_P_FC_W), N, C, 4 * C, NAWAL_W_IN_OUT);
+        o->scale_examples(o, d_ln2, sc, B, TC);
+        o->layernorm_bwd(o, NULL, gpt_lp(m, G, l, NAWAL_P_LN2_W), gpt_lp(m, G, l, NAWAL_P_LN2_B), d_ln2, a.res2,
+                         gpt_lp(m, P, l, NAWAL_P_LN2_W), a.ln2_mean, a.ln2_rstd, N, C);
+        o->scale_examples(o, d_attproj, sc, B, TC);
+        o->matmul_bwd(o, NULL, gpt_lp(m, G, l, NAWAL_P_ATTPROJ_W), gpt_lp(m, G, l, NAWAL_P_ATTPROJ_B), d_attproj, a.atty,
+                      gpt_lp(m, P, l, NAWAL_P_ATTPROJ_W), N, C, C, NAWAL_W_IN_OUT);
+        o->scale_examples(o, d_qkv, sc, B, 3 * TC);
+        o->matmul_bwd(o, NULL, gpt_lp(m, G, l, NAWAL_P_QKV_W), gpt_lp(m, G, l, NAWAL_P_QKV_B), d_qkv, a.ln1,
+                      gpt_lp(m, P, l, NAWAL_P_QKV_W), N, C, 3 * C, NAWAL_W_IN_OUT);
+        o->scale_examples(o, d_ln1, sc, B, TC);
+        o->layernorm_bwd(o, NULL, gpt_lp(m, G, l, NAWAL_P_LN1_W), gpt_lp(m, G, l, NAWAL_P_LN1_B), d_ln1, res_in,
+                         gpt_lp(m, P, l, NAWAL_P_LN1_W), a.ln1_mean, a.ln1_rstd, N, C);
+    }
+    o->scale_examples(o, s.dres, sc, B, TC);
+    o->embedding_bwd(o, gpt_wte(m, G), gpt_wpe(m, G), s.dres, m->d_inputs + v.r0, B, T, C);
+}
+
+int nawal_gpt_dp_accumulate(nawal_gpt *m, const int32_t *inputs, const int32_t *targets, int B, int T,
+                            float max_grad_norm, float *norms_out, float *loss_out, char *err, size_t errlen) {
+    const nawal_ops *o = m->ops;
+    if (!o->pe_norm_linear || !o->pe_norm_tied || !o->scale_examples) {
+        snprintf(err, errlen, "the %s backend has no DP-SGD ops", o->name);
+        return -1;
+    }
+    if (!(max_grad_norm > 0.0f)) { snprintf(err, errlen, "max grad norm must be > 0, got %g", max_grad_norm); return -1; }
+    if (ensure_buffers(m, err, errlen)) return -1;
+    size_t valid = 0;
+    float loss = nawal_gpt_forward(m, inputs, targets, B, T, 1, &valid, err, errlen);
+    if (isnan(loss)) return -1;
+    if (loss_out) *loss_out = loss;
+    /* dlogits hold (p - onehot) / valid: rescale example b's rows to / valid_b */
+    float *h = malloc((size_t)B * sizeof(float) * 2);
+    if (!h) { snprintf(err, errlen, "out of memory"); return -1; }
+    float *norms = h + B;
+    for (int b = 0; b < B; b++) {
+        size_t vb = 0;
+        for (int t = 0; t < T; t++) vb += targets[(size_t)b * T + t] >= 0;
+        h[b] = vb ? (float)((double)valid / (double)vb) : 0.0f;
+    }
+    o->upload(o, m->dp_scales, h, (size_t)B * sizeof(float));
+    top_acts ta = gpt_top_acts(m, 0, T);
+    o->scale_examples(o, ta.logits, m->dp_scales, B, (size_t)T * m->cfg.vocab);
+
+    shard_job j = { .m = m, .B = B, .T = T, .S = gpt_shard_count(m, B) };
+    gpt_run_shards(m, &j, dp_pass1);
+    o->download(o, norms, m->dp_norms, (size_t)B * sizeof(float));
+    for (int b = 0; b < B; b++) {
+        float nrm = sqrtf(norms[b] > 0.0f ? norms[b] : 0.0f);
+        if (norms_out) norms_out[b] = nrm;
+        h[b] = fminf(1.0f, max_grad_norm / (nrm + 1e-6f));
+    }
+    o->upload(o, m->dp_scales, h, (size_t)B * sizeof(float));
+    gpt_shard_grads_begin(m, &j);
+    gpt_run_shards(m, &j, dp_pass2);
+    gpt_shard_grads_end(m, &j);
+    m->has_grad_logits = 0;
+    free(h);
+    return 0;
+}
+
+void nawal_gpt_dp_finish(nawal_gpt *m, float noise_std, double expected_batch, uint64_t key, uint64_t stream) {
+    const nawal_ops *o = m->ops;
+    if (noise_std > 0.0f) o->add_noise(o, m->grads, m->n_params, noise_std, key, stream);
+    if (expected_batch > 0.0) o->scale(o, m->grads, (float)(1.0 / expected_batch), m->n_params);
+}

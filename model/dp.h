@@ -1,0 +1,35 @@
+/* dp.h - DP-SGD for the GPT: per-example gradient norms, clipping and
+ * Gaussian noise (Abadi et al. 2016), with the per-example norms computed
+ * without materialising per-example gradients (ghost norms) and the clipped
+ * sum formed in one backward pass ("book-keeping": the output gradients of
+ * every layer are kept, scaled by each example's clip factor, and only then
+ * turned into weight gradients).
+ *
+ * One example = one training sequence; its loss is the mean cross-entropy
+ * over its non-ignored target positions. A DP step over a logical batch
+ * (Poisson-sampled, possibly empty) is:
+ *     nawal_gpt_zero_grad(m);
+ *     for each physical micro-batch: nawal_gpt_dp_accumulate(m, ...);
+ *     nawal_gpt_dp_finish(m, sigma * C, expected_batch, key, step);
+ *     optimizer step;
+ * after which m->grads = (sum_b clip_C(g_b) + N(0, sigma^2 C^2 I)) / expected_batch. */
+#ifndef NAWAL_DP_H
+#define NAWAL_DP_H
+
+#include "gpt.h"
+
+/* Adds to m->grads sum_b min(1, C / (||g_b|| + 1e-6)) g_b over the B
+ * examples inputs/targets[B][T] (host, as nawal_gpt_forward takes them),
+ * g_b = the gradient of example b's mean token loss w.r.t. all parameters
+ * (the tied token-embedding / LM-head matrix counted once, with its cross
+ * term). norms_out[B] (host, may be NULL) receives ||g_b||; *loss_out the
+ * batch's mean token loss. Returns 0, or -1 with a message (bad tokens,
+ * out of memory). */
+int nawal_gpt_dp_accumulate(nawal_gpt *m, const int32_t *inputs, const int32_t *targets, int B, int T,
+                            float max_grad_norm, float *norms_out, float *loss_out, char *err, size_t errlen);
+
+/* m->grads += N(0, noise_std^2) per element from Philox stream `stream` of
+ * `key` (the same numbers on every backend), then m->grads /= expected_batch. */
+void nawal_gpt_dp_finish(nawal_gpt *m, float noise_std, double expected_batch, uint64_t key, uint64_t stream);
+
+#endif

@@ -1,0 +1,138 @@
+/* dp_train.c - see dp_train.h. Example k of the train split is the window
+ * inputs train[kT, kT+T), targets shifted by one, k < (n_train - 1) / T.
+ * Every step draws each example independently with probability q (Poisson
+ * sampling: the batch size varies and may be 0 — an empty step still adds
+ * noise and is accounted), runs the selected examples in micro-batches of
+ * at most m->max_batch, then noises and averages the clipped sum over the
+ * expected batch q * n_examples. */
+#include "dp_train.h"
+#include "accountant.h"
+#include "cid.h"
+#include "dp.h"
+#include <math.h>
+#include <sodium.h>
+#include <stdlib.h>
+#include <string.h>
+
+int nawal_dp_train_plan(const nawal_gpt *m, size_t n_train, const nawal_train_config *tc,
+                        const nawal_dp_train_config *dc, nawal_dp_report *rep, char *err, size_t errlen) {
+    int T = m->cfg.n_ctx;
+    memset(rep, 0, sizeof *rep);
+    if (n_train < (size_t)T + 1) {
+        snprintf(err, errlen, "training split has %zu tokens, fewer than one window of %d+1", n_train, T);
+        return -1;
+    }
+    if (!(dc->max_grad_norm > 0.0f)) { snprintf(err, errlen, "--max-grad-norm must be > 0"); return -1; }
+    if (!(dc->delta > 0.0 && dc->delta < 1.0)) { snprintf(err, errlen, "--delta must be in (0, 1), got %g", dc->delta); return -1; }
+    rep->n_examples = (n_train - 1) / (size_t)T;
+    double q = dc->sample_rate > 0.0 ? dc->sample_rate : (double)tc->batch / (double)rep->n_examples;
+    if (!(q > 0.0 && q <= 1.0)) {
+        snprintf(err, errlen, "sampling rate %g outside (0, 1] (batch %d of %zu examples)", q, tc->batch, rep->n_examples);
+        return -1;
+    }
+    rep->sample_rate = q;
+    rep->expected_batch = q * (double)rep->n_examples;
+    if (dc->noise_multiplier > 0.0) {
+        rep->noise_multiplier = dc->noise_multiplier;
+    } else {
+        if (!(dc->epsilon > 0.0)) { snprintf(err, errlen, "DP training needs --epsilon or --noise-multiplier"); return -1; }
+        if (nawal_noise_multiplier_for_epsilon(dc->epsilon, q, (uint64_t)tc->steps, dc->delta, 1e-4 * dc->epsilon,
+                                               &rep->noise_multiplier, NULL, err, errlen))
+            return -1;
+    }
+    return 0;
+}
+
+int nawal_dp_train_run(nawal_gpt *m, const int32_t *train, size_t n_train, const nawal_train_config *tc,
+                       const nawal_dp_train_config *dc, FILE *log, nawal_train_result *res, nawal_dp_report *rep,
+                       char *err, size_t errlen) {
+    if (nawal_dp_train_plan(m, n_train, tc, dc, rep, err, errlen)) return -1;
+    if (nawal_crypto_init()) { snprintf(err, errlen, "libsodium failed to initialise"); return -1; }
+    int T = m->cfg.n_ctx, MB = m->max_batch;
+    double q = rep->sample_rate, sigma = rep->noise_multiplier;
+    size_t n_ex = rep->n_examples;
+    nawal_accountant acc;
+    if (!dc->budget && nawal_accountant_init(&acc, NULL, 0, err, errlen)) return -1;
+    int32_t *in = malloc((size_t)MB * T * sizeof(int32_t)), *tg = malloc((size_t)MB * T * sizeof(int32_t));
+    size_t *sel = malloc((n_ex ? n_ex : 1) * sizeof(size_t));
+    if (!in || !tg || !sel) { free(in); free(tg); free(sel); snprintf(err, errlen, "out of memory"); return -1; }
+    uint64_t rng = tc->seed ^ 0x64705F73616D70ull, key;
+    if (dc->seeded) {
+        uint64_t ks = tc->seed ^ 0x64705F6E6F697365ull;
+        key = nawal_splitmix64(&ks);
+    } else {
+        randombytes_buf(&key, sizeof key);
+        randombytes_buf(&rng, sizeof rng);
+    }
+    nawal_adamw_config ac = { tc->beta1, tc->beta2, tc->eps, tc->weight_decay };
+    memset(res, 0, sizeof *res);
+    double t0 = nawal_monotonic_s(), tlog = t0, tokens = 0.0, tokens_log = 0.0;
+    int rc = 0;
+    for (int step = 0; step < tc->steps; step++) {
+        double eps_after;
+        if (dc->budget) {
+            int exceeds = 0;
+            if (nawal_privacy_budget_would_exceed(dc->budget, q, sigma, 1, dc->epsilon > 0 ? dc->epsilon : INFINITY,
+                                                  &eps_after, &exceeds, err, errlen)) { rc = -1; break; }
+        } else if (nawal_accountant_epsilon_after(&acc, q, sigma, 1, dc->delta, &eps_after, NULL, err, errlen)) {
+            rc = -1;
+            break;
+        }
+        if (dc->epsilon > 0 && eps_after > dc->epsilon) {
+            rep->stopped_by_budget = 1;
+            if (log) fprintf(log, "stopping before step %d: it would spend epsilon %.4f > --epsilon %g (delta %g)\n",
+                             step + 1, eps_after, dc->epsilon, dc->delta);
+            break;
+        }
+        /* Poisson sampling: every example independently with probability q */
+        size_t n_sel = 0;
+        for (size_t k = 0; k < n_ex; k++) {
+            uint64_t r = nawal_splitmix64(&rng);
+            if ((double)(r >> 11) * (1.0 / 9007199254740992.0) < q) sel[n_sel++] = k;
+        }
+        if (!dc->seeded && (step & 63) == 63) randombytes_buf(&rng, sizeof rng); /* reseed from the CSPRNG */
+        float lr = nawal_lr_schedule(step, tc->warmup, tc->steps, tc->lr, tc->min_lr);
+        nawal_gpt_zero_grad(m);
+        double loss_sum = 0.0;
+        for (size_t s0 = 0; s0 < n_sel; s0 += (size_t)MB) {
+            int B = (int)(n_sel - s0 < (size_t)MB ? n_sel - s0 : (size_t)MB);
+            for (int b = 0; b < B; b++) {
+                const int32_t *w = train + sel[s0 + (size_t)b] * (size_t)T;
+                memcpy(in + (size_t)b * T, w, (size_t)T * sizeof(int32_t));
+                memcpy(tg + (size_t)b * T, w + 1, (size_t)T * sizeof(int32_t));
+            }
+            float loss;
+            if (nawal_gpt_dp_accumulate(m, in, tg, B, T, dc->max_grad_norm, NULL, &loss, err, errlen)) { rc = -1; break; }
+            loss_sum += (double)loss * B;
+        }
+        if (rc) break;
+        nawal_gpt_dp_finish(m, (float)(sigma * dc->max_grad_norm), rep->expected_batch, key, (uint64_t)step);
+        if (nawal_gpt_adamw_step(m, &ac, lr)) { snprintf(err, errlen, "out of memory for optimizer state"); rc = -1; break; }
+        /* the step touched data: charge it before anything else happens */
+        if (dc->budget) {
+            if (nawal_privacy_budget_record(dc->budget, q, sigma, 1, err, errlen)) { rc = -1; break; }
+        } else if (nawal_accountant_add(&acc, q, sigma, 1, err, errlen)) { rc = -1; break; }
+        rep->epsilon_spent = eps_after;
+        rep->steps_done = step + 1;
+        float loss = n_sel ? (float)(loss_sum / (double)n_sel) : NAN;
+        if (step == 0) res->first_loss = loss;
+        res->last_loss = loss;
+        tokens += (double)n_sel * T;
+        tokens_log += (double)n_sel * T;
+        if (log && tc->log_every > 0 && ((step + 1) % tc->log_every == 0 || step == 0 || step + 1 == tc->steps)) {
+            double t = nawal_monotonic_s();
+            fprintf(log, "step %5d/%d  loss %.4f  batch %zu  lr %.2e  epsilon %.4f  %.0f tokens/s\n", step + 1, tc->steps,
+                    loss, n_sel, lr, eps_after, tokens_log / (t - tlog));
+            fflush(log);
+            tlog = t;
+            tokens_log = 0.0;
+        }
+    }
+    m->ops->sync(m->ops);
+    res->seconds = nawal_monotonic_s() - t0;
+    res->tokens_per_s = res->seconds > 0 ? tokens / res->seconds : 0.0;
+    free(in);
+    free(tg);
+    free(sel);
+    return rc;
+}

@@ -1,0 +1,105 @@
+/* test_dp.c - the DP-SGD step of the whole GPT (model/dp.c) against brute
+ * force: B separate batch-of-one backward passes give every example's full
+ * gradient g_b (over all parameters, the tied embedding / LM-head matrix
+ * once), from which we form ||g_b|| and sum_b min(1, C/(||g_b|| + 1e-6)) g_b
+ * in double. nawal_gpt_dp_accumulate must return the same norms and the
+ * same clipped sum, with the per-layer norm method forced both ways
+ * (context 9: ghost norms everywhere; context 33: materialised), with
+ * repeated tokens (vocabulary 11) so the tied matrix's embedding rows get
+ * several contributions, and with some targets ignored. Also: every clipped
+ * contribution has norm <= C, an example with no valid target contributes
+ * nothing, and the noise finish step matches add_noise + scale.
+ *
+ * Tolerance 1e-4 (norm-wise relative): both sides run the same fp32 ops in
+ * a different association (per-example GEMMs vs batched), ~1e-6 apart. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <string.h>
+#include "dp.h"
+#include "gpt.h"
+#include "test_util.h"
+
+#define MAXB 5
+
+static void run_case(int T, const char *tag) {
+    uint64_t seed = test_seed(tag), rs = seed;
+    char err[256];
+    nawal_gpt_config cfg = { 2, 2, 16, T, 11 };
+    const nawal_ops *o = nawal_ops_cpu(0);
+    nawal_gpt *m;
+    cr_assert(nawal_gpt_create(&m, o, &cfg, MAXB, err, sizeof err) == 0, "%s", err);
+    nawal_gpt_init_params(m, seed);
+    /* larger weights than GPT-2's init so gradients differ a lot between examples */
+    size_t n = m->n_params;
+    float *p = malloc(n * sizeof(float));
+    o->download(o, p, m->params, n * sizeof(float));
+    for (size_t i = 0; i < n; i++) p[i] += 0.2f * test_rand_normal(&rs);
+    o->upload(o, m->params, p, n * sizeof(float));
+    int B = MAXB;
+    int32_t in[MAXB * 33], tg[MAXB * 33];
+    for (int i = 0; i < B * T; i++) {
+        in[i] = test_rand_int(&rs, cfg.vocab);
+        tg[i] = test_rand_int(&rs, 6) == 0 ? -1 : test_rand_int(&rs, cfg.vocab);
+    }
+    for (int t = 0; t < T; t++) tg[3 * T + t] = -1; /* example 3: nothing to predict */
+    /* brute force: one backward per example */
+    double *gb = calloc((size_t)B * n, sizeof(double)), nb[MAXB];
+    float *g = malloc(n * sizeof(float));
+    for (int b = 0; b < B; b++) {
+        nawal_gpt_zero_grad(m);
+        float l = nawal_gpt_forward(m, in + b * T, tg + b * T, 1, T, 1, NULL, err, sizeof err);
+        cr_assert(!isnan(l), "%s", err);
+        nawal_gpt_backward(m);
+        o->download(o, g, m->grads, n * sizeof(float));
+        double s = 0.0;
+        for (size_t i = 0; i < n; i++) { gb[(size_t)b * n + i] = g[i]; s += (double)g[i] * g[i]; }
+        nb[b] = sqrt(s);
+    }
+    cr_assert(nb[3] == 0.0, "example without targets has gradient norm %g", nb[3]);
+    /* C between the smallest and largest non-zero norm: some clipped, some not */
+    double lo = INFINITY, hi = 0.0;
+    for (int b = 0; b < B; b++) if (nb[b] > 0) { lo = fmin(lo, nb[b]); hi = fmax(hi, nb[b]); }
+    float C = (float)sqrt(lo * hi);
+    cr_assert(lo < C && C < hi, "norms too close to test clipping: %g .. %g", lo, hi);
+    double *ref = calloc(n, sizeof(double));
+    for (int b = 0; b < B; b++) {
+        double c = fmin(1.0, C / (nb[b] + 1e-6));
+        for (size_t i = 0; i < n; i++) ref[i] += c * gb[(size_t)b * n + i];
+    }
+    /* DP step */
+    float norms[MAXB], loss;
+    nawal_gpt_zero_grad(m);
+    cr_assert(nawal_gpt_dp_accumulate(m, in, tg, B, T, C, norms, &loss, err, sizeof err) == 0, "%s", err);
+    for (int b = 0; b < B; b++)
+        cr_expect(fabs(norms[b] - nb[b]) <= 1e-4 * fmax(nb[b], 1e-3), "%s: example %d norm %.7g, brute force %.7g (seed %llu)",
+                  tag, b, norms[b], nb[b], (unsigned long long)seed);
+    o->download(o, g, m->grads, n * sizeof(float));
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < n; i++) { num += (g[i] - ref[i]) * (g[i] - ref[i]); den += ref[i] * ref[i]; }
+    cr_expect(sqrt(num / den) <= 1e-4, "%s: clipped sum relative error %.3g (seed %llu)", tag, sqrt(num / den),
+              (unsigned long long)seed);
+    /* each clipped contribution alone has norm <= C */
+    for (int b = 0; b < B; b++) {
+        nawal_gpt_zero_grad(m);
+        cr_assert(nawal_gpt_dp_accumulate(m, in + b * T, tg + b * T, 1, T, C, NULL, &loss, err, sizeof err) == 0, "%s", err);
+        double s = sqrt(o->sumsq(o, m->grads, n));
+        cr_expect(s <= C + 1e-5, "%s: example %d clipped contribution has norm %.7g > C %.7g", tag, b, s, C);
+    }
+    /* finish = add_noise(std) then / expected batch */
+    float *before = malloc(n * sizeof(float)), *after = malloc(n * sizeof(float));
+    o->download(o, before, m->grads, n * sizeof(float));
+    nawal_gpt_dp_finish(m, 0.37f, 2.5, 99, 7);
+    o->download(o, after, m->grads, n * sizeof(float));
+    float *noise = calloc(n, sizeof(float));
+    o->add_noise(o, noise, n, 0.37f, 99, 7);
+    for (size_t i = 0; i < n; i++) {
+        float want = (before[i] + noise[i]) * (float)(1.0 / 2.5);
+        cr_assert(fabsf(after[i] - want) <= 1e-6f * (1.0f + fabsf(want)), "finish element %zu: %g vs %g", i, after[i], want);
+    }
+    free(before); free(after); free(noise);
+    free(gb); free(g); free(ref); free(p);
+    nawal_gpt_free(m);
+}
+
+Test(dp, ghost_norms_and_clipped_sum) { run_case(9, "dp.ghost"); }
+Test(dp, materialised_norms_and_clipped_sum) { run_case(33, "dp.materialised"); }
