@@ -48,7 +48,7 @@ GPU=$(head -1 "$LOGDIR/gpu.txt" | cut -d, -f1)
 COMMIT=${NAWAL_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 
 # ---- parity tests ----
-for t in test_gpu_ops test_gpu_model test_gpu_topk; do
+for t in test_gpu_ops test_gpu_model test_gpu_dp test_gpu_topk; do
   if "$BIN/$t" --jobs 1 --verbose >"$LOGDIR/$t.log" 2>&1; then r=pass; else r=FAIL; fi
   grep -E "Synthesis|relative error" "$LOGDIR/$t.log"
   [ $r = FAIL ] && grep -E "FAIL|fail|error" "$LOGDIR/$t.log" | head -20
@@ -64,6 +64,10 @@ bench() { # name, args...
     mfu=$(awk '/^mfu/{print $2}' "$LOGDIR/$name.log")
     row "nawal $name" "$tps" "tokens/s, MFU $mfu"
     echo "nawal $name: $tps tokens/s, MFU $mfu"
+    if grep -q '^dp_train_tokens_per_s' "$LOGDIR/$name.log"; then
+      row "nawal $name DP-SGD" "$(awk '/^dp_train_tokens_per_s/{print $2}' "$LOGDIR/$name.log")" \
+        "tokens/s, DP/plain step time $(awk '/^dp_step_time_ratio/{print $2}' "$LOGDIR/$name.log")"
+    fi
     [ -n "$PROFILE" ] && sed -n '/^profile/,/^  total/p' "$LOGDIR/$name.log"
   else
     row "nawal $name" FAIL "$(tail -1 "$LOGDIR/$name.log")"; tail -5 "$LOGDIR/$name.log"
@@ -84,14 +88,14 @@ torchb() { # name, args...
     row "$name" FAIL "$(tail -1 "$LOGDIR/$name.log")"; tail -5 "$LOGDIR/$name.log"
   fi
 }
-bench tiny-fp32 --precision fp32
+bench tiny-fp32 --precision fp32 --dp
 bench tiny-bf16 --precision bf16
 torchb tiny-fp32 --preset tiny --precision fp32 --compile off
 torchb tiny-bf16 --preset tiny --precision bf16 --compile $([ $QUICK = 1 ] && echo off || echo both)
 if [ $QUICK = 0 ]; then
   bench gpt2s-fp32 --preset gpt2-small --precision fp32 --steps 3 --repeats 3
   bench gpt2s-tf32 --preset gpt2-small --precision tf32
-  bench gpt2s-bf16 --preset gpt2-small --precision bf16
+  bench gpt2s-bf16 --preset gpt2-small --precision bf16 --dp
   torchb gpt2s-bf16 --preset gpt2-small --precision bf16 --compile both
 fi
 # delta codec at 124M, 1% top-k: selection on the GPU, then on the CPU of the same host
