@@ -120,9 +120,9 @@ struct nawal_ops {
     /* x[b][0..n) *= scales[b] for each example b (x is [B][n]; scales a device buffer) */
     void (*scale_examples)(const nawal_ops *o, float *x, const float *scales, int B, size_t n);
     /* x[i] += std * z_i for i in [0, n): z_i standard normal, element i of
-     * stream `stream` of Philox4x32-10 keyed by `key` (nawal_philox_gauss2
-     * at counter i/2, z0 for even i, z1 for odd): the same numbers, bit for
-     * bit, on every backend for the same key */
+     * stream `stream` of Philox4x32-10 keyed by `key` (z[i % 4] of
+     * nawal_philox_gauss4 at block i/4): the same numbers, bit for bit, on
+     * every backend for the same key */
     void (*add_noise)(const nawal_ops *o, float *x, size_t n, float std, uint64_t key, uint64_t stream);
 
     /* ---- optimizers (t is the 1-based step count) ---- */

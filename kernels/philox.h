@@ -62,7 +62,9 @@ NAWAL_HD float nawal_ln_unit(float x) {
     int e = (int)((v.u >> 23) & 0xffu) - 127;
     v.u = (v.u & 0x007fffffu) | 0x3f800000u;
     float m = v.f;
-    if (m > 1.41421356f) { m = m * 0.5f; e = e + 1; }
+    int big = m > 1.41421356f; /* selects, not a branch: loops over it vectorise */
+    m = big ? m * 0.5f : m;
+    e = e + big;
     float s = (m - 1.0f) / (m + 1.0f), s2 = s * s;
     float p = 2.0f + s2 * (0.6666666667f + s2 * (0.4f + s2 * (0.2857142857f + s2 * (0.2222222222f + s2 * 0.1818181818f))));
     return s * p + (float)e * 0.693147180559945f;
@@ -70,31 +72,37 @@ NAWAL_HD float nawal_ln_unit(float x) {
 
 /* cos and sin of 2 pi u for u in [0, 1]: u*4 = q + f with q the nearest
  * integer, |f| <= 1/2, so 2 pi u = q pi/2 + a, |a| <= pi/4; Taylor series of
- * cos a and sin a to a^10 / a^11 (error < 3e-9), then the quadrant swap */
+ * cos a and sin a to a^10 / a^11 (error < 3e-9), then the quadrant swap
+ * written as selects (no branches: loops over it vectorise) */
 NAWAL_HD void nawal_cossin_2pi(float u, float *c, float *sn) {
     float t = u * 4.0f;
     int q = (int)(t + 0.5f);
     float a = (t - (float)q) * 1.5707963267948966f, a2 = a * a;
     float ca = 1.0f + a2 * (-0.5f + a2 * (0.0416666667f + a2 * (-0.0013888889f + a2 * (2.4801587e-5f + a2 * -2.7557319e-7f))));
     float sa = a * (1.0f + a2 * (-0.1666666667f + a2 * (0.0083333333f + a2 * (-1.98412698e-4f + a2 * (2.7557319e-6f + a2 * -2.5052108e-8f)))));
-    switch (q & 3) {
-    case 0: *c = ca; *sn = sa; break;
-    case 1: *c = -sa; *sn = ca; break;
-    case 2: *c = -ca; *sn = -sa; break;
-    default: *c = sa; *sn = -ca; break;
-    }
+    int odd = q & 1, neg_c = ((q + 1) >> 1) & 1, neg_s = (q >> 1) & 1;
+    float cc = odd ? sa : ca, ss = odd ? ca : sa;
+    *c = neg_c ? -cc : cc;
+    *sn = neg_s ? -ss : ss;
 }
 
-/* Two standard normals for element pair i of stream (key, stream), as
- * nawal_philox_normal2 but libm-free: the DP noise of both backends. */
-NAWAL_HD void nawal_philox_gauss2(uint64_t key, uint64_t stream, uint64_t i, float *z0, float *z1) {
-    nawal_philox_ctr r = nawal_philox4x32(key, stream, i);
-    float u1 = nawal_u32_to_unit(r.v[0]), u2 = nawal_u32_to_unit(r.v[1]);
+/* Box-Muller without libm: two standard normals from two uniforms in (0, 1] */
+NAWAL_HD void nawal_box_muller(float u1, float u2, float *z0, float *z1) {
     float rad = sqrtf(-2.0f * nawal_ln_unit(u1));
     float c, sn;
     nawal_cossin_2pi(u2, &c, &sn);
     *z0 = rad * c;
     *z1 = rad * sn;
+}
+
+/* Four standard normals from Philox block j of stream (key, stream): words
+ * (0, 1) and (2, 3) through nawal_box_muller. The DP noise of both
+ * backends: element i of a noise vector is z_(i % 4) of block i / 4. */
+NAWAL_HD void nawal_philox_gauss4(uint64_t key, uint64_t stream, uint64_t j, float *z0, float *z1, float *z2,
+                                  float *z3) {
+    nawal_philox_ctr r = nawal_philox4x32(key, stream, j);
+    nawal_box_muller(nawal_u32_to_unit(r.v[0]), nawal_u32_to_unit(r.v[1]), z0, z1);
+    nawal_box_muller(nawal_u32_to_unit(r.v[2]), nawal_u32_to_unit(r.v[3]), z2, z3);
 }
 
 #endif

@@ -256,13 +256,14 @@ void cuda_scale_examples(const nawal_ops *o, float *x, const float *scales, int 
     cuda_map(o, "scale_examples", (size_t)B * n, [=] __device__(size_t i) { x[i] *= scales[i / n]; });
 }
 
-/* one Philox block per element pair: x[2j] gets z0, x[2j+1] z1 (as ops.h);
- * product and sum rounded separately (no FMA), as the CPU backend does */
+/* one Philox block per 4 elements: x[4j + w] gets z[w] of block j (as
+ * ops.h); this file is built with --fmad=false, so product and sum are
+ * rounded separately, as the CPU backend does */
 void cuda_add_noise(const nawal_ops *o, float *x, size_t n, float std, uint64_t key, uint64_t stream) {
-    cuda_map(o, "add_noise", (n + 1) / 2, [=] __device__(size_t j) {
-        float z0, z1;
-        nawal_philox_gauss2(key, stream, j, &z0, &z1);
-        x[2 * j] = __fadd_rn(x[2 * j], __fmul_rn(std, z0));
-        if (2 * j + 1 < n) x[2 * j + 1] = __fadd_rn(x[2 * j + 1], __fmul_rn(std, z1));
+    cuda_map(o, "add_noise", (n + 3) / 4, [=] __device__(size_t j) {
+        float z[4];
+        nawal_philox_gauss4(key, stream, j, &z[0], &z[1], &z[2], &z[3]);
+        for (int w = 0; w < 4; w++)
+            if (4 * j + w < n) x[4 * j + w] = __fadd_rn(x[4 * j + w], __fmul_rn(std, z[w]));
     });
 }

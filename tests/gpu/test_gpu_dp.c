@@ -22,7 +22,7 @@
  * or example, or a lost cross term is off by >= ~1/T of the norm.
  *
  * add_noise: both backends evaluate the same libm-free Philox4x32-10 +
- * Box-Muller formula (nawal_philox_gauss2) with single IEEE operations (no
+ * Box-Muller formula (nawal_philox_gauss4) with single IEEE operations (no
  * FMA on either side), so the outputs must be bitwise equal; GPU reruns too. */
 #include "gpu_test_util.h"
 

@@ -390,9 +390,9 @@ Test(cpu_dp_ops, scale_examples) {
 /* x[i] + std z_i as the op defines it: the product rounded to fp32, then
  * the sum (volatile: no FMA contraction here either) */
 static float noisy(float x, float std, uint64_t key, uint64_t stream, size_t i) {
-    float z0, z1;
-    nawal_philox_gauss2(key, stream, i / 2, &z0, &z1);
-    volatile float a = std * (i % 2 ? z1 : z0);
+    float z[4];
+    nawal_philox_gauss4(key, stream, i / 4, &z[0], &z[1], &z[2], &z[3]);
+    volatile float a = std * z[i % 4];
     return x + a;
 }
 
@@ -423,11 +423,11 @@ Test(cpu_dp_ops, add_noise_matches_philox) {
             O->add_noise(O, d, n, 1.0f, key, stream);
             dget(got, d, n);
             for (size_t i = 0; i < n; i++) {
-                float z0, z1;
-                nawal_philox_gauss2(key, stream, i / 2, &z0, &z1);
-                if (memcmp(&got[i], i % 2 ? &z1 : &z0, sizeof(float)) != 0) {
+                float z[4];
+                nawal_philox_gauss4(key, stream, i / 4, &z[0], &z[1], &z[2], &z[3]);
+                if (memcmp(&got[i], &z[i % 4], sizeof(float)) != 0) {
                     cr_expect(0, "add_noise n=%zu: z[%zu] = %.9g, philox gives %.9g (seed %llu)", n, i, got[i],
-                              i % 2 ? z1 : z0, SEED);
+                              z[i % 4], SEED);
                     break;
                 }
             }
@@ -492,21 +492,22 @@ Test(cpu_dp_ops, add_noise_moments) {
     free(x);
 }
 
-/* the libm-free Gaussian pair of the DP noise against the libm Box-Muller of
- * the same Philox words: ln, cos and sin approximations within ~1e-7
- * relative, so the two agree to 2e-6 x max(1, |z|) on every pair */
-Test(cpu_dp_ops, gauss2_matches_libm_box_muller) {
-    start("cpu_dp_ops/gauss2");
+/* the libm-free Box-Muller of the DP noise against libm's on the same
+ * Philox words (nawal_philox_normal2 is libm Box-Muller of words 0 and 1):
+ * ln, cos and sin approximations within ~1e-7 relative, so the two agree to
+ * 2e-6 x max(1, |z|) on every pair */
+Test(cpu_dp_ops, gauss4_matches_libm_box_muller) {
+    start("cpu_dp_ops/gauss4");
     uint64_t key = test_rand_u64(&g_rng), stream = test_rand_u64(&g_rng);
     double worst = 0.0;
     for (uint64_t i = 0; i < 200000; i++) {
-        float a0, a1, b0, b1;
-        nawal_philox_gauss2(key, stream, i, &a0, &a1);
+        float a[4], b0, b1;
+        nawal_philox_gauss4(key, stream, i, &a[0], &a[1], &a[2], &a[3]);
         nawal_philox_normal2(key, stream, i, &b0, &b1);
-        double e = fmax(fabs((double)a0 - b0) / fmax(1.0, fabs(b0)), fabs((double)a1 - b1) / fmax(1.0, fabs(b1)));
+        double e = fmax(fabs((double)a[0] - b0) / fmax(1.0, fabs(b0)), fabs((double)a[1] - b1) / fmax(1.0, fabs(b1)));
         if (e > worst) worst = e;
     }
-    cr_expect(worst <= 2e-6, "gauss2 vs libm Box-Muller: worst error %.3g (seed %llu)", worst, SEED);
+    cr_expect(worst <= 2e-6, "gauss4 vs libm Box-Muller: worst error %.3g (seed %llu)", worst, SEED);
     /* the approximations themselves over their whole ranges */
     for (int k = 1; k <= 1 << 16; k++) {
         float x = (float)k / 65536.0f;
