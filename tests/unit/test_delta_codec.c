@@ -652,6 +652,7 @@ Test(delta_codec, bad_zstd_rejected) {
     free(g);
     g = make_frame(&H_F16, zeros, 14, 1, &l2);
     expect_reject(g, l2, BAD_N, "payload of 14 bytes, expected 15 .. 35", "payload too short");
+    free(g);
     hdr hd = { 0, 1, NAWAL_DELTA_DENSE, NAWAL_DELTA_F32, 0, BAD_N, BAD_N, 1.0f, 0 };
     g = make_frame(&hd, zeros, 4 * BAD_N + 1, 1, &l2);
     expect_reject(g, l2, BAD_N, "payload of 4001 bytes, expected 4000 .. 4000", "dense payload too long");
