@@ -117,5 +117,6 @@ Test(log, one_line_per_event_levels_and_quoting) {
     cr_assert_eq(nawal_log_parse_level("loud", &lv), -1);
     cr_assert_str_eq(nawal_log_quote(q, sizeof q, "plain"), "plain");
     cr_assert_str_eq(nawal_log_quote(q, sizeof q, ""), "\"\"");
+    fclose(f);
     free(buf);
 }
