@@ -22,12 +22,19 @@
  *                   (every delta read, checked and combined)
  *   end_to_end_gbps delta bytes / time including the new model written
  *   memcpy_gbps     bytes copied / time
- *   fedavg_vs_memcpy against the faster of the two memcpy figures. */
+ *   fedavg_vs_memcpy against the faster of the two memcpy figures.
+ * With --codec RATIO the same deltas are also encoded as codec frames
+ * (proto/delta_codec.h: top-k at RATIO, fp16, error feedback off; RATIO 1
+ * = dense fp16 frames) and each repeat also times FedAvg over the frames,
+ * reported as codec_fedavg_gbps in dense-equivalent bytes (clients x
+ * params x 4 per second, the figure to set against fedavg_gbps). */
 #include "timing.h"
 #include "aggregate_bench.h"
 #include "aggregate.h"
 #include "cli.h"
+#include "delta_codec.h"
 #include "error.h"
+#include "ops.h"
 #include "store.h"
 
 #include <errno.h>
@@ -48,6 +55,14 @@
 static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
     (void)sb; (void)flag; (void)ftw;
     return remove(path);
+}
+
+/* buf[0..count) = the next values of stream x, scale sc */
+static void fill_random(float *buf, size_t count, uint64_t *x, float sc) {
+    for (size_t i = 0; i < count; i++) {
+        *x ^= *x << 13; *x ^= *x >> 7; *x ^= *x << 17;
+        buf[i] = sc * ((float)(int32_t)(uint32_t)(*x >> 32) * (1.0f / 2147483648.0f));
+    }
 }
 
 /* A model of n floats as safetensors: tensors "t0", "t1", … of TENSOR_FLOATS
@@ -71,11 +86,7 @@ static int write_model(const char *path, uint64_t n, uint64_t seed, float sc, fl
     if (rc == 0 && write(fd, head, head_len) != (ssize_t)head_len) rc = nawal_fail(err, errlen, "%s: write failed", path);
     uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
     for (size_t t = 0; rc == 0 && t < nt; t++) {
-        size_t numel = ts[t].nbytes / sizeof(float);
-        for (size_t i = 0; i < numel; i++) {
-            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
-            buf[i] = sc * ((float)(int32_t)(uint32_t)(x >> 32) * (1.0f / 2147483648.0f));
-        }
+        fill_random(buf, ts[t].nbytes / sizeof(float), &x, sc);
         const uint8_t *p = (const uint8_t *)buf;
         size_t left = ts[t].nbytes;
         while (rc == 0 && left) {
@@ -89,6 +100,26 @@ static int write_model(const char *path, uint64_t n, uint64_t seed, float sc, fl
     free(head);
     free(names);
     free(ts);
+    return rc;
+}
+
+/* The same delta as write_model(n, seed, sc) (its flat vector: flat[] holds n
+ * floats) as a codec frame at ratio, fp16. */
+static int write_frame(const char *path, uint64_t n, uint64_t seed, float sc, float ratio, float *flat, size_t *bytes,
+                       char *err, size_t errlen) {
+    uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+    fill_random(flat, (size_t)n, &x, sc);
+    nawal_delta_params p;
+    nawal_delta_params_default(&p);
+    p.ratio = ratio;
+    uint8_t *fr = NULL;
+    size_t len = 0;
+    if (nawal_delta_encode(nawal_ops_cpu(0), &p, flat, NULL, (size_t)n, &fr, &len, err, errlen)) return -1;
+    FILE *f = fopen(path, "wb");
+    int rc = f && fwrite(fr, 1, len, f) == len ? 0 : nawal_fail(err, errlen, "%s: write failed", path);
+    if (f && fclose(f)) rc = nawal_fail(err, errlen, "%s: write failed", path);
+    free(fr);
+    *bytes = len;
     return rc;
 }
 
@@ -134,8 +165,9 @@ static int run_once(nawal_store *s, const char *base_path, char (*paths)[4200], 
     if (rc == 0) rc = a->begin(a, base, err, errlen);
     for (int i = 0; rc == 0 && i < clients; i++) {
         nawal_tensor_source *d;
-        if ((rc = nawal_tensor_source_open_file(&d, paths[i], err, errlen))) break;
-        rc = a->add(a, d, 1000 + (uint64_t)i * 37, err, errlen);
+        nawal_delta_frame *fr;
+        if ((rc = nawal_update_open_file(&d, &fr, paths[i], err, errlen))) break;
+        rc = fr ? a->add_frame(a, fr, 1000 + (uint64_t)i * 37, err, errlen) : a->add(a, d, 1000 + (uint64_t)i * 37, err, errlen);
     }
     if (rc == 0) rc = a->finish(a, err, errlen);
     t1 = bench_now_s();
@@ -160,6 +192,7 @@ static int run_once(nawal_store *s, const char *base_path, char (*paths)[4200], 
 int bench_aggregate(int argc, char **argv) {
     const char *params_s = "124M", *device = "cpu", *tmp = getenv("TMPDIR");
     int clients = 16, threads = 0, repeats = 3, cold = 0, keep = 0, copy = 0;
+    float codec = 0;
     if (!tmp || !*tmp) tmp = "/tmp";
     nawal_flag flags[] = {
         {"params", NAWAL_FLAG_STR, &params_s, "floats per delta (K/M/G = 1e3/1e6/1e9)", 1, 0, 0, 0},
@@ -171,9 +204,11 @@ int bench_aggregate(int argc, char **argv) {
         {"cold", NAWAL_FLAG_BOOL, &cold, "drop the files from the page cache before each repeat (read the disk)", 1, 0, 0, 0},
         {"keep", NAWAL_FLAG_BOOL, &keep, "keep the generated files", 1, 0, 0, 0},
         {"copy", NAWAL_FLAG_BOOL, &copy, "read the deltas with pread (a copy) instead of viewing their mappings", 1, 0, 0, 0},
+        {"codec", NAWAL_FLAG_FLOAT, &codec, "also time FedAvg over codec frames of the deltas, top-k at this ratio (1 = dense fp16)", 1e-9, 1, 0, 0},
     };
     int pr = nawal_flags_parse(argc, argv, flags, sizeof flags / sizeof *flags,
-                               "usage: nawal-bench aggregate [--params 124M] [--clients 16] [--device cpu] [--threads N]");
+                               "usage: nawal-bench aggregate [--params 124M] [--clients 16] [--device cpu] [--threads N] "
+                               "[--codec RATIO]");
     if (pr) return pr == 1 ? 0 : 2;
     uint64_t n;
     if (bench_parse_count(params_s, &n)) {
@@ -217,11 +252,11 @@ int bench_aggregate(int argc, char **argv) {
     }
     snprintf(store_dir, sizeof store_dir, "%s/store", root);
     snprintf(base_path, sizeof base_path, "%s/base.safetensors", root);
-    char (*paths)[4200] = calloc((size_t)clients, sizeof *paths);
+    char (*paths)[4200] = calloc((size_t)clients, sizeof *paths), (*fpaths)[4200] = calloc((size_t)clients, sizeof *fpaths);
     float *buf = malloc(TENSOR_FLOATS * sizeof(float));
     uint8_t *m1 = NULL, *m2 = NULL;
     nawal_store *s = NULL;
-    int rc = !paths || !buf ? nawal_fail(err, sizeof err, "out of memory") : 0;
+    int rc = !paths || !fpaths || !buf ? nawal_fail(err, sizeof err, "out of memory") : 0;
     double delta_bytes = (double)clients * (double)n * 4;
     printf("aggregate: %d deltas x %llu floats (%.1f MB each, %.2f GB in all) in %s, %d threads, %s page cache, %s\n",
            clients, (unsigned long long)n, n * 4e-6, delta_bytes * 1e-9, root, nthreads, cold ? "cold (dropped)" : "warm",
@@ -234,6 +269,22 @@ int bench_aggregate(int argc, char **argv) {
         rc = write_model(paths[i], n, (uint64_t)i + 1, 1e-3f, buf, err, sizeof err);
     }
     if (rc == 0) printf("wrote the files in %.1f s\n", bench_now_s() - tw);
+    double frame_bytes = 0;
+    if (rc == 0 && codec > 0) {
+        tw = bench_now_s();
+        float *flat = malloc((size_t)n * sizeof(float));
+        if (!flat) rc = nawal_fail(err, sizeof err, "out of memory for a %llu-float delta", (unsigned long long)n);
+        for (int i = 0; rc == 0 && i < clients; i++) {
+            size_t len = 0;
+            snprintf(fpaths[i], sizeof fpaths[i], "%s/delta%03d.nwdc", root, i);
+            rc = write_frame(fpaths[i], n, (uint64_t)i + 1, 1e-3f, codec, flat, &len, err, sizeof err);
+            frame_bytes += (double)len;
+        }
+        free(flat);
+        if (rc == 0)
+            printf("codec frames: ratio %g fp16, %.1f MB in all (%.1fx smaller than dense fp32), encoded in %.1f s\n",
+                   (double)codec, frame_bytes * 1e-6, delta_bytes / frame_bytes, bench_now_s() - tw);
+    }
     if (rc == 0) rc = nawal_store_init(store_dir, err, sizeof err);
     if (rc == 0) rc = nawal_store_open(&s, store_dir, 0, err, sizeof err);
 
@@ -249,7 +300,7 @@ int bench_aggregate(int argc, char **argv) {
         }
     }
     nawal_fedavg_options o = {threads, 0, copy};
-    double agg[MAX_REPEATS], tot[MAX_REPEATS], mc1[MAX_REPEATS], mcn[MAX_REPEATS];
+    double agg[MAX_REPEATS], tot[MAX_REPEATS], mc1[MAX_REPEATS], mcn[MAX_REPEATS], cagg[MAX_REPEATS], ctot[MAX_REPEATS];
     for (int r = 0; rc == 0 && r < repeats; r++) {
         mc1[r] = bench_memcpy(m2, m1, 1, 3);
         mcn[r] = bench_memcpy(m2, m1, nthreads, 3);
@@ -261,6 +312,13 @@ int bench_aggregate(int argc, char **argv) {
         printf("repeat %d: memcpy %.2f GB/s (1 thread) %.2f GB/s (%d); fedavg %.2f GB/s (%.2f s), with the new model "
                "written %.2f GB/s (%.2f s)\n", r + 1, mc1[r], mcn[r], nthreads, delta_bytes / agg[r] * 1e-9, agg[r],
                delta_bytes / tot[r] * 1e-9, tot[r]);
+        if (codec > 0) {
+            if (cold)
+                for (int i = 0; i < clients; i++) drop_cache(fpaths[i]);
+            if ((rc = run_once(s, base_path, fpaths, clients, &o, &cagg[r], &ctot[r], err, sizeof err))) break;
+            printf("repeat %d: codec fedavg %.2f GB/s dense-equivalent (%.3f s), with the new model written %.2f GB/s "
+                   "(%.2f s)\n", r + 1, delta_bytes / cagg[r] * 1e-9, cagg[r], delta_bytes / ctot[r] * 1e-9, ctot[r]);
+        }
         fflush(stdout);
     }
     free(m1);
@@ -274,10 +332,17 @@ int bench_aggregate(int argc, char **argv) {
         printf("fedavg_gbps %.2f  end_to_end_gbps %.2f  (median of %d; delta bytes read per second)\n", a, t, repeats);
         printf("fedavg_vs_memcpy %.2f  end_to_end_vs_memcpy %.2f  (goal >= 0.7; against the faster memcpy, %.2f GB/s)\n",
                a / mc, t / mc, mc);
+        if (codec > 0) {
+            double ca = delta_bytes / bench_median(cagg, repeats) * 1e-9, ct = delta_bytes / bench_median(ctot, repeats) * 1e-9;
+            printf("codec_fedavg_gbps %.2f  codec_end_to_end_gbps %.2f  (median of %d; dense-equivalent bytes per second, "
+                   "ratio %g; %.2f GB/s of frame bytes; %.2fx dense fedavg)\n", ca, ct, repeats, (double)codec,
+                   frame_bytes / bench_median(cagg, repeats) * 1e-9, ca / a);
+        }
     }
     nawal_store_close(s);
     free(buf);
     free(paths);
+    free(fpaths);
     if (!keep) nftw(root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     else printf("kept %s\n", root);
     if (rc) {

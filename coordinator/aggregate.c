@@ -1,5 +1,6 @@
-/* aggregate.c - tensor sources, weighted FedAvg and the round-level
- * aggregation driver (see aggregate.h for the contracts and the numerics).
+/* aggregate.c - tensor sources, codec frames, weighted FedAvg and the
+ * round-level aggregation driver (see aggregate.h for the contracts and
+ * the numerics).
  *
  * FedAvg's pass is split into windows of one tensor, spread over OpenMP
  * threads (each with its own chunk buffer for sources it cannot view), so
@@ -7,6 +8,7 @@
 #include "aggregate.h"
 #include "cid.h"
 #include "error.h"
+#include "flat_model.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -168,20 +170,24 @@ int nawal_tensor_source_open_fd(nawal_tensor_source **out, int fd, const char *l
     s->infos = calloc(n ? n : 1, sizeof *s->infos);
     s->offs = calloc(n ? n : 1, sizeof *s->offs);
     s->meta = calloc(2 * nm + 1, sizeof *s->meta);
-    if (!s->infos || !s->offs || !s->meta) {
+    size_t *order = malloc((n ? n : 1) * sizeof *order); /* tensors listed in flat order */
+    if (!s->infos || !s->offs || !s->meta || !order || nawal_flat_order(s->idx, order, NULL, err, errlen)) {
+        free(order);
         st_src_close(&s->pub);
         return nawal_fail(err, errlen, "out of memory");
     }
-    for (size_t i = 0; i < n; i++) {
+    for (size_t j = 0; j < n; j++) {
+        size_t i = order[j];
         const nawal_st_tensor *t = nawal_st_at(s->idx, i);
-        nawal_tensor_info *x = &s->infos[i];
+        nawal_tensor_info *x = &s->infos[j];
         x->name = t->name;
         x->dtype = t->dtype;
         x->ndim = t->ndim;
         memcpy(x->shape, t->shape, sizeof x->shape);
         x->numel = t->nbytes / nawal_st_dtype_size(t->dtype);
-        s->offs[i] = nawal_st_data_offset(s->idx, i);
+        s->offs[j] = nawal_st_data_offset(s->idx, i);
     }
+    free(order);
     for (size_t i = 0; i < nm; i++) nawal_st_metadata_at(s->idx, i, &s->meta[2 * i], &s->meta[2 * i + 1]);
     s->pub.n_tensors = n;
     s->pub.tensors = s->infos;
@@ -208,15 +214,96 @@ int nawal_tensor_source_open_file(nawal_tensor_source **out, const char *path, c
     return nawal_tensor_source_open_fd(out, fd, path, err, errlen);
 }
 
+#define BLOB_LABEL_BYTES (NAWAL_CID_HEX_BYTES + 8)
+
+/* A descriptor on blob cid and its label "blob <hex>"; -1 if missing. */
+static int blob_open(nawal_store *s, const uint8_t cid[32], char label[BLOB_LABEL_BYTES], char *err, size_t errlen) {
+    char hex[NAWAL_CID_HEX_BYTES];
+    nawal_cid_to_hex(hex, cid);
+    snprintf(label, BLOB_LABEL_BYTES, "blob %s", hex);
+    return nawal_blobstore_open(s, cid, 0, NULL, err, errlen);
+}
+
 int nawal_tensor_source_open_blob(nawal_tensor_source **out, nawal_store *s, const uint8_t cid[32], char *err,
                                   size_t errlen) {
     *out = NULL;
-    int fd = nawal_blobstore_open(s, cid, 0, NULL, err, errlen);
+    char label[BLOB_LABEL_BYTES];
+    int fd = blob_open(s, cid, label, err, errlen);
     if (fd < 0) return -1;
-    char hex[NAWAL_CID_HEX_BYTES], label[NAWAL_CID_HEX_BYTES + 8];
-    nawal_cid_to_hex(hex, cid);
-    snprintf(label, sizeof label, "blob %s", hex);
     return nawal_tensor_source_open_fd(out, fd, label, err, errlen);
+}
+
+/* ---- codec frames ------------------------------------------------------------- */
+
+void nawal_delta_frame_close(nawal_delta_frame *fr) {
+    if (!fr) return;
+    if (fr->bytes) munmap((void *)fr->bytes, fr->len);
+    free((char *)fr->label);
+    free(fr);
+}
+
+/* The frame's pages leave the resident set (read again from the page cache if needed). */
+static void frame_release(nawal_delta_frame *fr) { madvise((void *)fr->bytes, fr->len, MADV_DONTNEED); }
+
+static int frame_open_fd(nawal_delta_frame **out, int fd, size_t len, const char *label, char *err, size_t errlen) {
+    nawal_delta_frame *fr = calloc(1, sizeof *fr);
+    int rc = fr && (fr->label = strdup(label)) ? 0 : nawal_fail(err, errlen, "out of memory");
+    void *m = rc == 0 ? mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0) : MAP_FAILED;
+    if (rc == 0 && m == MAP_FAILED) rc = nawal_fail(err, errlen, "%s: cannot map: %s", label, strerror(errno));
+    close(fd); /* the mapping keeps the file */
+    if (rc == 0) {
+        fr->bytes = m;
+        fr->len = len;
+        char why[NAWAL_AGG_REASON_BYTES];
+        if (nawal_delta_info_read(&fr->info, fr->bytes, fr->len, why, sizeof why)) {
+            nawal_fail(err, errlen, "%s", why);
+            rc = NAWAL_AGG_REJECTED;
+        }
+    }
+    if (rc) nawal_delta_frame_close(fr);
+    else *out = fr;
+    return rc;
+}
+
+int nawal_update_open_fd(nawal_tensor_source **src, nawal_delta_frame **frame, int fd, const char *label, char *err,
+                         size_t errlen) {
+    *src = NULL;
+    *frame = NULL;
+    if (!label) label = "<fd>";
+    uint8_t head[4];
+    ssize_t r;
+    do r = pread(fd, head, sizeof head, 0); while (r < 0 && errno == EINTR);
+    struct stat sb;
+    if (r < 0 || fstat(fd, &sb)) {
+        nawal_fail(err, errlen, "%s: cannot read: %s", label, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    if (!nawal_delta_is_frame(head, (size_t)r)) return nawal_tensor_source_open_fd(src, fd, label, err, errlen);
+    if ((uint64_t)sb.st_size > SIZE_MAX) {
+        close(fd);
+        return nawal_fail(err, errlen, "%s: too large to map", label);
+    }
+    return frame_open_fd(frame, fd, (size_t)sb.st_size, label, err, errlen);
+}
+
+int nawal_update_open_file(nawal_tensor_source **src, nawal_delta_frame **frame, const char *path, char *err,
+                           size_t errlen) {
+    *src = NULL;
+    *frame = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return nawal_fail(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+    return nawal_update_open_fd(src, frame, fd, path, err, errlen);
+}
+
+int nawal_update_open_blob(nawal_tensor_source **src, nawal_delta_frame **frame, nawal_store *s,
+                           const uint8_t cid[32], char *err, size_t errlen) {
+    *src = NULL;
+    *frame = NULL;
+    char label[BLOB_LABEL_BYTES];
+    int fd = blob_open(s, cid, label, err, errlen);
+    if (fd < 0) return -1;
+    return nawal_update_open_fd(src, frame, fd, label, err, errlen);
 }
 
 void nawal_tensor_source_close(nawal_tensor_source *src) {
@@ -291,6 +378,7 @@ typedef struct {
 
 typedef struct {
     nawal_tensor_source *src; /* NULL once rejected (closed) or after finish */
+    nawal_delta_frame *frame; /* instead of src for a codec frame */
     size_t *map;              /* base tensor -> src tensor */
     uint64_t weight;
     int rejected;
@@ -316,6 +404,8 @@ typedef struct {
 static void member_close(member *m) {
     nawal_tensor_source_close(m->src);
     m->src = NULL;
+    nawal_delta_frame_close(m->frame);
+    m->frame = NULL;
     free(m->map);
     m->map = NULL;
 }
@@ -374,37 +464,67 @@ static int fedavg_begin(nawal_aggregator *a, nawal_tensor_source *base, char *er
     return 0;
 }
 
+/* A new member for update delta or frame (whichever is not NULL), or NULL
+ * (both closed) when it cannot be added. */
+static member *fedavg_member_new(fedavg *f, nawal_tensor_source *delta, nawal_delta_frame *frame, uint64_t weight,
+                                 char *reason, size_t reasonlen) {
+    const char *why = !f->base ? "add before begin" : f->finished ? "add after finish" : NULL;
+    if (!why && f->n_members == f->cap_members) {
+        size_t nc = f->cap_members ? 2 * f->cap_members : 16;
+        member *nm = realloc(f->members, nc * sizeof *nm);
+        if (nm) {
+            f->members = nm;
+            f->cap_members = nc;
+        } else why = "out of memory";
+    }
+    if (why) {
+        nawal_tensor_source_close(delta);
+        nawal_delta_frame_close(frame);
+        nawal_fail(reason, reasonlen, "%s", why);
+        return NULL;
+    }
+    member *m = &f->members[f->n_members++];
+    *m = (member){delta, frame, NULL, weight, 0, NULL};
+    return m;
+}
+
+/* The end of an add: on rc != 0 the member is closed and either rejected
+ * with reason (NAWAL_AGG_REJECTED) or forgotten (-1: an error is not a verdict). */
+static int fedavg_member_done(fedavg *f, member *m, int rc, const char *reason) {
+    if (rc) {
+        member_close(m);
+        m->rejected = 1;
+        if (rc > 0) m->reason = strdup(reason);
+        else f->n_members--;
+    }
+    return rc;
+}
+
 static int fedavg_add(nawal_aggregator *a, nawal_tensor_source *delta, uint64_t weight, char *reason,
                       size_t reasonlen) {
     fedavg *f = (fedavg *)a;
-    if (!f->base || f->finished) {
-        nawal_tensor_source_close(delta);
-        return nawal_fail(reason, reasonlen, f->base ? "add after finish" : "add before begin");
-    }
-    if (f->n_members == f->cap_members) {
-        size_t nc = f->cap_members ? 2 * f->cap_members : 16;
-        member *nm = realloc(f->members, nc * sizeof *nm);
-        if (!nm) {
-            nawal_tensor_source_close(delta);
-            return nawal_fail(reason, reasonlen, "out of memory");
-        }
-        f->members = nm;
-        f->cap_members = nc;
-    }
-    member *m = &f->members[f->n_members++];
-    *m = (member){delta, NULL, weight, 0, NULL};
+    member *m = fedavg_member_new(f, delta, NULL, weight, reason, reasonlen);
+    if (!m) return -1;
     int rc = 0;
     if (weight == 0) rc = NAWAL_AGG_REJECTED, nawal_fail(reason, reasonlen, "it was trained on no examples (weight 0)");
     else if (!(m->map = malloc((f->base->n_tensors ? f->base->n_tensors : 1) * sizeof *m->map)))
         rc = nawal_fail(reason, reasonlen, "out of memory");
     else rc = nawal_tensor_layout_match(f->base, delta, m->map, reason, reasonlen);
-    if (rc) {
-        member_close(m);
-        m->rejected = 1;
-        if (rc > 0) m->reason = strdup(reason);
-        else f->n_members--; /* an error is not a verdict: forget the update */
-    }
-    return rc;
+    return fedavg_member_done(f, m, rc, reason);
+}
+
+/* Header-level checks only: the payload is checked as it is added, in finish. */
+static int fedavg_add_frame(nawal_aggregator *a, nawal_delta_frame *frame, uint64_t weight, char *reason,
+                            size_t reasonlen) {
+    fedavg *f = (fedavg *)a;
+    member *m = fedavg_member_new(f, NULL, frame, weight, reason, reasonlen);
+    if (!m) return -1;
+    int rc = 0;
+    if (weight == 0) rc = NAWAL_AGG_REJECTED, nawal_fail(reason, reasonlen, "it was trained on no examples (weight 0)");
+    else if (frame->info.n != (uint64_t)f->n_floats)
+        rc = NAWAL_AGG_REJECTED, nawal_fail(reason, reasonlen, "delta frame is for a model of %llu values, the base model has %zu",
+                                            (unsigned long long)frame->info.n, f->n_floats);
+    return fedavg_member_done(f, m, rc, reason);
 }
 
 /* Splits the model into windows of at most `window` floats (whole tensors
@@ -458,9 +578,10 @@ static uint32_t combine_check(float *restrict acc, const float *restrict x, size
  * the accumulator's window (which stays in cache) and released at once, so
  * what is mapped at any time is one window per thread, not one per update.
  * A non-finite value marks its update in bad[] and the pass is abandoned.
+ * acc_set: acc already holds the frames' sum (add to it, do not overwrite).
  * 0 (check bad), or -1 on a read error. */
-static int fedavg_pass(fedavg *f, const size_t *live, size_t nl, const float *c, unsigned char *bad, char *err,
-                       size_t errlen) {
+static int fedavg_pass(fedavg *f, const size_t *live, size_t nl, const float *c, unsigned char *bad, int acc_set,
+                       char *err, size_t errlen) {
     int stop = 0, rc = 0;
     #pragma omp parallel for num_threads(f->threads) schedule(dynamic, 1)
     for (size_t k = 0; k < f->n_items; k++) {
@@ -486,7 +607,7 @@ static int fedavg_pass(fedavg *f, const size_t *live, size_t nl, const float *c,
                 }
                 x = buf;
             }
-            if (combine_check(acc, x, n, c[q], q == 0) >= 0x7f800000u) {
+            if (combine_check(acc, x, n, c[q], q == 0 && !acc_set) >= 0x7f800000u) {
                 size_t p = first_nonfinite(x, n);
                 fault = 1;
                 snprintf(e, sizeof e, "tensor '%.80s' element %zu is %g (not finite)", f->base->tensors[w->t].name,
@@ -517,6 +638,34 @@ static int fedavg_pass(fedavg *f, const size_t *live, size_t nl, const float *c,
     return rc;
 }
 
+/* acc = sum_q c_q frame_q over the live frames, in order, each frame
+ * checked whole before it is added (nawal_delta_accumulate). A bad frame
+ * marks bad[q] (reason kept) and stops. 0 (check bad), or -1 when out of
+ * memory for a payload (not the update's fault). */
+static int fedavg_frames(fedavg *f, const size_t *live, size_t nf, const float *c, unsigned char *bad, char *err,
+                         size_t errlen) {
+    #pragma omp parallel for num_threads(f->threads) schedule(static)
+    for (size_t k = 0; k < f->n_items; k++) {
+        const work_item *w = &f->items[k];
+        memset(f->acc + f->tensor_off[w->t] + w->first, 0, w->count * sizeof(float));
+    }
+    for (size_t q = 0; q < nf; q++) {
+        member *m = &f->members[live[q]];
+        char e[NAWAL_AGG_REASON_BYTES];
+        int rc = nawal_delta_accumulate(f->acc, f->n_floats, c[q], m->frame->bytes, m->frame->len, e, sizeof e);
+        if (rc == 0) {
+            frame_release(m->frame);
+            continue;
+        }
+        if (!strncmp(e, "out of memory", 13)) return nawal_fail(err, errlen, "%s: %s", m->frame->label, e);
+        bad[q] = 1;
+        free(m->reason);
+        m->reason = strdup(e);
+        break;
+    }
+    return 0;
+}
+
 /* Combines the live updates into acc: passes until one finds no bad value,
  * each without the updates the previous one caught. 0, NAWAL_AGG_REJECTED
  * (none left), -1. */
@@ -529,11 +678,14 @@ static int fedavg_combine(fedavg *f, char *err, size_t errlen) {
         if (rc) break;
         size_t nl = 0;
         double w = 0;
-        for (size_t j = 0; j < f->n_members; j++)
-            if (!f->members[j].rejected) {
-                live[nl++] = j;
-                w += (double)f->members[j].weight;
-            }
+        size_t nf = 0; /* live frames first (in update order), then the dense updates */
+        for (int dense = 0; dense < 2; dense++)
+            for (size_t j = 0; j < f->n_members; j++)
+                if (!f->members[j].rejected && (f->members[j].frame == NULL) == dense) {
+                    live[nl++] = j;
+                    nf += !dense;
+                    w += (double)f->members[j].weight;
+                }
         if (nl == 0) {
             nawal_fail(err, errlen, "no accepted update to aggregate");
             rc = NAWAL_AGG_REJECTED;
@@ -545,7 +697,9 @@ static int fedavg_combine(fedavg *f, char *err, size_t errlen) {
             rc = nawal_fail(err, errlen, "out of memory");
             break;
         }
-        if ((rc = fedavg_pass(f, live, nl, c, bad, err, errlen))) break;
+        if (nf && (rc = fedavg_frames(f, live, nf, c, bad, err, errlen))) break;
+        int frame_bad = memchr(bad, 1, nf) != NULL;
+        if (!frame_bad && nl > nf && (rc = fedavg_pass(f, live + nf, nl - nf, c + nf, bad + nf, nf > 0, err, errlen))) break;
         int again = 0;
         for (size_t q = 0; q < nl; q++)
             if (bad[q]) {
@@ -642,6 +796,7 @@ int nawal_fedavg_create(nawal_aggregator **out, const nawal_fedavg_options *o, c
     f->pub.name = "fedavg";
     f->pub.begin = fedavg_begin;
     f->pub.add = fedavg_add;
+    f->pub.add_frame = fedavg_add_frame;
     f->pub.finish = fedavg_finish;
     f->pub.write = fedavg_write;
     f->pub.verdict = fedavg_verdict;
@@ -729,13 +884,20 @@ int nawal_round_aggregate(nawal_store *s, int64_t round_id, const nawal_agg_conf
             continue;
         }
         nawal_tensor_source *d = NULL;
-        int orc = nawal_tensor_source_open_blob(&d, s, subs[i].delta_cid, v->reason, sizeof v->reason);
+        nawal_delta_frame *fr = NULL;
+        int orc = nawal_update_open_blob(&d, &fr, s, subs[i].delta_cid, v->reason, sizeof v->reason);
         if (orc < 0) {
             rc = nawal_fail(err, errlen, "%s", v->reason);
             break;
         }
-        if (orc == NAWAL_AGG_REJECTED) continue; /* not valid safetensors; reason already in v */
-        int arc = agg->add(agg, d, subs[i].num_examples, v->reason, sizeof v->reason);
+        if (orc == NAWAL_AGG_REJECTED) continue; /* neither valid safetensors nor a frame; reason already in v */
+        if (fr && !agg->add_frame) {
+            nawal_delta_frame_close(fr);
+            snprintf(v->reason, sizeof v->reason, "the %s strategy does not take compressed deltas", agg->name);
+            continue;
+        }
+        int arc = fr ? agg->add_frame(agg, fr, subs[i].num_examples, v->reason, sizeof v->reason)
+                     : agg->add(agg, d, subs[i].num_examples, v->reason, sizeof v->reason);
         if (arc < 0) {
             rc = nawal_fail(err, errlen, "%s", v->reason);
             break;

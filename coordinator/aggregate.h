@@ -2,11 +2,18 @@
  * model: the aggregation strategy interface, weighted FedAvg, and the
  * round-level driver (quality filter, per-update validation, output blob).
  *
- * Updates are model deltas (delta = local - base) read range by range
- * through nawal_tensor_source, so no strategy ever holds a whole delta: the
- * dense safetensors source below serves the pieces it is asked for from a
- * read-only file mapping (or pread); the compressed delta codec (a later
- * issue) plugs in as another source that decodes the requested range.
+ * Updates are model deltas (delta = local - base) of two kinds, told apart
+ * by their first bytes (nawal_update_open_*). Dense safetensors deltas are
+ * read range by range through nawal_tensor_source, so no strategy ever
+ * holds a whole delta: the source serves the pieces it is asked for from a
+ * read-only file mapping (or pread). Codec frames (proto/delta_codec.h,
+ * over the base's flat vector, proto/flat_model.h) go to a strategy's
+ * optional add_frame instead: a frame cannot be read range by range (its
+ * indices are varint gaps, its payload one zstd frame), so a strategy that
+ * takes frames decodes each whole frame once, straight into its own state,
+ * one frame at a time. A strategy without add_frame refuses frames (the
+ * driver says why); a robust rule that needs every update side by side
+ * would need another design (decode into a spill file, say).
  *
  * Strategy interface (nawal_aggregator): begin(base model); add(delta,
  * weight) once per update, which checks what it can at once (the delta has
@@ -27,10 +34,21 @@
  * source cannot be viewed), checked and added into the accumulator's
  * window, which stays in cache, then released:
  *     mean[e] = c_1 d_1[e] + c_2 d_2[e] + ... (left to right, fp32).
+ * Codec frames are added before that pass, into the zeroed accumulator,
+ * in update order, each with nawal_delta_accumulate (which checks the
+ * whole frame, NaN/Inf and indices included, before its first write, and
+ * then touches only the entries the frame sends): acc[e] = c_f1 v_f1[e] +
+ * ... then the dense pass adds c_d1 d_1[e] + ... on top. A frame is read
+ * once (mapped, its pages released after), decoded single-threaded, and
+ * costs, on top of the accumulator, only its decompressed payload while it
+ * is being added (k x (value bytes + ~2 index bytes), up to 4n bytes for a
+ * dense f32 frame), whatever the number of updates. With no frame the
+ * arithmetic is exactly the dense-only one.
  * The finiteness check is fused into that pass; an update caught with a
  * NaN/Inf is dropped and the pass starts over without it, so the result is
  * exactly what the other updates alone give (the cost, at most one wasted
- * pass per bad update, falls only on rounds with bad updates). Each delta
+ * pass per bad update, falls only on rounds with bad updates; a bad frame
+ * is caught before the dense pass, so it wastes only the frames before it). Each delta
  * byte is read once: throughput is bounded by reading the deltas, not by
  * the accumulator. Memory: one fp32 accumulator the size of the model and,
  * per thread, one window mapped at a time (the kernel maps file pages in
@@ -61,6 +79,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "delta_codec.h"
 #include "safetensors.h"
 #include "store.h"
 
@@ -83,7 +102,7 @@ typedef struct nawal_tensor_source nawal_tensor_source;
 struct nawal_tensor_source {
     const char *label;                /* for messages: a path or "delta <cid>" */
     size_t n_tensors;
-    const nawal_tensor_info *tensors; /* in file order */
+    const nawal_tensor_info *tensors; /* in flat order: by data offset in the file (proto/flat_model.h) */
     const char *const *meta_kv;       /* NULL-terminated key, value, ... list (may be NULL) */
     /* Elements [first, first + count) of tensor i, as fp32, into dst.
      * Called concurrently from several threads for disjoint ranges. */
@@ -114,6 +133,31 @@ int nawal_tensor_source_open_blob(nawal_tensor_source **out, nawal_store *s, con
                                   size_t errlen);
 void nawal_tensor_source_close(nawal_tensor_source *src); /* NULL is fine */
 
+/* ---- compressed deltas ------------------------------------------------------ */
+
+/* A codec frame (proto/delta_codec.h) held in a read-only mapping of its
+ * file (the same caveat as the dense source: the file must not shrink);
+ * only its header has been checked (info). */
+typedef struct {
+    const char *label;
+    const uint8_t *bytes; /* the whole frame */
+    size_t len;
+    nawal_delta_info info;
+} nawal_delta_frame;
+
+/* An update file of either kind, told apart by its first bytes
+ * (nawal_delta_is_frame): on 0, exactly one of *src (dense safetensors) and
+ * *frame is set. Takes ownership of fd, also on failure. Returns 0, -1
+ * (I/O), or NAWAL_AGG_REJECTED (not valid safetensors, or a frame whose
+ * header is bad; reason in err). _blob: as nawal_tensor_source_open_blob. */
+int nawal_update_open_fd(nawal_tensor_source **src, nawal_delta_frame **frame, int fd, const char *label, char *err,
+                         size_t errlen);
+int nawal_update_open_file(nawal_tensor_source **src, nawal_delta_frame **frame, const char *path, char *err,
+                           size_t errlen);
+int nawal_update_open_blob(nawal_tensor_source **src, nawal_delta_frame **frame, nawal_store *s,
+                           const uint8_t cid[32], char *err, size_t errlen);
+void nawal_delta_frame_close(nawal_delta_frame *fr); /* NULL is fine */
+
 /* Checks that delta has exactly base's tensors (by name; any order), each
  * F32 with base's shape. map_out (may be NULL; base->n_tensors entries)
  * gets, for each base tensor, its index in delta. 0 or NAWAL_AGG_REJECTED
@@ -136,6 +180,12 @@ struct nawal_aggregator {
      * is refused at once; 0 when taken (finish may still drop it); -1 on an
      * error (the update is not counted). */
     int (*add)(nawal_aggregator *a, nawal_tensor_source *delta, uint64_t weight, char *reason, size_t reasonlen);
+    /* Optional (NULL: the strategy takes no compressed deltas): add for an
+     * update sent as a codec frame, taking ownership of frame; numbered
+     * with add's updates, same returns. FedAvg refuses at once a frame
+     * whose n is not the base's flat length; finish drops a frame whose
+     * payload is bad (truncated, NaN/Inf, indices), with the codec's reason. */
+    int (*add_frame)(nawal_aggregator *a, nawal_delta_frame *frame, uint64_t weight, char *reason, size_t reasonlen);
     /* Reads the updates and computes the new model. NAWAL_AGG_REJECTED when
      * no update is usable. */
     int (*finish)(nawal_aggregator *a, char *err, size_t errlen);

@@ -152,6 +152,8 @@ void nawal_delta_params_default(nawal_delta_params *p) {
     *p = (nawal_delta_params){ NAWAL_DELTA_DEFAULT_RATIO, NAWAL_DELTA_F16, NAWAL_DELTA_DEFAULT_BLOCK, 0 };
 }
 
+int nawal_delta_is_frame(const uint8_t *buf, size_t len) { return buf && len >= 4 && !memcmp(buf, MAGIC, 4); }
+
 int nawal_delta_info_read(nawal_delta_info *info, const uint8_t *f, size_t len, char *err, size_t errlen) {
     if (!f || len < NAWAL_DELTA_HEADER_BYTES)
         return nawal_fail(err, errlen, "delta frame truncated: %zu bytes, the header alone is %d", f ? len : 0,

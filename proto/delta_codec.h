@@ -104,6 +104,12 @@ typedef struct {
 int nawal_delta_encode(const nawal_ops *o, const nawal_delta_params *p, const float *delta, float *residual,
                        size_t n, uint8_t **frame, size_t *frame_len, char *err, size_t errlen);
 
+/* 1 if buf starts with a frame's magic "NWDC" (tells a frame from a
+ * safetensors file, whose first 8 bytes are its header length: read as
+ * little-endian, "NWDC" would be a header of over 1 GB, more than
+ * safetensors.h accepts), else 0. Nothing else is checked. */
+int nawal_delta_is_frame(const uint8_t *buf, size_t len);
+
 /* Reads and checks a frame's header (no decompression); n is not checked. */
 int nawal_delta_info_read(nawal_delta_info *info, const uint8_t *frame, size_t len, char *err, size_t errlen);
 

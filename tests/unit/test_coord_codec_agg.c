@@ -1,0 +1,413 @@
+/* test_coord_codec_agg.c - FedAvg over codec-compressed deltas
+ * (delta_codec.h frames over the flat model, flat_model.h) mixed with
+ * dense safetensors deltas: the result against a weighted mean in double
+ * recomputed here from the frames decoded with nawal_delta_decode, within
+ * aggregate.h's bound, and the same bytes for any thread count and
+ * chunking; frames with the wrong n, truncated (header or payload), or
+ * holding a NaN rejected with the codec's reason while the round keeps
+ * the good updates, exactly as if the bad ones had never been sent; the
+ * flat order (by data offset, not header order); and the round driver
+ * (nawal_round_aggregate) on a store holding both kinds of blob. */
+#include "agg_test_util.h"
+#include "coord_test_util.h"
+#include "delta_codec.h"
+#include "flat_model.h"
+#include "ops.h"
+
+#include <zstd.h>
+
+static char g_root[128];
+
+static void setup(void) { coord_make_root(g_root, sizeof g_root, "cagg"); }
+static void teardown(void) { coord_rm_rf(g_root); }
+
+TestSuite(coord_codec_agg, .init = setup, .fini = teardown, .timeout = 120);
+
+/* how update i is sent */
+typedef enum { K_DENSE_ST, K_TOPK_F16, K_TOPK_I8, K_TOPK_F32, K_DENSE_F16, K_KINDS } kind;
+static const char *const kind_name[] = {"safetensors", "top-k fp16", "top-k int8", "top-k fp32", "dense-frame fp16"};
+
+static void write_bytes(const char *path, const uint8_t *p, size_t len) {
+    FILE *f = fopen(path, "wb");
+    cr_assert(f, "%s", path);
+    cr_assert_eq(fwrite(p, 1, len, f), len);
+    cr_assert_eq(fclose(f), 0);
+}
+
+/* Encodes d (agg_total() floats) as kind into path, with error feedback
+ * from an earlier round (a residual left by encoding another delta), and
+ * replaces d with what a decoder gets (nawal_delta_decode of the file). */
+static void write_frame(const char *path, float *d, kind k, uint64_t *seed) {
+    size_t n = agg_total();
+    nawal_delta_params p;
+    nawal_delta_params_default(&p);
+    p.ratio = k == K_DENSE_F16 ? 1.0f : 0.05f;
+    p.values = k == K_TOPK_I8 ? NAWAL_DELTA_I8 : k == K_TOPK_F32 ? NAWAL_DELTA_F32 : NAWAL_DELTA_F16;
+    p.block = 100;
+    float *res = calloc(n, 4), *prev = malloc(n * 4);
+    agg_random(seed, prev, n, 0.01f);
+    uint8_t *fr;
+    size_t len;
+    char err[512] = "";
+    const nawal_ops *o = nawal_ops_cpu(1);
+    cr_assert_eq(nawal_delta_encode(o, &p, prev, res, n, &fr, &len, err, sizeof err), 0, "%s", err);
+    free(fr);
+    cr_assert_eq(nawal_delta_encode(o, &p, d, res, n, &fr, &len, err, sizeof err), 0, "%s", err);
+    write_bytes(path, fr, len);
+    cr_assert_eq(nawal_delta_decode(d, n, fr, len, err, sizeof err), 0, "%s", err);
+    free(fr);
+    free(res);
+    free(prev);
+}
+
+/* A dense fp32 frame built by hand (the encoder refuses NaN): values v. */
+static void write_raw_dense_frame(const char *path, const float *v, size_t n) {
+    uint8_t *pl = malloc(4 * n);
+    for (size_t j = 0; j < n; j++) {
+        uint32_t u;
+        memcpy(&u, &v[j], 4);
+        for (int b = 0; b < 4; b++) pl[(size_t)b * n + j] = (uint8_t)(u >> (8 * b));
+    }
+    size_t cap = ZSTD_compressBound(4 * n);
+    uint8_t *fr = calloc(1, NAWAL_DELTA_HEADER_BYTES + cap);
+    memcpy(fr, "NWDC", 4);
+    fr[4] = NAWAL_DELTA_VERSION;
+    fr[5] = NAWAL_DELTA_DENSE;
+    fr[6] = NAWAL_DELTA_F32;
+    for (int b = 0; b < 8; b++) fr[8 + b] = fr[16 + b] = (uint8_t)((uint64_t)n >> (8 * b));
+    float one = 1.0f;
+    memcpy(fr + 24, &one, 4);
+    size_t z = ZSTD_compress(fr + NAWAL_DELTA_HEADER_BYTES, cap, pl, 4 * n, 3);
+    cr_assert(!ZSTD_isError(z));
+    write_bytes(path, fr, NAWAL_DELTA_HEADER_BYTES + z);
+    free(fr);
+    free(pl);
+}
+
+/* Runs FedAvg over base + update files of either kind (as
+ * test_coord_aggregate's run_fedavg, through nawal_update_open_file).
+ * reasons[i] = "" when update i was used, else why not. */
+static int run_fedavg(const nawal_fedavg_options *o, const char *base_path, char paths[][256], const uint64_t *w, size_t k,
+                      agg_membuf *out, char reasons[][NAWAL_AGG_REASON_BYTES]) {
+    char err[512] = "";
+    nawal_aggregator *a;
+    cr_assert_eq(nawal_fedavg_create(&a, o, err, sizeof err), 0, "%s", err);
+    nawal_tensor_source *base;
+    cr_assert_eq(nawal_tensor_source_open_file(&base, base_path, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(a->begin(a, base, err, sizeof err), 0, "%s", err);
+    size_t *idx = calloc(k ? k : 1, sizeof *idx), offered = 0;
+    for (size_t i = 0; i < k; i++) {
+        nawal_tensor_source *d;
+        nawal_delta_frame *fr;
+        char *why = reasons[i];
+        why[0] = 0;
+        idx[i] = SIZE_MAX;
+        int rc = nawal_update_open_file(&d, &fr, paths[i], why, NAWAL_AGG_REASON_BYTES);
+        cr_assert(rc >= 0, "open %s: %s", paths[i], why);
+        if (rc == NAWAL_AGG_REJECTED) continue;
+        cr_assert((d != NULL) != (fr != NULL));
+        rc = fr ? a->add_frame(a, fr, w[i], why, NAWAL_AGG_REASON_BYTES) : a->add(a, d, w[i], why, NAWAL_AGG_REASON_BYTES);
+        cr_assert(rc >= 0, "add %zu: %s", i, why);
+        cr_assert(rc == 0 || why[0], "a rejection has a reason");
+        idx[i] = offered++;
+    }
+    memset(out, 0, sizeof *out);
+    int rc = a->finish(a, err, sizeof err);
+    cr_assert(rc >= 0, "finish: %s", err);
+    for (size_t i = 0; i < k; i++) {
+        if (idx[i] == SIZE_MAX) continue;
+        int v = a->verdict(a, idx[i], reasons[i], NAWAL_AGG_REASON_BYTES);
+        cr_assert(v >= 0);
+        if (v == 0) reasons[i][0] = 0;
+        else cr_assert(reasons[i][0], "a rejection has a reason");
+    }
+    if (rc == 0) cr_assert_eq(a->write(a, agg_mem_sink, out, err, sizeof err), 0, "write: %s", err);
+    free(idx);
+    nawal_aggregator_destroy(a);
+    nawal_tensor_source_close(base);
+    return rc;
+}
+
+typedef struct {
+    size_t k;
+    float *base;
+    float **d; /* what the aggregator should see: frames' decoded values */
+    uint64_t *w;
+    kind *kinds;
+    char (*paths)[256];
+    char base_path[256];
+} fixture;
+
+/* k updates of random kinds (each kind at least once when k >= K_KINDS) */
+static void fixture_make(fixture *f, uint64_t *seed, size_t k) {
+    size_t n = agg_total();
+    f->k = k;
+    f->base = malloc(n * 4);
+    f->d = calloc(k, sizeof *f->d);
+    f->w = calloc(k, sizeof *f->w);
+    f->kinds = calloc(k, sizeof *f->kinds);
+    f->paths = calloc(k, sizeof *f->paths);
+    agg_random(seed, f->base, n, 1.0f);
+    snprintf(f->base_path, sizeof f->base_path, "%s/base.safetensors", g_root);
+    agg_write(f->base_path, f->base, AGG_OK);
+    for (size_t i = 0; i < k; i++) {
+        f->d[i] = malloc(n * 4);
+        agg_random(seed, f->d[i], n, (float)ldexp(1.0, (int)(test_rand_u64(seed) % 8) - 6));
+        f->w[i] = 1 + test_rand_u64(seed) % (test_rand_u64(seed) % 2 ? 100 : 1000000000000ull);
+        f->kinds[i] = i < K_KINDS ? (kind)i : (kind)(test_rand_u64(seed) % K_KINDS);
+        snprintf(f->paths[i], sizeof f->paths[i], "%s/update%zu", g_root, i);
+        if (f->kinds[i] == K_DENSE_ST) agg_write(f->paths[i], f->d[i], AGG_OK);
+        else write_frame(f->paths[i], f->d[i], f->kinds[i], seed);
+    }
+}
+
+static void fixture_free(fixture *f) {
+    for (size_t i = 0; i < f->k; i++) free(f->d[i]);
+    free(f->d);
+    free(f->w);
+    free(f->kinds);
+    free(f->paths);
+    free(f->base);
+}
+
+Test(coord_codec_agg, mixed_dense_and_frames_match_reference) {
+    uint64_t seed0 = fresh_seed(), seed = seed0;
+    for (int trial = 0; trial < 4; trial++) {
+        size_t k = K_KINDS + test_rand_u64(&seed) % 6;
+        fixture f;
+        fixture_make(&f, &seed, k);
+        char (*reasons)[NAWAL_AGG_REASON_BYTES] = calloc(k, NAWAL_AGG_REASON_BYTES);
+        nawal_fedavg_options o = {1 + (int)(test_rand_u64(&seed) % 2), test_rand_u64(&seed) % 2 ? 0 : 1 + test_rand_u64(&seed) % 5000, 0};
+        agg_membuf out, out2;
+        cr_assert_eq(run_fedavg(&o, f.base_path, f.paths, f.w, k, &out, reasons), 0);
+        for (size_t i = 0; i < k; i++)
+            cr_assert_str_empty(reasons[i], "update %zu (%s) rejected: %s", i, kind_name[f.kinds[i]], reasons[i]);
+        float *got = agg_parse(&out);
+        double *want = agg_reference(f.base, f.d, f.w, NULL, k);
+        agg_check_close(got, want, f.base, f.d, NULL, k, seed0);
+        /* same bytes whatever the thread count, chunking and read mode */
+        nawal_fedavg_options o2 = {3 - o.threads, 777, 1};
+        cr_assert_eq(run_fedavg(&o2, f.base_path, f.paths, f.w, k, &out2, reasons), 0);
+        cr_assert(out.len == out2.len && memcmp(out.p, out2.p, out.len) == 0, "depends on threads (seed %llu)",
+                  (unsigned long long)seed0);
+        free(out.p);
+        free(out2.p);
+        free(got);
+        free(want);
+        free(reasons);
+        fixture_free(&f);
+    }
+}
+
+Test(coord_codec_agg, frames_only_one_update_is_base_plus_decoded) {
+    uint64_t seed = fresh_seed();
+    size_t n = agg_total();
+    fixture f;
+    fixture_make(&f, &seed, 2); /* a safetensors delta and a top-k fp16 frame */
+    char reasons[1][NAWAL_AGG_REASON_BYTES];
+    agg_membuf out;
+    cr_assert_eq(run_fedavg(NULL, f.base_path, f.paths + 1, f.w + 1, 1, &out, reasons), 0, "%s", reasons[0]);
+    float *got = agg_parse(&out);
+    for (size_t e = 0; e < n; e++)
+        cr_assert_eq(got[e], f.base[e] + f.d[1][e], "element %zu (seed %llu)", e, (unsigned long long)seed);
+    free(got);
+    free(out.p);
+    fixture_free(&f);
+}
+
+/* Bad frames (wrong n, truncated header, truncated payload, a NaN) and a
+ * weight-0 frame are rejected with the codec's reason; the rest
+ * aggregate bit for bit as if the bad ones had never been sent. */
+Test(coord_codec_agg, bad_frames_rejected_rest_aggregated) {
+    uint64_t seed0 = fresh_seed(), seed = seed0;
+    const size_t k = 11, n = agg_total();
+    fixture f;
+    fixture_make(&f, &seed, k);
+    const struct { int what; const char *want; } bad[] = {
+        {0, "model of"},          /* n = agg_total() - 1 */
+        {1, "truncated"},         /* 20 bytes: half a header */
+        {2, "zstd"},              /* the zstd frame cut short */
+        {3, "infinite or NaN"},   /* a NaN value */
+        {4, "no examples"},       /* weight 0 */
+    };
+    const size_t nb = sizeof bad / sizeof *bad;
+    int use[11];
+    for (size_t i = 0; i < k; i++) use[i] = 1;
+    size_t pos[5];
+    float *v = malloc(n * 4);
+    char err[512] = "";
+    for (size_t b = 0; b < nb; b++) {
+        size_t p;
+        do p = test_rand_u64(&seed) % k; while (!use[p]);
+        use[p] = 0;
+        pos[b] = p;
+        memcpy(v, f.d[p], n * 4);
+        nawal_delta_params prm;
+        nawal_delta_params_default(&prm);
+        uint8_t *fr;
+        size_t len;
+        switch (bad[b].what) {
+        case 0:
+            cr_assert_eq(nawal_delta_encode(nawal_ops_cpu(1), &prm, v, NULL, n - 1, &fr, &len, err, sizeof err), 0, "%s", err);
+            write_bytes(f.paths[p], fr, len);
+            free(fr);
+            break;
+        case 1:
+        case 2:
+            cr_assert_eq(nawal_delta_encode(nawal_ops_cpu(1), &prm, v, NULL, n, &fr, &len, err, sizeof err), 0, "%s", err);
+            write_bytes(f.paths[p], fr, bad[b].what == 1 ? 20 : len - 7);
+            free(fr);
+            break;
+        case 3:
+            v[test_rand_u64(&seed) % n] = NAN;
+            write_raw_dense_frame(f.paths[p], v, n);
+            break;
+        default:
+            write_frame(f.paths[p], v, K_TOPK_I8, &seed);
+            f.w[p] = 0;
+        }
+    }
+    free(v);
+    nawal_fedavg_options o = {2, 1000, 0};
+    agg_membuf out, clean;
+    char reasons[11][NAWAL_AGG_REASON_BYTES];
+    cr_assert_eq(run_fedavg(&o, f.base_path, f.paths, f.w, k, &out, reasons), 0);
+    for (size_t b = 0; b < nb; b++)
+        cr_assert(strstr(reasons[pos[b]], bad[b].want), "update %zu: reason '%s' should mention '%s' (seed %llu)", pos[b],
+                  reasons[pos[b]], bad[b].want, (unsigned long long)seed0);
+    for (size_t i = 0; i < k; i++)
+        if (use[i]) cr_assert_str_empty(reasons[i], "good update %zu (%s) rejected: %s", i, kind_name[f.kinds[i]], reasons[i]);
+    char (*good)[256] = calloc(k, 256);
+    uint64_t gw[11];
+    size_t ng = 0;
+    for (size_t i = 0; i < k; i++)
+        if (use[i]) { memcpy(good[ng], f.paths[i], 256); gw[ng++] = f.w[i]; }
+    cr_assert_eq(run_fedavg(&o, f.base_path, good, gw, ng, &clean, reasons), 0);
+    cr_assert(out.len == clean.len && memcmp(out.p, clean.p, out.len) == 0,
+              "a rejected frame left a trace in the result (seed %llu)", (unsigned long long)seed0);
+    float *got = agg_parse(&out);
+    double *want = agg_reference(f.base, f.d, f.w, use, k);
+    agg_check_close(got, want, f.base, f.d, use, k, seed0);
+    free(got);
+    free(want);
+    free(good);
+    free(out.p);
+    free(clean.p);
+    fixture_free(&f);
+}
+
+/* The flat vector follows the data, not the header's key order. */
+Test(coord_codec_agg, flat_order_is_data_order) {
+    /* "a" is listed first but its data comes second */
+    const char *json = "{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[8,20]},"
+                       "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}";
+    size_t hl = strlen(json), len = 8 + hl + 20;
+    uint8_t *buf = calloc(1, len);
+    for (int b = 0; b < 8; b++) buf[b] = (uint8_t)((uint64_t)hl >> (8 * b));
+    memcpy(buf + 8, json, hl);
+    const float vals[5] = {1, 2, 3, 4, 5}; /* flat: b = {1, 2}, a = {3, 4, 5} */
+    memcpy(buf + 8 + hl, vals, 20);
+    char path[256], err[512] = "";
+    snprintf(path, sizeof path, "%s/order.safetensors", g_root);
+    write_bytes(path, buf, len);
+    nawal_st_file *f;
+    cr_assert_eq(nawal_st_parse(&f, buf, len, "order", err, sizeof err), 0, "%s", err);
+    size_t order[2];
+    uint64_t n = 0;
+    cr_assert_eq(nawal_flat_order(f, order, &n, err, sizeof err), 0);
+    cr_assert_eq(n, 5);
+    cr_assert_str_eq(nawal_st_at(f, order[0])->name, "b");
+    cr_assert_str_eq(nawal_st_at(f, order[1])->name, "a");
+    nawal_st_free(f);
+    /* the tensor source lists tensors in that order too: FedAvg's accumulator is the flat vector */
+    nawal_tensor_source *src;
+    cr_assert_eq(nawal_tensor_source_open_file(&src, path, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(src->n_tensors, 2);
+    cr_assert_str_eq(src->tensors[0].name, "b");
+    cr_assert_str_eq(src->tensors[1].name, "a");
+    nawal_tensor_source_close(src);
+    /* base + a frame adding 10 x flat index: b = {1, 12}, a = {23, 34, 45} */
+    const float dv[5] = {0, 10, 20, 30, 40};
+    char fpath[256];
+    snprintf(fpath, sizeof fpath, "%s/order.frame", g_root);
+    write_raw_dense_frame(fpath, dv, 5);
+    char paths[1][256], reasons[1][NAWAL_AGG_REASON_BYTES];
+    memcpy(paths[0], fpath, sizeof fpath);
+    uint64_t w = 3;
+    agg_membuf out;
+    cr_assert_eq(run_fedavg(NULL, path, paths, &w, 1, &out, reasons), 0, "%s", reasons[0]);
+    cr_assert_eq(nawal_st_parse(&f, out.p, out.len, "out", err, sizeof err), 0, "%s", err);
+    const nawal_st_tensor *a = nawal_st_find(f, "a"), *b = nawal_st_find(f, "b");
+    const float *av = a->data, *bv = b->data;
+    cr_assert(bv[0] == 1 && bv[1] == 12 && av[0] == 23 && av[1] == 34 && av[2] == 45);
+    nawal_st_free(f);
+    free(out.p);
+    free(buf);
+}
+
+/* ---- round-level driver ---------------------------------------------------- */
+
+Test(coord_codec_agg, round_driver_takes_frames) {
+    uint64_t seed0 = fresh_seed(), seed = seed0;
+    const size_t k = 7;
+    fixture f;
+    fixture_make(&f, &seed, k);
+    /* update 6: a truncated frame */
+    write_frame(f.paths[6], f.d[6], K_TOPK_F16, &seed);
+    {
+        FILE *g = fopen(f.paths[6], "rb+");
+        cr_assert(g);
+        cr_assert_eq(fseek(g, 0, SEEK_END), 0);
+        long len = ftell(g);
+        fclose(g);
+        cr_assert_eq(truncate(f.paths[6], len - 3), 0);
+    }
+    char dir[300], err[512] = "";
+    snprintf(dir, sizeof dir, "%s/coord", g_root);
+    nawal_store *s = coord_init_open(dir);
+    nawal_round r = {0};
+    cr_assert_eq(nawal_blobstore_put_file(s, f.base_path, r.base_cid, NULL, err, sizeof err), 0, "%s", err);
+    r.started_ms = 1700000000000ll;
+    r.deadline_ms = r.started_ms + 3600000;
+    r.pool_planck = 1000;
+    r.target = (uint32_t)k;
+    r.min = 1;
+    int64_t id;
+    cr_assert_eq(nawal_store_round_create(s, &r, NULL, &id, err, sizeof err), 0, "%s", err);
+    int use[7];
+    for (size_t i = 0; i < k; i++) {
+        uint8_t pk[32] = {(uint8_t)(i + 1)}; /* key order = index order */
+        coord_add_validator(s, pk, 1000);
+        nawal_submission sub = {.round_id = id, .num_examples = f.w[i], .received_ms = r.started_ms + 1000,
+                                .quality_ppm = 900000};
+        memcpy(sub.validator, pk, 32);
+        cr_assert_eq(nawal_blobstore_put_file(s, f.paths[i], sub.delta_cid, NULL, err, sizeof err), 0, "%s", err);
+        cr_assert_eq(nawal_store_submission_add(s, &sub, err, sizeof err), 0, "%s", err);
+        use[i] = i != 6;
+    }
+    nawal_agg_result res;
+    nawal_agg_config cfg = {"fedavg", 2};
+    cr_assert_eq(nawal_round_aggregate(s, id, &cfg, 1, &res, err, sizeof err), 0, "%s", err);
+    cr_assert(res.has_model, "%s", res.note);
+    cr_assert_eq(res.n_accepted, k - 1);
+    for (size_t i = 0; i < k; i++)
+        cr_assert_eq(res.verdicts[i].accepted, use[i], "update %zu (%s): %s", i, kind_name[f.kinds[i]], res.verdicts[i].reason);
+    cr_assert(strstr(res.verdicts[6].reason, "zstd"), "%s", res.verdicts[6].reason);
+    nawal_tensor_source *m;
+    cr_assert_eq(nawal_tensor_source_open_blob(&m, s, res.model_cid, err, sizeof err), 0, "%s", err);
+    size_t n = agg_total(), off = 0;
+    float *got = malloc(n * 4);
+    for (size_t t = 0; t < AGG_NT; t++) {
+        cr_assert_str_eq(m->tensors[t].name, AGG_LAYOUT[t].name);
+        cr_assert_eq(m->read(m, t, 0, agg_numel(t), got + off, err, sizeof err), 0, "%s", err);
+        off += agg_numel(t);
+    }
+    nawal_tensor_source_close(m);
+    double *want = agg_reference(f.base, f.d, f.w, use, k);
+    agg_check_close(got, want, f.base, f.d, use, k, seed0);
+    free(got);
+    free(want);
+    nawal_agg_result_free(&res);
+    nawal_store_close(s);
+    fixture_free(&f);
+}
