@@ -14,6 +14,7 @@ int nawal_cmd_eval(int argc, char **argv);
 int nawal_cmd_sample(int argc, char **argv);
 int nawal_cmd_keygen(int argc, char **argv);
 int nawal_cmd_privacy(int argc, char **argv);
+int nawal_cmd_run(int argc, char **argv);
 
 /* shared set-up (main.c): print an error and return -1 on failure */
 int nawal_agent_open_device(const nawal_ops **ops, const char *device, int threads);

@@ -1,5 +1,5 @@
 /* main.c - nawal-agent, the validator program: dispatches sub-commands
- * (train, eval, sample, tokenizer, keygen, privacy) and holds the small set-up helpers they
+ * (train, eval, sample, tokenizer, keygen, privacy, run) and holds the small set-up helpers they
  * share (device selection, tokenizer loading). */
 #include "cmds.h"
 #include "tokenizer.h"
@@ -32,7 +32,8 @@ static void usage(FILE *f) {
             "  sample     generate text from a checkpoint\n"
             "  tokenizer  train a byte-level BPE tokenizer\n"
             "  keygen     create this validator's Ed25519 identity\n"
-            "  privacy    epsilon of a DP training plan, or the noise it needs for a target epsilon\n\n"
+            "  privacy    epsilon of a DP training plan, or the noise it needs for a target epsilon\n"
+            "  run        the validator daemon: follow the coordinator's rounds, train, upload deltas\n\n"
             "Run 'nawal-agent <command> --help' for its options.\n");
 }
 
@@ -46,6 +47,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "tokenizer")) return nawal_cmd_tokenizer(argc - 1, argv + 1);
     if (!strcmp(cmd, "keygen")) return nawal_cmd_keygen(argc - 1, argv + 1);
     if (!strcmp(cmd, "privacy")) return nawal_cmd_privacy(argc - 1, argv + 1);
+    if (!strcmp(cmd, "run")) return nawal_cmd_run(argc - 1, argv + 1);
     fprintf(stderr, "error: unknown command '%s'\n", cmd);
     usage(stderr);
     return 2;

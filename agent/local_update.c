@@ -1,0 +1,227 @@
+/* local_update.c - see local_update.h. */
+#include "local_update.h"
+#include "checkpoint.h"
+#include "cid.h"
+#include "delta_codec.h"
+#include "dp_train.h"
+#include "error.h"
+#include "fileio.h"
+#include "flat_model.h"
+#include "safetensors.h"
+#include "trainer.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sodium.h>
+#include <unistd.h>
+
+/* Validation windows evaluated before and after training (bounds the cost). */
+#define EVAL_MAX_WINDOWS 32
+
+static int meta_int(const nawal_st_file *f, const char *key, int *out, const char *path, char *err, size_t errlen) {
+    const char *v = nawal_st_metadata(f, key);
+    char *end;
+    errno = 0;
+    long x = v ? strtol(v, &end, 10) : 0;
+    if (!v || errno || *end || end == v || x <= 0 || x > INT_MAX)
+        return nawal_fail(err, errlen, "%s: metadata \"%s\" missing or not a positive integer (not a nawal global model?)",
+                          path, key);
+    *out = (int)x;
+    return 0;
+}
+
+static int model_config(const nawal_st_file *f, nawal_gpt_config *cfg, const char *path, char *err, size_t errlen) {
+    if (meta_int(f, "n_layer", &cfg->n_layer, path, err, errlen) || meta_int(f, "n_head", &cfg->n_head, path, err, errlen) ||
+        meta_int(f, "n_embd", &cfg->n_embd, path, err, errlen) || meta_int(f, "n_positions", &cfg->n_ctx, path, err, errlen) ||
+        meta_int(f, "vocab_size", &cfg->vocab, path, err, errlen))
+        return -1;
+    return nawal_gpt_config_check(cfg, err, errlen);
+}
+
+/* delta[0..n) = local - base in flat order (proto/flat_model.h). */
+static int compute_delta(const nawal_gpt *m, const nawal_st_file *f, const size_t *order, float *delta, size_t n,
+                         const char *path, char *err, size_t errlen) {
+    float *local = malloc(m->n_params * sizeof(float));
+    if (!local) return nawal_fail(err, errlen, "out of memory for a %zu-parameter model", m->n_params);
+    m->ops->download(m->ops, local, m->params, m->n_params * sizeof(float));
+    size_t pos = 0;
+    int rc = 0;
+    for (size_t k = 0; k < nawal_st_count(f) && rc == 0; k++) {
+        const nawal_st_tensor *t = nawal_st_at(f, order[k]);
+        const nawal_param_tensor *p = nawal_gpt_find_tensor(m, t->name);
+        size_t numel = t->nbytes / sizeof(float);
+        if (!p || t->dtype != NAWAL_ST_F32 || p->numel != numel || pos + numel > n) {
+            rc = nawal_fail(err, errlen, "%s: tensor \"%s\" does not match the model", path, t->name);
+            break;
+        }
+        const float *b = t->data;
+        for (size_t j = 0; j < numel; j++) delta[pos + j] = local[p->offset + j] - b[j];
+        pos += numel;
+    }
+    if (rc == 0 && (pos != n || n != m->n_params))
+        rc = nawal_fail(err, errlen, "%s: holds %zu parameters, the model %zu", path, pos, m->n_params);
+    free(local);
+    return rc;
+}
+
+/* Mean loss over the first EVAL_MAX_WINDOWS validation windows; 0 when there is no split. */
+static int val_loss(nawal_gpt *m, const nawal_corpus *c, double *loss, char *err, size_t errlen) {
+    size_t n_val = c->n_tokens - c->n_train, cap = (size_t)EVAL_MAX_WINDOWS * (size_t)m->cfg.n_ctx + 1;
+    *loss = 0.0;
+    if (n_val < 2) return 0;
+    size_t np;
+    return nawal_eval_tokens(m, c->tokens + c->n_train, n_val < cap ? n_val : cap, loss, &np, err, errlen);
+}
+
+static int train(nawal_agent *ag, nawal_gpt *m, const nawal_round_plan *p, nawal_train_result *res, double *eps,
+                 uint64_t *examples, char *err, size_t errlen) {
+    nawal_train_config tc;
+    nawal_train_config_default(&tc);
+    tc.steps = (int)p->steps;
+    tc.batch = (int)p->batch;
+    tc.lr = p->lr;
+    tc.min_lr = p->lr / 10;
+    tc.warmup = tc.steps / 10;
+    tc.log_every = tc.steps >= 5 ? tc.steps / 5 : 1;
+    randombytes_buf(&tc.seed, sizeof tc.seed);
+    *eps = 0.0;
+    *examples = (uint64_t)p->steps * p->batch;
+    if (!p->dp) return nawal_train_run(m, ag->corpus.tokens, ag->corpus.n_train, &tc, stdout, res, err, errlen);
+
+    nawal_dp_train_config dc = {.max_grad_norm = p->max_grad_norm, .sample_rate = p->sample_rate,
+                                .epsilon = p->target_epsilon, .delta = p->delta,
+                                .noise_multiplier = p->noise_multiplier, .budget = NULL, .seeded = 0};
+    if (nawal_privacy_budget_open(&dc.budget, ag->key_dir, &ag->id, p->delta, 1, err, errlen)) return -1;
+    nawal_dp_report rep;
+    int rc = nawal_dp_train_run(m, ag->corpus.tokens, ag->corpus.n_train, &tc, &dc, stdout, res, &rep, err, errlen);
+    nawal_privacy_budget_close(dc.budget);
+    if (rc) return -1;
+    if (rep.steps_done == 0) return nawal_fail(err, errlen, "the privacy budget allows no step of this round");
+    *eps = rep.epsilon_spent;
+    *examples = (uint64_t)llround(rep.expected_batch * rep.steps_done);
+    if (*examples == 0) *examples = 1;
+    printf("round %llu: dp-sgd %d steps, sample rate %.4g, noise multiplier %.4f, epsilon spent %.4f (delta %g)%s\n",
+           (unsigned long long)p->round_id, rep.steps_done, rep.sample_rate, rep.noise_multiplier, rep.epsilon_spent,
+           p->delta, rep.stopped_by_budget ? ", stopped by the privacy budget" : "");
+    return 0;
+}
+
+/* Writes the update file for delta[0..n) into the state dir; fills s->delta and s->size. */
+static int write_update(nawal_agent *ag, const nawal_round_plan *p, const nawal_st_file *f, const size_t *order,
+                        const float *delta, size_t n, nawal_agent_submission *s, char *err, size_t errlen) {
+    char tmp[4096], path[4096];
+    snprintf(tmp, sizeof tmp, "%s/deltas/update.tmp", ag->state_dir);
+    int rc = -1;
+    if (ag->delta_codec) {
+        float *residual = malloc(n * sizeof(float));
+        uint8_t *frame = NULL;
+        size_t len = 0;
+        nawal_delta_params dp;
+        nawal_delta_params_default(&dp);
+        dp.ratio = p->topk_ratio > 0.0f && p->topk_ratio < 1.0f ? p->topk_ratio : 1.0f;
+        if (!residual) return nawal_fail(err, errlen, "out of memory for the residual");
+        if (nawal_agent_residual_load(ag->state_dir, residual, n, err, errlen) == 0 &&
+            nawal_delta_encode(ag->ops, &dp, delta, residual, n, &frame, &len, err, errlen) == 0 &&
+            nawal_agent_residual_stage(ag->state_dir, residual, n, err, errlen) == 0) {
+            nawal_chunk c = {frame, len};
+            rc = nawal_file_replace(tmp, &c, 1, 0600, err, errlen);
+            if (rc == 0) printf("round %llu: delta of %zu parameters encoded: %s ratio %g, %zu bytes (%.1f%% of dense fp32)\n",
+                                (unsigned long long)p->round_id, n, dp.ratio < 1.0f ? "top-k" : "dense", (double)dp.ratio,
+                                len, 100.0 * (double)len / ((double)n * 4));
+        }
+        free(frame);
+        free(residual);
+    } else {
+        size_t nt = nawal_st_count(f), pos = 0;
+        nawal_st_tensor *ts = calloc(nt ? nt : 1, sizeof *ts);
+        if (!ts) return nawal_fail(err, errlen, "out of memory");
+        for (size_t k = 0; k < nt; k++) {
+            ts[k] = *nawal_st_at(f, order[k]);
+            ts[k].data = delta + pos;
+            pos += ts[k].nbytes / sizeof(float);
+        }
+        rc = nawal_st_write(tmp, ts, nt, NULL, err, errlen);
+        free(ts);
+    }
+    if (rc) return -1;
+    if (nawal_cid_of_file(s->delta, &s->size, tmp, err, errlen) ||
+        nawal_agent_delta_path(path, sizeof path, ag->state_dir, s->delta)) {
+        unlink(tmp);
+        return -1;
+    }
+    if (rename(tmp, path)) {
+        unlink(tmp);
+        return nawal_fail(err, errlen, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
+    }
+    nawal_fsync_parent_dir(path);
+    return 0;
+}
+
+int nawal_agent_local_update(nawal_agent *ag, const nawal_round_plan *p, nawal_agent_submission *out, char *err,
+                             size_t errlen) {
+    char path[4096];
+    nawal_st_file *f = NULL;
+    nawal_gpt *m = NULL;
+    size_t *order = NULL;
+    float *delta = NULL;
+    int rc = -1;
+    memset(out, 0, sizeof *out);
+    if (nawal_agent_model_path(path, sizeof path, ag->state_dir, p->base_cid))
+        return nawal_fail(err, errlen, "%s: path too long", ag->state_dir);
+    nawal_gpt_config cfg;
+    if (nawal_st_read(&f, path, err, errlen) || model_config(f, &cfg, path, err, errlen)) goto out;
+    if (nawal_tokenizer_vocab_size(ag->tok) > cfg.vocab) {
+        nawal_fail(err, errlen, "the round's model has a vocabulary of %d tokens, the tokenizer %d", cfg.vocab,
+                   nawal_tokenizer_vocab_size(ag->tok));
+        goto out;
+    }
+    if (nawal_gpt_create(&m, ag->ops, &cfg, (int)p->batch, err, errlen) ||
+        nawal_checkpoint_load_weights(m, path, err, errlen))
+        goto out;
+    uint64_t n64 = 0;
+    if (!(order = malloc((nawal_st_count(f) + 1) * sizeof *order))) {
+        nawal_fail(err, errlen, "out of memory");
+        goto out;
+    }
+    if (nawal_flat_order(f, order, &n64, err, errlen)) goto out;
+    size_t n = (size_t)n64;
+
+    double v0, v1, eps;
+    uint64_t examples;
+    nawal_train_result res;
+    if (val_loss(m, &ag->corpus, &v0, err, errlen)) goto out;
+    fflush(stdout);
+    if (train(ag, m, p, &res, &eps, &examples, err, errlen)) goto out;
+    if (val_loss(m, &ag->corpus, &v1, err, errlen)) goto out;
+    printf("round %llu: trained %u steps in %.1f s, loss %.4f -> %.4f, %.0f tokens/s, val loss %.4f -> %.4f\n",
+           (unsigned long long)p->round_id, p->steps, res.seconds, (double)res.first_loss, (double)res.last_loss,
+           res.tokens_per_s, v0, v1);
+
+    if (!(delta = malloc((n ? n : 1) * sizeof *delta))) {
+        nawal_fail(err, errlen, "out of memory for a %zu-float delta", n);
+        goto out;
+    }
+    if (compute_delta(m, f, order, delta, n, path, err, errlen)) goto out;
+    if (write_update(ag, p, f, order, delta, n, out, err, errlen)) goto out;
+    out->round = p->round_id;
+    memcpy(out->base, p->base_cid, 32);
+    out->examples = examples;
+    out->epsilon = eps;
+    out->quality = v0 + v1 > 0 && isfinite(v0 + v1) ? (float)(v0 / (v0 + v1)) : 0.5f;
+    out->train_loss = res.last_loss;
+    out->val_loss = (float)v1;
+    out->tokens_per_s = res.tokens_per_s;
+    out->acked = 0;
+    rc = 0;
+out:
+    fflush(stdout);
+    free(delta);
+    free(order);
+    nawal_gpt_free(m);
+    nawal_st_free(f);
+    return rc;
+}

@@ -1,0 +1,40 @@
+/* local_update.h - one round's work on the validator's own data: load the
+ * round's base model (safetensors, its config in the metadata as genesis.c
+ * writes it), train it with the round's config (trainer.h, or DP-SGD from
+ * dp_train.h when the round asks for it, charging the privacy budget kept
+ * in the key directory), compute delta = local - base as one flat float
+ * vector in the order of the base file's tensors (proto/flat_model.h), and write
+ * the update file into the state directory:
+ *   - codec (default): a delta_codec.h frame, top-k with the round's
+ *     topk_ratio (dense when it is 0 or 1), fp16 values, error feedback
+ *     from DIR/residual.f32; the new residual is staged as
+ *     residual.pending.f32 (state.h) until the update is acknowledged;
+ *   - dense: a safetensors file with the base's tensor names and shapes
+ *     holding the delta (what the coordinator's dense aggregation source
+ *     reads).
+ * The resulting submission record (acked 0) is filled in, not saved.
+ *
+ * Quality reported to the coordinator: v0 / (v0 + v1), with v0 and v1 the
+ * validation loss before and after training (0.5 = no change, above = the
+ * update helped; 0.5 when the corpus has no validation split). */
+#ifndef NAWAL_AGENT_LOCAL_UPDATE_H
+#define NAWAL_AGENT_LOCAL_UPDATE_H
+
+#include "session.h"
+#include "state.h"
+
+typedef struct {
+    uint64_t round_id;
+    uint8_t base_cid[32];
+    uint32_t steps, batch;
+    float lr, topk_ratio;
+    int dp;
+    float noise_multiplier, max_grad_norm, sample_rate;
+    double target_epsilon, delta;
+} nawal_round_plan;
+
+/* The model file is ag->state_dir/models/<base cid>.safetensors. */
+int nawal_agent_local_update(nawal_agent *ag, const nawal_round_plan *p, nawal_agent_submission *out, char *err,
+                             size_t errlen);
+
+#endif

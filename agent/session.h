@@ -1,0 +1,83 @@
+/* session.h - one validator's conversation with nawal-coordinator
+ * (`nawal-agent run`), following the protocol documented at the top of
+ * coordinator/serve.h:
+ *
+ *   connect -> Hello -> Challenge -> Auth -> Ack
+ *   RoundAnnounce -> Join{stake} -> Ack (ERR_DUPLICATE: joined before)
+ *   base model: from the state dir's cache when its CID matches, else
+ *     BlobRequest -> BlobChunk* (resumed from the .part file after a cut)
+ *   local training and the delta (local_update.h), written to the state dir
+ *   UpdateSubmit -> BlobRequest (delta) -> BlobChunk* -> Ack
+ *     (ERR_DUPLICATE after a resubmission: already on record = accepted)
+ *   RoundResult -> the next RoundAnnounce ...
+ *
+ * and a Heartbeat every 15 s while authenticated (the coordinator answers
+ * each; its Heartbeats are never answered, which would loop). Every
+ * envelope is signed with the validator key; sequence numbers are
+ * max(last + 1, Unix microseconds), so they grow across reconnects and
+ * restarts. Coordinator envelopes must come from --coordinator-key when
+ * given, otherwise from the first key seen (pinned for the process).
+ *
+ * Training runs on the loop's thread between service calls: the
+ * connection is not serviced meanwhile, and if the coordinator drops it the
+ * outer loop reconnects and the submission record (state.h) carries the
+ * update over, which is submitted until acknowledged and never retrained.
+ *
+ * nawal_agent_session_run() is one connection: it returns when the agent
+ * is done (its --rounds results seen), when the connection is gone (the
+ * caller reconnects with backoff, cmd_run.c), or on a fatal error.
+ *
+ * Test hook: with NAWAL_AGENT_TEST_CRASH=upload in the environment the
+ * process exits (status 3) when the coordinator first asks for the delta,
+ * as if killed between its UpdateSubmit and the upload. */
+#ifndef NAWAL_AGENT_SESSION_H
+#define NAWAL_AGENT_SESSION_H
+
+#include "corpus.h"
+#include "identity.h"
+#include "ops.h"
+#include "tokenizer.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    /* where */
+    char host[256];
+    int port;
+    char path[256];
+    int insecure_plaintext; /* ws:// (loopback tests) */
+    const char *ca_file;    /* wss: CA bundle (NULL: the system store) */
+    int have_coord_pk;
+    uint8_t coord_pk[32];
+    /* who and what */
+    const char *key_dir, *state_dir;
+    nawal_identity id;
+    uint64_t stake;
+    int rounds;             /* stop after this many RoundResults (0: never) */
+    int have_floor;         /* --epsilon/--delta given: refuse weaker DP */
+    double eps_floor, delta_floor;
+    int delta_codec;        /* 1: delta_codec.h frames; 0: dense safetensors delta */
+    const nawal_ops *ops;
+    nawal_tokenizer *tok;
+    nawal_corpus corpus;
+    /* progress */
+    int rounds_done;
+    uint64_t last_seq;
+    uint64_t bytes_up, bytes_down;
+} nawal_agent;
+
+typedef enum {
+    NAWAL_SESSION_DONE = 0,   /* --rounds reached */
+    NAWAL_SESSION_RETRY = 1,  /* connection lost or refused: reconnect later */
+    NAWAL_SESSION_FATAL = -1, /* message in err */
+} nawal_session_status;
+
+/* Runs one connection. *authenticated says whether it got past Auth (the
+ * caller resets its backoff then). */
+nawal_session_status nawal_agent_session_run(nawal_agent *ag, int *authenticated, char *err, size_t errlen);
+
+/* The next envelope sequence number: max(last + 1, Unix microseconds). */
+uint64_t nawal_agent_next_seq(nawal_agent *ag);
+
+#endif
