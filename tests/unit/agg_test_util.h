@@ -156,4 +156,72 @@ static inline void agg_check_close(const float *got, const double *want, const f
     }
 }
 
+/* the model blob `cid` of store s read whole into a new flat array (tensors
+ * in AGG_LAYOUT's order, names checked) */
+static inline float *agg_read_blob(nawal_store *s, const uint8_t *cid) {
+    char err[256];
+    nawal_tensor_source *m;
+    cr_assert_eq(nawal_tensor_source_open_blob(&m, s, cid, err, sizeof err), 0, "%s", err);
+    size_t off = 0;
+    float *got = malloc(agg_total() * 4);
+    cr_assert(got);
+    for (size_t t = 0; t < AGG_NT; t++) {
+        cr_assert_str_eq(m->tensors[t].name, AGG_LAYOUT[t].name);
+        cr_assert_eq(m->read(m, t, 0, agg_numel(t), got + off, err, sizeof err), 0, "%s", err);
+        off += agg_numel(t);
+    }
+    nawal_tensor_source_close(m);
+    return got;
+}
+
+/* Runs FedAvg (options o) over a base file and update files of either kind
+ * (safetensors deltas or codec frames, opened with nawal_update_open_file):
+ * finish, then write into out; returns the first status that is not 0
+ * (finish's or write's). reasons[i] (may be NULL) gets "" when update i was
+ * used, else why not. */
+static inline int agg_run_fedavg(const nawal_fedavg_options *o, const char *base_path, char paths[][256],
+                                 const uint64_t *w, size_t k, agg_membuf *out, char reasons[][NAWAL_AGG_REASON_BYTES]) {
+    char err[512] = "", scratch[NAWAL_AGG_REASON_BYTES];
+    nawal_aggregator *a;
+    cr_assert_eq(nawal_fedavg_create(&a, o, err, sizeof err), 0, "%s", err);
+    nawal_tensor_source *base;
+    cr_assert_eq(nawal_tensor_source_open_file(&base, base_path, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(a->begin(a, base, err, sizeof err), 0, "%s", err);
+    size_t *idx = calloc(k ? k : 1, sizeof *idx), offered = 0;
+    for (size_t i = 0; i < k; i++) {
+        nawal_tensor_source *d;
+        nawal_delta_frame *fr;
+        char *why = reasons ? reasons[i] : scratch;
+        why[0] = 0;
+        idx[i] = SIZE_MAX;
+        int rc = nawal_update_open_file(&d, &fr, paths[i], why, NAWAL_AGG_REASON_BYTES);
+        cr_assert(rc >= 0, "open %s: %s", paths[i], why);
+        if (rc == NAWAL_AGG_REJECTED) continue;
+        cr_assert((d != NULL) != (fr != NULL));
+        rc = fr ? a->add_frame(a, fr, w[i], why, NAWAL_AGG_REASON_BYTES) : a->add(a, d, w[i], why, NAWAL_AGG_REASON_BYTES);
+        cr_assert(rc >= 0, "add %zu: %s", i, why);
+        cr_assert(rc == 0 || why[0], "a rejection has a reason");
+        idx[i] = offered++;
+    }
+    memset(out, 0, sizeof *out);
+    int rc = a->finish(a, err, sizeof err);
+    cr_assert(rc >= 0, "finish: %s", err);
+    for (size_t i = 0; i < k; i++) {
+        if (idx[i] == SIZE_MAX) continue;
+        char *why = reasons ? reasons[i] : scratch;
+        int v = a->verdict(a, idx[i], why, NAWAL_AGG_REASON_BYTES);
+        cr_assert(v >= 0);
+        if (v == 0) why[0] = 0;
+        else cr_assert(why[0], "a rejection has a reason");
+    }
+    if (rc == 0) {
+        rc = a->write(a, agg_mem_sink, out, err, sizeof err);
+        cr_assert(rc >= 0, "write: %s", err);
+    }
+    free(idx);
+    nawal_aggregator_destroy(a);
+    nawal_tensor_source_close(base);
+    return rc;
+}
+
 #endif

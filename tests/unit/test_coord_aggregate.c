@@ -22,52 +22,6 @@ TestSuite(coord_aggregate, .init = setup, .fini = teardown, .timeout = 120);
 
 static void path_of(char *out, size_t cap, const char *what, size_t i) { snprintf(out, cap, "%s/%s%zu.safetensors", g_root, what, i); }
 
-/* Runs FedAvg (options o) over base file + delta files: finish, then
- * write into out; returns the first status that is not 0 (finish's or
- * write's). reasons[i] gets "" when update i was used, else why not. */
-static int run_fedavg(const nawal_fedavg_options *o, const char *base_path, char paths[][256], const uint64_t *w, size_t k,
-                      agg_membuf *out, char reasons[][NAWAL_AGG_REASON_BYTES]) {
-    char err[512] = "", scratch[NAWAL_AGG_REASON_BYTES];
-    nawal_aggregator *a;
-    cr_assert_eq(nawal_fedavg_create(&a, o, err, sizeof err), 0, "%s", err);
-    nawal_tensor_source *base;
-    cr_assert_eq(nawal_tensor_source_open_file(&base, base_path, err, sizeof err), 0, "%s", err);
-    cr_assert_eq(a->begin(a, base, err, sizeof err), 0, "%s", err);
-    size_t *idx = calloc(k ? k : 1, sizeof *idx), offered = 0;
-    for (size_t i = 0; i < k; i++) {
-        nawal_tensor_source *d;
-        char *why = reasons ? reasons[i] : scratch;
-        why[0] = 0;
-        idx[i] = SIZE_MAX;
-        int rc = nawal_tensor_source_open_file(&d, paths[i], why, NAWAL_AGG_REASON_BYTES);
-        cr_assert(rc >= 0, "open %s: %s", paths[i], why);
-        if (rc == NAWAL_AGG_REJECTED) continue;
-        rc = a->add(a, d, w[i], why, NAWAL_AGG_REASON_BYTES);
-        cr_assert(rc >= 0, "add %zu: %s", i, why);
-        cr_assert(rc == 0 || why[0], "a rejection has a reason");
-        idx[i] = offered++;
-    }
-    memset(out, 0, sizeof *out);
-    int rc = a->finish(a, err, sizeof err);
-    cr_assert(rc >= 0, "finish: %s", err);
-    for (size_t i = 0; i < k; i++) {
-        if (idx[i] == SIZE_MAX) continue;
-        char *why = reasons ? reasons[i] : scratch;
-        int v = a->verdict(a, idx[i], why, NAWAL_AGG_REASON_BYTES);
-        cr_assert(v >= 0);
-        if (v == 0) why[0] = 0;
-        else cr_assert(why[0], "a rejection has a reason");
-    }
-    if (rc == 0) {
-        rc = a->write(a, agg_mem_sink, out, err, sizeof err);
-        cr_assert(rc >= 0, "write: %s", err);
-    }
-    free(idx);
-    nawal_aggregator_destroy(a);
-    nawal_tensor_source_close(base);
-    return rc;
-}
-
 typedef struct {
     size_t k;
     float *base;
@@ -115,7 +69,7 @@ Test(coord_aggregate, fedavg_matches_brute_force_within_bound) {
         nawal_fedavg_options o = {1 + (int)(test_rand_u64(&seed) % 2), test_rand_u64(&seed) % 2 ? 0 : 1 + test_rand_u64(&seed) % 5000,
                                   (int)(test_rand_u64(&seed) % 2)};
         agg_membuf out;
-        cr_assert_eq(run_fedavg(&o, f.base_path, f.paths, f.w, k, &out, NULL), 0);
+        cr_assert_eq(agg_run_fedavg(&o, f.base_path, f.paths, f.w, k, &out, NULL), 0);
         float *got = agg_parse(&out);
         double *want = agg_reference(f.base, f.d, f.w, NULL, k);
         agg_check_close(got, want, f.base, f.d, NULL, k, seed0);
@@ -126,7 +80,7 @@ Test(coord_aggregate, fedavg_matches_brute_force_within_bound) {
         o2.chunk = 777;
         o2.no_view = !o.no_view; /* mapped and copied reads agree */
         agg_membuf out2;
-        cr_assert_eq(run_fedavg(&o2, f.base_path, f.paths, f.w, k, &out2, NULL), 0);
+        cr_assert_eq(agg_run_fedavg(&o2, f.base_path, f.paths, f.w, k, &out2, NULL), 0);
         cr_assert_eq(out.len, out2.len);
         cr_assert(memcmp(out.p, out2.p, out.len) == 0, "result depends on threads/chunking (seed %llu)", (unsigned long long)seed0);
         free(out.p);
@@ -142,7 +96,7 @@ Test(coord_aggregate, one_update_gives_base_plus_delta) {
     fixture f;
     fixture_make(&f, &seed, 1);
     agg_membuf out;
-    cr_assert_eq(run_fedavg(NULL, f.base_path, f.paths, f.w, 1, &out, NULL), 0);
+    cr_assert_eq(agg_run_fedavg(NULL, f.base_path, f.paths, f.w, 1, &out, NULL), 0);
     float *got = agg_parse(&out);
     for (size_t e = 0; e < agg_total(); e++)
         cr_assert_eq(got[e], f.base[e] + f.d[0][e], "element %zu (seed %llu)", e, (unsigned long long)seed);
@@ -190,7 +144,7 @@ Test(coord_aggregate, bad_updates_rejected_rest_aggregated) {
     nawal_fedavg_options o = {2, 1000, 0};
     agg_membuf out;
     char reasons[14][NAWAL_AGG_REASON_BYTES];
-    cr_assert_eq(run_fedavg(&o, f.base_path, f.paths, f.w, k, &out, reasons), 0);
+    cr_assert_eq(agg_run_fedavg(&o, f.base_path, f.paths, f.w, k, &out, reasons), 0);
     for (size_t b = 0; b < nb; b++)
         cr_assert(strstr(reasons[pos[b]], bad[b].want), "update %zu: reason '%s' should mention '%s' (seed %llu)", pos[b],
                   reasons[pos[b]], bad[b].want, (unsigned long long)seed0);
@@ -204,7 +158,7 @@ Test(coord_aggregate, bad_updates_rejected_rest_aggregated) {
     for (size_t i = 0; i < k; i++)
         if (use[i]) { memcpy(good[ng], f.paths[i], 256); gw[ng++] = f.w[i]; }
     agg_membuf clean;
-    cr_assert_eq(run_fedavg(&o, f.base_path, good, gw, ng, &clean, NULL), 0);
+    cr_assert_eq(agg_run_fedavg(&o, f.base_path, good, gw, ng, &clean, NULL), 0);
     cr_assert(out.len == clean.len && memcmp(out.p, clean.p, out.len) == 0,
               "a rejected update left a trace in the result (seed %llu)", (unsigned long long)seed0);
     float *got = agg_parse(&out);
@@ -228,13 +182,13 @@ Test(coord_aggregate, nothing_accepted_or_overflow_is_refused) {
     agg_write(f.paths[0], v, AGG_OK);
     agg_write(f.paths[1], v, AGG_MISSING);
     agg_membuf out;
-    cr_assert_eq(run_fedavg(NULL, f.base_path, f.paths, f.w, 2, &out, NULL), NAWAL_AGG_REJECTED);
+    cr_assert_eq(agg_run_fedavg(NULL, f.base_path, f.paths, f.w, 2, &out, NULL), NAWAL_AGG_REJECTED);
     free(out.p);
     /* finite inputs whose sum overflows float */
     for (size_t i = 0; i < n; i++) v[i] = 3e38f;
     agg_write(f.base_path, v, AGG_OK);
     agg_write(f.paths[0], v, AGG_OK);
-    cr_assert_eq(run_fedavg(NULL, f.base_path, f.paths, f.w, 1, &out, NULL), NAWAL_AGG_REJECTED);
+    cr_assert_eq(agg_run_fedavg(NULL, f.base_path, f.paths, f.w, 1, &out, NULL), NAWAL_AGG_REJECTED);
     free(out.p);
     /* garbage is not a delta */
     FILE *g = fopen(f.paths[0], "wb");
@@ -302,16 +256,7 @@ Test(coord_aggregate, round_driver_quality_filter_and_verdicts) {
         if (!use[i]) cr_assert(strstr(res.verdicts[i].reason, "quality"), "%s", res.verdicts[i].reason);
     }
     /* the blob is the model: compare with the reference */
-    nawal_tensor_source *m;
-    cr_assert_eq(nawal_tensor_source_open_blob(&m, s, res.model_cid, err, sizeof err), 0, "%s", err);
-    size_t n = agg_total(), off = 0;
-    float *got = malloc(n * 4);
-    for (size_t t = 0; t < AGG_NT; t++) {
-        cr_assert_str_eq(m->tensors[t].name, AGG_LAYOUT[t].name);
-        cr_assert_eq(m->read(m, t, 0, agg_numel(t), got + off, err, sizeof err), 0, "%s", err);
-        off += agg_numel(t);
-    }
-    nawal_tensor_source_close(m);
+    float *got = agg_read_blob(s, res.model_cid);
     double *want = agg_reference(f.base, f.d, f.w, use, k);
     agg_check_close(got, want, f.base, f.d, use, k, seed0);
     free(got);

@@ -84,50 +84,6 @@ static void write_raw_dense_frame(const char *path, const float *v, size_t n) {
     free(pl);
 }
 
-/* Runs FedAvg over base + update files of either kind (as
- * test_coord_aggregate's run_fedavg, through nawal_update_open_file).
- * reasons[i] = "" when update i was used, else why not. */
-static int run_fedavg(const nawal_fedavg_options *o, const char *base_path, char paths[][256], const uint64_t *w, size_t k,
-                      agg_membuf *out, char reasons[][NAWAL_AGG_REASON_BYTES]) {
-    char err[512] = "";
-    nawal_aggregator *a;
-    cr_assert_eq(nawal_fedavg_create(&a, o, err, sizeof err), 0, "%s", err);
-    nawal_tensor_source *base;
-    cr_assert_eq(nawal_tensor_source_open_file(&base, base_path, err, sizeof err), 0, "%s", err);
-    cr_assert_eq(a->begin(a, base, err, sizeof err), 0, "%s", err);
-    size_t *idx = calloc(k ? k : 1, sizeof *idx), offered = 0;
-    for (size_t i = 0; i < k; i++) {
-        nawal_tensor_source *d;
-        nawal_delta_frame *fr;
-        char *why = reasons[i];
-        why[0] = 0;
-        idx[i] = SIZE_MAX;
-        int rc = nawal_update_open_file(&d, &fr, paths[i], why, NAWAL_AGG_REASON_BYTES);
-        cr_assert(rc >= 0, "open %s: %s", paths[i], why);
-        if (rc == NAWAL_AGG_REJECTED) continue;
-        cr_assert((d != NULL) != (fr != NULL));
-        rc = fr ? a->add_frame(a, fr, w[i], why, NAWAL_AGG_REASON_BYTES) : a->add(a, d, w[i], why, NAWAL_AGG_REASON_BYTES);
-        cr_assert(rc >= 0, "add %zu: %s", i, why);
-        cr_assert(rc == 0 || why[0], "a rejection has a reason");
-        idx[i] = offered++;
-    }
-    memset(out, 0, sizeof *out);
-    int rc = a->finish(a, err, sizeof err);
-    cr_assert(rc >= 0, "finish: %s", err);
-    for (size_t i = 0; i < k; i++) {
-        if (idx[i] == SIZE_MAX) continue;
-        int v = a->verdict(a, idx[i], reasons[i], NAWAL_AGG_REASON_BYTES);
-        cr_assert(v >= 0);
-        if (v == 0) reasons[i][0] = 0;
-        else cr_assert(reasons[i][0], "a rejection has a reason");
-    }
-    if (rc == 0) cr_assert_eq(a->write(a, agg_mem_sink, out, err, sizeof err), 0, "write: %s", err);
-    free(idx);
-    nawal_aggregator_destroy(a);
-    nawal_tensor_source_close(base);
-    return rc;
-}
-
 typedef struct {
     size_t k;
     float *base;
@@ -179,7 +135,7 @@ Test(coord_codec_agg, mixed_dense_and_frames_match_reference) {
         char (*reasons)[NAWAL_AGG_REASON_BYTES] = calloc(k, NAWAL_AGG_REASON_BYTES);
         nawal_fedavg_options o = {1 + (int)(test_rand_u64(&seed) % 2), test_rand_u64(&seed) % 2 ? 0 : 1 + test_rand_u64(&seed) % 5000, 0};
         agg_membuf out, out2;
-        cr_assert_eq(run_fedavg(&o, f.base_path, f.paths, f.w, k, &out, reasons), 0);
+        cr_assert_eq(agg_run_fedavg(&o, f.base_path, f.paths, f.w, k, &out, reasons), 0);
         for (size_t i = 0; i < k; i++)
             cr_assert_str_empty(reasons[i], "update %zu (%s) rejected: %s", i, kind_name[f.kinds[i]], reasons[i]);
         float *got = agg_parse(&out);
@@ -187,7 +143,7 @@ Test(coord_codec_agg, mixed_dense_and_frames_match_reference) {
         agg_check_close(got, want, f.base, f.d, NULL, k, seed0);
         /* same bytes whatever the thread count, chunking and read mode */
         nawal_fedavg_options o2 = {3 - o.threads, 777, 1};
-        cr_assert_eq(run_fedavg(&o2, f.base_path, f.paths, f.w, k, &out2, reasons), 0);
+        cr_assert_eq(agg_run_fedavg(&o2, f.base_path, f.paths, f.w, k, &out2, reasons), 0);
         cr_assert(out.len == out2.len && memcmp(out.p, out2.p, out.len) == 0, "depends on threads (seed %llu)",
                   (unsigned long long)seed0);
         free(out.p);
@@ -206,7 +162,7 @@ Test(coord_codec_agg, frames_only_one_update_is_base_plus_decoded) {
     fixture_make(&f, &seed, 2); /* a safetensors delta and a top-k fp16 frame */
     char reasons[1][NAWAL_AGG_REASON_BYTES];
     agg_membuf out;
-    cr_assert_eq(run_fedavg(NULL, f.base_path, f.paths + 1, f.w + 1, 1, &out, reasons), 0, "%s", reasons[0]);
+    cr_assert_eq(agg_run_fedavg(NULL, f.base_path, f.paths + 1, f.w + 1, 1, &out, reasons), 0, "%s", reasons[0]);
     float *got = agg_parse(&out);
     for (size_t e = 0; e < n; e++)
         cr_assert_eq(got[e], f.base[e] + f.d[1][e], "element %zu (seed %llu)", e, (unsigned long long)seed);
@@ -271,7 +227,7 @@ Test(coord_codec_agg, bad_frames_rejected_rest_aggregated) {
     nawal_fedavg_options o = {2, 1000, 0};
     agg_membuf out, clean;
     char reasons[11][NAWAL_AGG_REASON_BYTES];
-    cr_assert_eq(run_fedavg(&o, f.base_path, f.paths, f.w, k, &out, reasons), 0);
+    cr_assert_eq(agg_run_fedavg(&o, f.base_path, f.paths, f.w, k, &out, reasons), 0);
     for (size_t b = 0; b < nb; b++)
         cr_assert(strstr(reasons[pos[b]], bad[b].want), "update %zu: reason '%s' should mention '%s' (seed %llu)", pos[b],
                   reasons[pos[b]], bad[b].want, (unsigned long long)seed0);
@@ -282,7 +238,7 @@ Test(coord_codec_agg, bad_frames_rejected_rest_aggregated) {
     size_t ng = 0;
     for (size_t i = 0; i < k; i++)
         if (use[i]) { memcpy(good[ng], f.paths[i], 256); gw[ng++] = f.w[i]; }
-    cr_assert_eq(run_fedavg(&o, f.base_path, good, gw, ng, &clean, reasons), 0);
+    cr_assert_eq(agg_run_fedavg(&o, f.base_path, good, gw, ng, &clean, reasons), 0);
     cr_assert(out.len == clean.len && memcmp(out.p, clean.p, out.len) == 0,
               "a rejected frame left a trace in the result (seed %llu)", (unsigned long long)seed0);
     float *got = agg_parse(&out);
@@ -335,7 +291,7 @@ Test(coord_codec_agg, flat_order_is_data_order) {
     memcpy(paths[0], fpath, sizeof fpath);
     uint64_t w = 3;
     agg_membuf out;
-    cr_assert_eq(run_fedavg(NULL, path, paths, &w, 1, &out, reasons), 0, "%s", reasons[0]);
+    cr_assert_eq(agg_run_fedavg(NULL, path, paths, &w, 1, &out, reasons), 0, "%s", reasons[0]);
     cr_assert_eq(nawal_st_parse(&f, out.p, out.len, "out", err, sizeof err), 0, "%s", err);
     const nawal_st_tensor *a = nawal_st_find(f, "a"), *b = nawal_st_find(f, "b");
     const float *av = a->data, *bv = b->data;
@@ -393,16 +349,7 @@ Test(coord_codec_agg, round_driver_takes_frames) {
     for (size_t i = 0; i < k; i++)
         cr_assert_eq(res.verdicts[i].accepted, use[i], "update %zu (%s): %s", i, kind_name[f.kinds[i]], res.verdicts[i].reason);
     cr_assert(strstr(res.verdicts[6].reason, "zstd"), "%s", res.verdicts[6].reason);
-    nawal_tensor_source *m;
-    cr_assert_eq(nawal_tensor_source_open_blob(&m, s, res.model_cid, err, sizeof err), 0, "%s", err);
-    size_t n = agg_total(), off = 0;
-    float *got = malloc(n * 4);
-    for (size_t t = 0; t < AGG_NT; t++) {
-        cr_assert_str_eq(m->tensors[t].name, AGG_LAYOUT[t].name);
-        cr_assert_eq(m->read(m, t, 0, agg_numel(t), got + off, err, sizeof err), 0, "%s", err);
-        off += agg_numel(t);
-    }
-    nawal_tensor_source_close(m);
+    float *got = agg_read_blob(s, res.model_cid);
     double *want = agg_reference(f.base, f.d, f.w, use, k);
     agg_check_close(got, want, f.base, f.d, use, k, seed0);
     free(got);
