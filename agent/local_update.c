@@ -11,7 +11,6 @@
 #include "trainer.h"
 
 #include <errno.h>
-#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,26 +20,6 @@
 
 /* Validation windows evaluated before and after training (bounds the cost). */
 #define EVAL_MAX_WINDOWS 32
-
-static int meta_int(const nawal_st_file *f, const char *key, int *out, const char *path, char *err, size_t errlen) {
-    const char *v = nawal_st_metadata(f, key);
-    char *end;
-    errno = 0;
-    long x = v ? strtol(v, &end, 10) : 0;
-    if (!v || errno || *end || end == v || x <= 0 || x > INT_MAX)
-        return nawal_fail(err, errlen, "%s: metadata \"%s\" missing or not a positive integer (not a nawal global model?)",
-                          path, key);
-    *out = (int)x;
-    return 0;
-}
-
-static int model_config(const nawal_st_file *f, nawal_gpt_config *cfg, const char *path, char *err, size_t errlen) {
-    if (meta_int(f, "n_layer", &cfg->n_layer, path, err, errlen) || meta_int(f, "n_head", &cfg->n_head, path, err, errlen) ||
-        meta_int(f, "n_embd", &cfg->n_embd, path, err, errlen) || meta_int(f, "n_positions", &cfg->n_ctx, path, err, errlen) ||
-        meta_int(f, "vocab_size", &cfg->vocab, path, err, errlen))
-        return -1;
-    return nawal_gpt_config_check(cfg, err, errlen);
-}
 
 /* delta[0..n) = local - base in flat order (proto/flat_model.h). */
 static int compute_delta(const nawal_gpt *m, const nawal_st_file *f, const size_t *order, float *delta, size_t n,
@@ -173,7 +152,7 @@ int nawal_agent_local_update(nawal_agent *ag, const nawal_round_plan *p, nawal_a
     if (nawal_agent_model_path(path, sizeof path, ag->state_dir, p->base_cid))
         return nawal_fail(err, errlen, "%s: path too long", ag->state_dir);
     nawal_gpt_config cfg;
-    if (nawal_st_read(&f, path, err, errlen) || model_config(f, &cfg, path, err, errlen)) goto out;
+    if (nawal_st_read(&f, path, err, errlen) || nawal_st_model_config(f, &cfg, path, err, errlen)) goto out;
     if (nawal_tokenizer_vocab_size(ag->tok) > cfg.vocab) {
         nawal_fail(err, errlen, "the round's model has a vocabulary of %d tokens, the tokenizer %d", cfg.vocab,
                    nawal_tokenizer_vocab_size(ag->tok));

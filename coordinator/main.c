@@ -1,6 +1,6 @@
 /* main.c - nawal-coordinator: sub-commands on a coordinator directory
  * (init [with the initial model and TLS paths], validator add|list|remove,
- * round start|status|tick, ledger verify|show, serve: serve.h). Exit status 0 on success, 1 when
+ * round start|status|tick, ledger verify|show, serve: serve.h, sim: sim.h). Exit status 0 on success, 1 when
  * the operation fails (or the ledger is broken), 2 for a usage error. */
 #include "checkpoint.h"
 #include "cid.h"
@@ -13,6 +13,7 @@
 #include "log.h"
 #include "rounds.h"
 #include "serve.h"
+#include "sim.h"
 #include "store.h"
 
 #include <errno.h>
@@ -301,8 +302,9 @@ static int parse_planck(const char *flag, const char *text, uint64_t *out) {
 
 static int cmd_round_start(int argc, char **argv) {
     const char *dir = NULL, *pool_s = NULL, *stake_s = "0";
-    int target = 0, min = 0, deadline_s = 0, join_s = 0, steps = 100, batch = 8;
-    float lr = 1e-3f, quality = 0.0f;
+    int target = 0, min = 0, deadline_s = 0, join_s = 0, steps = 100, batch = 8, dp = 0;
+    float lr = 1e-3f, quality = 0.0f, topk = 0.01f, epsilon = 0.0f, delta = 1e-5f, clip = 1.0f, sigma = 0.0f,
+          rate = 0.0f;
     nawal_flag flags[] = {
         {"dir", NAWAL_FLAG_STR, &dir, "coordinator directory", 1, 0, 1, 0},
         {"pool-planck", NAWAL_FLAG_STR, &pool_s, "reward pool of the round, in planck", 1, 0, 1, 0},
@@ -315,12 +317,23 @@ static int cmd_round_start(int argc, char **argv) {
         {"steps", NAWAL_FLAG_INT, &steps, "training config: local steps", 1, 1e9, 0, 0},
         {"lr", NAWAL_FLAG_FLOAT, &lr, "training config: learning rate", 0, 10, 0, 0},
         {"batch", NAWAL_FLAG_INT, &batch, "training config: batch size", 1, 1 << 20, 0, 0},
+        {"topk", NAWAL_FLAG_FLOAT, &topk, "training config: share of the delta's entries sent (top-k by magnitude; 1 = dense)", 0, 1, 0, 0},
+        {"dp", NAWAL_FLAG_BOOL, &dp, "training config: DP-SGD (per-example clipping + Gaussian noise)", 0, 0, 0, 0},
+        {"epsilon", NAWAL_FLAG_FLOAT, &epsilon, "with --dp: epsilon a validator may spend in the round", 0, 1e6, 0, 0},
+        {"delta", NAWAL_FLAG_FLOAT, &delta, "with --dp: delta of the (epsilon, delta) guarantee (default 1e-5)", 0, 1, 0, 0},
+        {"max-grad-norm", NAWAL_FLAG_FLOAT, &clip, "with --dp: per-example gradient clipping norm (default 1)", 0, 1e6, 0, 0},
+        {"noise-multiplier", NAWAL_FLAG_FLOAT, &sigma, "with --dp: noise multiplier (default: the smallest reaching --epsilon)", 0, 1e6, 0, 0},
+        {"sample-rate", NAWAL_FLAG_FLOAT, &rate, "with --dp: Poisson sampling rate (default: batch / examples)", 0, 1, 0, 0},
     };
+    enum { F_DP = 12 };
     int rc = parsed(nawal_flags_parse(argc, argv, flags, NFLAGS(flags),
                                       "usage: nawal-coordinator round start --dir D --pool-planck N --target K --min M --deadline-s S\n"
-                                      "       [--join-window-s J] [--min-stake-planck N] [--min-quality Q] [--steps N --lr F --batch B]\n\n"
+                                      "       [--join-window-s J] [--min-stake-planck N] [--min-quality Q] [--steps N --lr F --batch B]\n"
+                                      "       [--topk RATIO] [--dp (--epsilon E | --noise-multiplier S) [--delta D] [--max-grad-norm C]\n"
+                                      "       [--sample-rate Q]]\n\n"
                                       "Announces a round from the current global model (the initial one for round 1). Later\n"
-                                      "rounds follow by themselves with the same parameters (see 'round tick')."));
+                                      "rounds follow by themselves with the same parameters (see 'round tick'). The training\n"
+                                      "config (steps, lr, batch, top-k ratio, DP) goes to the agents in RoundAnnounce."));
     if (rc >= 0) return rc;
     nawal_round_params p = {0};
     if (parse_planck("pool-planck", pool_s, &p.pool_planck) || parse_planck("min-stake-planck", stake_s, &p.min_stake_planck))
@@ -333,8 +346,28 @@ static int cmd_round_start(int argc, char **argv) {
         fprintf(stderr, "error: --join-window-s %d is longer than the round (--deadline-s %d)\n", join_s, deadline_s);
         return 2;
     }
-    char config[256];
-    snprintf(config, sizeof config, "{\"steps\": %d, \"lr\": %.7g, \"batch\": %d}", steps, (double)lr, batch);
+    for (int i = F_DP + 1; i < F_DP + 6; i++)
+        if (flags[i].seen && !dp) {
+            fprintf(stderr, "error: --%s goes with --dp\n", flags[i].name);
+            return 2;
+        }
+    if (dp && !(epsilon > 0) && !(sigma > 0)) {
+        fprintf(stderr, "error: --dp needs --epsilon E > 0 (a privacy target) or --noise-multiplier S > 0\n");
+        return 2;
+    }
+    if (dp && (!(delta > 0) || delta >= 1 || !(clip > 0))) {
+        fprintf(stderr, "error: --dp needs 0 < --delta < 1 and --max-grad-norm > 0\n");
+        return 2;
+    }
+    char config[512];
+    int len = snprintf(config, sizeof config, "{\"steps\": %d, \"lr\": %.7g, \"batch\": %d, \"topk_ratio\": %.7g", steps,
+                       (double)lr, batch, (double)topk);
+    if (dp)
+        len += snprintf(config + len, sizeof config - (size_t)len,
+                        ", \"dp\": {\"enabled\": true, \"target_epsilon\": %.9g, \"delta\": %.9g, \"max_grad_norm\": %.7g, "
+                        "\"noise_multiplier\": %.7g, \"sample_rate\": %.7g}",
+                        (double)epsilon, (double)delta, (double)clip, (double)sigma, (double)rate);
+    snprintf(config + len, sizeof config - (size_t)len, "}");
     p.target = (uint32_t)target;
     p.min = (uint32_t)min;
     p.duration_ms = (int64_t)deadline_s * 1000;
@@ -535,7 +568,8 @@ static void usage(FILE *f) {
             "  round tick --dir D                            move the round machine on to now (aggregate, pay, fail)\n"
             "  ledger verify --dir D                         check the ledger's chain and signatures\n"
             "  ledger show --dir D                           print the ledger\n"
-            "  serve --dir D --listen HOST:PORT              serve agents (TLS WebSockets) and GET /metrics, /status\n\n"
+            "  serve --dir D --listen HOST:PORT              serve agents (TLS WebSockets) and GET /metrics, /status\n"
+            "  sim --data FILE [--validators N --rounds R]   a whole federation on loopback (coordinator + N agents)\n\n"
             "Run 'nawal-coordinator <command> --help' for its options. 1 DALLA = 10^12 planck.\n");
 }
 
@@ -567,6 +601,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "init")) return cmd_init(argc - 1, argv + 1);
     if (!strcmp(cmd, "keygen")) return cmd_keygen(argc - 1, argv + 1);
     if (!strcmp(cmd, "serve")) return cmd_serve(argc - 1, argv + 1);
+    if (!strcmp(cmd, "sim")) return nawal_cmd_sim(argc - 1, argv + 1);
     if (!strcmp(cmd, "validator")) {
         static const char *const subs[] = {"add", "list", "remove"};
         static int (*const fns[])(int, char **) = {cmd_validator_add, cmd_validator_list, cmd_validator_remove};

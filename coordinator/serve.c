@@ -141,6 +141,10 @@ static void round_ended(nawal_server *srv, const nawal_round *r) {
     } else {
         nawal_metric_add(srv->m.reg, srv->m.rounds_failed, NULL, 1);
     }
+    /* traffic so far, for per-round figures (`sim` reads these lines) */
+    nawal_log(NAWAL_LOG_INFO, "round_ended", "round=%lld state=%s bytes_received=%.0f bytes_sent=%.0f", (long long)r->id,
+              nawal_round_state_name(r->state), nawal_metric_get(srv->m.reg, srv->m.bytes_in, NULL),
+              nawal_metric_get(srv->m.reg, srv->m.bytes_out, NULL));
     nawal_result_msg res;
     if (nawal_result_build(srv->store, r, &res, err, sizeof err) == 0)
         broadcast(srv, NAWAL__MSG_TYPE__MSG_ROUND_RESULT, &res.msg.base);

@@ -57,6 +57,7 @@ struct nawal_session {
     uint64_t up_examples;
     uint32_t up_quality_ppm;
     double up_epsilon;
+    float up_train_loss, up_val_loss;
 };
 
 /* ---- sending ---------------------------------------------------------------- */
@@ -349,6 +350,9 @@ static void submit_final(nawal_session *s, const uint8_t pubkey[32]) {
     if (rc == 0) {
         nawal_metric_add(s->srv->m.reg, s->srv->m.updates_accepted, NULL, 1);
         nawal_server_note_epsilon(s->srv, s->up_round, s->up_epsilon);
+        nawal_log(NAWAL_LOG_INFO, "update_metrics", "round=%lld validator=%s examples=%" PRIu64
+                  " train_loss=%.6g val_loss=%.6g epsilon=%.6g", (long long)s->up_round, s->fp, s->up_examples,
+                  (double)s->up_train_loss, (double)s->up_val_loss, s->up_epsilon);
         nawal_server_poke(s->srv);
     } else {
         nawal_serve_metrics_rejected_code(&s->srv->m, rc == NAWAL_STORE_REFUSED ? (int)rep.code
@@ -400,6 +404,8 @@ static void on_update_submit(nawal_session *s, const nawal_envelope_view *v) {
     s->up_quality_ppm = (uint32_t)lroundf(u->quality * (float)NAWAL_QUALITY_ONE);
     if (s->up_quality_ppm > NAWAL_QUALITY_ONE) s->up_quality_ppm = NAWAL_QUALITY_ONE;
     s->up_epsilon = u->epsilon_spent;
+    s->up_train_loss = u->metrics ? u->metrics->train_loss : NAN;
+    s->up_val_loss = u->metrics ? u->metrics->val_loss : NAN;
     uint64_t size = u->delta_size;
     nawal_msg_free(m);
 

@@ -2,9 +2,11 @@
  * HF names and shapes, so saving is a walk over it and loading is the same
  * walk with every tensor checked against the file. */
 #include "checkpoint.h"
+#include "error.h"
 #include "fileio.h"
 #include "safetensors.h"
 #include <errno.h>
+#include <limits.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -166,4 +168,42 @@ fail:
     *m = NULL;
     if (tok) { nawal_tokenizer_free(*tok); *tok = NULL; }
     return -1;
+}
+
+/* ---- global model files (safetensors with the config in the metadata) ---- */
+
+static int meta_int(const nawal_st_file *f, const char *key, int *out, const char *path, char *err, size_t errlen) {
+    const char *v = nawal_st_metadata(f, key);
+    char *end;
+    errno = 0;
+    long x = v ? strtol(v, &end, 10) : 0;
+    if (!v || errno || *end || end == v || x <= 0 || x > INT_MAX)
+        return nawal_fail(err, errlen, "%s: metadata \"%s\" missing or not a positive integer (not a nawal global model?)",
+                          path, key);
+    *out = (int)x;
+    return 0;
+}
+
+int nawal_st_model_config(const nawal_st_file *f, nawal_gpt_config *cfg, const char *path, char *err, size_t errlen) {
+    if (meta_int(f, "n_layer", &cfg->n_layer, path, err, errlen) || meta_int(f, "n_head", &cfg->n_head, path, err, errlen) ||
+        meta_int(f, "n_embd", &cfg->n_embd, path, err, errlen) || meta_int(f, "n_positions", &cfg->n_ctx, path, err, errlen) ||
+        meta_int(f, "vocab_size", &cfg->vocab, path, err, errlen))
+        return -1;
+    return nawal_gpt_config_check(cfg, err, errlen);
+}
+
+int nawal_model_file_load(nawal_gpt **m, const nawal_ops *ops, const char *path, int max_batch, char *err,
+                          size_t errlen) {
+    nawal_st_file *f = NULL;
+    nawal_gpt_config cfg;
+    *m = NULL;
+    int rc = nawal_st_read(&f, path, err, errlen) || nawal_st_model_config(f, &cfg, path, err, errlen) ||
+             nawal_gpt_create(m, ops, &cfg, max_batch, err, errlen) || nawal_checkpoint_load_weights(*m, path, err, errlen);
+    nawal_st_free(f);
+    if (rc) {
+        nawal_gpt_free(*m);
+        *m = NULL;
+        return -1;
+    }
+    return 0;
 }

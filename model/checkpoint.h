@@ -9,6 +9,7 @@
 #define NAWAL_CHECKPOINT_H
 
 #include "gpt.h"
+#include "safetensors.h"
 #include "tokenizer.h"
 
 #define NAWAL_CKPT_TOKENIZER_FILE "tokenizer.nawal"
@@ -28,5 +29,14 @@ int nawal_checkpoint_load(nawal_gpt **m, nawal_tokenizer **tok, const nawal_ops 
 
 /* Loads weights from a safetensors file into an existing model (shapes must match). */
 int nawal_checkpoint_load_weights(nawal_gpt *m, const char *path, char *err, size_t errlen);
+
+/* A global model file (coordinator/genesis.h: safetensors whose metadata
+ * holds n_layer, n_head, n_embd, n_positions, vocab_size): f's config,
+ * checked; path names the file in messages. */
+int nawal_st_model_config(const nawal_st_file *f, nawal_gpt_config *cfg, const char *path, char *err,
+                          size_t errlen);
+/* Creates a model (max_batch sequences) from a global model file. */
+int nawal_model_file_load(nawal_gpt **m, const nawal_ops *ops, const char *path, int max_batch, char *err,
+                          size_t errlen);
 
 #endif

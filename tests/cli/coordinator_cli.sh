@@ -76,7 +76,13 @@ check "serve on a missing dir exits 1" "[ \$(code $C serve --dir $T/nope --liste
 check "init --tls-cert without --tls-key exits 2" "[ \$(code $C init --dir $T/tls1 --tls-cert /etc/hostname) -eq 2 ] && [ ! -e $T/tls1 ]"
 check "init --tls-cert of a missing file exits 2" "[ \$(code $C init --dir $T/tls2 --tls-cert $T/none.pem --tls-key $T/none.pem) -eq 2 ] && [ ! -e $T/tls2 ]"
 
-for cmd in "" "init" "validator" "validator add" "validator list" "validator remove" "round" "round start" "round status" "round tick" "ledger" "ledger verify" "ledger show" "serve"; do
+RS="round start --dir $D --pool-planck 1 --target 1 --min 1 --deadline-s 60"
+check "round start --epsilon without --dp exits 2" "[ \$(code $C $RS --epsilon 8) -eq 2 ] && grep -q 'goes with --dp' $T/err"
+check "round start --dp without a target exits 2" "[ \$(code $C $RS --dp) -eq 2 ] && grep -q 'epsilon' $T/err"
+check "round start --topk 2 exits 2" "[ \$(code $C $RS --topk 2) -eq 2 ]"
+check "sim without --data exits 2" "[ \$(code $C sim) -eq 2 ]"
+
+for cmd in "" "init" "validator" "validator add" "validator list" "validator remove" "round" "round start" "round status" "round tick" "ledger" "ledger verify" "ledger show" "serve" "sim"; do
   check "'$cmd --help' exits 0 with usage" "[ \$(code $C $cmd --help) -eq 0 ] && grep -q usage $T/out"
 done
 check "no command exits 2" "[ \$(code $C) -eq 2 ]"

@@ -1,0 +1,218 @@
+/* test_coord_sim.c - `nawal-coordinator sim`: a whole federation (serve +
+ * 3 `nawal-agent run` processes over loopback TLS with a self-signed
+ * certificate) on a tiny model and a small generated corpus, for 2 rounds.
+ * Checked: exit 0, one printed line per round with 3 participants, the
+ * ledger verifies and each round's payouts sum to the pool, and the global
+ * model after round 2 is FedAvg of round 2's stored updates applied to its
+ * base, recomputed here from the blobs (codec frames decoded with
+ * nawal_delta_decode, models flattened in proto/flat_model.h's order,
+ * weights = the examples recorded in the database), in double precision,
+ * within aggregate.h's error bound. */
+#include "coord_test_util.h"
+#include "cid.h"
+#include "delta_codec.h"
+#include "flat_model.h"
+#include "safetensors.h"
+
+#include <math.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+#include <sys/wait.h>
+
+#define MODEL "1,2,32,32,257"
+#define POOL 100000000000000ull /* sim's pool per round (100 DALLA) */
+
+static char g_root[128];
+
+static void setup(void) { coord_make_root(g_root, sizeof g_root, "sim"); }
+static void teardown(void) { coord_rm_rf(g_root); }
+
+TestSuite(coord_sim, .init = setup, .fini = teardown, .timeout = 300);
+
+static char *slurp(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = malloc((size_t)n + 1);
+    size_t got = fread(b, 1, (size_t)n, f);
+    b[got] = 0;
+    fclose(f);
+    if (len) *len = got;
+    return b;
+}
+
+/* A model file's flat vector (flat_model.h), malloc'ed; *n its length. */
+static float *flat_model(const char *path, size_t *n) {
+    char err[512] = "";
+    nawal_st_file *f = NULL;
+    cr_assert_eq(nawal_st_read(&f, path, err, sizeof err), 0, "%s: %s", path, err);
+    size_t *order = malloc((nawal_st_count(f) + 1) * sizeof *order);
+    uint64_t n64 = 0;
+    cr_assert_eq(nawal_flat_order(f, order, &n64, err, sizeof err), 0, "%s", err);
+    float *v = malloc(n64 * sizeof *v);
+    cr_assert(v);
+    size_t pos = 0;
+    for (size_t k = 0; k < nawal_st_count(f); k++) {
+        const nawal_st_tensor *t = nawal_st_at(f, order[k]);
+        cr_assert_eq(t->dtype, NAWAL_ST_F32);
+        memcpy(v + pos, t->data, t->nbytes);
+        pos += t->nbytes / sizeof(float);
+    }
+    cr_assert_eq(pos, n64);
+    free(order);
+    nawal_st_free(f);
+    *n = (size_t)n64;
+    return v;
+}
+
+static void blob_path(nawal_store *s, const uint8_t cid[32], char *out, size_t cap) {
+    cr_assert_eq(nawal_blobstore_path(s, cid, out, cap), 0);
+}
+
+/* The round's new model against base + sum w_i d_i / sum w_i, recomputed. */
+static void check_fedavg(nawal_store *s, int64_t round_id) {
+    char err[512] = "", path[4096];
+    nawal_round r;
+    cr_assert_eq(nawal_store_round_get(s, round_id, &r, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(r.state, NAWAL_ROUND_CLOSED, "round %lld is %s", (long long)round_id, nawal_round_state_name(r.state));
+    cr_assert(r.has_model_cid);
+    cr_assert(!nawal_cid_equal(r.model_cid, r.base_cid), "round %lld changed the model", (long long)round_id);
+    size_t n = 0, n2 = 0;
+    blob_path(s, r.base_cid, path, sizeof path);
+    float *base = flat_model(path, &n);
+    blob_path(s, r.model_cid, path, sizeof path);
+    float *got = flat_model(path, &n2);
+    cr_assert_eq(n, n2, "base and new model differ in length");
+
+    nawal_submission *subs = NULL;
+    size_t ns = 0;
+    cr_assert_eq(nawal_store_submissions(s, round_id, &subs, &ns, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(ns, 3, "round %lld: %zu updates recorded", (long long)round_id, ns);
+    double *sum = calloc(n, sizeof *sum), wsum = 0, dmax = 0;
+    float *d = malloc(n * sizeof *d);
+    for (size_t i = 0; i < ns; i++) {
+        cr_assert(!subs[i].rejected, "update %zu rejected by the aggregation", i);
+        size_t len;
+        blob_path(s, subs[i].delta_cid, path, sizeof path);
+        char *frame = slurp(path, &len);
+        cr_assert(frame, "delta blob %s", path);
+        cr_assert_eq(nawal_delta_decode(d, n, (const uint8_t *)frame, len, err, sizeof err), 0, "delta %zu: %s", i, err);
+        free(frame);
+        double w = (double)subs[i].num_examples;
+        cr_assert(w > 0);
+        wsum += w;
+        size_t nonzero = 0;
+        for (size_t e = 0; e < n; e++) {
+            sum[e] += w * d[e];
+            nonzero += d[e] != 0.0f;
+            if (fabs(d[e]) > dmax) dmax = fabs(d[e]);
+        }
+        cr_assert(nonzero > 0 && nonzero < n, "update %zu: top-k frame sends %zu of %zu entries", i, nonzero, n);
+    }
+    size_t changed = 0;
+    for (size_t e = 0; e < n; e++) {
+        double want = (double)base[e] + sum[e] / wsum;
+        double tol = (ns + 3) * 0x1p-24 * (dmax + fabs(base[e])) + 1e-12;
+        cr_assert(fabs((double)got[e] - want) <= tol, "element %zu: model %.9g, FedAvg %.9g (base %.9g, tolerance %.3g)", e,
+                  (double)got[e], want, (double)base[e], tol);
+        changed += got[e] != base[e];
+    }
+    cr_assert(changed > 0);
+    free(sum);
+    free(d);
+    free(subs);
+    free(base);
+    free(got);
+}
+
+/* Each closed round's payouts sum exactly to the pool. */
+static void check_payouts(nawal_store *s, int64_t round_id) {
+    char err[512] = "";
+    uint64_t seq;
+    nawal_ledger_record rec;
+    cr_assert_eq(nawal_ledger_find_round(s, round_id, &seq, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(nawal_ledger_get(s, seq, &rec, err, sizeof err), 0, "%s", err);
+    uint64_t paid = 0;
+    for (size_t i = 0; i < rec.entry.n_payouts; i++) paid += rec.entry.payouts[i].amount_planck;
+    cr_assert_eq(paid, POOL, "round %lld paid %llu planck of a %llu pool", (long long)round_id, (unsigned long long)paid,
+                 POOL);
+    nawal_ledger_record_free(&rec);
+}
+
+/* The printed line of a round: "    R           3/3  ..." */
+static int round_line(const char *out, int round) {
+    for (const char *l = out; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
+        int r = 0, used = 0;
+        char part[32];
+        if (sscanf(l, "%d %31s%n", &r, part, &used) == 2 && r == round && !strcmp(part, "3/3")) return 1;
+    }
+    return 0;
+}
+
+Test(coord_sim, three_agents_two_rounds_tls) {
+    char corpus[256], fed[256], out_path[256], cmd[2048];
+    snprintf(corpus, sizeof corpus, "%s/corpus.txt", g_root);
+    snprintf(fed, sizeof fed, "%s/fed", g_root);
+    snprintf(out_path, sizeof out_path, "%s/sim.out", g_root);
+    static const char *words[] = {"the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "far", "hills"};
+    uint64_t seed = 5;
+    FILE *f = fopen(corpus, "w");
+    cr_assert(f);
+    for (int i = 0; i < 9000; i++) fprintf(f, "%s%s", words[test_rand_u64(&seed) % 12], i % 13 == 12 ? ".\n" : " ");
+    fclose(f);
+    snprintf(cmd, sizeof cmd,
+             "%s sim --data %s --dir %s --validators 3 --rounds 2 --steps 6 --batch 4 --topk 0.05 --model-config " MODEL
+             " --threads 1 >%s 2>&1",
+             NAWAL_COORDINATOR_BIN, corpus, fed, out_path);
+    int rc = system(cmd);
+    char *out = slurp(out_path, NULL);
+    cr_assert_eq(rc, 0, "sim failed (%d):\n%s", rc, out ? out : "");
+    cr_assert(round_line(out, 1) && round_line(out, 2), "no line for rounds 1 and 2 with 3/3 participants:\n%s", out);
+    cr_assert(!round_line(out, 3), "a third round printed:\n%s", out);
+    cr_assert(strstr(out, "ledger ok: 2 records"), "%s", out);
+    cr_assert(strstr(out, "wss://127.0.0.1:"), "not TLS:\n%s", out);
+    free(out);
+
+    /* TLS material: a certificate naming 127.0.0.1 */
+    char path[512];
+    snprintf(path, sizeof path, "%s/tls/cert.pem", fed);
+    FILE *cf = fopen(path, "r");
+    cr_assert(cf, "%s", path);
+    X509 *x = PEM_read_X509(cf, NULL, NULL, NULL);
+    fclose(cf);
+    cr_assert(x);
+    cr_assert_eq(X509_check_ip_asc(x, "127.0.0.1", 0), 1, "certificate does not name 127.0.0.1");
+    X509_free(x);
+
+    char coord[300];
+    snprintf(coord, sizeof coord, "%s/coordinator", fed);
+    snprintf(cmd, sizeof cmd, "%s ledger verify --dir %s >>%s 2>&1", NAWAL_COORDINATOR_BIN, coord, out_path);
+    cr_assert_eq(system(cmd), 0, "ledger verify failed");
+    nawal_store *s = NULL;
+    char err[512] = "";
+    cr_assert_eq(nawal_store_open(&s, coord, NAWAL_STORE_OPEN_PUBLIC_ONLY, err, sizeof err), 0, "%s", err);
+    check_fedavg(s, 2);
+    check_payouts(s, 1);
+    check_payouts(s, 2);
+    nawal_round r1, r2;
+    cr_assert_eq(nawal_store_round_get(s, 1, &r1, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(nawal_store_round_get(s, 2, &r2, err, sizeof err), 0, "%s", err);
+    cr_assert(nawal_cid_equal(r2.base_cid, r1.model_cid), "round 2 starts from round 1's model");
+    nawal_store_close(s);
+}
+
+Test(coord_sim, usage_errors) {
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "%s sim --validators 3 >/dev/null 2>&1", NAWAL_COORDINATOR_BIN);
+    int rc = system(cmd);
+    cr_assert(WIFEXITED(rc) && WEXITSTATUS(rc) == 2, "sim without --data: %d", rc);
+    snprintf(cmd, sizeof cmd, "%s sim --data /dev/null --dp >/dev/null 2>&1", NAWAL_COORDINATOR_BIN);
+    rc = system(cmd);
+    cr_assert(WIFEXITED(rc) && WEXITSTATUS(rc) == 2, "sim --dp without --epsilon: %d", rc);
+    snprintf(cmd, sizeof cmd, "%s sim --data /nonexistent/corpus.txt --dir %s/x >/dev/null 2>&1", NAWAL_COORDINATOR_BIN,
+             g_root);
+    rc = system(cmd);
+    cr_assert(WIFEXITED(rc) && WEXITSTATUS(rc) == 1, "sim on a missing corpus: %d", rc);
+}
