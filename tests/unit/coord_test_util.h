@@ -93,4 +93,20 @@ static inline int64_t coord_run_round(nawal_store *s, uint64_t *seed, const uint
     return id;
 }
 
+/* a whole file as a NUL-terminated string (NULL if it cannot be opened);
+ * *len (may be NULL) gets its length */
+static inline char *coord_slurp(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = malloc((size_t)(n > 0 ? n : 0) + 1);
+    size_t got = b ? fread(b, 1, (size_t)(n > 0 ? n : 0), f) : 0;
+    if (b) b[got] = 0;
+    fclose(f);
+    if (len) *len = got;
+    return b;
+}
+
 #endif

@@ -33,19 +33,6 @@ static void teardown(void) { coord_rm_rf(g_root); }
 
 TestSuite(coord_agent_run, .init = setup, .fini = teardown, .timeout = 300);
 
-static char *slurp(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    size_t got = fread(b, 1, (size_t)n, f);
-    b[got] = 0;
-    fclose(f);
-    return b;
-}
-
 /* Runs a shell command line (output appended to root/cli.log); asserts exit 0. */
 static void sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void sh(const char *fmt, ...) {
@@ -58,7 +45,7 @@ static void sh(const char *fmt, ...) {
     int rc = system(cmd);
     char path[300];
     snprintf(path, sizeof path, "%s/cli.log", g_root);
-    char *log = rc ? slurp(path) : NULL;
+    char *log = rc ? coord_slurp(path, NULL) : NULL;
     cr_assert_eq(rc, 0, "'%s' failed (%d):\n%s", line, rc, log ? log : "");
     free(log);
 }
@@ -88,7 +75,7 @@ static int wait_exit(pid_t pid, double timeout_s, const char *log) {
     }
     kill(pid, SIGKILL);
     waitpid(pid, &st, 0);
-    char *l = slurp(log);
+    char *l = coord_slurp(log, NULL);
     cr_assert_fail("process did not exit within %.0f s; its log:\n%s", timeout_s, l ? l : "");
     return st;
 }
@@ -106,7 +93,7 @@ static void serve_start(serve_proc *p) {
     p->pid = spawn(cmd, p->log, NULL);
     p->port = 0;
     for (double t0 = wt_now(); wt_now() - t0 < 20 && !p->port;) {
-        char *log = slurp(p->log);
+        char *log = coord_slurp(p->log, NULL);
         const char *at = log ? strstr(log, "event=serve_listening") : NULL;
         if (at && (at = strstr(at, " port="))) p->port = atoi(at + 6);
         free(log);
@@ -140,7 +127,7 @@ static void validator_make(validator *v, const char *name, uint64_t seed) {
     sh("%s keygen --out %s", NAWAL_AGENT_BIN, v->key);
     char path[300];
     snprintf(path, sizeof path, "%s/identity.pub", v->key);
-    char *hex = slurp(path);
+    char *hex = coord_slurp(path, NULL);
     cr_assert(hex);
     hex[64] = 0;
     cr_assert_eq(nawal_pubkey_from_hex(v->pk, hex, NULL, 0), 0);
@@ -164,14 +151,14 @@ static void agent_start(validator *v, int port, const char *extra, const char *e
 
 static void agent_expect_exit(validator *v, int code) {
     int st = wait_exit(v->pid, 180, v->log);
-    char *log = slurp(v->log);
+    char *log = coord_slurp(v->log, NULL);
     cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == code, "agent %s: exit status %d, expected exit %d; its log:\n%s",
               v->name, st, code, log ? log : "");
     free(log);
 }
 
 static void agent_log_has(const validator *v, const char *text) {
-    char *log = slurp(v->log);
+    char *log = coord_slurp(v->log, NULL);
     cr_assert(log && strstr(log, text), "agent %s: no \"%s\" in its log:\n%s", v->name, text, log ? log : "");
     free(log);
 }
@@ -220,7 +207,7 @@ Test(coord_agent_run, three_agents_one_round) {
         agent_log_has(&v[i], "3 updates accepted (ours included)");
         char path[300];
         snprintf(path, sizeof path, "%s/state/submission", v[i].key);
-        char *sub = slurp(path);
+        char *sub = coord_slurp(path, NULL);
         cr_assert(sub && strstr(sub, "round 1\n") && strstr(sub, "acked 1\n"), "submission record:\n%s", sub ? sub : "");
         free(sub);
     }
@@ -247,7 +234,7 @@ Test(coord_agent_run, agent_killed_mid_upload_counts_once) {
     agent_expect_exit(&v[1], 0);
     agent_log_has(&v[1], "round 1: resubmitting the update made earlier");
     agent_log_has(&v[1], "2 updates accepted (ours included)");
-    char *log = slurp(v[1].log);
+    char *log = coord_slurp(v[1].log, NULL);
     /* trained once: the restart did not train again */
     const char *first = strstr(log, "round 1: training\n");
     cr_assert(log && first && !strstr(first + 1, "round 1: training\n"), "agent b trained twice:\n%s", log);

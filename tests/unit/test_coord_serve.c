@@ -71,19 +71,6 @@ typedef struct {
     char log[200];
 } serve_proc;
 
-static char *slurp(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    size_t got = fread(b, 1, (size_t)n, f);
-    b[got] = 0;
-    fclose(f);
-    return b;
-}
-
 /* Starts `serve --dir g_dir --listen 127.0.0.1:0 EXTRA...` and waits for its port. */
 static void serve_start(serve_proc *p, const char *extra) {
     snprintf(p->log, sizeof p->log, "%s/serve%d.log", g_root, g_serves++);
@@ -102,13 +89,13 @@ static void serve_start(serve_proc *p, const char *extra) {
     }
     p->port = 0;
     for (double t0 = wt_now(); wt_now() - t0 < 20 && !p->port;) {
-        char *log = slurp(p->log);
+        char *log = coord_slurp(p->log, NULL);
         const char *at = log ? strstr(log, "event=serve_listening") : NULL;
         if (at && (at = strstr(at, " port="))) p->port = atoi(at + 6);
         free(log);
         int st;
         if (!p->port && waitpid(p->pid, &st, WNOHANG) == p->pid) {
-            char *l = slurp(p->log);
+            char *l = coord_slurp(p->log, NULL);
             cr_assert_fail("serve exited at start (status %d):\n%s", st, l ? l : "");
         }
         if (!p->port) usleep(20000);
@@ -132,7 +119,7 @@ static int serve_stop(serve_proc *p, int sig) {
 
 static void serve_stop_clean(serve_proc *p) {
     int st = serve_stop(p, SIGTERM);
-    char *log = slurp(p->log);
+    char *log = coord_slurp(p->log, NULL);
     cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "serve exit status %d after SIGTERM:\n%s", st, log ? log : "");
     cr_assert(log && strstr(log, "event=serve_stopped"), "no serve_stopped line:\n%s", log ? log : "");
     free(log);
@@ -281,7 +268,7 @@ static void a_close(nawal_ws_conn *c, const char *reason, void *user) {
 static void coord_pubkey(uint8_t pk[32]) {
     char path[300];
     snprintf(path, sizeof path, "%s/identity.pub", g_dir);
-    char *hex = slurp(path);
+    char *hex = coord_slurp(path, NULL);
     cr_assert(hex);
     hex[64] = 0;
     cr_assert_eq(nawal_pubkey_from_hex(pk, hex, NULL, 0), 0);
@@ -823,7 +810,7 @@ Test(coord_serve, tls_handshake_download_and_http) {
     coord_setup(MODEL_SMALL, extra, 2, 600);
     serve_proc sp;
     serve_start(&sp, ""); /* TLS from the directory's settings */
-    char *log = slurp(sp.log);
+    char *log = coord_slurp(sp.log, NULL);
     cr_assert(strstr(log, "tls=on"), "%s", log);
     free(log);
 

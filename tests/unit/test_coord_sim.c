@@ -29,20 +29,6 @@ static void teardown(void) { coord_rm_rf(g_root); }
 
 TestSuite(coord_sim, .init = setup, .fini = teardown, .timeout = 300);
 
-static char *slurp(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    size_t got = fread(b, 1, (size_t)n, f);
-    b[got] = 0;
-    fclose(f);
-    if (len) *len = got;
-    return b;
-}
-
 /* A model file's flat vector (flat_model.h), malloc'ed; *n its length. */
 static float *flat_model(const char *path, size_t *n) {
     char err[512] = "";
@@ -96,7 +82,7 @@ static void check_fedavg(nawal_store *s, int64_t round_id) {
         cr_assert(!subs[i].rejected, "update %zu rejected by the aggregation", i);
         size_t len;
         blob_path(s, subs[i].delta_cid, path, sizeof path);
-        char *frame = slurp(path, &len);
+        char *frame = coord_slurp(path, &len);
         cr_assert(frame, "delta blob %s", path);
         cr_assert_eq(nawal_delta_decode(d, n, (const uint8_t *)frame, len, err, sizeof err), 0, "delta %zu: %s", i, err);
         free(frame);
@@ -167,7 +153,7 @@ Test(coord_sim, three_agents_two_rounds_tls) {
              " --threads 1 >%s 2>&1",
              NAWAL_COORDINATOR_BIN, corpus, fed, out_path);
     int rc = system(cmd);
-    char *out = slurp(out_path, NULL);
+    char *out = coord_slurp(out_path, NULL);
     cr_assert_eq(rc, 0, "sim failed (%d):\n%s", rc, out ? out : "");
     cr_assert(round_line(out, 1) && round_line(out, 2), "no line for rounds 1 and 2 with 3/3 participants:\n%s", out);
     cr_assert(!round_line(out, 3), "a third round printed:\n%s", out);
