@@ -116,6 +116,7 @@ int nawal_cmd_run(int argc, char **argv) {
         ag->have_coord_pk = 1;
     }
     ag->insecure_plaintext = insecure;
+    ag->threads = threads;
     ag->ca_file = ca;
     ag->key_dir = key_dir;
     ag->stake = stake;

@@ -33,7 +33,10 @@ typedef struct {
     double target_epsilon, delta;
 } nawal_round_plan;
 
-/* The model file is ag->state_dir/models/<base cid>.safetensors. */
+/* The model file is ag->state_dir/models/<base cid>.safetensors. Runs on
+ * nawal-agent run's training thread (session.c): it reads the agent's fixed
+ * fields only (ops, tok, corpus, directories, id, delta_codec) and prints its
+ * progress lines to stdout, one printf per line. */
 int nawal_agent_local_update(nawal_agent *ag, const nawal_round_plan *p, nawal_agent_submission *out, char *err,
                              size_t errlen);
 

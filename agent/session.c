@@ -1,4 +1,60 @@
-/* session.c - see session.h. */
+/* session.c - see session.h.
+ *
+ * State machine. A connection (session below) walks a round through these
+ * phases; the training thread (struct nawal_agent_trainer, ag->trainer)
+ * belongs to the agent and outlives connections:
+ *
+ *   IDLE --RoundAnnounce--> JOINING --Ack | ERR_DUPLICATE--> DOWNLOADING
+ *        --last chunk--> TRAIN   (model cached: straight to TRAIN; joined
+ *                                 before a restart: no Join)
+ *   TRAIN, on the next loop turn:
+ *     - an update for this round is on record (sub.round == round, collected
+ *       by this session or loaded from the state dir): submit it -> SUBMITTING
+ *       (WAITING when acked);
+ *     - no training thread: print "training", start one -> TRAINING;
+ *     - a thread training this round (started before a reconnect): adopt it
+ *       -> TRAINING, no second training;
+ *     - a thread still training an older round: stay in TRAIN until it is
+ *       collected (its result dropped), then start ours.
+ *   TRAINING: the loop keeps servicing the connection (Heartbeats, PONGs,
+ *     round messages). Each turn it looks at the thread's `finished` flag
+ *     (the worker also wakes the loop with nawal_ws_client_wake()), and once
+ *     set collects it: pthread_join, then
+ *     - failed: fatal, as before (a warning when its round closed meanwhile);
+ *     - its RoundResult came meanwhile (closed) or a later round was
+ *       announced: the update is dropped (residual.pending.f32 discarded);
+ *     - else the submission record is saved (acked 0) and, when this
+ *       connection has the round in hand (TRAIN/TRAINING), UpdateSubmit goes
+ *       out -> SUBMITTING; otherwise (a new connection before its
+ *       RoundAnnounce) the RoundAnnounce resubmits it from the record.
+ *   SUBMITTING --Ack | ERR_DUPLICATE--> WAITING --RoundResult--> IDLE
+ *   A RoundResult moves any phase to IDLE; in TRAINING the thread runs on,
+ *   marked closed, and its result is dropped when collected.
+ *
+ * Connection lost while training: the session returns RETRY and leaves the
+ * thread running; cmd_run.c reconnects; the new session adopts the thread
+ * (its client becomes the one woken), and the round's RoundAnnounce leads,
+ * through the recorded Join and the cached model, to TRAIN and the adoption
+ * above; or the thread finishes first and the record takes over. Only the
+ * loop thread starts, collects or frees a thread, and only when ag->trainer
+ * is NULL does it start one: one training at a time. DONE or FATAL: the
+ * session waits for the thread (the caller frees the agent next) and
+ * records a result that is still current, for a restart to submit.
+ *
+ * Threads. The worker runs nawal_agent_local_update() on its own copy of
+ * the round plan, reads only the agent's fixed fields (ops, tokenizer,
+ * corpus, directories, identity, delta format, thread count) and writes
+ * its job's result, then sets `finished` under the job's mutex, which also
+ * guards `wake` (the current session's client, NULL between connections,
+ * cleared before that client is freed). It never touches libwebsockets
+ * but for nawal_ws_client_wake(), which any thread may call. In the state
+ * directory it writes deltas/ and residual.pending.f32 (and the key dir's
+ * privacy budget); while a thread exists the loop leaves
+ * residual.pending.f32 alone (no crash-recovery commit, no discard for an
+ * older record): the file is, or is about to be, the worker's. Progress
+ * lines stay in order: "training" is printed before the thread starts, the
+ * worker's lines (one printf each) while it runs, "update submitted" after
+ * the join. */
 #include "session.h"
 #include "blobstream.h"
 #include "cid.h"
@@ -10,6 +66,7 @@
 #include "transport.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +84,7 @@ typedef enum {
     PH_JOINING,     /* Join sent */
     PH_DOWNLOADING, /* base model coming */
     PH_TRAIN,       /* base model here: train on the next loop turn */
+    PH_TRAINING,    /* the training thread works on this round */
     PH_SUBMITTING,  /* UpdateSubmit sent, waiting for its Ack */
     PH_WAITING,     /* our part is done (or refused): wait for the RoundResult */
 } phase;
@@ -52,6 +110,25 @@ typedef struct {
     uint64_t up_bytes;
     double last_hb;
 } session;
+
+/* One local update on its own thread (see the top of this file). */
+typedef struct nawal_agent_trainer nawal_agent_trainer;
+struct nawal_agent_trainer {
+    pthread_t th;
+    pthread_mutex_t mu;
+    /* set before the thread starts, read-only after */
+    nawal_agent *ag;
+    nawal_round_plan plan;
+    /* the worker's result, read by the loop once `finished` is seen */
+    int rc;
+    nawal_agent_submission sub;
+    char err[512];
+    /* under mu */
+    int finished;
+    nawal_ws_client *wake;
+    /* the loop thread's only */
+    int closed; /* its round's RoundResult came: the result is dropped */
+};
 
 uint64_t nawal_agent_next_seq(nawal_agent *ag) {
     struct timespec ts;
@@ -294,7 +371,7 @@ static void on_announce(session *s, const Nawal__RoundAnnounce *ra) {
     if (s->sub.round && !s->sub.acked) {
         fprintf(stderr, "warning: round %llu: the update for round %llu was never acknowledged; dropping it\n", R(s),
                 (unsigned long long)s->sub.round);
-        nawal_agent_residual_discard(s->ag->state_dir);
+        if (!s->ag->trainer) nawal_agent_residual_discard(s->ag->state_dir); /* else the file is the worker's */
         s->sub.acked = 1; /* never resubmitted */
     }
     if (dp_refused(s)) {
@@ -328,6 +405,11 @@ static void on_result(session *s, const Nawal__RoundResult *rr) {
     if (s->ph == PH_DOWNLOADING || s->ph == PH_TRAIN) {
         nawal_blob_receiver_free(s->rx);
         s->rx = NULL;
+    }
+    nawal_agent_trainer *t = s->ag->trainer;
+    if (t && t->plan.round_id <= rr->round_id && !t->closed) {
+        t->closed = 1;
+        printf("round %llu: closed while training; the update will be dropped\n", (unsigned long long)t->plan.round_id);
     }
     s->ph = PH_IDLE;
     s->ag->rounds_done++;
@@ -501,26 +583,96 @@ static int is_coordinator(const uint8_t sender[NAWAL_PUBKEY_BYTES], void *ctx) {
 
 /* ---- the loop ----------------------------------------------------------------- */
 
-static void train_now(session *s) {
-    char err[512] = "";
-    nawal_agent_submission sub;
+static void *train_main(void *arg) {
+    nawal_agent_trainer *t = arg;
+    nawal_ops_cpu(t->ag->threads); /* OpenMP's thread count is per thread: --threads again */
+    t->rc = nawal_agent_local_update(t->ag, &t->plan, &t->sub, t->err, sizeof t->err);
+    fflush(stdout);
+    pthread_mutex_lock(&t->mu);
+    t->finished = 1;
+    if (t->wake) nawal_ws_client_wake(t->wake);
+    pthread_mutex_unlock(&t->mu);
+    return NULL;
+}
+
+/* Which client the worker wakes when it finishes (NULL: none). */
+static void trainer_wake(nawal_agent_trainer *t, nawal_ws_client *cl) {
+    if (!t) return;
+    pthread_mutex_lock(&t->mu);
+    t->wake = cl;
+    pthread_mutex_unlock(&t->mu);
+}
+
+static int trainer_finished(nawal_agent_trainer *t) {
+    pthread_mutex_lock(&t->mu);
+    int f = t->finished;
+    pthread_mutex_unlock(&t->mu);
+    return f;
+}
+
+static void train_start(session *s) {
+    nawal_agent_trainer *t = calloc(1, sizeof *t);
+    if (!t) {
+        fatal(s, "out of memory");
+        return;
+    }
+    t->ag = s->ag;
+    t->plan = s->plan;
+    t->wake = s->cl;
+    pthread_mutex_init(&t->mu, NULL);
     printf("round %llu: training\n", R(s));
     fflush(stdout);
-    if (nawal_agent_local_update(s->ag, &s->plan, &sub, err, sizeof err)) {
-        fatal(s, "round %llu: %s", R(s), err);
+    int e = pthread_create(&t->th, NULL, train_main, t);
+    if (e) {
+        pthread_mutex_destroy(&t->mu);
+        free(t);
+        fatal(s, "round %llu: cannot start the training thread: %s", R(s), strerror(e));
         return;
     }
-    if (nawal_agent_submission_save(s->ag->state_dir, &sub, err, sizeof err)) {
+    s->ag->trainer = t;
+    s->ph = PH_TRAINING;
+}
+
+/* PH_TRAIN: submit what is on record, start training, or adopt the thread training this round. */
+static void train_step(session *s) {
+    nawal_agent_trainer *t = s->ag->trainer;
+    if (s->sub.round == s->plan.round_id) {
+        if (s->sub.acked) s->ph = PH_WAITING;
+        else submit(s);
+    } else if (!t) {
+        train_start(s);
+    } else if (t->plan.round_id == s->plan.round_id && !t->closed) {
+        printf("round %llu: training continues (started before the reconnect)\n", R(s));
+        s->ph = PH_TRAINING;
+    } /* else an older round's training is still running: wait for it */
+}
+
+/* Joins the finished (or, at the end of a session, still running) training thread and acts on its result. */
+static void train_collect(session *s) {
+    nawal_agent_trainer *t = s->ag->trainer;
+    char err[512];
+    pthread_join(t->th, NULL);
+    s->ag->trainer = NULL;
+    unsigned long long round = (unsigned long long)t->plan.round_id;
+    int stale = t->closed || (s->have_round && s->plan.round_id > t->plan.round_id);
+    if (t->rc) {
+        if (stale) fprintf(stderr, "warning: round %llu: training failed: %s\n", round, t->err);
+        else fatal(s, "round %llu: %s", round, t->err);
+    } else if (stale) {
+        nawal_agent_residual_discard(s->ag->state_dir);
+        printf("round %llu: training finished after the round closed; update dropped\n", round);
+    } else if (nawal_agent_submission_save(s->ag->state_dir, &t->sub, err, sizeof err)) {
         fatal(s, "%s", err);
-        return;
+    } else {
+        s->sub = t->sub;
+        s->up_bytes = 0;
+        /* submitted now when this connection is live and has the round in hand; else from the record later */
+        if (s->have_round && s->plan.round_id == t->plan.round_id && (s->ph == PH_TRAINING || s->ph == PH_TRAIN) &&
+            s->conn && !s->closed && !s->done && !s->fatal && !s->retry)
+            submit(s);
     }
-    s->sub = sub;
-    s->up_bytes = 0;
-    if (s->closed || !s->conn) {
-        lost(s, "connection lost while training");
-        return;
-    }
-    submit(s);
+    pthread_mutex_destroy(&t->mu);
+    free(t);
 }
 
 nawal_session_status nawal_agent_session_run(nawal_agent *ag, int *authenticated, char *err, size_t errlen) {
@@ -538,7 +690,8 @@ nawal_session_status nawal_agent_session_run(nawal_agent *ag, int *authenticated
         free(s);
         return NAWAL_SESSION_FATAL;
     }
-    if (r == 1 && s->sub.acked) nawal_agent_residual_commit(ag->state_dir, e, sizeof e); /* crash between the two */
+    /* crash between the two (not while training: residual.pending.f32 is then the worker's) */
+    if (r == 1 && s->sub.acked && !ag->trainer) nawal_agent_residual_commit(ag->state_dir, e, sizeof e);
     nawal_envelope_policy_default(&s->pol);
     s->pol.is_known = is_coordinator;
     s->pol.ctx = ag;
@@ -553,6 +706,7 @@ nawal_session_status nawal_agent_session_run(nawal_agent *ag, int *authenticated
         free(s);
         return NAWAL_SESSION_FATAL;
     }
+    trainer_wake(ag->trainer, s->cl); /* adopted from the previous connection */
     s->conn = nawal_ws_client_connect(s->cl, ag->host, ag->port, ag->path[0] ? ag->path : "/", e, sizeof e);
     if (!s->conn) lost(s, e);
     double t0 = nawal_monotonic_s();
@@ -565,7 +719,9 @@ nawal_session_status nawal_agent_session_run(nawal_agent *ag, int *authenticated
             break;
         }
         if (s->authed) *authenticated = 1;
-        if (s->ph == PH_TRAIN) train_now(s);
+        if (ag->trainer && trainer_finished(ag->trainer)) train_collect(s);
+        if (s->fatal || s->retry) break;
+        if (s->ph == PH_TRAIN) train_step(s);
         if (s->authed && s->conn && nawal_monotonic_s() - s->last_hb > HEARTBEAT_S) {
             Nawal__Heartbeat hb = NAWAL__HEARTBEAT__INIT;
             hb.time_ms = nawal_now_ms();
@@ -579,6 +735,14 @@ nawal_session_status nawal_agent_session_run(nawal_agent *ag, int *authenticated
     if (s->conn && st == NAWAL_SESSION_DONE) {
         nawal_ws_close_when_sent(s->conn, "done");
         for (double t1 = nawal_monotonic_s(); !s->closed && nawal_monotonic_s() - t1 < 2;) nawal_ws_client_service(s->cl, 20);
+    }
+    trainer_wake(ag->trainer, NULL); /* before the client goes */
+    if (ag->trainer && st != NAWAL_SESSION_RETRY) { /* the caller frees the agent next: wait for the thread */
+        if (!trainer_finished(ag->trainer)) {
+            printf("round %llu: waiting for the training to finish\n", (unsigned long long)ag->trainer->plan.round_id);
+            fflush(stdout);
+        }
+        train_collect(s);
     }
     nawal_blob_sender_free(s->tx);
     nawal_blob_receiver_free(s->rx);

@@ -18,10 +18,15 @@
  * restarts. Coordinator envelopes must come from --coordinator-key when
  * given, otherwise from the first key seen (pinned for the process).
  *
- * Training runs on the loop's thread between service calls: the
- * connection is not serviced meanwhile, and if the coordinator drops it the
- * outer loop reconnects and the submission record (state.h) carries the
- * update over, which is submitted until acknowledged and never retrained.
+ * Training (local_update.h: load, train, delta, encode) runs on a worker
+ * thread, one at a time, while the loop's thread keeps servicing the
+ * connection (heartbeats, PONGs); the worker never touches the transport.
+ * The worker belongs to the agent, not to a connection: after a lost
+ * connection the next session adopts the training in progress instead of
+ * starting another for the same round, and submits its result (state
+ * machine at the top of session.c). The submission record (state.h)
+ * carries an update across restarts: submitted until acknowledged, never
+ * retrained.
  *
  * nawal_agent_session_run() is one connection: it returns when the agent
  * is done (its --rounds results seen), when the connection is gone (the
@@ -59,8 +64,13 @@ typedef struct {
     double eps_floor, delta_floor;
     int delta_codec;        /* 1: delta_codec.h frames; 0: dense safetensors delta */
     const nawal_ops *ops;
+    int threads;            /* --threads, applied again on the training thread (OpenMP's count is per thread) */
     nawal_tokenizer *tok;
     nawal_corpus corpus;
+    /* the training thread of this process, if any (owned by session.c; it
+     * outlives a connection and is joined before nawal_agent_session_run
+     * returns DONE or FATAL) */
+    struct nawal_agent_trainer *trainer;
     /* progress */
     int rounds_done;
     uint64_t last_seq;

@@ -267,6 +267,10 @@ int nawal_serve_run(const nawal_serve_options *o, char *err, size_t errlen) {
     cfg.bind_addr = host[0] ? host : NULL;
     cfg.port = port;
     cfg.max_connections = o->max_connections;
+    if (o->keepalive_s > 0) {
+        cfg.ping_secs = o->keepalive_s;
+        cfg.dead_secs = 3 * o->keepalive_s;
+    }
     nawal_ws_handlers h = { nawal_session_on_open, nawal_session_on_message, nawal_session_on_drain,
                             nawal_session_on_close, srv };
     srv->ws = nawal_ws_server_new(&cfg, &h, err, errlen);

@@ -77,6 +77,8 @@ typedef struct {
     int auth_timeout_ms;         /* 0: 30 s */
     const char *strategy;        /* aggregation strategy (NULL: fedavg) */
     int threads;                 /* aggregation threads (0: all cores) */
+    int keepalive_s;             /* PING a silent peer after this many seconds, drop it after 3x
+                                    without a PONG (0: the transport's 20 s / 60 s) */
 } nawal_serve_options;
 
 /* Splits "HOST:PORT" / "[V6]:PORT" into host (cap bytes) and port (0..65535).

@@ -32,7 +32,14 @@ const char *cuda_blas_status_name(cublasStatus_t s) {
 }
 
 static void *cu_alloc(const nawal_ops *o, size_t bytes) {
-    (void)o;
+    /* The current device is per thread, and the thread computing may not be
+     * the one that opened the backend (nawal-agent run trains on a worker
+     * thread): make ours current here, as every computing thread allocates
+     * (its model) before anything else. */
+    if (cudaSetDevice(CUDA_STATE(o)->device) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return NULL;
+    }
     void *p = NULL;
     if (cudaMalloc(&p, bytes ? bytes : 4) != cudaSuccess) {
         (void)cudaGetLastError(); /* clear: out of memory is reported by returning NULL */
