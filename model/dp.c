@@ -23,12 +23,19 @@ enum { D_FCPROJ, D_FC, D_LN2, D_ATTPROJ, D_QKV, D_LN1, D_PER_LAYER };
 static const int d_width[D_PER_LAYER] = { 1, 4, 1, 1, 3, 1 }; /* in units of C */
 #define STORE_WIDTH_PER_LAYER 11
 
-/* slot k of layer l (l == n_layer: the ln_f slot) for the rows from r0 */
-static float *slot(const nawal_gpt *m, int l, int k, size_t r0) {
+/* The kept output gradients of layer l (l == n_layer: only .ln1 is used,
+ * ln_f's slot) for the rows from r0, in dp_store's order. */
+typedef struct { float *fcproj, *fc, *ln2, *attproj, *qkv, *ln1; } kept_grads;
+
+static kept_grads layer_slots(const nawal_gpt *m, int l, size_t r0) {
     size_t N = (size_t)m->max_batch * m->cfg.n_ctx, C = m->cfg.n_embd;
-    float *p = m->dp_store + (size_t)l * STORE_WIDTH_PER_LAYER * N * C;
-    for (int i = 0; i < k; i++) p += (size_t)d_width[i] * N * C;
-    return p + r0 * (size_t)(l == m->cfg.n_layer ? 1 : d_width[k]) * C;
+    float *p = m->dp_store + (size_t)l * STORE_WIDTH_PER_LAYER * N * C, *s[D_PER_LAYER];
+    if (l == m->cfg.n_layer) return (kept_grads){ .ln1 = p + r0 * C };
+    for (int i = 0; i < D_PER_LAYER; i++) {
+        s[i] = p + r0 * (size_t)d_width[i] * C;
+        p += (size_t)d_width[i] * N * C;
+    }
+    return (kept_grads){ s[D_FCPROJ], s[D_FC], s[D_LN2], s[D_ATTPROJ], s[D_QKV], s[D_LN1] };
 }
 
 static int ensure_buffers(nawal_gpt *m, char *err, size_t errlen) {
@@ -55,7 +62,7 @@ static void dp_pass1(void *ctx, int k) {
     top_acts ta = v.ta;
     scratch_bufs s = v.s;
     float *res_last = gpt_layer_acts(m, L - 1, v.b0, T).res3;
-    float *d_lnf = slot(m, L, 0, v.r0);
+    float *d_lnf = layer_slots(m, L, v.r0).ln1;
 
     o->fill(o, norms, 0.0f, (size_t)B);
     o->fill(o, s.dres, 0.0f, (size_t)N * C);
@@ -65,30 +72,29 @@ static void dp_pass1(void *ctx, int k) {
     for (int l = L - 1; l >= 0; l--) {
         layer_acts a = gpt_layer_acts(m, l, v.b0, T);
         float *res_in = l == 0 ? ta.encoded : gpt_layer_acts(m, l - 1, v.b0, T).res3;
-        float *d_fcproj = slot(m, l, D_FCPROJ, v.r0), *d_fc = slot(m, l, D_FC, v.r0), *d_ln2 = slot(m, l, D_LN2, v.r0);
-        float *d_attproj = slot(m, l, D_ATTPROJ, v.r0), *d_qkv = slot(m, l, D_QKV, v.r0), *d_ln1 = slot(m, l, D_LN1, v.r0);
+        kept_grads d = layer_slots(m, l, v.r0);
         /* MLP branch */
-        o->copy(o, d_fcproj, s.dres, (size_t)N * C);
-        o->pe_norm_linear(o, norms, a.fch_gelu, d_fcproj, B, T, 4 * C, C);
-        o->pe_norm_bias(o, norms, d_fcproj, B, T, C);
-        o->matmul_bwd(o, d_fc, NULL, NULL, d_fcproj, a.fch_gelu, gpt_lp(m, P, l, NAWAL_P_FCPROJ_W), N, 4 * C, C, NAWAL_W_IN_OUT);
-        o->gelu_bwd(o, d_fc, a.fch, d_fc, (size_t)N * 4 * C);
-        o->pe_norm_linear(o, norms, a.ln2, d_fc, B, T, C, 4 * C);
-        o->pe_norm_bias(o, norms, d_fc, B, T, 4 * C);
-        o->matmul_bwd(o, d_ln2, NULL, NULL, d_fc, a.ln2, gpt_lp(m, P, l, NAWAL_P_FC_W), N, C, 4 * C, NAWAL_W_IN_OUT);
-        o->pe_norm_layernorm(o, norms, d_ln2, a.res2, a.ln2_mean, a.ln2_rstd, B, T, C);
-        o->layernorm_bwd(o, s.dres, NULL, NULL, d_ln2, a.res2, gpt_lp(m, P, l, NAWAL_P_LN2_W), a.ln2_mean, a.ln2_rstd, N, C);
+        o->copy(o, d.fcproj, s.dres, (size_t)N * C);
+        o->pe_norm_linear(o, norms, a.fch_gelu, d.fcproj, B, T, 4 * C, C);
+        o->pe_norm_bias(o, norms, d.fcproj, B, T, C);
+        o->matmul_bwd(o, d.fc, NULL, NULL, d.fcproj, a.fch_gelu, gpt_lp(m, P, l, NAWAL_P_FCPROJ_W), N, 4 * C, C, NAWAL_W_IN_OUT);
+        o->gelu_bwd(o, d.fc, a.fch, d.fc, (size_t)N * 4 * C);
+        o->pe_norm_linear(o, norms, a.ln2, d.fc, B, T, C, 4 * C);
+        o->pe_norm_bias(o, norms, d.fc, B, T, 4 * C);
+        o->matmul_bwd(o, d.ln2, NULL, NULL, d.fc, a.ln2, gpt_lp(m, P, l, NAWAL_P_FC_W), N, C, 4 * C, NAWAL_W_IN_OUT);
+        o->pe_norm_layernorm(o, norms, d.ln2, a.res2, a.ln2_mean, a.ln2_rstd, B, T, C);
+        o->layernorm_bwd(o, s.dres, NULL, NULL, d.ln2, a.res2, gpt_lp(m, P, l, NAWAL_P_LN2_W), a.ln2_mean, a.ln2_rstd, N, C);
         /* attention branch */
-        o->copy(o, d_attproj, s.dres, (size_t)N * C);
-        o->pe_norm_linear(o, norms, a.atty, d_attproj, B, T, C, C);
-        o->pe_norm_bias(o, norms, d_attproj, B, T, C);
-        o->matmul_bwd(o, s.dsmall, NULL, NULL, d_attproj, a.atty, gpt_lp(m, P, l, NAWAL_P_ATTPROJ_W), N, C, C, NAWAL_W_IN_OUT);
-        o->attention_bwd(o, d_qkv, s.datt, s.dsmall, a.qkv, a.att, B, T, C, NH);
-        o->pe_norm_linear(o, norms, a.ln1, d_qkv, B, T, C, 3 * C);
-        o->pe_norm_bias(o, norms, d_qkv, B, T, 3 * C);
-        o->matmul_bwd(o, d_ln1, NULL, NULL, d_qkv, a.ln1, gpt_lp(m, P, l, NAWAL_P_QKV_W), N, C, 3 * C, NAWAL_W_IN_OUT);
-        o->pe_norm_layernorm(o, norms, d_ln1, res_in, a.ln1_mean, a.ln1_rstd, B, T, C);
-        o->layernorm_bwd(o, s.dres, NULL, NULL, d_ln1, res_in, gpt_lp(m, P, l, NAWAL_P_LN1_W), a.ln1_mean, a.ln1_rstd, N, C);
+        o->copy(o, d.attproj, s.dres, (size_t)N * C);
+        o->pe_norm_linear(o, norms, a.atty, d.attproj, B, T, C, C);
+        o->pe_norm_bias(o, norms, d.attproj, B, T, C);
+        o->matmul_bwd(o, s.dsmall, NULL, NULL, d.attproj, a.atty, gpt_lp(m, P, l, NAWAL_P_ATTPROJ_W), N, C, C, NAWAL_W_IN_OUT);
+        o->attention_bwd(o, d.qkv, s.datt, s.dsmall, a.qkv, a.att, B, T, C, NH);
+        o->pe_norm_linear(o, norms, a.ln1, d.qkv, B, T, C, 3 * C);
+        o->pe_norm_bias(o, norms, d.qkv, B, T, 3 * C);
+        o->matmul_bwd(o, d.ln1, NULL, NULL, d.qkv, a.ln1, gpt_lp(m, P, l, NAWAL_P_QKV_W), N, C, 3 * C, NAWAL_W_IN_OUT);
+        o->pe_norm_layernorm(o, norms, d.ln1, res_in, a.ln1_mean, a.ln1_rstd, B, T, C);
+        o->layernorm_bwd(o, s.dres, NULL, NULL, d.ln1, res_in, gpt_lp(m, P, l, NAWAL_P_LN1_W), a.ln1_mean, a.ln1_rstd, N, C);
     }
     o->pe_norm_rows(o, norms, s.dres, B, T, C);
     o->pe_norm_tied(o, norms, s.dres, m->d_inputs + v.r0, ta.lnf, ta.logits, B, T, C, V);
@@ -104,7 +110,7 @@ static void dp_pass2(void *ctx, int k) {
     top_acts ta = v.ta;
     scratch_bufs s = v.s;
     float *res_last = gpt_layer_acts(m, L - 1, v.b0, T).res3;
-    float *d_lnf = slot(m, L, 0, v.r0);
+    float *d_lnf = layer_slots(m, L, v.r0).ln1;
     size_t TC = (size_t)T * C;
 
     o->scale_examples(o, ta.logits, sc, B, (size_t)T * V);
@@ -114,25 +120,24 @@ static void dp_pass2(void *ctx, int k) {
     for (int l = L - 1; l >= 0; l--) {
         layer_acts a = gpt_layer_acts(m, l, v.b0, T);
         float *res_in = l == 0 ? ta.encoded : gpt_layer_acts(m, l - 1, v.b0, T).res3;
-        float *d_fcproj = slot(m, l, D_FCPROJ, v.r0), *d_fc = slot(m, l, D_FC, v.r0), *d_ln2 = slot(m, l, D_LN2, v.r0);
-        float *d_attproj = slot(m, l, D_ATTPROJ, v.r0), *d_qkv = slot(m, l, D_QKV, v.r0), *d_ln1 = slot(m, l, D_LN1, v.r0);
-        o->scale_examples(o, d_fcproj, sc, B, TC);
-        o->matmul_bwd(o, NULL, gpt_lp(m, G, l, NAWAL_P_FCPROJ_W), gpt_lp(m, G, l, NAWAL_P_FCPROJ_B), d_fcproj, a.fch_gelu,
+        kept_grads d = layer_slots(m, l, v.r0);
+        o->scale_examples(o, d.fcproj, sc, B, TC);
+        o->matmul_bwd(o, NULL, gpt_lp(m, G, l, NAWAL_P_FCPROJ_W), gpt_lp(m, G, l, NAWAL_P_FCPROJ_B), d.fcproj, a.fch_gelu,
                       gpt_lp(m, P, l, NAWAL_P_FCPROJ_W), N, 4 * C, C, NAWAL_W_IN_OUT);
-        o->scale_examples(o, d_fc, sc, B, 4 * TC);
-        o->matmul_bwd(o, NULL, gpt_lp(m, G, l, NAWAL_P_FC_W), gpt_lp(m, G, l, NAWAL_P_FC_B), d_fc, a.ln2,
+        o->scale_examples(o, d.fc, sc, B, 4 * TC);
+        o->matmul_bwd(o, NULL, gpt_lp(m, G, l, NAWAL_P_FC_W), gpt_lp(m, G, l, NAWAL_P_FC_B), d.fc, a.ln2,
                       gpt_lp(m, P, l, NAWAL_P_FC_W), N, C, 4 * C, NAWAL_W_IN_OUT);
-        o->scale_examples(o, d_ln2, sc, B, TC);
-        o->layernorm_bwd(o, NULL, gpt_lp(m, G, l, NAWAL_P_LN2_W), gpt_lp(m, G, l, NAWAL_P_LN2_B), d_ln2, a.res2,
+        o->scale_examples(o, d.ln2, sc, B, TC);
+        o->layernorm_bwd(o, NULL, gpt_lp(m, G, l, NAWAL_P_LN2_W), gpt_lp(m, G, l, NAWAL_P_LN2_B), d.ln2, a.res2,
                          gpt_lp(m, P, l, NAWAL_P_LN2_W), a.ln2_mean, a.ln2_rstd, N, C);
-        o->scale_examples(o, d_attproj, sc, B, TC);
-        o->matmul_bwd(o, NULL, gpt_lp(m, G, l, NAWAL_P_ATTPROJ_W), gpt_lp(m, G, l, NAWAL_P_ATTPROJ_B), d_attproj, a.atty,
+        o->scale_examples(o, d.attproj, sc, B, TC);
+        o->matmul_bwd(o, NULL, gpt_lp(m, G, l, NAWAL_P_ATTPROJ_W), gpt_lp(m, G, l, NAWAL_P_ATTPROJ_B), d.attproj, a.atty,
                       gpt_lp(m, P, l, NAWAL_P_ATTPROJ_W), N, C, C, NAWAL_W_IN_OUT);
-        o->scale_examples(o, d_qkv, sc, B, 3 * TC);
-        o->matmul_bwd(o, NULL, gpt_lp(m, G, l, NAWAL_P_QKV_W), gpt_lp(m, G, l, NAWAL_P_QKV_B), d_qkv, a.ln1,
+        o->scale_examples(o, d.qkv, sc, B, 3 * TC);
+        o->matmul_bwd(o, NULL, gpt_lp(m, G, l, NAWAL_P_QKV_W), gpt_lp(m, G, l, NAWAL_P_QKV_B), d.qkv, a.ln1,
                       gpt_lp(m, P, l, NAWAL_P_QKV_W), N, C, 3 * C, NAWAL_W_IN_OUT);
-        o->scale_examples(o, d_ln1, sc, B, TC);
-        o->layernorm_bwd(o, NULL, gpt_lp(m, G, l, NAWAL_P_LN1_W), gpt_lp(m, G, l, NAWAL_P_LN1_B), d_ln1, res_in,
+        o->scale_examples(o, d.ln1, sc, B, TC);
+        o->layernorm_bwd(o, NULL, gpt_lp(m, G, l, NAWAL_P_LN1_W), gpt_lp(m, G, l, NAWAL_P_LN1_B), d.ln1, res_in,
                          gpt_lp(m, P, l, NAWAL_P_LN1_W), a.ln1_mean, a.ln1_rstd, N, C);
     }
     o->scale_examples(o, s.dres, sc, B, TC);
