@@ -8,6 +8,7 @@
 #include "cid.h"
 #include "cli.h"
 #include "cmds.h"
+#include "evaluate.h"
 #include "session.h"
 #include "state.h"
 
@@ -85,7 +86,8 @@ int nawal_cmd_run(int argc, char **argv) {
     int pr = nawal_flags_parse(argc, argv, flags, sizeof flags / sizeof flags[0],
                                "usage: nawal-agent run --coordinator wss://HOST:PORT --key DIR --data FILE [options]\n\n"
                                "Follows the coordinator's rounds: joins, downloads the base model, trains on FILE,\n"
-                               "uploads the compressed delta, and repeats.");
+                               "uploads the compressed delta, and repeats; answers the coordinator's evaluation\n"
+                               "requests with each new global model's loss on FILE's validation split (its last 10%).");
     if (pr) return pr == 1 ? 0 : 2;
     nawal_agent *ag = calloc(1, sizeof *ag);
     if (!ag) return 1;
@@ -146,6 +148,7 @@ int nawal_cmd_run(int argc, char **argv) {
         fprintf(stderr, "error: %s\n", err);
         goto out;
     }
+    ag->evals = nawal_agent_evals_new(); /* NULL (out of memory): every evaluation is measured */
     char fp[NAWAL_FINGERPRINT_SHORT_BYTES];
     nawal_fingerprint_short(fp, ag->id.pk);
     printf("nawal-agent %s: coordinator %s, device %s, data %s (%zu tokens, %zu train), state %s, deltas %s\n", fp,
@@ -174,6 +177,7 @@ int nawal_cmd_run(int argc, char **argv) {
         backoff = backoff * 2 > BACKOFF_MAX_S ? BACKOFF_MAX_S : backoff * 2;
     }
 out:
+    nawal_agent_evals_free(ag->evals);
     nawal_corpus_free(&ag->corpus);
     nawal_tokenizer_free(ag->tok);
     nawal_identity_wipe(&ag->id);

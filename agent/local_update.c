@@ -5,6 +5,7 @@
 #include "delta_codec.h"
 #include "dp_train.h"
 #include "error.h"
+#include "evaluate.h"
 #include "fileio.h"
 #include "flat_model.h"
 #include "safetensors.h"
@@ -18,8 +19,8 @@
 #include <sodium.h>
 #include <unistd.h>
 
-/* Validation windows evaluated before and after training (bounds the cost). */
-#define EVAL_MAX_WINDOWS 32
+/* Local training snapshots: every 10% of the round's steps (rounded up), and after the last. */
+#define CKPT_EVERY(steps) (((steps) + 9) / 10)
 
 /* delta[0..n) = local - base in flat order (proto/flat_model.h). */
 static int compute_delta(const nawal_gpt *m, const nawal_st_file *f, const size_t *order, float *delta, size_t n,
@@ -47,17 +48,43 @@ static int compute_delta(const nawal_gpt *m, const nawal_st_file *f, const size_
     return rc;
 }
 
-/* Mean loss over the first EVAL_MAX_WINDOWS validation windows; 0 when there is no split. */
-static int val_loss(nawal_gpt *m, const nawal_corpus *c, double *loss, char *err, size_t errlen) {
-    size_t n_val = c->n_tokens - c->n_train, cap = (size_t)EVAL_MAX_WINDOWS * (size_t)m->cfg.n_ctx + 1;
-    *loss = 0.0;
-    if (n_val < 2) return 0;
-    size_t np;
-    return nawal_eval_tokens(m, c->tokens + c->n_train, n_val < cap ? n_val : cap, loss, &np, err, errlen);
+/* The local training's snapshots (state.h: DIR/train.ckpt). */
+typedef struct {
+    uint64_t round;
+    const char *path;
+    int crash_at; /* NAWAL_AGENT_TEST_CRASH=train:K: exit after the snapshot at step K (0: never) */
+} ckpt_ctx;
+
+static void on_ckpt(void *ctx, nawal_ckpt_event ev, int step, int steps, const char *why) {
+    const ckpt_ctx *c = ctx;
+    if (ev == NAWAL_CKPT_RESUMED) {
+        printf("round %llu: resuming local training at step %d of %d from the checkpoint\n", (unsigned long long)c->round,
+               step, steps);
+    } else if (ev == NAWAL_CKPT_REFUSED) {
+        printf("round %llu: %s; removed, training from step 0\n", (unsigned long long)c->round, why);
+        unlink(c->path);
+    } else if (step == c->crash_at) { /* tests: die as if killed during the local training */
+        fprintf(stderr, "NAWAL_AGENT_TEST_CRASH=train:%d: exiting after the checkpoint at step %d\n", step, step);
+        fflush(NULL);
+        _exit(3);
+    }
+    fflush(stdout);
+}
+
+/* The bytes naming this round's training in its snapshot: round, base model and plan, field by field (no padding). */
+static size_t plan_tag(const nawal_round_plan *p, uint8_t *out) {
+    size_t n = 0;
+#define PUT(x) (memcpy(out + n, &(x), sizeof(x)), n += sizeof(x))
+    PUT(p->round_id), PUT(p->base_cid), PUT(p->steps), PUT(p->batch), PUT(p->lr), PUT(p->topk_ratio), PUT(p->dp);
+    PUT(p->noise_multiplier), PUT(p->max_grad_norm), PUT(p->sample_rate), PUT(p->target_epsilon), PUT(p->delta);
+#undef PUT
+    return n;
 }
 
 static int train(nawal_agent *ag, nawal_gpt *m, const nawal_round_plan *p, nawal_train_result *res, double *eps,
                  uint64_t *examples, char *err, size_t errlen) {
+    *eps = 0.0;
+    *examples = (uint64_t)p->steps * p->batch;
     nawal_train_config tc;
     nawal_train_config_default(&tc);
     tc.steps = (int)p->steps;
@@ -67,8 +94,14 @@ static int train(nawal_agent *ag, nawal_gpt *m, const nawal_round_plan *p, nawal
     tc.warmup = tc.steps / 10;
     tc.log_every = tc.steps >= 5 ? tc.steps / 5 : 1;
     randombytes_buf(&tc.seed, sizeof tc.seed);
-    *eps = 0.0;
-    *examples = (uint64_t)p->steps * p->batch;
+    char path[4096];
+    uint8_t tag[sizeof *p];
+    if (nawal_agent_train_ckpt_path(path, sizeof path, ag->state_dir)) return nawal_fail(err, errlen, "%s: path too long", ag->state_dir);
+    const char *crash = getenv("NAWAL_AGENT_TEST_CRASH");
+    ckpt_ctx cc = { p->round_id, path, crash && !strncmp(crash, "train:", 6) ? atoi(crash + 6) : 0 };
+    nawal_train_ckpt ck = { .path = path, .every = CKPT_EVERY(tc.steps), .resume = 1, .tag = tag,
+                            .tag_len = plan_tag(p, tag), .notify = on_ckpt, .ctx = &cc };
+    tc.ckpt = &ck;
     if (!p->dp) return nawal_train_run(m, ag->corpus.tokens, ag->corpus.n_train, &tc, stdout, res, err, errlen);
 
     nawal_dp_train_config dc = {.max_grad_norm = p->max_grad_norm, .sample_rate = p->sample_rate,
@@ -172,10 +205,11 @@ int nawal_agent_local_update(nawal_agent *ag, const nawal_round_plan *p, nawal_a
     double v0, v1, eps;
     uint64_t examples;
     nawal_train_result res;
-    if (val_loss(m, &ag->corpus, &v0, err, errlen)) goto out;
+    uint64_t val_tokens; /* evaluate.h: the base's loss is remembered by CID, measured once */
+    if (nawal_agent_model_val_loss(ag, p->base_cid, m, &v0, &val_tokens, err, errlen)) goto out;
     fflush(stdout);
     if (train(ag, m, p, &res, &eps, &examples, err, errlen)) goto out;
-    if (val_loss(m, &ag->corpus, &v1, err, errlen)) goto out;
+    if (nawal_agent_val_loss(m, &ag->corpus, &v1, &val_tokens, err, errlen)) goto out;
     printf("round %llu: trained %u steps in %.1f s, loss %.4f -> %.4f, %.0f tokens/s, val loss %.4f -> %.4f\n",
            (unsigned long long)p->round_id, p->steps, res.seconds, (double)res.first_loss, (double)res.last_loss,
            res.tokens_per_s, v0, v1);
@@ -186,6 +220,9 @@ int nawal_agent_local_update(nawal_agent *ag, const nawal_round_plan *p, nawal_a
     }
     if (compute_delta(m, f, order, delta, n, path, err, errlen)) goto out;
     if (write_update(ag, p, f, order, delta, n, out, err, errlen)) goto out;
+    char ckpt[4096];
+    if (nawal_agent_train_ckpt_path(ckpt, sizeof ckpt, ag->state_dir) == 0 && unlink(ckpt) == 0)
+        nawal_fsync_parent_dir(ckpt); /* the update is on disk: the snapshot has served */
     out->round = p->round_id;
     memcpy(out->base, p->base_cid, 32);
     out->examples = examples;

@@ -14,6 +14,22 @@
  *     reads).
  * The resulting submission record (acked 0) is filled in, not saved.
  *
+ * The local training is resumable: it snapshots its state (model/train_state.h)
+ * into DIR/train.ckpt every 10% of the round's steps (rounded up) and after
+ * the last, tagged with the round id, the base model's CID and the round
+ * plan. A restarted agent given the same round resumes from the snapshot
+ * ("round R: resuming local training at step k of S from the checkpoint")
+ * instead of starting over; a snapshot of another round, base or plan, or a
+ * damaged one, is refused with the reason, removed, and training starts at
+ * step 0. The snapshot is removed once the update file is written. DP-SGD
+ * steps are charged to the privacy budget as they run, so steps executed
+ * again after a resume are charged again, and a resumed run draws fresh
+ * noise (model/dp_train.h).
+ *
+ * Test hook: with NAWAL_AGENT_TEST_CRASH=train:K in the environment the
+ * process exits (status 3) right after writing the snapshot at step K, as if
+ * killed during the local training.
+ *
  * Quality reported to the coordinator: v0 / (v0 + v1), with v0 and v1 the
  * validation loss before and after training (0.5 = no change, above = the
  * update helped; 0.5 when the corpus has no validation split). */

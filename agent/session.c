@@ -1,8 +1,9 @@
 /* session.c - see session.h.
  *
  * State machine. A connection (session below) walks a round through these
- * phases; the training thread (struct nawal_agent_trainer, ag->trainer)
- * belongs to the agent and outlives connections:
+ * phases; the worker thread (struct nawal_agent_worker, ag->worker: a
+ * training, or an evaluation) belongs to the agent and outlives
+ * connections:
  *
  *   IDLE --RoundAnnounce--> JOINING --Ack | ERR_DUPLICATE--> DOWNLOADING
  *        --last chunk--> TRAIN   (model cached: straight to TRAIN; joined
@@ -11,11 +12,12 @@
  *     - an update for this round is on record (sub.round == round, collected
  *       by this session or loaded from the state dir): submit it -> SUBMITTING
  *       (WAITING when acked);
- *     - no training thread: print "training", start one -> TRAINING;
+ *     - no worker thread: print "training", start one -> TRAINING;
  *     - a thread training this round (started before a reconnect): adopt it
  *       -> TRAINING, no second training;
- *     - a thread still training an older round: stay in TRAIN until it is
- *       collected (its result dropped), then start ours.
+ *     - a thread still training an older round, or evaluating: stay in TRAIN
+ *       until it is collected (an older round's result dropped), then start
+ *       ours.
  *   TRAINING: the loop keeps servicing the connection (Heartbeats, PONGs,
  *     round messages). Each turn it looks at the thread's `finished` flag
  *     (the worker also wakes the loop with nawal_ws_client_wake()), and once
@@ -36,20 +38,37 @@
  * (its client becomes the one woken), and the round's RoundAnnounce leads,
  * through the recorded Join and the cached model, to TRAIN and the adoption
  * above; or the thread finishes first and the record takes over. Only the
- * loop thread starts, collects or frees a thread, and only when ag->trainer
- * is NULL does it start one: one training at a time. DONE or FATAL: the
+ * loop thread starts, collects or frees a thread, and only when ag->worker
+ * is NULL does it start one: one job at a time. DONE or FATAL: the
  * session waits for the thread (the caller frees the agent next) and
  * records a result that is still current, for a restart to submit.
  *
+ * Evaluations. EvaluateRequests queue in the session (evq, first come
+ * first served, one per round and model) and each loop turn moves the
+ * first one on: answered from ag->evals when its model's loss is known
+ * (measured by an earlier evaluation, or as a training's base before it
+ * trained); else its model is looked up in the cache (NEW) or downloaded
+ * (FETCHING) through the same BlobRequest path as a round's base, one
+ * download at a time: a round's base download waits for one of the same
+ * model and cancels one of another (the evaluation then asks again
+ * later); once the model is here (READY), an evaluation job starts when
+ * the worker is free. The job's result lands in ag->evals; a failed job,
+ * download or an agent without a validation split is answered with an
+ * Error (ERR_INTERNAL, never ERR_NOT_FOUND, which the coordinator reads as
+ * a refused upload). Requests still queued when a connection is lost are
+ * dropped: the coordinator asks again after the next Auth while the
+ * validator has not answered.
+ *
  * Threads. The worker runs nawal_agent_local_update() on its own copy of
- * the round plan, reads only the agent's fixed fields (ops, tokenizer,
- * corpus, directories, identity, delta format, thread count) and writes
- * its job's result, then sets `finished` under the job's mutex, which also
+ * the round plan, or nawal_agent_model_evaluate() on a model CID, reads
+ * only the agent's fixed fields (ops, tokenizer, corpus, directories,
+ * identity, delta format, thread count; ag->evals has its own mutex) and
+ * writes its job's result, then sets `finished` under the job's mutex, which also
  * guards `wake` (the current session's client, NULL between connections,
  * cleared before that client is freed). It never touches libwebsockets
  * but for nawal_ws_client_wake(), which any thread may call. In the state
  * directory it writes deltas/ and residual.pending.f32 (and the key dir's
- * privacy budget); while a thread exists the loop leaves
+ * privacy budget); while a training thread exists the loop leaves
  * residual.pending.f32 alone (no crash-recovery commit, no discard for an
  * older record): the file is, or is about to be, the worker's. Progress
  * lines stay in order: "training" is printed before the thread starts, the
@@ -60,12 +79,14 @@
 #include "cid.h"
 #include "envelope.h"
 #include "error.h"
+#include "evaluate.h"
 #include "local_update.h"
 #include "state.h"
 #include "trainer.h"
 #include "transport.h"
 
 #include <errno.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -78,6 +99,8 @@
 #define ERRC(x) NAWAL__ERROR_CODE__ERR_##x
 #define HEARTBEAT_S 15.0
 #define CONNECT_TIMEOUT_S 30.0
+#define EVAL_QUEUE 8         /* evaluation requests a session holds */
+#define EVAL_DONE_WAIT_S 60.0 /* --rounds reached: how long pending evaluations may still take */
 
 typedef enum {
     PH_IDLE,        /* no round in hand: wait for a RoundAnnounce */
@@ -88,6 +111,19 @@ typedef enum {
     PH_SUBMITTING,  /* UpdateSubmit sent, waiting for its Ack */
     PH_WAITING,     /* our part is done (or refused): wait for the RoundResult */
 } phase;
+
+/* An EvaluateRequest in the session's queue. */
+typedef enum {
+    EV_NEW,      /* model not looked for yet */
+    EV_FETCHING, /* being downloaded */
+    EV_READY,    /* in the model cache: evaluate when the worker is free */
+} eval_state;
+
+typedef struct {
+    uint64_t round;
+    uint8_t cid[32];
+    eval_state state;
+} eval_req;
 
 typedef struct {
     nawal_agent *ag;
@@ -103,25 +139,37 @@ typedef struct {
     uint64_t base_size;
     int have_round;
     nawal_agent_submission sub; /* valid when sub.round != 0 */
-    nawal_blob_receiver *rx;
+    nawal_blob_receiver *rx;    /* the one model download in progress ... */
+    uint8_t rx_cid[32];         /* ... of this model: the round's base and/or evaluated ones */
+    uint64_t rx_seq;            /* its BlobRequest's sequence */
     int rx_retries;
     double rx_t0;
+    eval_req evq[EVAL_QUEUE];   /* evaluations asked for, first come first served */
+    int n_evq;
+    uint64_t eval_sent[EVAL_QUEUE]; /* sequences of the EvaluateResults not answered yet, oldest first */
+    int n_eval_sent;
+    double done_t;              /* when --rounds was reached */
     nawal_blob_sender *tx;
     uint64_t up_bytes;
     double last_hb;
 } session;
 
-/* One local update on its own thread (see the top of this file). */
-typedef struct nawal_agent_trainer nawal_agent_trainer;
-struct nawal_agent_trainer {
+/* One job on its own thread (see the top of this file): a local update, or an evaluation. */
+typedef struct nawal_agent_worker nawal_agent_worker;
+struct nawal_agent_worker {
     pthread_t th;
     pthread_mutex_t mu;
     /* set before the thread starts, read-only after */
     nawal_agent *ag;
+    int eval;                 /* 1: evaluate eval_cid; 0: train plan */
     nawal_round_plan plan;
+    uint64_t eval_round;
+    uint8_t eval_cid[32];
     /* the worker's result, read by the loop once `finished` is seen */
     int rc;
     nawal_agent_submission sub;
+    double loss;
+    uint64_t tokens;
     char err[512];
     /* under mu */
     int finished;
@@ -129,6 +177,9 @@ struct nawal_agent_trainer {
     /* the loop thread's only */
     int closed; /* its round's RoundResult came: the result is dropped */
 };
+
+/* 1 while the worker trains (then residual.pending.f32 is its). */
+static int training(const nawal_agent *ag) { return ag->worker && !ag->worker->eval; }
 
 uint64_t nawal_agent_next_seq(nawal_agent *ag) {
     struct timespec ts;
@@ -258,8 +309,108 @@ static void accepted(session *s, const char *how) {
     s->ph = PH_WAITING;
 }
 
-static void start_download(session *s) {
+/* ---- evaluations: the queue (see the top of this file) ------------------------------- */
+
+/* Moves the queued evaluations in state `from` (of model cid; NULL: any) to `to`. */
+static void eval_set_state(session *s, const uint8_t *cid, eval_state from, eval_state to) {
+    for (int i = 0; i < s->n_evq; i++)
+        if (s->evq[i].state == from && (!cid || nawal_cid_equal(s->evq[i].cid, cid))) s->evq[i].state = to;
+}
+
+/* 1 if a queued evaluation waits for the download of cid. */
+static int eval_fetching(const session *s, const uint8_t cid[32]) {
+    for (int i = 0; i < s->n_evq; i++)
+        if (s->evq[i].state == EV_FETCHING && nawal_cid_equal(s->evq[i].cid, cid)) return 1;
+    return 0;
+}
+
+static void eval_drop(session *s, int i) {
+    memmove(&s->evq[i], &s->evq[i + 1], (size_t)(s->n_evq - i - 1) * sizeof *s->evq);
+    s->n_evq--;
+}
+
+/* Answers the evaluations of model cid that cannot be done with an Error saying why. */
+static void eval_fail(session *s, const uint8_t cid[32], const char *why) {
+    char hex[NAWAL_CID_HEX_BYTES], text[768];
+    uint8_t model[32];
+    memcpy(model, cid, 32); /* cid may point into the queue, which changes below */
+    nawal_cid_to_hex(hex, model);
+    for (int i = 0; i < s->n_evq;) {
+        if (!nawal_cid_equal(s->evq[i].cid, model)) {
+            i++;
+            continue;
+        }
+        snprintf(text, sizeof text, "cannot evaluate model %.16s of round %llu: %s", hex,
+                 (unsigned long long)s->evq[i].round, why);
+        fprintf(stderr, "warning: %s\n", text);
+        if (s->conn && !s->closed) send_error(s, ERRC(INTERNAL), text);
+        eval_drop(s, i);
+    }
+}
+
+/* Answers the first queued evaluation with the model's loss. */
+static void eval_answer(session *s, double loss, uint64_t tokens) {
+    eval_req *q = &s->evq[0];
+    char hex[NAWAL_CID_HEX_BYTES];
+    nawal_cid_to_hex(hex, q->cid);
+    if (!isfinite(loss) || loss < 0 || tokens == 0 || !isfinite((float)loss)) {
+        char why[128];
+        snprintf(why, sizeof why, "its loss is %g over %llu tokens (a diverged model?)", loss,
+                 (unsigned long long)tokens);
+        eval_fail(s, q->cid, why);
+        return;
+    }
+    Nawal__EvaluateResult r = NAWAL__EVALUATE_RESULT__INIT;
+    r.round_id = q->round;
+    r.model_cid = (ProtobufCBinaryData){32, q->cid};
+    r.loss = (float)loss;
+    r.tokens = tokens;
+    uint64_t seq;
+    if (send_msg(s, MSG(EVALUATE_RESULT), &r.base, &seq)) return;
+    if (s->n_eval_sent < EVAL_QUEUE) s->eval_sent[s->n_eval_sent++] = seq;
+    printf("round %llu: evaluated model %.16s: loss %.6f over %llu tokens\n", (unsigned long long)q->round, hex, loss,
+           (unsigned long long)tokens);
+    eval_drop(s, 0);
+}
+
+/* ---- models: the cache, else BlobRequest -> BlobChunk* (one download at a time) ----- */
+
+/* Starts downloading cid into the model cache (max_size 0: no bound): 0, or -1 (fatal, or the connection is gone). */
+static int fetch_start(session *s, const uint8_t cid[32], uint64_t max_size, int *resuming) {
     char err[512], path[4096];
+    nawal_blob_receiver_free(s->rx);
+    s->rx = NULL;
+    nawal_agent_model_path(path, sizeof path, s->ag->state_dir, cid);
+    if (nawal_blob_receiver_open(&s->rx, path, cid, max_size, err, sizeof err)) {
+        fatal(s, "%s", err);
+        return -1;
+    }
+    memcpy(s->rx_cid, cid, 32);
+    Nawal__BlobRequest br = NAWAL__BLOB_REQUEST__INIT;
+    br.cid = (ProtobufCBinaryData){32, s->rx_cid};
+    br.offset = nawal_blob_receiver_offset(s->rx);
+    if (send_msg(s, MSG(BLOB_REQUEST), &br.base, &s->rx_seq)) return -1;
+    s->rx_t0 = nawal_monotonic_s();
+    *resuming = br.offset > 0;
+    return 0;
+}
+
+/* A model to evaluate is no larger than 2 x the round's base + 1 MiB (the coordinator's bound on deltas). */
+static uint64_t eval_max_bytes(const session *s) { return s->base_size ? 2 * s->base_size + ((uint64_t)1 << 20) : 0; }
+
+/* The download of the first queued evaluation's model. */
+static void eval_fetch(session *s) {
+    char hex[NAWAL_CID_HEX_BYTES];
+    int resuming;
+    if (fetch_start(s, s->evq[0].cid, eval_max_bytes(s), &resuming)) return;
+    eval_set_state(s, s->evq[0].cid, EV_NEW, EV_FETCHING);
+    nawal_cid_to_hex(hex, s->evq[0].cid);
+    printf("round %llu: downloading model %.16s to evaluate it%s\n", (unsigned long long)s->evq[0].round, hex,
+           resuming ? " (resuming)" : "");
+}
+
+static void start_download(session *s) {
+    char err[512];
     int c = nawal_agent_model_cached(s->ag->state_dir, s->plan.base_cid, err, sizeof err);
     if (c < 0) {
         fatal(s, "%s", err);
@@ -270,43 +421,53 @@ static void start_download(session *s) {
         s->ph = PH_TRAIN;
         return;
     }
-    nawal_agent_model_path(path, sizeof path, s->ag->state_dir, s->plan.base_cid);
-    nawal_blob_receiver_free(s->rx);
-    s->rx = NULL;
-    /* a model is never larger than announced (plus slack for metadata) */
-    if (nawal_blob_receiver_open(&s->rx, path, s->plan.base_cid, s->base_size ? s->base_size : 0, err, sizeof err)) {
-        fatal(s, "%s", err);
+    if (s->rx && nawal_cid_equal(s->rx_cid, s->plan.base_cid)) { /* coming already, to be evaluated */
+        printf("round %llu: downloading the base model (under way)\n", R(s));
+        s->ph = PH_DOWNLOADING;
         return;
     }
-    Nawal__BlobRequest br = NAWAL__BLOB_REQUEST__INIT;
-    br.cid = (ProtobufCBinaryData){32, s->plan.base_cid};
-    br.offset = nawal_blob_receiver_offset(s->rx);
-    if (send_msg(s, MSG(BLOB_REQUEST), &br.base, NULL)) return;
-    s->rx_t0 = nawal_monotonic_s();
+    eval_set_state(s, NULL, EV_FETCHING, EV_NEW); /* the round's base first; an evaluation's model later */
+    int resuming;
+    /* a model is never larger than announced (plus slack for metadata) */
+    if (fetch_start(s, s->plan.base_cid, s->base_size, &resuming)) return;
     s->ph = PH_DOWNLOADING;
     printf("round %llu: downloading the base model (%llu bytes%s)\n", R(s), (unsigned long long)s->base_size,
-           br.offset ? ", resuming" : "");
+           resuming ? ", resuming" : "");
 }
 
 static void on_chunk(session *s, const uint8_t *payload, size_t len) {
-    if (!s->rx || s->ph != PH_DOWNLOADING) return;
+    if (!s->rx) return;
     char err[512] = "";
     int rc = nawal_blob_receiver_chunk(s->rx, payload, len, err, sizeof err);
     if (rc == 0) return;
     nawal_blob_receiver_free(s->rx);
     s->rx = NULL;
+    int base = s->ph == PH_DOWNLOADING; /* the round waits for this model */
     if (rc > 0) {
-        double dt = nawal_monotonic_s() - s->rx_t0;
-        printf("round %llu: base model downloaded in %.2f s\n", R(s), dt);
-        s->ph = PH_TRAIN;
+        if (base) {
+            double dt = nawal_monotonic_s() - s->rx_t0;
+            printf("round %llu: base model downloaded in %.2f s\n", R(s), dt);
+            s->ph = PH_TRAIN;
+        }
+        eval_set_state(s, s->rx_cid, EV_FETCHING, EV_READY);
         return;
     }
     if (++s->rx_retries > 3) {
-        fatal(s, "round %llu: downloading the base model failed: %s", R(s), err);
+        if (base) {
+            fatal(s, "round %llu: downloading the base model failed: %s", R(s), err);
+        } else {
+            s->rx_retries = 0;
+            eval_fail(s, s->rx_cid, err);
+        }
         return;
     }
     fprintf(stderr, "warning: round %llu: download failed (%s); retrying\n", R(s), err);
-    start_download(s);
+    if (base) {
+        start_download(s);
+    } else {
+        int resuming;
+        fetch_start(s, s->rx_cid, eval_max_bytes(s), &resuming);
+    }
 }
 
 static int dp_refused(session *s) {
@@ -371,7 +532,7 @@ static void on_announce(session *s, const Nawal__RoundAnnounce *ra) {
     if (s->sub.round && !s->sub.acked) {
         fprintf(stderr, "warning: round %llu: the update for round %llu was never acknowledged; dropping it\n", R(s),
                 (unsigned long long)s->sub.round);
-        if (!s->ag->trainer) nawal_agent_residual_discard(s->ag->state_dir); /* else the file is the worker's */
+        if (!training(s->ag)) nawal_agent_residual_discard(s->ag->state_dir); /* else the file is the worker's */
         s->sub.acked = 1; /* never resubmitted */
     }
     if (dp_refused(s)) {
@@ -402,18 +563,35 @@ static void on_result(session *s, const Nawal__RoundResult *rr) {
     printf("round %llu: %s: new model %.16s, %zu updates accepted (ours %s), reward %llu planck\n",
            (unsigned long long)rr->round_id, rr->new_model_cid.len ? "closed" : "failed", hex, rr->n_accepted,
            ours ? "included" : "not included", (unsigned long long)paid);
-    if (s->ph == PH_DOWNLOADING || s->ph == PH_TRAIN) {
+    if ((s->ph == PH_DOWNLOADING || s->ph == PH_TRAIN) && !(s->rx && eval_fetching(s, s->rx_cid))) {
         nawal_blob_receiver_free(s->rx);
         s->rx = NULL;
     }
-    nawal_agent_trainer *t = s->ag->trainer;
-    if (t && t->plan.round_id <= rr->round_id && !t->closed) {
+    nawal_agent_worker *t = s->ag->worker;
+    if (t && !t->eval && t->plan.round_id <= rr->round_id && !t->closed) {
         t->closed = 1;
         printf("round %llu: closed while training; the update will be dropped\n", (unsigned long long)t->plan.round_id);
     }
     s->ph = PH_IDLE;
     s->ag->rounds_done++;
     if (s->ag->rounds > 0 && s->ag->rounds_done >= s->ag->rounds) s->done = 1;
+}
+
+/* Which of our requests an Error answers. The coordinator answers each
+ * request at once and in order, so it is the oldest still unanswered of:
+ * the round's Join or UpdateSubmit, our oldest unanswered EvaluateResult,
+ * the BlobRequest of a model to evaluate. (An UpdateSubmit whose delta is
+ * being uploaded is answered after the upload; an Error about an
+ * EvaluateResult sent meanwhile is then taken for the update's: the
+ * coordinator refuses no result this agent sends, see eval_answer.) */
+enum { ANSWERS_ROUND, ANSWERS_EVAL_RESULT, ANSWERS_EVAL_FETCH };
+static int error_answers(const session *s) {
+    uint64_t round = s->ph == PH_JOINING ? s->join_seq : s->ph == PH_SUBMITTING ? s->submit_seq : UINT64_MAX;
+    uint64_t result = s->n_eval_sent ? s->eval_sent[0] : UINT64_MAX;
+    uint64_t fetch = s->rx && s->ph != PH_DOWNLOADING && eval_fetching(s, s->rx_cid) ? s->rx_seq : UINT64_MAX;
+    if (result < round && result <= fetch) return ANSWERS_EVAL_RESULT;
+    if (fetch < round) return ANSWERS_EVAL_FETCH;
+    return ANSWERS_ROUND;
 }
 
 static void on_error(session *s, const Nawal__Error *e) {
@@ -424,6 +602,20 @@ static void on_error(session *s, const Nawal__Error *e) {
         if (e->code == ERRC(UNKNOWN_SENDER) || e->code == ERRC(VERSION) || e->code == ERRC(BAD_SIGNATURE))
             fatal(s, "the coordinator refused this validator: %s: %s", name, text);
         else lost(s, text[0] ? text : name);
+        return;
+    }
+    int what = error_answers(s);
+    if (what == ANSWERS_EVAL_RESULT) {
+        memmove(s->eval_sent, s->eval_sent + 1, (size_t)--s->n_eval_sent * sizeof *s->eval_sent);
+        fprintf(stderr, "warning: the coordinator refused an evaluation result: %s: %s\n", name, text);
+        return;
+    }
+    if (what == ANSWERS_EVAL_FETCH) { /* the model to evaluate cannot be had */
+        nawal_blob_receiver_free(s->rx);
+        s->rx = NULL;
+        char why[400];
+        snprintf(why, sizeof why, "the coordinator cannot serve it: %s: %s", name, text);
+        eval_fail(s, s->rx_cid, why);
         return;
     }
     if (e->code == ERRC(DUPLICATE) && s->ph != PH_JOINING && s->ph != PH_SUBMITTING) {
@@ -472,7 +664,35 @@ static void on_ack(session *s, const Nawal__Ack *a) {
         start_download(s);
     } else if (s->ph == PH_SUBMITTING && a->sequence == s->submit_seq) {
         accepted(s, "accepted");
+    } else {
+        for (int i = 0; i < s->n_eval_sent; i++)
+            if (s->eval_sent[i] == a->sequence) { /* an evaluation result recorded */
+                memmove(s->eval_sent + i, s->eval_sent + i + 1, (size_t)(s->n_eval_sent - i - 1) * sizeof *s->eval_sent);
+                s->n_eval_sent--;
+                break;
+            }
     }
+}
+
+static void on_eval_request(session *s, const Nawal__EvaluateRequest *q) {
+    char err[256], hex[NAWAL_CID_HEX_BYTES];
+    if (q->model_cid.len != 32) {
+        send_error(s, ERRC(INTERNAL), "cannot evaluate: the EvaluateRequest's model CID is not 32 bytes");
+        return;
+    }
+    for (int i = 0; i < s->n_evq; i++)
+        if (s->evq[i].round == q->round_id && nawal_cid_equal(s->evq[i].cid, q->model_cid.data)) return; /* asked twice */
+    if (s->n_evq == EVAL_QUEUE) {
+        send_error(s, ERRC(INTERNAL), "cannot evaluate: too many evaluations pending");
+        return;
+    }
+    eval_req *e = &s->evq[s->n_evq++];
+    e->round = q->round_id;
+    memcpy(e->cid, q->model_cid.data, 32);
+    e->state = EV_NEW;
+    nawal_cid_to_hex(hex, e->cid);
+    printf("round %llu: evaluation of model %.16s requested\n", (unsigned long long)e->round, hex);
+    if (nawal_agent_val_split_check(s->ag, err, sizeof err)) eval_fail(s, e->cid, err);
 }
 
 static void on_blob_request(session *s, const uint8_t *payload, size_t len) {
@@ -522,7 +742,7 @@ static void h_message(nawal_ws_conn *c, const uint8_t *msg, size_t len, void *us
     session *s = user;
     nawal_envelope_view v;
     char err[256];
-    if (s->done || s->fatal) return; /* nothing more is acted on */
+    if (s->fatal) return; /* nothing more is acted on */
     s->ag->bytes_down += len;
     int rc = nawal_envelope_open(msg, len, &s->pol, &s->coord, &v, err, sizeof err);
     if (rc) {
@@ -551,12 +771,14 @@ static void h_message(nawal_ws_conn *c, const uint8_t *msg, size_t len, void *us
             on_error(s, (Nawal__Error *)m);
         } else if (!s->authed) {
             /* nothing else counts before the Ack of our Auth */
+        } else if (s->done) {
+            /* --rounds reached: only what finishes the evaluations asked for (chunks, Acks, Errors) */
         } else if (v.type == MSG(ROUND_ANNOUNCE)) {
             on_announce(s, (Nawal__RoundAnnounce *)m);
         } else if (v.type == MSG(ROUND_RESULT)) {
             on_result(s, (Nawal__RoundResult *)m);
         } else if (v.type == MSG(EVALUATE_REQUEST)) {
-            send_error(s, ERRC(UNKNOWN_TYPE), "this agent does not evaluate yet");
+            on_eval_request(s, (Nawal__EvaluateRequest *)m);
         } /* Heartbeat replies need nothing */
         nawal_msg_free(m);
     }
@@ -583,10 +805,11 @@ static int is_coordinator(const uint8_t sender[NAWAL_PUBKEY_BYTES], void *ctx) {
 
 /* ---- the loop ----------------------------------------------------------------- */
 
-static void *train_main(void *arg) {
-    nawal_agent_trainer *t = arg;
+static void *worker_main(void *arg) {
+    nawal_agent_worker *t = arg;
     nawal_ops_cpu(t->ag->threads); /* OpenMP's thread count is per thread: --threads again */
-    t->rc = nawal_agent_local_update(t->ag, &t->plan, &t->sub, t->err, sizeof t->err);
+    if (t->eval) t->rc = nawal_agent_model_evaluate(t->ag, t->eval_cid, &t->loss, &t->tokens, t->err, sizeof t->err);
+    else t->rc = nawal_agent_local_update(t->ag, &t->plan, &t->sub, t->err, sizeof t->err);
     fflush(stdout);
     pthread_mutex_lock(&t->mu);
     t->finished = 1;
@@ -596,63 +819,92 @@ static void *train_main(void *arg) {
 }
 
 /* Which client the worker wakes when it finishes (NULL: none). */
-static void trainer_wake(nawal_agent_trainer *t, nawal_ws_client *cl) {
+static void worker_wake(nawal_agent_worker *t, nawal_ws_client *cl) {
     if (!t) return;
     pthread_mutex_lock(&t->mu);
     t->wake = cl;
     pthread_mutex_unlock(&t->mu);
 }
 
-static int trainer_finished(nawal_agent_trainer *t) {
+static int worker_finished(nawal_agent_worker *t) {
     pthread_mutex_lock(&t->mu);
     int f = t->finished;
     pthread_mutex_unlock(&t->mu);
     return f;
 }
 
+/* Starts job t (its plan or model filled in) on a new worker thread: 0, or -1 (fatal; t freed). */
+static int worker_start(session *s, nawal_agent_worker *t) {
+    t->ag = s->ag;
+    t->wake = s->cl;
+    pthread_mutex_init(&t->mu, NULL);
+    fflush(stdout);
+    int e = pthread_create(&t->th, NULL, worker_main, t);
+    if (e) {
+        pthread_mutex_destroy(&t->mu);
+        free(t);
+        fatal(s, "cannot start the worker thread: %s", strerror(e));
+        return -1;
+    }
+    s->ag->worker = t;
+    return 0;
+}
+
 static void train_start(session *s) {
-    nawal_agent_trainer *t = calloc(1, sizeof *t);
+    nawal_agent_worker *t = calloc(1, sizeof *t);
     if (!t) {
         fatal(s, "out of memory");
         return;
     }
-    t->ag = s->ag;
     t->plan = s->plan;
-    t->wake = s->cl;
-    pthread_mutex_init(&t->mu, NULL);
     printf("round %llu: training\n", R(s));
-    fflush(stdout);
-    int e = pthread_create(&t->th, NULL, train_main, t);
-    if (e) {
-        pthread_mutex_destroy(&t->mu);
-        free(t);
-        fatal(s, "round %llu: cannot start the training thread: %s", R(s), strerror(e));
-        return;
-    }
-    s->ag->trainer = t;
-    s->ph = PH_TRAINING;
+    if (worker_start(s, t) == 0) s->ph = PH_TRAINING;
 }
 
 /* PH_TRAIN: submit what is on record, start training, or adopt the thread training this round. */
 static void train_step(session *s) {
-    nawal_agent_trainer *t = s->ag->trainer;
+    nawal_agent_worker *t = s->ag->worker;
     if (s->sub.round == s->plan.round_id) {
         if (s->sub.acked) s->ph = PH_WAITING;
         else submit(s);
     } else if (!t) {
         train_start(s);
-    } else if (t->plan.round_id == s->plan.round_id && !t->closed) {
+    } else if (!t->eval && t->plan.round_id == s->plan.round_id && !t->closed) {
         printf("round %llu: training continues (started before the reconnect)\n", R(s));
         s->ph = PH_TRAINING;
-    } /* else an older round's training is still running: wait for it */
+    } /* else an evaluation, or an older round's training, is still running: wait for it */
 }
 
-/* Joins the finished (or, at the end of a session, still running) training thread and acts on its result. */
-static void train_collect(session *s) {
-    nawal_agent_trainer *t = s->ag->trainer;
+/* Each loop turn: moves the first queued evaluation on (see the top of this file). */
+static void eval_step(session *s) {
+    if (!s->n_evq || !s->authed || !s->conn || s->closed) return;
+    eval_req *q = &s->evq[0];
+    double loss;
+    uint64_t tokens;
     char err[512];
-    pthread_join(t->th, NULL);
-    s->ag->trainer = NULL;
+    if (nawal_agent_evals_get(s->ag->evals, q->cid, &loss, &tokens)) {
+        eval_answer(s, loss, tokens);
+    } else if (q->state == EV_NEW && !s->rx) { /* one download at a time */
+        int c = nawal_agent_model_cached(s->ag->state_dir, q->cid, err, sizeof err);
+        if (c < 0) eval_fail(s, q->cid, err);
+        else if (c == 1) q->state = EV_READY;
+        else eval_fetch(s);
+    } else if (q->state == EV_READY && !s->ag->worker) { /* one job at a time: after a training */
+        nawal_agent_worker *t = calloc(1, sizeof *t);
+        if (!t) {
+            fatal(s, "out of memory");
+            return;
+        }
+        t->eval = 1;
+        t->eval_round = q->round;
+        memcpy(t->eval_cid, q->cid, 32);
+        worker_start(s, t);
+    }
+}
+
+/* A finished training's result. */
+static void train_collect(session *s, nawal_agent_worker *t) {
+    char err[512];
     unsigned long long round = (unsigned long long)t->plan.round_id;
     int stale = t->closed || (s->have_round && s->plan.round_id > t->plan.round_id);
     if (t->rc) {
@@ -671,8 +923,39 @@ static void train_collect(session *s) {
             s->conn && !s->closed && !s->done && !s->fatal && !s->retry)
             submit(s);
     }
+}
+
+/* Joins the finished (or, at the end of a session, still running) worker thread and acts on its result:
+ * a training's (above), or an evaluation's (also in ag->evals, for the requests that come later). */
+static void worker_collect(session *s) {
+    nawal_agent_worker *t = s->ag->worker;
+    pthread_join(t->th, NULL);
+    s->ag->worker = NULL;
+    if (!t->eval) {
+        train_collect(s, t);
+    } else if (t->rc == 0) {
+        if (s->n_evq && nawal_cid_equal(s->evq[0].cid, t->eval_cid) && s->conn && !s->closed)
+            eval_answer(s, t->loss, t->tokens);
+    } else {
+        char hex[NAWAL_CID_HEX_BYTES];
+        nawal_cid_to_hex(hex, t->eval_cid);
+        fprintf(stderr, "warning: round %llu: evaluating model %.16s failed: %s\n",
+                (unsigned long long)t->eval_round, hex, t->err);
+        eval_fail(s, t->eval_cid, t->err);
+    }
     pthread_mutex_destroy(&t->mu);
     free(t);
+}
+
+/* --rounds reached: 1 once the evaluations asked for are answered, or EVAL_DONE_WAIT_S later. */
+static int done_settled(session *s) {
+    if (!s->n_evq) return 1;
+    if (!s->done_t) s->done_t = nawal_monotonic_s();
+    if (nawal_monotonic_s() - s->done_t < EVAL_DONE_WAIT_S) return 0;
+    fprintf(stderr, "warning: %d evaluation request(s) not answered within %.0f s of the last round; stopping\n",
+            s->n_evq, EVAL_DONE_WAIT_S);
+    s->n_evq = 0;
+    return 1;
 }
 
 nawal_session_status nawal_agent_session_run(nawal_agent *ag, int *authenticated, char *err, size_t errlen) {
@@ -691,7 +974,7 @@ nawal_session_status nawal_agent_session_run(nawal_agent *ag, int *authenticated
         return NAWAL_SESSION_FATAL;
     }
     /* crash between the two (not while training: residual.pending.f32 is then the worker's) */
-    if (r == 1 && s->sub.acked && !ag->trainer) nawal_agent_residual_commit(ag->state_dir, e, sizeof e);
+    if (r == 1 && s->sub.acked && !training(ag)) nawal_agent_residual_commit(ag->state_dir, e, sizeof e);
     nawal_envelope_policy_default(&s->pol);
     s->pol.is_known = is_coordinator;
     s->pol.ctx = ag;
@@ -706,22 +989,23 @@ nawal_session_status nawal_agent_session_run(nawal_agent *ag, int *authenticated
         free(s);
         return NAWAL_SESSION_FATAL;
     }
-    trainer_wake(ag->trainer, s->cl); /* adopted from the previous connection */
+    worker_wake(ag->worker, s->cl); /* adopted from the previous connection */
     s->conn = nawal_ws_client_connect(s->cl, ag->host, ag->port, ag->path[0] ? ag->path : "/", e, sizeof e);
     if (!s->conn) lost(s, e);
     double t0 = nawal_monotonic_s();
-    while (!s->done && !s->fatal && !s->retry) {
+    while (!s->fatal && !s->retry && !(s->done && done_settled(s))) {
         nawal_ws_client_service(s->cl, 50);
         fflush(stdout);
-        if (s->fatal || s->retry || s->done) break;
+        if (s->fatal || s->retry || (s->done && done_settled(s))) break;
         if (!s->opened && nawal_monotonic_s() - t0 > CONNECT_TIMEOUT_S) {
             lost(s, "connection timed out");
             break;
         }
         if (s->authed) *authenticated = 1;
-        if (ag->trainer && trainer_finished(ag->trainer)) train_collect(s);
+        if (ag->worker && worker_finished(ag->worker)) worker_collect(s);
         if (s->fatal || s->retry) break;
-        if (s->ph == PH_TRAIN) train_step(s);
+        eval_step(s);
+        if (s->ph == PH_TRAIN && !s->done) train_step(s);
         if (s->authed && s->conn && nawal_monotonic_s() - s->last_hb > HEARTBEAT_S) {
             Nawal__Heartbeat hb = NAWAL__HEARTBEAT__INIT;
             hb.time_ms = nawal_now_ms();
@@ -736,13 +1020,13 @@ nawal_session_status nawal_agent_session_run(nawal_agent *ag, int *authenticated
         nawal_ws_close_when_sent(s->conn, "done");
         for (double t1 = nawal_monotonic_s(); !s->closed && nawal_monotonic_s() - t1 < 2;) nawal_ws_client_service(s->cl, 20);
     }
-    trainer_wake(ag->trainer, NULL); /* before the client goes */
-    if (ag->trainer && st != NAWAL_SESSION_RETRY) { /* the caller frees the agent next: wait for the thread */
-        if (!trainer_finished(ag->trainer)) {
-            printf("round %llu: waiting for the training to finish\n", (unsigned long long)ag->trainer->plan.round_id);
+    worker_wake(ag->worker, NULL); /* before the client goes */
+    if (ag->worker && st != NAWAL_SESSION_RETRY) { /* the caller frees the agent next: wait for the thread */
+        if (!worker_finished(ag->worker) && !ag->worker->eval) {
+            printf("round %llu: waiting for the training to finish\n", (unsigned long long)ag->worker->plan.round_id);
             fflush(stdout);
         }
-        train_collect(s);
+        worker_collect(s);
     }
     nawal_blob_sender_free(s->tx);
     nawal_blob_receiver_free(s->rx);

@@ -10,6 +10,13 @@
  *   UpdateSubmit -> BlobRequest (delta) -> BlobChunk* -> Ack
  *     (ERR_DUPLICATE after a resubmission: already on record = accepted)
  *   RoundResult -> the next RoundAnnounce ...
+ *   EvaluateRequest{round, model} (a closed round's new model: sent before
+ *     its RoundResult, and after Auth when not answered yet) -> the model
+ *     from the cache or downloaded as a base model is (one download at a
+ *     time; the round's base comes first) -> its loss on the validation
+ *     split (evaluate.h), remembered or measured on the worker thread ->
+ *     EvaluateResult{round, model, loss, tokens} -> Ack; or an Error
+ *     (ERR_INTERNAL: no validation split, the model cannot be loaded...)
  *
  * and a Heartbeat every 15 s while authenticated (the coordinator answers
  * each; its Heartbeats are never answered, which would loop). Every
@@ -18,9 +25,13 @@
  * restarts. Coordinator envelopes must come from --coordinator-key when
  * given, otherwise from the first key seen (pinned for the process).
  *
- * Training (local_update.h: load, train, delta, encode) runs on a worker
- * thread, one at a time, while the loop's thread keeps servicing the
- * connection (heartbeats, PONGs); the worker never touches the transport.
+ * Training (local_update.h: load, train, delta, encode) and evaluations
+ * run on a worker thread, one job at a time, while the loop's thread keeps
+ * servicing the connection (heartbeats, PONGs); the worker never touches
+ * the transport. An evaluation waits for a training in progress (whose
+ * base, when it is the model asked about, answers it as soon as its loss
+ * before training is measured). With --rounds, the last round's
+ * evaluation is answered before the agent stops (60 s at most).
  * The worker belongs to the agent, not to a connection: after a lost
  * connection the next session adopts the training in progress instead of
  * starting another for the same round, and submits its result (state
@@ -67,10 +78,12 @@ typedef struct {
     int threads;            /* --threads, applied again on the training thread (OpenMP's count is per thread) */
     nawal_tokenizer *tok;
     nawal_corpus corpus;
-    /* the training thread of this process, if any (owned by session.c; it
-     * outlives a connection and is joined before nawal_agent_session_run
-     * returns DONE or FATAL) */
-    struct nawal_agent_trainer *trainer;
+    /* the worker thread of this process (a training or an evaluation), if
+     * any (owned by session.c; it outlives a connection and is joined
+     * before nawal_agent_session_run returns DONE or FATAL) */
+    struct nawal_agent_worker *worker;
+    /* losses of the global models measured (evaluate.h; NULL: none kept) */
+    struct nawal_agent_evals *evals;
     /* progress */
     int rounds_done;
     uint64_t last_seq;

@@ -45,6 +45,8 @@ int nawal_agent_delta_path(char *out, size_t cap, const char *dir, const uint8_t
     return n < 0 || (size_t)n >= cap ? -1 : 0;
 }
 
+int nawal_agent_train_ckpt_path(char *out, size_t cap, const char *dir) { return join(out, cap, dir, "train.ckpt"); }
+
 int nawal_agent_model_cached(const char *dir, const uint8_t cid[32], char *err, size_t errlen) {
     char path[4096];
     if (nawal_agent_model_path(path, sizeof path, dir, cid)) return nawal_fail(err, errlen, "%s: path too long", dir);

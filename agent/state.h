@@ -26,6 +26,13 @@
  *   DIR/residual.pending.f32           the residual the unacknowledged
  *                                      update leaves; renamed over
  *                                      residual.f32 when it is acknowledged
+ *   DIR/train.ckpt                     the snapshot of the local training
+ *                                      in progress (model/train_state.h),
+ *                                      tagged with its round, base model and
+ *                                      round plan: a restarted agent resumes
+ *                                      that round's training from it
+ *                                      (local_update.h); removed once the
+ *                                      update file is written
  *
  * Functions return 0, or -1 with a message naming the file. */
 #ifndef NAWAL_AGENT_STATE_H
@@ -50,6 +57,7 @@ int nawal_agent_state_init(const char *dir, char *err, size_t errlen);
 /* Path helpers (snprintf into out; -1 when it does not fit). */
 int nawal_agent_model_path(char *out, size_t cap, const char *dir, const uint8_t cid[32]);
 int nawal_agent_delta_path(char *out, size_t cap, const char *dir, const uint8_t cid[32]);
+int nawal_agent_train_ckpt_path(char *out, size_t cap, const char *dir);
 
 /* 1 when DIR/models/<cid> exists and hashes to cid, 0 when not (a file
  * that does not match is removed), -1 on an I/O error. */

@@ -1,9 +1,10 @@
 /* http.c - the operator's plain HTTP on serve's port (transport.h's HTTP
  * handler): GET /metrics, the Prometheus text exposition (metrics.h) of
  * serve_metrics.h's set, its database gauges refreshed first; GET /status,
- * a JSON summary of the current round (jansson). Anything else is 404, a
- * method other than GET/HEAD is 405. Runs on the event loop thread, on its
- * database connection. */
+ * a JSON summary of the current round and the last ended one (jansson),
+ * with the validators' evaluations of a closed round's model. Anything
+ * else is 404, a method other than GET/HEAD is 405. Runs on the event loop
+ * thread, on its database connection. */
 #include "serve_internal.h"
 
 #include "cid.h"
@@ -13,6 +14,7 @@
 #include "store_internal.h"
 
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,6 +70,13 @@ static void refresh(nawal_server *srv) {
     int64_t agg_ms = query_i64(s, "SELECT duration_ms FROM aggregates ORDER BY round_id DESC LIMIT 1", 0, -1);
     if (agg_ms >= 0) nawal_metric_set(m->reg, m->aggregation_seconds, NULL, (double)agg_ms / 1000.0);
     if (!have || srv->epsilon_round != r.id) nawal_metric_set(m->reg, m->epsilon_max, NULL, 0);
+    nawal_round c;
+    nawal_evaluation_summary ev = {0, 0, NAN};
+    int closed = nawal_round_latest_closed(s, &c, NULL, 0) == 1;
+    if (closed) nawal_round_evaluation_summary(s, c.id, &ev, NULL, 0);
+    nawal_metric_set(m->reg, m->fed_val_round, NULL, closed ? (double)c.id : 0);
+    nawal_metric_set(m->reg, m->fed_val_results, NULL, (double)ev.results);
+    nawal_metric_set(m->reg, m->fed_val_loss, NULL, isfinite(ev.loss) ? ev.loss : 0);
 }
 
 static int reply_text(nawal_ws_http_reply *r, int status, const char *ct, char *body) {
@@ -95,6 +104,18 @@ static json_t *u64_json(uint64_t v) { /* money: a decimal string, exact beyond 2
     return json_string(b);
 }
 
+/* A closed round's evaluations by the validators: {results, tokens, loss (token-weighted mean, null
+ * without results)}; null for other rounds. */
+static json_t *evaluations_json(nawal_store *s, const nawal_round *r) {
+    nawal_evaluation_summary ev;
+    if (r->state != NAWAL_ROUND_CLOSED || nawal_round_evaluation_summary(s, r->id, &ev, NULL, 0)) return json_null();
+    json_t *o = json_object();
+    json_object_set_new(o, "results", json_integer((json_int_t)ev.results));
+    json_object_set_new(o, "tokens", json_integer((json_int_t)ev.tokens));
+    json_object_set_new(o, "loss", isfinite(ev.loss) ? json_real(ev.loss) : json_null());
+    return o;
+}
+
 static json_t *round_json(nawal_store *s, const nawal_round *r) {
     uint64_t joined = 0, subs = 0, rejected = 0;
     nawal_round_counts(s, r->id, &joined, &subs, &rejected, NULL, 0);
@@ -115,6 +136,7 @@ static json_t *round_json(nawal_store *s, const nawal_round *r) {
     json_object_set_new(o, "joined", json_integer((json_int_t)joined));
     json_object_set_new(o, "updates", json_integer((json_int_t)subs));
     json_object_set_new(o, "rejected", json_integer((json_int_t)rejected));
+    json_object_set_new(o, "federated_val", evaluations_json(s, r));
     return o;
 }
 

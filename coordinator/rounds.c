@@ -13,6 +13,7 @@
 #include "store_internal.h"
 
 #include <jansson.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -374,6 +375,109 @@ int nawal_round_submit_check(nawal_store *s, const uint8_t pubkey[32], int64_t r
                              uint64_t num_examples, uint32_t quality_ppm, int64_t now_ms, nawal_round_reply *rep) {
     static const uint8_t no_blob[32];
     return submit(s, pubkey, round_id, base_cid, no_blob, num_examples, quality_ppm, now_ms, 1, rep);
+}
+
+/* ---- evaluations of closed rounds' models ------------------------------------------ */
+
+int nawal_round_evaluation_record(nawal_store *s, const nawal_evaluation *e, nawal_round_reply *rep) {
+    memset(rep, 0, sizeof *rep);
+    char err[256], fp[NAWAL_FINGERPRINT_SHORT_BYTES], h1[NAWAL_CID_HEX_BYTES], h2[NAWAL_CID_HEX_BYTES];
+    nawal_fingerprint_short(fp, e->validator);
+    long long rid = (long long)e->round_id;
+    if (!isfinite(e->loss) || e->loss < 0)
+        return refuse(rep, NAWAL__ERROR_CODE__ERR_BAD_MESSAGE,
+                      "evaluation of round %lld: the loss must be a finite number >= 0, not %g", rid, e->loss);
+    if (e->tokens == 0 || e->tokens > (uint64_t)INT64_MAX)
+        return refuse(rep, NAWAL__ERROR_CODE__ERR_BAD_MESSAGE,
+                      "evaluation of round %lld: evaluated over %llu tokens (want 1..2^63-1)", rid,
+                      (unsigned long long)e->tokens);
+    if (nawal_store_begin(s, err, sizeof err)) return internal(rep, err);
+    nawal_round r;
+    int rc = nawal_store_round_get(s, e->round_id, &r, err, sizeof err);
+    if (rc == NAWAL_STORE_REFUSED)
+        return finish_request(s, refuse(rep, NAWAL__ERROR_CODE__ERR_WRONG_ROUND,
+                                        "there is no round %lld: no evaluation was requested for it", rid), rep);
+    if (rc) return finish_request(s, internal(rep, err), rep);
+    if (r.state != NAWAL_ROUND_CLOSED || !r.has_model_cid)
+        return finish_request(s, refuse(rep, NAWAL__ERROR_CODE__ERR_WRONG_ROUND,
+                                        "round %lld is %s: only a closed round's new model is evaluated", rid,
+                                        nawal_round_state_name(r.state)), rep);
+    if (!nawal_cid_equal(e->model_cid, r.model_cid)) {
+        nawal_cid_to_hex(h1, e->model_cid);
+        nawal_cid_to_hex(h2, r.model_cid);
+        return finish_request(s, refuse(rep, NAWAL__ERROR_CODE__ERR_WRONG_ROUND,
+                                        "no evaluation of model %.16s… was requested: round %lld's new model is %.16s…",
+                                        h1, rid, h2), rep);
+    }
+    sqlite3_stmt *st;
+    if (nawal_store_prepare(s, &st,
+                            "INSERT INTO evaluations(round_id, validator, model_cid, loss, tokens, received_ms)"
+                            " SELECT ?1, pubkey, ?3, ?4, ?5, ?6 FROM validators WHERE pubkey = ?2 AND removed = 0",
+                            err, sizeof err))
+        return finish_request(s, internal(rep, err), rep);
+    sqlite3_bind_int64(st, 1, e->round_id);
+    sqlite3_bind_blob(st, 2, e->validator, 32, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 3, e->model_cid, 32, SQLITE_STATIC);
+    sqlite3_bind_double(st, 4, e->loss);
+    sqlite3_bind_int64(st, 5, (int64_t)e->tokens);
+    sqlite3_bind_int64(st, 6, e->received_ms);
+    int step = sqlite3_step(st);
+    if (step == SQLITE_CONSTRAINT_UNIQUE || sqlite3_extended_errcode(nawal_store_db(s)) == SQLITE_CONSTRAINT_UNIQUE)
+        rc = refuse(rep, NAWAL__ERROR_CODE__ERR_DUPLICATE, "validator %s already sent its evaluation of round %lld", fp,
+                    rid);
+    else if (step != SQLITE_DONE)
+        rc = internal(rep, sqlite3_errmsg(nawal_store_db(s)));
+    else if (sqlite3_changes(nawal_store_db(s)) != 1)
+        rc = refuse(rep, NAWAL__ERROR_CODE__ERR_UNKNOWN_SENDER, "validator %s is not registered (or was removed)", fp);
+    sqlite3_finalize(st);
+    rc = finish_request(s, rc, rep);
+    if (rc == 0)
+        nawal_log(NAWAL_LOG_INFO, "evaluation_recorded", "round=%lld validator=%s loss=%.9g tokens=%llu", rid, fp,
+                  e->loss, (unsigned long long)e->tokens);
+    return rc;
+}
+
+int nawal_round_evaluated(nawal_store *s, int64_t round_id, const uint8_t validator[32]) {
+    sqlite3_stmt *st;
+    if (nawal_store_prepare(s, &st, "SELECT COUNT(*) FROM evaluations WHERE round_id = ?1 AND validator = ?2", NULL, 0))
+        return -1;
+    sqlite3_bind_int64(st, 1, round_id);
+    sqlite3_bind_blob(st, 2, validator, 32, SQLITE_STATIC);
+    int rc = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) > 0 : -1;
+    sqlite3_finalize(st);
+    return rc;
+}
+
+int nawal_round_evaluation_summary(nawal_store *s, int64_t round_id, nawal_evaluation_summary *out, char *err,
+                                   size_t errlen) {
+    memset(out, 0, sizeof *out);
+    out->loss = NAN;
+    sqlite3_stmt *st;
+    if (nawal_store_prepare(s, &st, "SELECT COUNT(*), TOTAL(tokens), TOTAL(loss * tokens) FROM evaluations"
+                                    " WHERE round_id = ?1", err, errlen))
+        return -1;
+    sqlite3_bind_int64(st, 1, round_id);
+    int rc = 0;
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        out->results = (uint64_t)sqlite3_column_int64(st, 0);
+        double tokens = sqlite3_column_double(st, 1);
+        out->tokens = (uint64_t)tokens;
+        if (out->results && tokens > 0) out->loss = sqlite3_column_double(st, 2) / tokens;
+    } else {
+        rc = nawal_store_sql_fail(s, err, errlen, "summarise evaluations");
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+int nawal_round_latest_closed(nawal_store *s, nawal_round *r, char *err, size_t errlen) {
+    sqlite3_stmt *st;
+    if (nawal_store_prepare(s, &st, "SELECT MAX(id) FROM rounds WHERE state = 'closed'", err, errlen)) return -1;
+    int have = sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL;
+    int64_t id = have ? sqlite3_column_int64(st, 0) : 0;
+    sqlite3_finalize(st);
+    if (!have) return 0;
+    return nawal_store_round_get(s, id, r, err, errlen) ? -1 : 1;
 }
 
 /* ---- the machine --------------------------------------------------------------- */

@@ -37,6 +37,17 @@
  *                     quality above 1
  *   ERR_INTERNAL      database error (nothing changed)
  *
+ * Evaluations (EvaluateRequest / EvaluateResult, serve.h): when a round
+ * closes, every connected validator is asked for the loss of its new model
+ * on its own validation split; each answer is one row (evaluations table,
+ * store.h), and the token-weighted mean of a round's rows is its federated
+ * validation loss. An answer is refused with
+ *   ERR_WRONG_ROUND   no such round, round not closed, or not the round's
+ *                     new model (no evaluation of it was requested)
+ *   ERR_DUPLICATE     the validator's answer for the round is on record
+ *   ERR_BAD_MESSAGE   loss not finite or negative, no tokens evaluated
+ *   ERR_UNKNOWN_SENDER key not registered, or removed
+ *
  * Return values: 0 done / accepted; NAWAL_STORE_REFUSED with reply filled;
  * -1 on an internal error (reply says ERR_INTERNAL, or message in err). */
 #ifndef NAWAL_ROUNDS_H
@@ -119,6 +130,33 @@ int nawal_round_tick(nawal_store *s, int64_t now_ms, const nawal_agg_config *cfg
  * resume; rep tells the server the current round and when to tick next. */
 int nawal_round_resume(nawal_store *s, int64_t now_ms, const nawal_agg_config *cfg, nawal_tick_report *rep,
                        char *err, size_t errlen);
+
+/* ---- evaluations ---- */
+
+/* One row of the evaluations table. */
+typedef struct {
+    int64_t round_id;
+    uint8_t validator[32];
+    uint8_t model_cid[32];       /* the round's new model */
+    double loss;                 /* mean nats per predicted token on the validator's validation split */
+    uint64_t tokens;             /* predicted tokens it was measured over */
+    int64_t received_ms;
+} nawal_evaluation;
+
+typedef struct {
+    uint64_t results, tokens;    /* rows of the round, their tokens */
+    double loss;                 /* sum(loss x tokens) / sum(tokens); NAN without rows */
+} nawal_evaluation_summary;
+
+/* Records a validator's evaluation (received at e->received_ms) in one
+ * transaction; the refusals above. */
+int nawal_round_evaluation_record(nawal_store *s, const nawal_evaluation *e, nawal_round_reply *rep);
+/* 1 if validator's evaluation of round_id is on record, 0 if not, -1 on a database error. */
+int nawal_round_evaluated(nawal_store *s, int64_t round_id, const uint8_t validator[32]);
+int nawal_round_evaluation_summary(nawal_store *s, int64_t round_id, nawal_evaluation_summary *out, char *err,
+                                   size_t errlen);
+/* The closed round with the highest id (the latest model validators are asked about): 1 and *r, 0 if none, -1 on error. */
+int nawal_round_latest_closed(nawal_store *s, nawal_round *r, char *err, size_t errlen);
 
 /* Validators joined, updates received, and updates rejected by the
  * aggregation, of a round (any pointer may be NULL). */

@@ -130,7 +130,7 @@ static void broadcast(nawal_server *srv, uint32_t type, const ProtobufCMessage *
     free(buf);
 }
 
-/* A round ended: count it and send its RoundResult. */
+/* A round ended: count it, ask for evaluations of its new model and send its RoundResult. */
 static void round_ended(nawal_server *srv, const nawal_round *r) {
     char err[256];
     if (r->state == NAWAL_ROUND_CLOSED) {
@@ -145,6 +145,8 @@ static void round_ended(nawal_server *srv, const nawal_round *r) {
     nawal_log(NAWAL_LOG_INFO, "round_ended", "round=%lld state=%s bytes_received=%.0f bytes_sent=%.0f", (long long)r->id,
               nawal_round_state_name(r->state), nawal_metric_get(srv->m.reg, srv->m.bytes_in, NULL),
               nawal_metric_get(srv->m.reg, srv->m.bytes_out, NULL));
+    /* the evaluation request first: an agent stopping after this round's result still answers it */
+    if (r->state == NAWAL_ROUND_CLOSED) nawal_session_request_evaluation(srv, r);
     nawal_result_msg res;
     if (nawal_result_build(srv->store, r, &res, err, sizeof err) == 0)
         broadcast(srv, NAWAL__MSG_TYPE__MSG_ROUND_RESULT, &res.msg.base);

@@ -35,9 +35,16 @@
  *                                           ERR_DUPLICATE: its update is on record)
  *   Heartbeat{time}                    ->
  *                                      <-   Heartbeat{coordinator time}
- *                                      <-   RoundResult{round, new model, accepted keys, payouts} when a
- *                                           round ends (a failed round: no model, nobody accepted), then
- *                                           the next RoundAnnounce, to every authenticated session
+ *                                      <-   when a round ends, to every authenticated session: if it
+ *                                           closed, EvaluateRequest{round, new model cid}; then
+ *                                           RoundResult{round, new model, accepted keys, payouts} (a failed
+ *                                           round: no model, nobody accepted) and the next RoundAnnounce
+ *   EvaluateResult{round, model cid,   ->   the model's loss on the agent's validation split, recorded once
+ *     loss, tokens}                         per validator and round (rounds.h: evaluations)
+ *                                      <-   Ack{EvaluateResult's sequence} | Error
+ *                                           (after Auth, a validator that has not evaluated the latest
+ *                                           closed round's model gets its EvaluateRequest, before the
+ *                                           RoundAnnounce)
  *
  * Refusals are Error{code, text} with the codes of rounds.h and envelope.h.
  * A message that fails the envelope checks, or anything but Hello/Auth
@@ -45,7 +52,9 @@
  * it; refusals of requests (join, update, blob) and message types the
  * coordinator does not take (ERR_UNKNOWN_TYPE, including types unknown to
  * this build) leave it open. An agent that cannot serve the delta answers
- * the BlobRequest with an Error, which cancels the upload; a cut upload
+ * the BlobRequest with an Error (ERR_NOT_FOUND, or ERR_BAD_MESSAGE), which
+ * cancels the upload; one that cannot evaluate a model answers the
+ * EvaluateRequest with an Error of another code (logged); a cut upload
  * resumes when the agent sends its UpdateSubmit again (the partial file
  * stays in D/uploads/; files there untouched for a day are removed when
  * serve starts). A delta larger than 2 x the round's base model + 1 MiB is

@@ -55,6 +55,9 @@ void nawal_session_on_drain(nawal_ws_conn *c, void *user);
 void nawal_session_on_close(nawal_ws_conn *c, const char *reason, void *user);
 /* Already sealed bytes to every authenticated session. */
 void nawal_session_broadcast(nawal_server *srv, const uint8_t *buf, size_t len);
+/* EvaluateRequest of closed round r's new model to every authenticated
+ * session not asked about r yet. */
+void nawal_session_request_evaluation(nawal_server *srv, const nawal_round *r);
 /* Closes sessions that did not authenticate within the timeout. */
 void nawal_session_sweep(nawal_server *srv, int64_t now_ms);
 

@@ -31,6 +31,12 @@ int nawal_serve_metrics_init(nawal_serve_metrics *m) {
     DEF(aggregation_seconds, "nawal_last_aggregation_seconds", G, "Time the last aggregation took");
     DEF(epsilon_max, "nawal_round_epsilon_reported_max", G,
         "Largest privacy budget (epsilon) spent reported by an update accepted in the current round");
+    DEF(fed_val_round, "nawal_federated_val_round", G,
+        "Latest closed round, whose new model the validators evaluate; 0 before the first");
+    DEF(fed_val_loss, "nawal_federated_val_loss", G,
+        "Token-weighted mean loss the validators reported for the latest closed round's model on their own "
+        "validation data (0 while nawal_federated_val_results is 0)");
+    DEF(fed_val_results, "nawal_federated_val_results", G, "Evaluation results recorded for the latest closed round");
     DEF(bytes_in, "nawal_received_bytes_total", C, "WebSocket message bytes received");
     DEF(bytes_out, "nawal_sent_bytes_total", C, "WebSocket message bytes queued for sending");
     DEF(messages_in, "nawal_messages_received_total", C, "Envelopes received and accepted, by message type");

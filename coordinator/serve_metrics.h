@@ -2,7 +2,8 @@
  * metrics exist (names and help, defined once in serve_metrics.c on the
  * registry of metrics.h) and the handful of updates the session code makes.
  * Gauges that describe the database (round, participants, model size, last
- * round's duration and aggregation time) are refreshed from it when
+ * round's duration and aggregation time, the validators' evaluations of
+ * the latest closed round's model) are refreshed from it when
  * GET /metrics is served (http.c); counters count since the process
  * started, as Prometheus expects. Event loop thread only. */
 #ifndef NAWAL_SERVE_METRICS_H
@@ -18,6 +19,7 @@ typedef struct {
     int connections, sessions, start_time;
     int round_id, round_state, participants, updates, target;
     int model_bytes, round_duration, aggregation_seconds, epsilon_max, validators;
+    int fed_val_round, fed_val_loss, fed_val_results;
     /* counters */
     int bytes_in, bytes_out, messages_in, errors_sent;
     int updates_accepted, updates_rejected, rounds_closed, rounds_failed;

@@ -4,8 +4,11 @@
  * Hello/Challenge/Auth handshake, then Join, base model downloads (a
  * blobstream sender whose chunks are sealed one by one), UpdateSubmit with
  * the delta pulled from the agent (a blobstream receiver into D/uploads,
- * adopted into the blob store once its CID checks), Heartbeat, and the
- * Error for everything else. The round logic itself is rounds.h's: a
+ * adopted into the blob store once its CID checks), the EvaluateRequest of
+ * the latest closed round's model (after Auth, unless the validator
+ * answered it; when a round closes, nawal_session_request_evaluation) and
+ * the EvaluateResult that answers it, Heartbeat, and the Error for
+ * everything else. The round logic itself is rounds.h's: a
  * request is answered only after the call that decided it has returned,
  * i.e. after its commit. */
 #include "serve_internal.h"
@@ -58,6 +61,8 @@ struct nawal_session {
     uint32_t up_quality_ppm;
     double up_epsilon;
     float up_train_loss, up_val_loss;
+    /* the latest round whose EvaluateRequest this session was sent (one per round) */
+    int64_t eval_round;
 };
 
 /* ---- sending ---------------------------------------------------------------- */
@@ -114,11 +119,63 @@ static void send_ack(nawal_session *s, uint64_t seq, const char *detail) {
     send_msg(s, NAWAL__MSG_TYPE__MSG_ACK, &a.base);
 }
 
+/* v's message decoded, or NULL after answering the Error (and closing when close_after). */
+static ProtobufCMessage *unpack_or_refuse(nawal_session *s, const nawal_envelope_view *v, int close_after) {
+    ProtobufCMessage *m;
+    char err[256];
+    int code = nawal_msg_unpack(v->type, v->payload, v->payload_len, &m, err, sizeof err);
+    if (!code) return m;
+    send_error(s, code, err, close_after);
+    return NULL;
+}
+
 void nawal_session_broadcast(nawal_server *srv, const uint8_t *buf, size_t len) {
     for (nawal_session *s = srv->sessions, *n; s; s = n) {
         n = s->next;
         if (s->state == SESS_AUTHED) send_bytes(s, buf, len);
     }
+}
+
+/* ---- evaluations ------------------------------------------------------------- */
+
+static int evaluate_request_seal(nawal_server *srv, const nawal_round *r, uint8_t **buf, size_t *len) {
+    Nawal__EvaluateRequest q = NAWAL__EVALUATE_REQUEST__INIT;
+    q.round_id = (uint64_t)r->id;
+    q.model_cid.data = (uint8_t *)r->model_cid;
+    q.model_cid.len = 32;
+    return nawal_server_seal(srv, NAWAL__MSG_TYPE__MSG_EVALUATE_REQUEST, &q.base, buf, len);
+}
+
+/* Sends sealed EvaluateRequest bytes of round r to s unless it got that round's already. */
+static void evaluate_request_send(nawal_session *s, const nawal_round *r, const uint8_t *buf, size_t len) {
+    if (s->state != SESS_AUTHED || s->eval_round >= r->id) return;
+    if (send_bytes(s, buf, len) == 0) {
+        s->eval_round = r->id;
+        nawal_log(NAWAL_LOG_DEBUG, "evaluation_requested", "round=%lld validator=%s", (long long)r->id, s->fp);
+    }
+}
+
+void nawal_session_request_evaluation(nawal_server *srv, const nawal_round *r) {
+    uint8_t *buf;
+    size_t len;
+    if (srv->n_authed == 0 || !r->has_model_cid || evaluate_request_seal(srv, r, &buf, &len)) return;
+    for (nawal_session *s = srv->sessions, *n; s; s = n) {
+        n = s->next;
+        evaluate_request_send(s, r, buf, len);
+    }
+    free(buf);
+}
+
+/* After Auth: the latest closed round's model, if this validator has not evaluated it yet. */
+static void request_latest_evaluation(nawal_session *s) {
+    nawal_round r;
+    uint8_t *buf;
+    size_t len;
+    if (nawal_round_latest_closed(s->srv->store, &r, NULL, 0) != 1 ||
+        nawal_round_evaluated(s->srv->store, r.id, s->pk) != 0 || evaluate_request_seal(s->srv, &r, &buf, &len))
+        return;
+    evaluate_request_send(s, &r, buf, len);
+    free(buf);
 }
 
 /* ---- blob download (the agent asked) ----------------------------------------- */
@@ -212,12 +269,9 @@ static void on_hello(nawal_session *s, const nawal_envelope_view *v) {
         send_error(s, NAWAL__ERROR_CODE__ERR_BAD_MESSAGE, "Hello was already received on this connection", 1);
         return;
     }
-    int code = nawal_msg_unpack(v->type, v->payload, v->payload_len, &m, err, sizeof err);
-    if (code) {
-        send_error(s, code, err, 1);
-        return;
-    }
+    if (!(m = unpack_or_refuse(s, v, 1))) return;
     Nawal__Hello *h = (Nawal__Hello *)m;
+    int code = 0;
     char fp[NAWAL_FINGERPRINT_SHORT_BYTES];
     nawal_fingerprint_short(fp, v->sender);
     if (h->version != NAWAL__VERSION__PROTOCOL_VERSION) {
@@ -265,17 +319,12 @@ static void send_announce(nawal_session *s) {
 
 static void on_auth(nawal_session *s, const nawal_envelope_view *v) {
     ProtobufCMessage *m;
-    char err[256];
     if (s->state != SESS_CHALLENGED) {
         send_error(s, NAWAL__ERROR_CODE__ERR_BAD_MESSAGE,
                    s->state == SESS_NEW ? "Auth before Hello" : "already authenticated", 1);
         return;
     }
-    int code = nawal_msg_unpack(v->type, v->payload, v->payload_len, &m, err, sizeof err);
-    if (code) {
-        send_error(s, code, err, 1);
-        return;
-    }
+    if (!(m = unpack_or_refuse(s, v, 1))) return;
     Nawal__Auth *a = (Nawal__Auth *)m;
     int match = a->nonce.len == NONCE_BYTES && sodium_memcmp(a->nonce.data, s->nonce, NONCE_BYTES) == 0;
     nawal_msg_free(m);
@@ -302,6 +351,7 @@ static void on_auth(nawal_session *s, const nawal_envelope_view *v) {
     nawal_fingerprint_short(s->fp, v->sender);
     nawal_log(NAWAL_LOG_INFO, "session_authenticated", "peer=%s validator=%s", nawal_ws_peer(s->conn), s->fp);
     send_ack(s, v->sequence, "authenticated");
+    request_latest_evaluation(s);
     send_announce(s);
 }
 
@@ -317,13 +367,9 @@ static void reply_round(nawal_session *s, int rc, const nawal_round_reply *rep, 
 }
 
 static void on_join(nawal_session *s, const nawal_envelope_view *v) {
-    ProtobufCMessage *m;
+    ProtobufCMessage *m = unpack_or_refuse(s, v, 0);
     char err[256];
-    int code = nawal_msg_unpack(v->type, v->payload, v->payload_len, &m, err, sizeof err);
-    if (code) {
-        send_error(s, code, err, 0);
-        return;
-    }
+    if (!m) return;
     Nawal__Join *j = (Nawal__Join *)m;
     int64_t round = round_of(j->round_id);
     nawal_round_reply rep;
@@ -471,30 +517,50 @@ static void on_blob_chunk(nawal_session *s, const nawal_envelope_view *v) {
     submit_final(s, v->sender);
 }
 
-static void on_heartbeat(nawal_session *s, const nawal_envelope_view *v) {
-    ProtobufCMessage *m;
+/* A validator's answer to an EvaluateRequest: recorded (Ack) or refused (rounds.h's codes). */
+static void on_evaluate_result(nawal_session *s, const nawal_envelope_view *v) {
+    ProtobufCMessage *m = unpack_or_refuse(s, v, 0);
     char err[256];
-    int code = nawal_msg_unpack(v->type, v->payload, v->payload_len, &m, err, sizeof err);
-    if (code) {
-        send_error(s, code, err, 0);
+    if (!m) return;
+    Nawal__EvaluateResult *e = (Nawal__EvaluateResult *)m;
+    nawal_evaluation ev = {.round_id = round_of(e->round_id), .loss = (double)e->loss, .tokens = e->tokens,
+                           .received_ms = (int64_t)nawal_now_ms()};
+    int len_ok = e->model_cid.len == 32;
+    if (len_ok) memcpy(ev.model_cid, e->model_cid.data, 32);
+    nawal_msg_free(m);
+    if (!len_ok) {
+        send_error(s, NAWAL__ERROR_CODE__ERR_BAD_MESSAGE, "EvaluateResult: the model CID must be 32 bytes", 0);
         return;
     }
+    memcpy(ev.validator, v->sender, 32);
+    nawal_round_reply rep;
+    int rc = nawal_round_evaluation_record(s->srv->store, &ev, &rep);
+    snprintf(err, sizeof err, "evaluation of round %lld recorded", (long long)ev.round_id);
+    reply_round(s, rc, &rep, v->sequence, err);
+}
+
+static void on_heartbeat(nawal_session *s, const nawal_envelope_view *v) {
+    ProtobufCMessage *m = unpack_or_refuse(s, v, 0);
+    if (!m) return;
     nawal_msg_free(m);
     Nawal__Heartbeat h = NAWAL__HEARTBEAT__INIT;
     h.time_ms = nawal_now_ms();
     send_msg(s, NAWAL__MSG_TYPE__MSG_HEARTBEAT, &h.base);
 }
 
-/* An Error from the agent: it cannot serve what we asked (the delta). */
+/* An Error from the agent: it cannot serve what we asked: the delta
+ * (ERR_NOT_FOUND, or ERR_BAD_MESSAGE for a BlobRequest it cannot read),
+ * which cancels the upload, or an evaluation (any other code). */
 static void on_agent_error(nawal_session *s, const nawal_envelope_view *v) {
     ProtobufCMessage *m;
     char q[300];
     if (nawal_msg_unpack(v->type, v->payload, v->payload_len, &m, NULL, 0)) return;
     Nawal__Error *e = (Nawal__Error *)m;
+    int cancel = s->up && (e->code == NAWAL__ERROR_CODE__ERR_NOT_FOUND || e->code == NAWAL__ERROR_CODE__ERR_BAD_MESSAGE);
     nawal_log(NAWAL_LOG_INFO, "agent_error", "validator=%s code=%d text=%s upload_cancelled=%d", s->fp, (int)e->code,
-              nawal_log_quote(q, sizeof q, e->text ? e->text : ""), s->up != NULL);
+              nawal_log_quote(q, sizeof q, e->text ? e->text : ""), cancel);
     nawal_msg_free(m);
-    upload_end(s);
+    if (cancel) upload_end(s);
 }
 
 /* ---- dispatch ------------------------------------------------------------------------- */
@@ -516,6 +582,7 @@ static void dispatch(nawal_session *s, const nawal_envelope_view *v) {
     case NAWAL__MSG_TYPE__MSG_UPDATE_SUBMIT: on_update_submit(s, v); return;
     case NAWAL__MSG_TYPE__MSG_BLOB_CHUNK: on_blob_chunk(s, v); return;
     case NAWAL__MSG_TYPE__MSG_HEARTBEAT: on_heartbeat(s, v); return;
+    case NAWAL__MSG_TYPE__MSG_EVALUATE_RESULT: on_evaluate_result(s, v); return;
     case NAWAL__MSG_TYPE__MSG_ERROR: on_agent_error(s, v); return;
     case NAWAL__MSG_TYPE__MSG_ACK: return; /* agents may acknowledge what we sent */
     default:

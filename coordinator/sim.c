@@ -40,6 +40,7 @@
 #define STAKE_PLANCK 1000000000000000ull /* 1000 DALLA, + 500 DALLA per validator index */
 #define POOL_PLANCK 100000000000000ull   /* 100 DALLA a round */
 #define STOP_WAIT_S 20.0
+#define FED_VAL_WAIT_S 5.0           /* a round's line waits this long at most for the validators' evaluations */
 
 static volatile sig_atomic_t g_stop;
 static void on_signal(int sig) { g_stop = sig; }
@@ -248,6 +249,7 @@ typedef struct {
     int n_loss;
     double eps_max;
     int ended;
+    double ended_at;            /* now_s() when its round_ended line was read */
     double bytes_in, bytes_out; /* serve's totals when the round ended */
     char reason[256];
 } round_stat;
@@ -295,6 +297,7 @@ static void log_line(const char *line, round_stat *st, int rounds) {
         s->bytes_in = kv_num(line, "bytes_received");
         s->bytes_out = kv_num(line, "bytes_sent");
         s->ended = 1;
+        s->ended_at = now_s();
     }
 }
 
@@ -359,8 +362,22 @@ static int eval_model(const evaluator *ev, nawal_store *s, const uint8_t cid[32]
 /* ---- the per-round line ------------------------------------------------------------ */
 
 static void print_header(void) {
-    printf("%5s  %12s  %10s  %9s  %9s  %11s  %11s  %8s  %14s\n", "round", "participants", "train loss", "val loss",
-           "epsilon", "bytes up", "bytes down", "time s", "rewards DALLA");
+    printf("%5s  %12s  %10s  %9s  %9s  %9s  %11s  %11s  %8s  %14s\n", "round", "participants", "train loss",
+           "val loss", "fed val", "epsilon", "bytes up", "bytes down", "time s", "rewards DALLA");
+}
+
+/* 1 when round id's line may be printed: it did not close, or all n
+ * validators' evaluations of its new model are in, or FED_VAL_WAIT_S
+ * passed since it ended (its fed val is then what arrived, or "-"). */
+static int fed_val_settled(const char *coord, int64_t id, int n, double ended_at) {
+    nawal_store *s;
+    nawal_round r;
+    nawal_evaluation_summary sum;
+    if (now_s() - ended_at >= FED_VAL_WAIT_S || nawal_store_open(&s, coord, NAWAL_STORE_OPEN_PUBLIC_ONLY, NULL, 0))
+        return 1;
+    int rc = nawal_store_round_get(s, id, &r, NULL, 0) || nawal_round_evaluation_summary(s, id, &sum, NULL, 0);
+    nawal_store_close(s);
+    return rc || r.state != NAWAL_ROUND_CLOSED || sum.results >= (uint64_t)n;
 }
 
 /* Prints round id's line from the database and st; 0 if the round closed. */
@@ -373,10 +390,12 @@ static int print_round_line(const char *coord, int64_t id, const round_stat *st,
         return -1;
     }
     nawal_round r;
+    nawal_evaluation_summary fed;
     uint64_t subs = 0, rejected = 0, paid = 0;
     double vloss = NAN;
     int rc = nawal_store_round_get(s, id, &r, err, sizeof err) ||
-             nawal_round_counts(s, id, NULL, &subs, &rejected, err, sizeof err);
+             nawal_round_counts(s, id, NULL, &subs, &rejected, err, sizeof err) ||
+             nawal_round_evaluation_summary(s, id, &fed, err, sizeof err);
     if (rc == 0 && r.state == NAWAL_ROUND_CLOSED) {
         uint64_t seq;
         nawal_ledger_record rec;
@@ -392,16 +411,18 @@ static int print_round_line(const char *coord, int64_t id, const round_stat *st,
         fprintf(stderr, "error: round %lld: %s\n", (long long)id, err);
         return -1;
     }
-    char part[32], tl[32], vl[32], eps[32], d[NAWAL_DALLA_STR_BYTES];
+    char part[32], tl[32], vl[32], fv[32], eps[32], d[NAWAL_DALLA_STR_BYTES];
     snprintf(part, sizeof part, "%llu/%u", (unsigned long long)(r.state == NAWAL_ROUND_CLOSED ? subs - rejected : 0),
              r.target);
     if (st->n_loss) snprintf(tl, sizeof tl, "%.4f", st->loss_sum / st->n_loss);
     else snprintf(tl, sizeof tl, "-");
     if (isfinite(vloss)) snprintf(vl, sizeof vl, "%.4f", vloss);
     else snprintf(vl, sizeof vl, "-");
+    if (isfinite(fed.loss)) snprintf(fv, sizeof fv, "%.4f", fed.loss);
+    else snprintf(fv, sizeof fv, "-");
     if (dp) snprintf(eps, sizeof eps, "%.3f", st->eps_max);
     else snprintf(eps, sizeof eps, "off");
-    printf("%5lld  %12s  %10s  %9s  %9s  %11.0f  %11.0f  %8.1f  %14s", (long long)id, part, tl, vl, eps,
+    printf("%5lld  %12s  %10s  %9s  %9s  %9s  %11.0f  %11.0f  %8.1f  %14s", (long long)id, part, tl, vl, fv, eps,
            st->bytes_in - prev->bytes_in, st->bytes_out - prev->bytes_out, (double)(r.closed_ms - r.started_ms) / 1e3,
            nawal_planck_to_dalla(d, paid));
     if (r.state != NAWAL_ROUND_CLOSED) printf("  FAILED: %s", st->reason[0] ? st->reason : nawal_round_state_name(r.state));
@@ -664,14 +685,16 @@ static int run_sim(const sim_opts *o) {
             fprintf(stderr, "error: initial model: %s\n", err);
             goto stop;
         }
-        printf("%5d  %12s  %10s  %9.4f  %9s  %11s  %11s  %8s  %14s\n", 0, "-", "-", loss, "-", "-", "-", "-", "-");
+        printf("%5d  %12s  %10s  %9.4f  %9s  %9s  %11s  %11s  %8s  %14s\n", 0, "-", "-", loss, "-", "-", "-", "-", "-",
+               "-");
         fflush(stdout);
     }
     int printed = 0, failed = 0;
     double limit = now_s() + (double)o->rounds * o->deadline_s + 120;
     for (;;) {
         log_read(&lr, st, o->rounds, NULL);
-        while (printed < o->rounds && st[printed + 1].ended) {
+        while (printed < o->rounds && st[printed + 1].ended &&
+               fed_val_settled(coord, printed + 1, o->validators, st[printed + 1].ended_at)) {
             printed++;
             if (print_round_line(coord, printed, &st[printed], &st[printed - 1], o->dp, &ev)) failed = 1;
         }
@@ -758,7 +781,8 @@ int nawal_cmd_sim(int argc, char **argv) {
                                "N validators (keys, stakes, a contiguous shard of FILE each: non-IID), a self-signed TLS\n"
                                "certificate for 127.0.0.1, `serve` and N `nawal-agent run` processes on loopback, for R\n"
                                "rounds. Prints one line per round: participants, mean train loss, the new global model's\n"
-                               "loss on FILE's held-out tail, epsilon spent (largest reported), bytes the coordinator\n"
+                               "loss on FILE's held-out tail, its loss on the validators' own validation splits as they\n"
+                               "report it (token-weighted mean), epsilon spent (largest reported), bytes the coordinator\n"
                                "received/sent, round time, rewards paid. Logs: D/logs/.");
     if (pr) return pr == 1 ? 0 : 2;
     if (o.dp && !(o.epsilon > 0)) {

@@ -16,7 +16,11 @@
  * per ended round, read from serve's structured log (events update_metrics,
  * round_closed, round_failed, round_ended) and the database: participants,
  * mean train loss reported by the updates, the new global model's loss on
- * the held-out tail (evaluated here), the largest epsilon spent reported
+ * the held-out tail (evaluated here, "val loss"), the token-weighted mean
+ * of the losses the validators report for it on their own validation
+ * splits ("fed val", rounds.h's evaluations: the line waits for all N, at
+ * most 5 s after the round ended; "-" when none came), the largest epsilon
+ * spent reported
  * (or "off"), bytes the coordinator received / sent during the round, the
  * round's time (announcement to close) and the rewards paid. After round R
  * the children are stopped (SIGTERM, waited for) and the ledger verified.

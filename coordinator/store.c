@@ -93,6 +93,23 @@ static const char *const MIGRATE_V2 =
     "CREATE TABLE settings(key TEXT PRIMARY KEY, value TEXT NOT NULL);\n"
     "UPDATE schema_version SET version = 2;\n";
 
+/* Version 3: the validators' evaluations of each closed round's new model
+ * (rounds.h): one row per validator and round, its loss (nats per
+ * token) over `tokens` predicted tokens of its own validation split. */
+static const char *const MIGRATE_V3 =
+    "CREATE TABLE evaluations(\n"
+    "  round_id INTEGER NOT NULL REFERENCES rounds(id),\n"
+    "  validator BLOB NOT NULL REFERENCES validators(pubkey),\n"
+    "  model_cid BLOB NOT NULL CHECK(length(model_cid)=32),\n"
+    "  loss REAL NOT NULL CHECK(loss >= 0),\n"
+    "  tokens INTEGER NOT NULL CHECK(tokens >= 1),\n"
+    "  received_ms INTEGER NOT NULL,\n"
+    "  UNIQUE(round_id, validator));\n"
+    "UPDATE schema_version SET version = 3;\n";
+
+/* MIGRATIONS[v] upgrades a version v - 1 database to version v. */
+static const char *const MIGRATIONS[NAWAL_STORE_SCHEMA_VERSION + 1] = {NULL, NULL, MIGRATE_V2, MIGRATE_V3};
+
 struct nawal_store {
     char *dir;
     sqlite3 *db;
@@ -219,6 +236,13 @@ static int dir_state(const char *dir, char *err, size_t errlen) {
     return 0;
 }
 
+/* Applies the migrations from version `from` to NAWAL_STORE_SCHEMA_VERSION, in the caller's transaction. */
+static int migrate(sqlite3 *db, int from, char **msg) {
+    for (int v = from + 1; v <= NAWAL_STORE_SCHEMA_VERSION; v++)
+        if (sqlite3_exec(db, MIGRATIONS[v], NULL, NULL, msg) != SQLITE_OK) return -1;
+    return 0;
+}
+
 int nawal_store_init(const char *dir, char *err, size_t errlen) {
     if (!dir || !*dir) return nawal_fail(err, errlen, "coordinator directory: empty path");
     int st = dir_state(dir, err, errlen);
@@ -251,8 +275,7 @@ int nawal_store_init(const char *dir, char *err, size_t errlen) {
     /* journal_mode=WAL is persistent in the file; the others are per connection (open sets them again). */
     if (sqlite3_exec(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;", NULL, NULL, &msg) != SQLITE_OK ||
         sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, &msg) != SQLITE_OK ||
-        sqlite3_exec(db, SCHEMA_V1, NULL, NULL, &msg) != SQLITE_OK ||
-        sqlite3_exec(db, MIGRATE_V2, NULL, NULL, &msg) != SQLITE_OK ||
+        sqlite3_exec(db, SCHEMA_V1, NULL, NULL, &msg) != SQLITE_OK || migrate(db, 1, &msg) ||
         sqlite3_exec(db, "COMMIT", NULL, NULL, &msg) != SQLITE_OK) {
         nawal_fail(err, errlen, "%s: cannot create schema: %s", db_path, msg ? msg : sqlite3_errmsg(db));
         sqlite3_free(msg);
@@ -337,25 +360,28 @@ int nawal_store_open(nawal_store **out, const char *dir, int flags, char *err, s
     if (nawal_store_prepare(s, &st, "SELECT version FROM schema_version", err, errlen)) goto out;
     int ver = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int(st, 0) : -1;
     sqlite3_finalize(st);
-    if (ver == 1) {
-        /* upgrade in place; a concurrent opener waits on the lock and then sees version 2 */
+    if (ver >= 1 && ver < NAWAL_STORE_SCHEMA_VERSION) {
+        /* upgrade in place; a concurrent opener waits on the lock and then sees the new version */
         if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, &msg) != SQLITE_OK) {
             nawal_fail(err, errlen, "%s: cannot upgrade the schema: %s", db_path, msg ? msg : sqlite3_errmsg(s->db));
             sqlite3_free(msg);
             goto out;
         }
-        if (nawal_store_prepare(s, &st, "SELECT version FROM schema_version", err, errlen)) goto out;
+        if (nawal_store_prepare(s, &st, "SELECT version FROM schema_version", err, errlen)) {
+            nawal_store_rollback(s);
+            goto out;
+        }
         ver = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int(st, 0) : -1;
         sqlite3_finalize(st);
-        if (ver == 1 && sqlite3_exec(s->db, MIGRATE_V2, NULL, NULL, &msg) != SQLITE_OK) {
-            nawal_fail(err, errlen, "%s: cannot upgrade the schema to version 2: %s", db_path,
-                       msg ? msg : sqlite3_errmsg(s->db));
+        if (ver >= 1 && ver < NAWAL_STORE_SCHEMA_VERSION && migrate(s->db, ver, &msg)) {
+            nawal_fail(err, errlen, "%s: cannot upgrade the schema from version %d to %d: %s", db_path, ver,
+                       NAWAL_STORE_SCHEMA_VERSION, msg ? msg : sqlite3_errmsg(s->db));
             sqlite3_free(msg);
             nawal_store_rollback(s);
             goto out;
         }
         if (nawal_store_commit(s, err, errlen)) goto out;
-        if (ver == 1) ver = 2;
+        if (ver >= 1 && ver < NAWAL_STORE_SCHEMA_VERSION) ver = NAWAL_STORE_SCHEMA_VERSION;
     }
     if (ver != NAWAL_STORE_SCHEMA_VERSION) {
         nawal_fail(err, errlen, "%s: schema version %d, this program knows %d", db_path, ver, NAWAL_STORE_SCHEMA_VERSION);

@@ -4,11 +4,20 @@
  * sampling: the batch size varies and may be 0 — an empty step still adds
  * noise and is accounted), runs the selected examples in micro-batches of
  * at most m->max_batch, then noises and averages the clipped sum over the
- * expected batch q * n_examples. */
+ * expected batch q * n_examples.
+ *
+ * Noise: step s adds Philox stream s of the run's key (nawal_gpt_dp_finish),
+ * so no two steps of a run share noise. A resumed run (train_ckpt.h) in
+ * production draws a new key and a new sampling state from the CSPRNG, so
+ * the steps it executes again after a crash get fresh noise, never the
+ * crashed attempt's; a seeded run (tests) continues its streams from the
+ * snapshot, so a step executed again is the same computation with the same
+ * data and the same noise, bit for bit. */
 #include "dp_train.h"
 #include "accountant.h"
 #include "cid.h"
 #include "dp.h"
+#include "train_ckpt.h"
 #include <math.h>
 #include <sodium.h>
 #include <stdlib.h>
@@ -53,22 +62,44 @@ int nawal_dp_train_run(nawal_gpt *m, const int32_t *train, size_t n_train, const
     size_t n_ex = rep->n_examples;
     nawal_accountant acc;
     if (!dc->budget && nawal_accountant_init(&acc, NULL, 0, err, errlen)) return -1;
-    int32_t *in = malloc((size_t)MB * T * sizeof(int32_t)), *tg = malloc((size_t)MB * T * sizeof(int32_t));
-    size_t *sel = malloc((n_ex ? n_ex : 1) * sizeof(size_t));
-    if (!in || !tg || !sel) { free(in); free(tg); free(sel); snprintf(err, errlen, "out of memory"); return -1; }
-    uint64_t rng = tc->seed ^ 0x64705F73616D70ull, key;
+    /* the run's random streams: seeded from tc->seed (tests), else from the CSPRNG */
+    nawal_train_state st = { .kind = NAWAL_TRAIN_DP, .steps = tc->steps, .seed = tc->seed, .has_noise_key = dc->seeded };
+    uint64_t rng = tc->seed ^ 0x64705F73616D70ull, key = 0;
     if (dc->seeded) {
         uint64_t ks = tc->seed ^ 0x64705F6E6F697365ull;
         key = nawal_splitmix64(&ks);
-    } else {
+    }
+    double ident[] = { q, sigma, dc->max_grad_norm, dc->epsilon, dc->delta, dc->seeded, dc->budget != NULL };
+    uint8_t id[32];
+    int resumed = nawal_train_ckpt_begin(tc, m, train, n_train, ident, sizeof ident, &st, id, log, err, errlen);
+    if (resumed < 0) return -1;
+    if (resumed && dc->seeded) {
+        rng = st.rng;
+        key = st.noise_key;
+    }
+    if (!dc->seeded) { /* fresh streams, also on a resume: noise never drawn twice from one (key, step) */
         randombytes_buf(&key, sizeof key);
         randombytes_buf(&rng, sizeof rng);
     }
+    rep->steps_done = st.step;
+    rep->epsilon_spent = st.epsilon_spent;
+    if (resumed && !dc->budget) { /* this run's accountant: the snapshot's steps, one by one as the loop adds them */
+        nawal_accountant one;
+        if (nawal_accountant_init(&one, NULL, 0, err, errlen) || nawal_accountant_add(&one, q, sigma, 1, err, errlen)) return -1;
+        for (int i = 0; i < st.step; i++)
+            if (nawal_accountant_compose(&acc, &one, err, errlen)) return -1;
+    } /* (a budget has them on record) */
+    int32_t *in = malloc((size_t)MB * T * sizeof(int32_t)), *tg = malloc((size_t)MB * T * sizeof(int32_t));
+    size_t *sel = malloc((n_ex ? n_ex : 1) * sizeof(size_t));
+    if (!in || !tg || !sel) { free(in); free(tg); free(sel); snprintf(err, errlen, "out of memory"); return -1; }
     nawal_adamw_config ac = { tc->beta1, tc->beta2, tc->eps, tc->weight_decay };
     memset(res, 0, sizeof *res);
+    res->start_step = st.step;
+    res->first_loss = st.first_loss;
+    res->last_loss = st.last_loss;
     double t0 = nawal_monotonic_s(), tlog = t0, tokens = 0.0, tokens_log = 0.0;
     int rc = 0;
-    for (int step = 0; step < tc->steps; step++) {
+    for (int step = st.step; step < tc->steps; step++) {
         double eps_after;
         if (dc->budget) {
             int exceeds = 0;
@@ -119,7 +150,7 @@ int nawal_dp_train_run(nawal_gpt *m, const int32_t *train, size_t n_train, const
         res->last_loss = loss;
         tokens += (double)n_sel * T;
         tokens_log += (double)n_sel * T;
-        if (log && tc->log_every > 0 && ((step + 1) % tc->log_every == 0 || step == 0 || step + 1 == tc->steps)) {
+        if (log && tc->log_every > 0 && ((step + 1) % tc->log_every == 0 || step == res->start_step || step + 1 == tc->steps)) {
             double t = nawal_monotonic_s();
             fprintf(log, "step %5d/%d  loss %.4f  batch %zu  lr %.2e  epsilon %.4f  %.0f tokens/s\n", step + 1, tc->steps,
                     loss, n_sel, lr, eps_after, tokens_log / (t - tlog));
@@ -127,6 +158,14 @@ int nawal_dp_train_run(nawal_gpt *m, const int32_t *train, size_t n_train, const
             tlog = t;
             tokens_log = 0.0;
         }
+        /* the snapshot: charged steps only; an unseeded run's streams are not written (it draws fresh ones on resume) */
+        st.step = step + 1;
+        st.rng = dc->seeded ? rng : 0;
+        st.noise_key = dc->seeded ? key : 0;
+        st.first_loss = res->first_loss;
+        st.last_loss = loss;
+        st.epsilon_spent = eps_after;
+        if (nawal_train_ckpt_step(tc, m, &st, id, err, errlen)) { rc = -1; break; }
     }
     m->ops->sync(m->ops);
     res->seconds = nawal_monotonic_s() - t0;

@@ -5,7 +5,18 @@
  * the run stops before the step that would take epsilon past the target,
  * and says so. With a budget (privacy_budget.h) the spend is persisted
  * after every step and composed across runs. Used by `nawal-agent train
- * --dp` and `nawal-bench train --dp`. */
+ * --dp` and `nawal-bench train --dp`.
+ *
+ * Snapshots (tc->ckpt, trainer.h) work as in the plain loop and also hold
+ * the steps done and the epsilon spent so far; the run's identity covers
+ * q, sigma, the clip norm, the target and whether it is seeded. A step is
+ * charged (budget file or this run's accountant) before the snapshot that
+ * includes it is written. On a resume the budget already holds every step
+ * the killed process executed, those after the snapshot included, and the
+ * steps executed again are charged again: never fewer steps accounted than
+ * executed. Without a budget the run's accountant starts from the
+ * snapshot's step count. Noise on a resume: see dp_train.c (a production
+ * run draws a fresh noise key; only seeded runs store and reuse theirs). */
 #ifndef NAWAL_DP_TRAIN_H
 #define NAWAL_DP_TRAIN_H
 

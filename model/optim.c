@@ -6,7 +6,7 @@
 #include "optim.h"
 #include <math.h>
 
-static int ensure_state(nawal_gpt *m, int need_v) {
+int nawal_gpt_optim_state_alloc(nawal_gpt *m, int need_v) {
     const nawal_ops *o = m->ops;
     if (!m->opt_m) {
         m->opt_m = o->alloc(o, m->n_params * sizeof(float));
@@ -36,7 +36,7 @@ static void next_run(const nawal_gpt *m, int *i, size_t *off, size_t *n, int *de
 }
 
 int nawal_gpt_adamw_step(nawal_gpt *m, const nawal_adamw_config *c, float lr) {
-    if (ensure_state(m, 1)) return -1;
+    if (nawal_gpt_optim_state_alloc(m, 1)) return -1;
     m->opt_step++;
     size_t off, n;
     int decay;
@@ -49,7 +49,7 @@ int nawal_gpt_adamw_step(nawal_gpt *m, const nawal_adamw_config *c, float lr) {
 }
 
 int nawal_gpt_sgd_step(nawal_gpt *m, float lr, float momentum, float weight_decay) {
-    if (ensure_state(m, 0)) return -1;
+    if (nawal_gpt_optim_state_alloc(m, 0)) return -1;
     m->opt_step++;
     size_t off, n;
     int decay;

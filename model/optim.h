@@ -10,6 +10,9 @@ typedef struct {
     float beta1, beta2, eps, weight_decay;
 } nawal_adamw_config;
 
+/* Allocates the optimizer state (m, and v with need_v), zero-filled, when
+ * missing. Returns 0, or -1 when it cannot be allocated. */
+int nawal_gpt_optim_state_alloc(nawal_gpt *m, int need_v);
 /* One AdamW step at learning rate lr; state allocated on first use.
  * Returns 0, or -1 if the optimizer state cannot be allocated. */
 int nawal_gpt_adamw_step(nawal_gpt *m, const nawal_adamw_config *c, float lr);

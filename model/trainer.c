@@ -1,6 +1,8 @@
 /* trainer.c - see trainer.h. Batches are drawn with a seeded splitmix64
- * generator so a run is reproducible from --seed. */
+ * generator so a run is reproducible from --seed; its state is part of the
+ * snapshot (train_ckpt.h), so a resumed run draws the same batches. */
 #include "trainer.h"
+#include "train_ckpt.h"
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +21,7 @@ void nawal_train_config_default(nawal_train_config *c) {
     c->grad_clip = 1.0f;
     c->seed = 1337;
     c->log_every = 100;
+    c->ckpt = NULL;
 }
 
 uint64_t nawal_splitmix64(uint64_t *s) {
@@ -42,17 +45,24 @@ int nawal_train_run(nawal_gpt *m, const int32_t *train, size_t n_train, const na
         snprintf(err, errlen, "training split has %zu tokens, fewer than one window of %d+1", n_train, T);
         return -1;
     }
+    memset(res, 0, sizeof *res);
+    nawal_train_state st = { .kind = NAWAL_TRAIN_PLAIN, .steps = tc->steps, .seed = tc->seed,
+                             .rng = tc->seed ^ 0x6E6177616C00ull };
+    uint8_t id[32];
+    int resumed = nawal_train_ckpt_begin(tc, m, train, n_train, NULL, 0, &st, id, log, err, errlen);
+    if (resumed < 0) return -1;
     int32_t *in = malloc((size_t)B * T * sizeof(int32_t)), *tg = malloc((size_t)B * T * sizeof(int32_t));
     if (!in || !tg) { free(in); free(tg); snprintf(err, errlen, "out of memory"); return -1; }
     nawal_adamw_config ac = { tc->beta1, tc->beta2, tc->eps, tc->weight_decay };
-    uint64_t rng = tc->seed ^ 0x6E6177616C00ull;
     size_t span = n_train - (size_t)T; /* start in [0, span) */
-    memset(res, 0, sizeof *res);
+    res->start_step = st.step;
+    res->first_loss = st.first_loss;
+    res->last_loss = st.last_loss;
     double t0 = nawal_monotonic_s(), tlog = t0;
-    int rc = 0;
-    for (int step = 0; step < tc->steps; step++) {
+    int rc = 0, logged = st.step;
+    for (int step = st.step; step < tc->steps; step++) {
         for (int b = 0; b < B; b++) {
-            size_t s = (size_t)(nawal_splitmix64(&rng) % span);
+            size_t s = (size_t)(nawal_splitmix64(&st.rng) % span);
             memcpy(in + (size_t)b * T, train + s, (size_t)T * sizeof(int32_t));
             memcpy(tg + (size_t)b * T, train + s + 1, (size_t)T * sizeof(int32_t));
         }
@@ -70,18 +80,22 @@ int nawal_train_run(nawal_gpt *m, const int32_t *train, size_t n_train, const na
             rc = -1;
             break;
         }
-        if (log && tc->log_every > 0 && ((step + 1) % tc->log_every == 0 || step == 0 || step + 1 == tc->steps)) {
+        if (log && tc->log_every > 0 && ((step + 1) % tc->log_every == 0 || step == res->start_step || step + 1 == tc->steps)) {
             double t = nawal_monotonic_s();
-            int nsteps = step == 0 ? 1 : ((step + 1) % tc->log_every == 0 ? tc->log_every : (step + 1) % tc->log_every);
             fprintf(log, "step %5d/%d  loss %.4f  lr %.2e  grad_norm %.3f  %.0f tokens/s\n", step + 1, tc->steps,
-                    loss, lr, norm, (double)nsteps * B * T / (t - tlog));
+                    loss, lr, norm, (double)(step + 1 - logged) * B * T / (t - tlog));
             fflush(log);
             tlog = t;
+            logged = step + 1;
         }
+        st.step = step + 1;
+        st.first_loss = res->first_loss;
+        st.last_loss = loss;
+        if (nawal_train_ckpt_step(tc, m, &st, id, err, errlen)) { rc = -1; break; }
     }
     m->ops->sync(m->ops);
     res->seconds = nawal_monotonic_s() - t0;
-    res->tokens_per_s = res->seconds > 0 ? (double)tc->steps * B * T / res->seconds : 0.0;
+    res->tokens_per_s = res->seconds > 0 ? (double)(tc->steps - res->start_step) * B * T / res->seconds : 0.0;
     free(in);
     free(tg);
     return rc;

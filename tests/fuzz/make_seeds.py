@@ -145,6 +145,8 @@ for t, (name, body) in MESSAGES.items():
     put("messages", "%02d_%s.bin" % (t, name), bytes([t]) + body)
 put("messages", "14_unknown_fields.bin", bytes([14]) + pv(1, 5) + pv(100, 7) + pb(101, "future") + pd(102, 1.5))
 put("messages", "15_unknown_type.bin", bytes([15]) + pv(1, 1))
+# an EvaluateResult the coordinator refuses (NaN loss, no tokens) still decodes and re-encodes the same
+put("messages", "13_evaluate_result_nan.bin", bytes([13]) + pv(1, 7) + pb(2, CID) + pf(3, float("nan")) + pv(4, 0))
 put("messages", "04_bad_wire_type.bin", bytes([4]) + pv(1, 7) + b"\x0f\x01")
 
 # envelope target: envelopes (the signature cannot be made here without a

@@ -19,6 +19,18 @@
 #include <sys/prctl.h>
 #include <sys/wait.h>
 
+/* The suite of a test file of this kind, with its globals g_root (a fresh
+ * /tmp/nawal_test_NAME.XXXXXX per test, removed after it) and g_dir (the
+ * coordinator directory g_root/coord). */
+#define COORD_PROC_SUITE(suite, name)                                                 \
+    static char g_root[128], g_dir[160];                                              \
+    static void suite##_setup(void) {                                                 \
+        coord_make_root(g_root, sizeof g_root, name);                                 \
+        snprintf(g_dir, sizeof g_dir, "%s/coord", g_root);                            \
+    }                                                                                 \
+    static void suite##_teardown(void) { coord_rm_rf(g_root); }                       \
+    TestSuite(suite, .init = suite##_setup, .fini = suite##_teardown, .timeout = 300)
+
 /* Runs a shell command line with its output appended to root/cli.log;
  * asserts exit 0 (showing the log when it is not). */
 static inline void coord_sh(const char *root, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

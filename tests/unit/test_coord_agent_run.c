@@ -7,9 +7,17 @@
  * dense safetensors delta), the new global model differs from the base,
  * the ledger verifies; and an agent that dies between its UpdateSubmit and
  * the upload (NAWAL_AGENT_TEST_CRASH=upload) and is restarted resubmits
- * from its state directory, so its update counts exactly once. */
+ * from its state directory, so its update counts exactly once; and an agent
+ * killed during a DP-SGD round's local training, right after its snapshot
+ * at step 10 of 20 (NAWAL_AGENT_TEST_CRASH=train:10), resumes from that
+ * snapshot when restarted, its update counts exactly once, its privacy
+ * budget holds exactly the 20 steps executed, and the snapshot is gone;
+ * another agent finding a damaged snapshot in its state directory says so,
+ * removes it and trains from step 0. */
 #include "coord_proc_test_util.h"
 #include "cid.h"
+
+#include <sys/stat.h>
 
 #define MODEL "1,2,32,32,257"
 #define STAKE "1000000000000"
@@ -88,30 +96,90 @@ Test(coord_agent_run, three_agents_one_round) {
     coord_sh(g_root, "%s ledger verify --dir %s", NAWAL_COORDINATOR_BIN, g_dir);
 }
 
-Test(coord_agent_run, agent_killed_mid_upload_counts_once) {
+/* ---- an agent killed and restarted ------------------------------------------- */
+
+/* A round for validators a and b (v[0], v[1]) started with ROUND_FLAGS, serve
+ * up, and b run with CRASH in its environment until it exits 3. */
+static void round_with_crash(validator v[2], serve_proc *sp, uint64_t seed, const char *round_flags, const char *crash) {
     coord_sh(g_root, "%s init --dir %s --model-config " MODEL, NAWAL_COORDINATOR_BIN, g_dir);
-    validator v[2];
-    validator_new(&v[0], "a", 11);
-    validator_new(&v[1], "b", 12);
-    coord_sh(g_root, "%s round start --dir %s --pool-planck %llu --target 2 --min 2 --deadline-s 240 --join-window-s 120 "
-             "--steps 6 --batch 4", NAWAL_COORDINATOR_BIN, g_dir, POOL);
-    serve_proc sp;
-    serve_start(&sp);
-    validator_start(&v[1], sp.port, STAKE, NULL, "NAWAL_AGENT_TEST_CRASH=upload");
+    validator_new(&v[0], "a", seed);
+    validator_new(&v[1], "b", seed + 1);
+    coord_sh(g_root, "%s round start --dir %s --pool-planck %llu --target 2 --min 2 --deadline-s 240 --join-window-s 120 %s",
+             NAWAL_COORDINATOR_BIN, g_dir, POOL, round_flags);
+    serve_start(sp);
+    validator_start(&v[1], sp->port, STAKE, NULL, crash);
     validator_expect_exit(&v[1], 3, 180);
-    validator_log_has(&v[1], "round 1: update submitted");
-    validator_start(&v[0], sp.port, STAKE, NULL, NULL);
-    validator_start(&v[1], sp.port, STAKE, NULL, NULL); /* restarted on the same state directory */
+}
+
+/* a started and b restarted on its state directory: both exit 0 with both updates in the round. */
+static void restart_both(validator v[2], const serve_proc *sp) {
+    validator_start(&v[0], sp->port, STAKE, NULL, NULL);
+    validator_start(&v[1], sp->port, STAKE, NULL, NULL);
     validator_expect_exit(&v[0], 0, 180);
     validator_expect_exit(&v[1], 0, 180);
+    for (int i = 0; i < 2; i++) validator_log_has(&v[i], "2 updates accepted (ours included)");
+}
+
+/* serve stopped; the round closed with each update recorded once; the ledger verifies. */
+static void round_closed_once(validator v[2], serve_proc *sp) {
+    serve_stop_clean(sp);
+    check_round(v, 2);
+    coord_sh(g_root, "%s ledger verify --dir %s", NAWAL_COORDINATOR_BIN, g_dir);
+}
+
+Test(coord_agent_run, agent_killed_mid_upload_counts_once) {
+    validator v[2];
+    serve_proc sp;
+    round_with_crash(v, &sp, 11, "--steps 6 --batch 4", "NAWAL_AGENT_TEST_CRASH=upload");
+    validator_log_has(&v[1], "round 1: update submitted");
+    restart_both(v, &sp);
     validator_log_has(&v[1], "round 1: resubmitting the update made earlier");
-    validator_log_has(&v[1], "2 updates accepted (ours included)");
     char *log = coord_slurp(v[1].log, NULL);
     /* trained once: the restart did not train again */
     const char *first = strstr(log, "round 1: training\n");
     cr_assert(log && first && !strstr(first + 1, "round 1: training\n"), "agent b trained twice:\n%s", log);
     free(log);
-    serve_stop_clean(&sp);
-    check_round(v, 2);
-    coord_sh(g_root, "%s ledger verify --dir %s", NAWAL_COORDINATOR_BIN, g_dir);
+    round_closed_once(v, &sp);
+}
+
+/* The "steps N" line of a validator's privacy budget file. */
+static unsigned long long budget_steps(const validator *v) {
+    char path[300];
+    snprintf(path, sizeof path, "%s/privacy_budget", v->key);
+    char *text = coord_slurp(path, NULL);
+    const char *at = text ? strstr(text, "\nsteps ") : NULL;
+    cr_assert(at, "no steps line in %s:\n%s", path, text ? text : "");
+    unsigned long long n = strtoull(at + 7, NULL, 10);
+    free(text);
+    return n;
+}
+
+Test(coord_agent_run, agent_killed_mid_training_resumes_from_its_checkpoint) {
+    validator v[2];
+    serve_proc sp;
+    round_with_crash(v, &sp, 21, "--steps 20 --batch 4 --dp --noise-multiplier 1.0", "NAWAL_AGENT_TEST_CRASH=train:10");
+    validator_log_has(&v[1], "round 1: training\n");
+    validator_log_has(&v[1], "exiting after the checkpoint at step 10");
+    char ckpt[300], junk[300];
+    snprintf(ckpt, sizeof ckpt, "%s/state/train.ckpt", v[1].key);
+    cr_assert_eq(access(ckpt, F_OK), 0, "no snapshot at %s", ckpt);
+    /* agent a starts with a damaged snapshot in its state directory */
+    snprintf(junk, sizeof junk, "%s/state", v[0].key);
+    cr_assert_eq(mkdir(junk, 0700), 0);
+    snprintf(junk, sizeof junk, "%s/state/train.ckpt", v[0].key);
+    FILE *f = fopen(junk, "w");
+    cr_assert(f && fputs("not a snapshot\n", f) >= 0 && fclose(f) == 0);
+    restart_both(v, &sp);
+    validator_log_has(&v[1], "round 1: resuming local training at step 10 of 20 from the checkpoint");
+    validator_log_has(&v[0], "round 1: checkpoint ");
+    validator_log_has(&v[0], "removed, training from step 0");
+    char *log = coord_slurp(v[0].log, NULL);
+    cr_assert(log && !strstr(log, "resuming local training"), "agent a resumed from junk:\n%s", log ? log : "");
+    free(log);
+    /* every executed step charged once: the crash came right after the snapshot, nothing ran twice */
+    cr_assert_eq(budget_steps(&v[1]), 20);
+    cr_assert_eq(budget_steps(&v[0]), 20);
+    cr_assert_neq(access(ckpt, F_OK), 0, "the snapshot outlived the update");
+    cr_assert_neq(access(junk, F_OK), 0, "the damaged snapshot was not removed");
+    round_closed_once(v, &sp);
 }

@@ -8,8 +8,9 @@
  * the next round from the same base with the same parameters; a NaN update
  * dropped and not paid; a restart mid-round (and mid-aggregation) that
  * resumes with the same absolute deadline; the CLI (init --model-config /
- * --import, round start / status / tick); and a version 1 directory
- * upgraded in place. */
+ * --import, round start / status / tick); the validators' evaluations of
+ * a closed round's model (recorded, refused with the wire's codes, their
+ * token-weighted mean); and version 1 and 2 directories upgraded in place. */
 #include "agg_test_util.h"
 #include "checkpoint.h"
 #include "coord_test_util.h"
@@ -18,6 +19,7 @@
 #include "rounds.h"
 #include "store_internal.h"
 
+#include <math.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -542,7 +544,20 @@ Test(coord_rounds, cli_init_model_round_start_status_tick) {
     cr_assert(strstr(out, "initial model"), "%s", out);
 }
 
-/* A version 1 directory (before the round machine) opens as version 2: the
+/* Runs sql (back to an older schema) on c's directory, reopens it and checks it is at the current version. */
+static void downgrade_and_reopen(ctx *c, const char *sql) {
+    char *msg = NULL;
+    cr_assert_eq(sqlite3_exec(nawal_store_db(c->s), sql, NULL, NULL, &msg), SQLITE_OK, "%s", msg);
+    nawal_store_close(c->s);
+    c->s = coord_open(g_dir);
+    sqlite3_stmt *st;
+    cr_assert_eq(sqlite3_prepare_v2(nawal_store_db(c->s), "SELECT version FROM schema_version", -1, &st, NULL), SQLITE_OK);
+    cr_assert_eq(sqlite3_step(st), SQLITE_ROW);
+    cr_assert_eq(sqlite3_column_int(st, 0), NAWAL_STORE_SCHEMA_VERSION);
+    sqlite3_finalize(st);
+}
+
+/* A version 1 directory (before the round machine) opens as version 3: the
  * new tables appear, old rounds get their deadline as the join deadline,
  * old updates count as accepted; a newer version is refused. */
 Test(coord_rounds, schema_v1_upgraded_in_place) {
@@ -563,19 +578,11 @@ Test(coord_rounds, schema_v1_upgraded_in_place) {
     cr_assert_eq(nawal_store_submission_add(c.s, &sub, err, sizeof err), 0, "%s", err);
     /* back to what version 1 had */
     static const char *const DOWN =
-        "DROP TABLE participants; DROP TABLE aggregates; DROP TABLE settings;"
+        "DROP TABLE evaluations; DROP TABLE participants; DROP TABLE aggregates; DROP TABLE settings;"
         "ALTER TABLE rounds DROP COLUMN join_deadline_ms; ALTER TABLE rounds DROP COLUMN min_stake_planck;"
         "ALTER TABLE rounds DROP COLUMN min_quality_ppm; ALTER TABLE submissions DROP COLUMN rejected;"
         "UPDATE schema_version SET version = 1;";
-    char *msg = NULL;
-    cr_assert_eq(sqlite3_exec(nawal_store_db(c.s), DOWN, NULL, NULL, &msg), SQLITE_OK, "%s", msg);
-    nawal_store_close(c.s);
-    c.s = coord_open(g_dir);
-    sqlite3_stmt *st;
-    cr_assert_eq(sqlite3_prepare_v2(nawal_store_db(c.s), "SELECT version FROM schema_version", -1, &st, NULL), SQLITE_OK);
-    cr_assert_eq(sqlite3_step(st), SQLITE_ROW);
-    cr_assert_eq(sqlite3_column_int(st, 0), NAWAL_STORE_SCHEMA_VERSION);
-    sqlite3_finalize(st);
+    downgrade_and_reopen(&c, DOWN);
     nawal_round back = get_round(&c, id);
     cr_assert_eq(back.join_deadline_ms, back.deadline_ms);
     cr_assert_eq(back.min_stake_planck, 0);
@@ -597,4 +604,92 @@ Test(coord_rounds, schema_v1_upgraded_in_place) {
     cr_assert(strstr(err, "schema version 99"), "%s", err);
     c.s = NULL;
     free(c.base);
+}
+
+/* An evaluation of round `round`'s model cid by validator who. */
+static int evaluate(ctx *c, int who, int64_t round, const uint8_t cid[32], double loss, uint64_t tokens) {
+    nawal_evaluation e = {.round_id = round, .loss = loss, .tokens = tokens, .received_ms = T0 + 99};
+    memcpy(e.validator, c->pk[who], 32);
+    memcpy(e.model_cid, cid, 32);
+    return nawal_round_evaluation_record(c->s, &e, &g_reply);
+}
+
+static nawal_evaluation_summary summary(ctx *c, int64_t round) {
+    nawal_evaluation_summary sum;
+    char err[512] = "";
+    cr_assert_eq(nawal_round_evaluation_summary(c->s, round, &sum, err, sizeof err), 0, "%s", err);
+    return sum;
+}
+
+Test(coord_rounds, evaluations_recorded_refused_and_averaged) {
+    ctx c;
+    ctx_open(&c);
+    nawal_round r;
+    cr_assert_eq(nawal_round_latest_closed(c.s, &r, NULL, 0), 0, "no closed round yet");
+    int64_t id = announce(&c, &PARAMS, T0);
+    for (int i = 0; i < 3; i++) EXPECT(join(&c, i, id, 1000, T0 + 10 + i), 0, OK);
+    /* an open round has no model to evaluate */
+    EXPECT(evaluate(&c, 0, id, c.base_cid, 2.0, 100), REFUSED, NAWAL__ERROR_CODE__ERR_WRONG_ROUND);
+    cr_assert(strstr(g_reply.text, "only a closed round"), "%s", g_reply.text);
+    for (int i = 0; i < 3; i++) EXPECT(submit(&c, i, id, 10, T0 + 1000 + i, NULL), 0, OK);
+    nawal_tick_report t = tick(&c, T0 + 2000);
+    cr_assert_eq(t.closed_round, id, "%s", t.note);
+    cr_assert_eq(nawal_round_latest_closed(c.s, &r, NULL, 0), 1);
+    cr_assert_eq(r.id, id);
+    cr_assert(r.has_model_cid);
+    nawal_evaluation_summary sum = summary(&c, id);
+    cr_assert(sum.results == 0 && sum.tokens == 0 && isnan(sum.loss), "no evaluations yet");
+
+    /* refusals: nothing recorded */
+    uint8_t other[32];
+    memcpy(other, r.model_cid, 32);
+    other[5] ^= 1;
+    EXPECT(evaluate(&c, 0, id, other, 2.0, 100), REFUSED, NAWAL__ERROR_CODE__ERR_WRONG_ROUND);
+    cr_assert(strstr(g_reply.text, "no evaluation of model"), "%s", g_reply.text);
+    EXPECT(evaluate(&c, 0, id, c.base_cid, 2.0, 100), REFUSED, NAWAL__ERROR_CODE__ERR_WRONG_ROUND); /* the base */
+    EXPECT(evaluate(&c, 0, 99, r.model_cid, 2.0, 100), REFUSED, NAWAL__ERROR_CODE__ERR_WRONG_ROUND);
+    cr_assert(strstr(g_reply.text, "no round 99"), "%s", g_reply.text);
+    EXPECT(evaluate(&c, 0, t.announced_round, r.model_cid, 2.0, 100), REFUSED, NAWAL__ERROR_CODE__ERR_WRONG_ROUND);
+    EXPECT(evaluate(&c, 0, id, r.model_cid, NAN, 100), REFUSED, NAWAL__ERROR_CODE__ERR_BAD_MESSAGE);
+    cr_assert(strstr(g_reply.text, "finite"), "%s", g_reply.text);
+    EXPECT(evaluate(&c, 0, id, r.model_cid, INFINITY, 100), REFUSED, NAWAL__ERROR_CODE__ERR_BAD_MESSAGE);
+    EXPECT(evaluate(&c, 0, id, r.model_cid, -0.5, 100), REFUSED, NAWAL__ERROR_CODE__ERR_BAD_MESSAGE);
+    EXPECT(evaluate(&c, 0, id, r.model_cid, 2.0, 0), REFUSED, NAWAL__ERROR_CODE__ERR_BAD_MESSAGE);
+    cr_assert(strstr(g_reply.text, "0 tokens"), "%s", g_reply.text);
+    EXPECT(evaluate(&c, 0, id, r.model_cid, 2.0, (uint64_t)INT64_MAX + 1), REFUSED, NAWAL__ERROR_CODE__ERR_BAD_MESSAGE);
+    EXPECT(evaluate(&c, 5, id, r.model_cid, 2.0, 100), REFUSED, NAWAL__ERROR_CODE__ERR_UNKNOWN_SENDER);
+    cr_assert_eq(summary(&c, id).results, 0, "refused evaluations leave no row");
+    cr_assert_eq(nawal_round_evaluated(c.s, id, c.pk[0]), 0);
+
+    /* accepted, once per validator; any registered validator, participant or not; loss 0 is a loss */
+    EXPECT(evaluate(&c, 0, id, r.model_cid, 2.0, 100), 0, OK);
+    EXPECT(evaluate(&c, 0, id, r.model_cid, 2.5, 100), REFUSED, NAWAL__ERROR_CODE__ERR_DUPLICATE);
+    EXPECT(evaluate(&c, 1, id, r.model_cid, 3.0, 300), 0, OK);
+    EXPECT(evaluate(&c, 3, id, r.model_cid, 0.0, 1), 0, OK);
+    cr_assert_eq(nawal_round_evaluated(c.s, id, c.pk[0]), 1);
+    cr_assert_eq(nawal_round_evaluated(c.s, id, c.pk[2]), 0);
+    sum = summary(&c, id);
+    cr_assert_eq(sum.results, 3);
+    cr_assert_eq(sum.tokens, 401);
+    cr_assert(fabs(sum.loss - (2.0 * 100 + 3.0 * 300 + 0.0) / 401) < 1e-12, "token-weighted mean %.17g", sum.loss);
+    cr_assert_eq(summary(&c, t.announced_round).results, 0);
+
+    /* kept in the directory */
+    nawal_store_close(c.s);
+    c.s = coord_open(g_dir);
+    sum = summary(&c, id);
+    cr_assert(sum.results == 3 && sum.tokens == 401);
+    EXPECT(evaluate(&c, 1, id, r.model_cid, 3.0, 300), REFUSED, NAWAL__ERROR_CODE__ERR_DUPLICATE);
+    ctx_close(&c);
+}
+
+/* A version 2 directory (before evaluations) opens as version 3 with its data. */
+Test(coord_rounds, schema_v2_upgraded_in_place) {
+    ctx c;
+    ctx_open(&c);
+    int64_t id = announce(&c, &PARAMS, T0);
+    downgrade_and_reopen(&c, "DROP TABLE evaluations; UPDATE schema_version SET version = 2;");
+    cr_assert_eq(get_round(&c, id).id, id, "the round survived the upgrade");
+    cr_assert_eq(summary(&c, id).results, 0, "the evaluations table is there");
+    ctx_close(&c);
 }

@@ -13,15 +13,19 @@
  * deadline, a round failed without joins); protocol refusals (messages
  * before authentication, a wrong nonce, an unknown message type, a replay,
  * unknown blobs, oversize and corrupt uploads, an agent refusing to upload,
- * a second session of a validator replacing the first);
- * GET /metrics read by a strict Prometheus text parser and GET /status as
- * JSON, over plaintext and TLS; a clean exit on SIGTERM. */
+ * a second session of a validator replacing the first); evaluations (the
+ * EvaluateRequest of a closed round's model before its RoundResult and
+ * after a later Auth, EvaluateResults recorded once and refused with their
+ * codes, their token-weighted mean in /status and /metrics, kept across a
+ * kill -9); GET /metrics read by a strict Prometheus text parser and
+ * GET /status as JSON, over plaintext and TLS; a clean exit on SIGTERM. */
 #include "coord_proc_test_util.h"
 #include "coord_test_util.h"
 #include "prom_test_util.h"
 #include "ws_client_test_util.h"
 
 #include <jansson.h>
+#include <math.h>
 #include <stdarg.h>
 #include <strings.h>
 #include <sys/stat.h>
@@ -657,5 +661,198 @@ Test(coord_serve, deadlines_close_and_fail_rounds) {
     cr_assert_eq(metric(pg, "nawal_rounds_failed_total", NULL, NULL), 1);
     free(pg);
     agent_free(&a);
+    serve_stop_clean(&sp);
+}
+
+/* ---- evaluations ---------------------------------------------------------------- */
+
+/* The round's RoundResult (its new model in model), which the EvaluateRequest of that model preceded. */
+static void expect_evaluate_request(agent *x, uint64_t round, uint8_t model[32]) {
+    in_msg m = agent_next(x, MSG(ROUND_RESULT), 60);
+    Nawal__RoundResult *rr = unpack(&m);
+    cr_assert_eq(rr->round_id, round);
+    cr_assert_eq(rr->new_model_cid.len, 32);
+    memcpy(model, rr->new_model_cid.data, 32);
+    nawal_msg_free(&rr->base);
+    free(m.payload);
+    int queued = 0;
+    for (int i = 0; i < x->nq; i++) queued += x->q[i].type == MSG(EVALUATE_REQUEST);
+    cr_assert_eq(queued, 1, "%d EvaluateRequests came before the RoundResult, not one", queued);
+    m = agent_next(x, MSG(EVALUATE_REQUEST), 1);
+    Nawal__EvaluateRequest *q = unpack(&m);
+    cr_assert_eq(q->round_id, round);
+    cr_assert(q->model_cid.len == 32 && !memcmp(q->model_cid.data, model, 32), "the request names the new model");
+    nawal_msg_free(&q->base);
+    free(m.payload);
+}
+
+/* No EvaluateRequest queued (after a handshake: it would precede the RoundAnnounce). */
+static int evaluate_requests_queued(const agent *x) {
+    int n = 0;
+    for (int i = 0; i < x->nq; i++) n += x->q[i].type == MSG(EVALUATE_REQUEST);
+    return n;
+}
+
+/* sum(loss x tokens) / sum(tokens) over the evaluations table's rows of a round, read here; *rows gets their count. */
+static double rows_mean(int64_t round, int *rows, int64_t *tokens) {
+    nawal_store *s = NULL;
+    char err[512] = "";
+    cr_assert_eq(nawal_store_open(&s, g_dir, NAWAL_STORE_OPEN_PUBLIC_ONLY, err, sizeof err), 0, "%s", err);
+    sqlite3_stmt *st;
+    cr_assert_eq(sqlite3_prepare_v2(nawal_store_db(s), "SELECT loss, tokens FROM evaluations WHERE round_id = ?1", -1,
+                                    &st, NULL), SQLITE_OK);
+    sqlite3_bind_int64(st, 1, round);
+    double num = 0, den = 0;
+    *rows = 0;
+    *tokens = 0;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        num += sqlite3_column_double(st, 0) * (double)sqlite3_column_int64(st, 1);
+        den += (double)sqlite3_column_int64(st, 1);
+        *tokens += sqlite3_column_int64(st, 1);
+        (*rows)++;
+    }
+    sqlite3_finalize(st);
+    nawal_store_close(s);
+    return *rows ? num / den : NAN;
+}
+
+/* /status's last_ended.federated_val and /metrics' gauges against the rows of round 1. */
+static void check_federated_val(int port, int want_rows) {
+    int rows;
+    int64_t tokens;
+    double mean = rows_mean(1, &rows, &tokens);
+    cr_assert_eq(rows, want_rows);
+    json_t *j = status_get(port, 0);
+    cr_assert_eq(jint(j, "last_ended", "id"), 1);
+    json_t *fv = json_object_get(json_object_get(j, "last_ended"), "federated_val");
+    cr_assert(json_is_object(fv), "/status: last_ended.federated_val is not an object");
+    cr_assert_eq(json_integer_value(json_object_get(fv, "results")), want_rows);
+    cr_assert_eq(json_integer_value(json_object_get(fv, "tokens")), tokens);
+    double got = json_real_value(json_object_get(fv, "loss"));
+    cr_assert(fabs(got - mean) <= 1e-12 * mean, "/status mean %.17g, rows' token-weighted mean %.17g", got, mean);
+    cr_assert(json_is_null(json_object_get(json_object_get(j, "round"), "federated_val")), "an open round has none");
+    json_decref(j);
+    prom_page *pg = malloc(sizeof *pg);
+    metrics_get(port, 0, pg);
+    cr_assert_eq(metric(pg, "nawal_federated_val_round", NULL, NULL), 1);
+    cr_assert_eq(metric(pg, "nawal_federated_val_results", NULL, NULL), want_rows);
+    got = metric(pg, "nawal_federated_val_loss", NULL, NULL);
+    cr_assert(fabs(got - mean) <= 1e-12 * mean, "/metrics mean %.17g, rows' %.17g", got, mean);
+    free(pg);
+}
+
+/* EvaluateRequest when a round closes (before its RoundResult) and after a later Auth; EvaluateResults
+ * recorded once per validator, refused with the wire's codes; /status and /metrics; a restart keeps them. */
+Test(coord_serve, evaluations_requested_recorded_refused_and_kept) {
+    coord_setup(MODEL_SMALL, "", 2, 600);
+    serve_proc sp;
+    serve_start(&sp, "--insecure-plaintext");
+    agent a, b;
+    agent_connect(&a, 'A', sp.port, NULL, 0);
+    Nawal__RoundAnnounce *ra = handshake(&a, 1);
+    uint8_t base[32];
+    memcpy(base, ra->base_model_cid.data, 32);
+    nawal_msg_free(&ra->base);
+    cr_assert_eq(evaluate_requests_queued(&a), 0, "nothing to evaluate before a round closed");
+    agent_connect(&b, 'B', sp.port, NULL, 0);
+    ra = handshake(&b, 1);
+    nawal_msg_free(&ra->base);
+
+    /* before any round closed */
+    send_eval_result(&a, 1, base, 32, 2.0f, 100);
+    expect_error_saying(&a, ERRC(WRONG_ROUND), "only a closed round");
+
+    /* round 1 closes: both are asked about its new model */
+    char base_path[300], da[300], db[300];
+    path_in_root(base_path, sizeof base_path, "base.safetensors");
+    path_in_root(da, sizeof da, "delta_a.safetensors");
+    path_in_root(db, sizeof db, "delta_b.safetensors");
+    expect_ack(&a, send_join(&a, 1, 20000000000000000ull));
+    expect_ack(&b, send_join(&b, 1, 1000000000000000ull));
+    download(&a, base, base_path);
+    uint8_t dcid[32];
+    make_delta(base_path, da, 1, dcid);
+    make_delta(base_path, db, 2, dcid);
+    expect_ack(&a, submit(&a, 1, base, da, 0.8f, 0));
+    expect_ack(&b, submit(&b, 1, base, db, 0.7f, 0));
+    uint8_t model[32], model_b[32];
+    expect_evaluate_request(&a, 1, model);
+    expect_evaluate_request(&b, 1, model_b);
+    cr_assert(!memcmp(model, model_b, 32));
+
+    /* refusals, each with its code; the connection stays */
+    uint8_t other[32];
+    memcpy(other, model, 32);
+    other[0] ^= 1;
+    send_eval_result(&a, 1, other, 32, 2.0f, 100);
+    expect_error_saying(&a, ERRC(WRONG_ROUND), "no evaluation of model");
+    send_eval_result(&a, 99, model, 32, 2.0f, 100);
+    expect_error_saying(&a, ERRC(WRONG_ROUND), "no round 99");
+    send_eval_result(&a, 2, model, 32, 2.0f, 100); /* the open round */
+    expect_error(&a, ERRC(WRONG_ROUND));
+    send_eval_result(&a, 1, model, 31, 2.0f, 100);
+    expect_error_saying(&a, ERRC(BAD_MESSAGE), "32 bytes");
+    send_eval_result(&a, 1, model, 32, NAN, 100);
+    expect_error_saying(&a, ERRC(BAD_MESSAGE), "finite");
+    send_eval_result(&a, 1, model, 32, INFINITY, 100);
+    expect_error(&a, ERRC(BAD_MESSAGE));
+    send_eval_result(&a, 1, model, 32, -1.0f, 100);
+    expect_error_saying(&a, ERRC(BAD_MESSAGE), ">= 0");
+    send_eval_result(&a, 1, model, 32, 2.0f, 0);
+    expect_error_saying(&a, ERRC(BAD_MESSAGE), "0 tokens");
+    /* an agent that cannot evaluate says so: logged, nothing else */
+    Nawal__Error e = NAWAL__ERROR__INIT;
+    e.code = ERRC(INTERNAL);
+    e.text = "cannot evaluate: no validation split";
+    agent_send(&a, MSG(ERROR), &e.base);
+
+    /* recorded once per validator */
+    expect_ack(&a, send_eval_result(&a, 1, model, 32, 2.5f, 1000));
+    send_eval_result(&a, 1, model, 32, 2.5f, 1000);
+    expect_error_saying(&a, ERRC(DUPLICATE), "already sent its evaluation");
+    expect_ack(&b, send_eval_result(&b, 1, model, 32, 3.25f, 3000));
+    check_federated_val(sp.port, 2);
+    prom_page *pg = malloc(sizeof *pg);
+    metrics_get(sp.port, 0, pg);
+    cr_assert_eq(metric(pg, "nawal_errors_sent_total", "code", "ERR_DUPLICATE"), 1);
+    cr_assert_eq(metric(pg, "nawal_errors_sent_total", "code", "ERR_WRONG_ROUND"), 4);
+    cr_assert_eq(metric(pg, "nawal_errors_sent_total", "code", "ERR_BAD_MESSAGE"), 5);
+    cr_assert_eq(metric(pg, "nawal_messages_received_total", "type", "MSG_EVALUATE_RESULT"), 12);
+    free(pg);
+    char *log = coord_slurp(sp.log, NULL);
+    cr_assert(log && strstr(log, "event=agent_error") && strstr(log, "no validation split"), "%s", log ? log : "");
+    free(log);
+
+    /* kill -9 and a restart: the rows stay, a duplicate is still one, an answered validator is not asked again */
+    int st = serve_stop(&sp, SIGKILL);
+    cr_assert(WIFSIGNALED(st));
+    agent_free(&a);
+    agent_free(&b);
+    serve_start(&sp, "--insecure-plaintext");
+    check_federated_val(sp.port, 2);
+    agent_connect(&a, 'A', sp.port, NULL, 0);
+    ra = handshake(&a, 1);
+    cr_assert_eq(ra->round_id, 2);
+    nawal_msg_free(&ra->base);
+    cr_assert_eq(evaluate_requests_queued(&a), 0, "A answered round 1's request: not asked again");
+    send_eval_result(&a, 1, model, 32, 2.5f, 1000);
+    expect_error(&a, ERRC(DUPLICATE));
+
+    /* a validator that has not answered is asked after its Auth, before the RoundAnnounce */
+    cli("validator add --dir %s --pubkey %s --stake 1000000000000000", g_dir, fp_of('D'));
+    agent d;
+    agent_connect(&d, 'D', sp.port, NULL, 0);
+    ra = handshake(&d, 1);
+    nawal_msg_free(&ra->base);
+    cr_assert_eq(evaluate_requests_queued(&d), 1);
+    in_msg m = agent_next(&d, MSG(EVALUATE_REQUEST), 1);
+    Nawal__EvaluateRequest *q = unpack(&m);
+    cr_assert(q->round_id == 1 && q->model_cid.len == 32 && !memcmp(q->model_cid.data, model, 32));
+    nawal_msg_free(&q->base);
+    free(m.payload);
+    expect_ack(&d, send_eval_result(&d, 1, model, 32, 1.75f, 500));
+    check_federated_val(sp.port, 3);
+    agent_free(&a);
+    agent_free(&d);
     serve_stop_clean(&sp);
 }

@@ -7,12 +7,21 @@
  * base, recomputed here from the blobs (codec frames decoded with
  * nawal_delta_decode, models flattened in proto/flat_model.h's order,
  * weights = the examples recorded in the database), in double precision,
- * within aggregate.h's error bound. */
+ * within aggregate.h's error bound; and the validators' evaluations: after
+ * each round, every agent's EvaluateResult of the new model is recorded,
+ * its loss equal (1e-5 relative) to the model's loss computed here with the
+ * model code on the same file and the same validation tokens (the agent's
+ * data, byte-level, its last 10%, at most 32 windows), and the printed
+ * "fed val" column is the rows' token-weighted mean. */
 #include "coord_test_util.h"
+#include "checkpoint.h"
 #include "cid.h"
+#include "corpus.h"
 #include "delta_codec.h"
 #include "flat_model.h"
+#include "rounds.h"
 #include "safetensors.h"
+#include "trainer.h"
 
 #include <math.h>
 #include <openssl/pem.h>
@@ -21,6 +30,7 @@
 
 #define MODEL "1,2,32,32,257"
 #define POOL 100000000000000ull /* sim's pool per round (100 DALLA) */
+#define EVAL_WINDOWS 32         /* validation windows an agent evaluates (agent/evaluate.h) */
 
 static char g_root[128];
 
@@ -127,6 +137,84 @@ static void check_payouts(nawal_store *s, int64_t round_id) {
     nawal_ledger_record_free(&rec);
 }
 
+/* The loss of the model file at path on the validation split of the text file data, computed here:
+ * byte-level tokens, the corpus's last 10% (corpus.h), at most EVAL_WINDOWS windows of the context. */
+static double val_loss_here(const char *path, const char *data, uint64_t *tokens) {
+    char err[512] = "";
+    nawal_tokenizer *tok = NULL;
+    nawal_corpus c = {0};
+    nawal_gpt *m = NULL;
+    cr_assert_eq(nawal_tokenizer_new_byte(&tok), 0);
+    cr_assert_eq(nawal_corpus_load(&c, data, tok, 0, err, sizeof err), 0, "%s: %s", data, err);
+    cr_assert_eq(nawal_model_file_load(&m, nawal_ops_cpu(1), path, 4, err, sizeof err), 0, "%s: %s", path, err);
+    size_t n_val = c.n_tokens - c.n_train, cap = (size_t)EVAL_WINDOWS * (size_t)m->cfg.n_ctx + 1, np = 0;
+    double loss = NAN;
+    cr_assert_eq(nawal_eval_tokens(m, c.tokens + c.n_train, n_val < cap ? n_val : cap, &loss, &np, err, sizeof err), 0,
+                 "%s", err);
+    *tokens = np;
+    nawal_gpt_free(m);
+    nawal_corpus_free(&c);
+    nawal_tokenizer_free(tok);
+    return loss;
+}
+
+/* Round round_id's evaluations: one row per validator of the federation in fed, of the round's new model,
+ * each loss as computed here; returns the rows' token-weighted mean. */
+static double check_evaluations(nawal_store *s, const char *fed, int64_t round_id) {
+    char err[512] = "", path[4096];
+    nawal_round r;
+    cr_assert_eq(nawal_store_round_get(s, round_id, &r, err, sizeof err), 0, "%s", err);
+    blob_path(s, r.model_cid, path, sizeof path);
+    double num = 0, den = 0;
+    for (int i = 0; i < 3; i++) {
+        char pub[300], data[300];
+        snprintf(pub, sizeof pub, "%s/validators/%d/identity.pub", fed, i);
+        snprintf(data, sizeof data, "%s/validators/%d/data.txt", fed, i);
+        char *hex = coord_slurp(pub, NULL);
+        cr_assert(hex, "%s", pub);
+        hex[64] = 0;
+        uint8_t pk[32];
+        cr_assert_eq(nawal_pubkey_from_hex(pk, hex, NULL, 0), 0);
+        free(hex);
+        sqlite3_stmt *st;
+        cr_assert_eq(sqlite3_prepare_v2(nawal_store_db(s), "SELECT loss, tokens, model_cid FROM evaluations"
+                                        " WHERE round_id = ?1 AND validator = ?2", -1, &st, NULL), SQLITE_OK);
+        sqlite3_bind_int64(st, 1, round_id);
+        sqlite3_bind_blob(st, 2, pk, 32, SQLITE_STATIC);
+        cr_assert_eq(sqlite3_step(st), SQLITE_ROW, "round %lld: no evaluation from validator %d", (long long)round_id, i);
+        double loss = sqlite3_column_double(st, 0);
+        uint64_t tokens = (uint64_t)sqlite3_column_int64(st, 1);
+        cr_assert(sqlite3_column_bytes(st, 2) == 32 && !memcmp(sqlite3_column_blob(st, 2), r.model_cid, 32),
+                  "round %lld: validator %d evaluated another model", (long long)round_id, i);
+        cr_assert_eq(sqlite3_step(st), SQLITE_DONE);
+        sqlite3_finalize(st);
+        uint64_t want_tokens;
+        double want = val_loss_here(path, data, &want_tokens);
+        cr_assert_eq(tokens, want_tokens, "round %lld, validator %d: %llu tokens, %llu here", (long long)round_id, i,
+                     (unsigned long long)tokens, (unsigned long long)want_tokens);
+        cr_assert(fabs(loss - want) <= 1e-5 * want, "round %lld, validator %d: loss %.9g, %.9g here", (long long)round_id,
+                  i, loss, want);
+        num += loss * (double)tokens;
+        den += (double)tokens;
+    }
+    nawal_evaluation_summary sum;
+    cr_assert_eq(nawal_round_evaluation_summary(s, round_id, &sum, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(sum.results, 3, "round %lld: %llu evaluations", (long long)round_id, (unsigned long long)sum.results);
+    cr_assert(fabs(sum.loss - num / den) <= 1e-12 * sum.loss, "summary %.17g, rows %.17g", sum.loss, num / den);
+    return num / den;
+}
+
+/* The "fed val" column of round's printed line (NAN when "-" or absent). */
+static double printed_fed_val(const char *out, int round) {
+    for (const char *l = out; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
+        int r = 0;
+        char part[32], tl[32], vl[32], fv[32];
+        if (sscanf(l, "%d %31s %31s %31s %31s", &r, part, tl, vl, fv) == 5 && r == round && !strcmp(part, "3/3"))
+            return strcmp(fv, "-") ? strtod(fv, NULL) : NAN;
+    }
+    return NAN;
+}
+
 /* The printed line of a round: "    R           3/3  ..." */
 static int round_line(const char *out, int round) {
     for (const char *l = out; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
@@ -159,6 +247,9 @@ Test(coord_sim, three_agents_two_rounds_tls) {
     cr_assert(!round_line(out, 3), "a third round printed:\n%s", out);
     cr_assert(strstr(out, "ledger ok: 2 records"), "%s", out);
     cr_assert(strstr(out, "wss://127.0.0.1:"), "not TLS:\n%s", out);
+    cr_assert(strstr(out, "fed val"), "no fed val column:\n%s", out);
+    double fed_val[3] = {NAN, printed_fed_val(out, 1), printed_fed_val(out, 2)};
+    cr_assert(isfinite(fed_val[1]) && isfinite(fed_val[2]), "fed val missing:\n%s", out);
     free(out);
 
     /* TLS material: a certificate naming 127.0.0.1 */
@@ -186,6 +277,11 @@ Test(coord_sim, three_agents_two_rounds_tls) {
     cr_assert_eq(nawal_store_round_get(s, 1, &r1, err, sizeof err), 0, "%s", err);
     cr_assert_eq(nawal_store_round_get(s, 2, &r2, err, sizeof err), 0, "%s", err);
     cr_assert(nawal_cid_equal(r2.base_cid, r1.model_cid), "round 2 starts from round 1's model");
+    for (int k = 1; k <= 2; k++) {
+        double mean = check_evaluations(s, fed, k);
+        cr_assert(fabs(fed_val[k] - mean) <= 5.1e-5, "round %d: fed val printed %.4f, rows' mean %.9g", k, fed_val[k],
+                  mean);
+    }
     nawal_store_close(s);
 }
 

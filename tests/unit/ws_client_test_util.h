@@ -3,7 +3,7 @@
  * test_coord_forged.c), written on proto/'s transport client, envelopes and
  * blob streaming: connect, Hello/Challenge/Auth, Join, download a blob with
  * its CID checked, submit an update and serve the coordinator's BlobRequest
- * for the delta, and wait for the coordinator's messages (Ack, Error,
+ * for the delta, answer an EvaluateRequest, and wait for the coordinator's messages (Ack, Error,
  * RoundAnnounce, RoundResult...). Everything asserts through Criterion, on
  * the test's main thread. */
 #ifndef NAWAL_WS_CLIENT_TEST_UTIL_H
@@ -311,6 +311,18 @@ static inline uint64_t send_join(agent *a, uint64_t round, uint64_t stake) {
     j.round_id = round;
     j.stake_planck = stake;
     return agent_send(a, MSG(JOIN), &j.base);
+}
+
+/* An EvaluateResult for round's model (cid_len bytes of cid); returns its sequence. */
+static inline uint64_t send_eval_result(agent *a, uint64_t round, const uint8_t *cid, size_t cid_len, float loss,
+                                        uint64_t tokens) {
+    Nawal__EvaluateResult r = NAWAL__EVALUATE_RESULT__INIT;
+    r.round_id = round;
+    r.model_cid.data = (uint8_t *)cid;
+    r.model_cid.len = cid_len;
+    r.loss = loss;
+    r.tokens = tokens;
+    return agent_send(a, MSG(EVALUATE_RESULT), &r.base);
 }
 
 /* Downloads cid into path; returns its size. */

@@ -1,0 +1,29 @@
+/* train_ckpt.h - what the training loops (trainer.c, dp_train.c) do with
+ * tc->ckpt (trainer.h): at the start, resume from the snapshot at
+ * ckpt->path when it is a valid one of this run, or say why it was refused
+ * and start at step 0; after each step, write a snapshot (train_state.h)
+ * when one is due and tell the caller. */
+#ifndef NAWAL_TRAIN_CKPT_H
+#define NAWAL_TRAIN_CKPT_H
+
+#include "train_state.h"
+
+#include <stdio.h>
+
+/* With tc->ckpt: computes the run's identity into id (extra: the loop's own
+ * parameters, see nawal_train_state_id) and, with ckpt->resume, loads the
+ * snapshot into m and *st (whose kind and steps must be set). Returns 1
+ * when the run resumes (RESUMED notified), 0 when it starts at step 0 (no
+ * ckpt, no file, or a refused one: REFUSED notified), -1 on an error. The
+ * notifications go to log when ckpt->notify is NULL. */
+int nawal_train_ckpt_begin(const nawal_train_config *tc, nawal_gpt *m, const int32_t *train, size_t n_train,
+                           const void *extra, size_t extra_len, nawal_train_state *st, uint8_t id[32], FILE *log,
+                           char *err, size_t errlen);
+
+/* After a step, st->step steps done: with tc->ckpt, writes the snapshot
+ * when ckpt->every divides st->step or it was the run's last step, and
+ * notifies SAVED. 0, or -1 when it cannot be written. */
+int nawal_train_ckpt_step(const nawal_train_config *tc, const nawal_gpt *m, const nawal_train_state *st,
+                          const uint8_t id[32], char *err, size_t errlen);
+
+#endif
