@@ -299,7 +299,7 @@ int bench_aggregate(int argc, char **argv) {
             memset(m2, 2, MEMCPY_BYTES);
         }
     }
-    nawal_fedavg_options o = {threads, 0, copy};
+    nawal_fedavg_options o = {threads, 0, copy, 0};
     double agg[MAX_REPEATS], tot[MAX_REPEATS], mc1[MAX_REPEATS], mcn[MAX_REPEATS], cagg[MAX_REPEATS], ctot[MAX_REPEATS];
     for (int r = 0; rc == 0 && r < repeats; r++) {
         mc1[r] = bench_memcpy(m2, m1, 1, 3);

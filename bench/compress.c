@@ -119,7 +119,7 @@ int bench_compress(int argc, char **argv) {
         double t1 = bench_now_s();
         int rc = nawal_delta_decode(out, n, f, flen, err, sizeof err);
         double t2 = bench_now_s();
-        if (rc == 0) rc = nawal_delta_accumulate(out, n, 0.5f, f, flen, err, sizeof err);
+        if (rc == 0) rc = nawal_delta_accumulate(out, NULL, n, 0.5f, f, flen, err, sizeof err);
         double t3 = bench_now_s();
         free(f);
         if (rc) {

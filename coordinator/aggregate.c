@@ -393,6 +393,8 @@ typedef struct {
     size_t *tensor_off; /* base tensor -> first float in acc */
     size_t n_floats;
     float *acc;         /* the weighted mean of the live updates' deltas */
+    int per_entry;      /* fedavg-sparse: each entry's mean over the updates that send it */
+    float *wsum;        /* per_entry: the frames' weight on each entry */
     work_item *items;   /* windows of the current pass */
     size_t n_items, cap_items;
     float *tbuf;        /* threads x chunk, for sources that cannot be viewed */
@@ -418,6 +420,8 @@ static void fedavg_reset(fedavg *f) {
     free(f->members);
     free(f->tensor_off);
     free(f->acc);
+    free(f->wsum);
+    f->wsum = NULL;
     free(f->items);
     free(f->tbuf);
     f->members = NULL;
@@ -450,7 +454,8 @@ static int fedavg_begin(nawal_aggregator *a, nawal_tensor_source *base, char *er
         madvise(acc, acc_bytes, MADV_HUGEPAGE);
     f->acc = acc;
     f->tbuf = alloc_aligned((size_t)f->threads * f->chunk * sizeof(float));
-    if (!f->tensor_off || !f->acc || !f->tbuf) {
+    if (f->per_entry) f->wsum = alloc_aligned(acc_bytes ? acc_bytes : 64);
+    if (!f->tensor_off || !f->acc || !f->tbuf || (f->per_entry && !f->wsum)) {
         fedavg_reset(f);
         return nawal_fail(err, errlen, "out of memory for a %zu-float accumulator", total);
     }
@@ -648,11 +653,13 @@ static int fedavg_frames(fedavg *f, const size_t *live, size_t nf, const float *
     for (size_t k = 0; k < f->n_items; k++) {
         const work_item *w = &f->items[k];
         memset(f->acc + f->tensor_off[w->t] + w->first, 0, w->count * sizeof(float));
+        if (f->wsum) memset(f->wsum + f->tensor_off[w->t] + w->first, 0, w->count * sizeof(float));
     }
     for (size_t q = 0; q < nf; q++) {
         member *m = &f->members[live[q]];
         char e[NAWAL_AGG_REASON_BYTES];
-        int rc = nawal_delta_accumulate(f->acc, f->n_floats, c[q], m->frame->bytes, m->frame->len, e, sizeof e);
+        int rc = nawal_delta_accumulate(f->acc, f->wsum, f->n_floats, c[q], m->frame->bytes, m->frame->len, e,
+                                        sizeof e);
         if (rc == 0) {
             frame_release(m->frame);
             continue;
@@ -664,6 +671,22 @@ static int fedavg_frames(fedavg *f, const size_t *live, size_t nf, const float *
         break;
     }
     return 0;
+}
+
+/* fedavg-sparse: acc[e] /= (the frames' weight on e + dense), dense = the
+ * dense updates' total weight (they send every entry); 0 where no update
+ * sends e. Every entry's divisor is a sum of the same c's as its numerator. */
+static void fedavg_per_entry(fedavg *f, float dense) {
+    #pragma omp parallel for num_threads(f->threads) schedule(static)
+    for (size_t k = 0; k < f->n_items; k++) {
+        const work_item *w = &f->items[k];
+        float *acc = f->acc + f->tensor_off[w->t] + w->first;
+        const float *ws = f->wsum + f->tensor_off[w->t] + w->first;
+        for (size_t i = 0; i < w->count; i++) {
+            float den = ws[i] + dense;
+            acc[i] = den > 0.0f ? acc[i] / den : 0.0f;
+        }
+    }
 }
 
 /* Combines the live updates into acc: passes until one finds no bad value,
@@ -708,7 +731,14 @@ static int fedavg_combine(fedavg *f, char *err, size_t errlen) {
                 m->rejected = 1;
                 again = 1;
             }
-        if (!again) break;
+        if (!again) {
+            if (f->per_entry && nf) {
+                float dense = 0.0f;
+                for (size_t q = nf; q < nl; q++) dense += c[q];
+                fedavg_per_entry(f, dense);
+            }
+            break;
+        }
     }
     free(live);
     free(c);
@@ -787,13 +817,14 @@ static void fedavg_destroy(nawal_aggregator *a) {
 
 int nawal_fedavg_create(nawal_aggregator **out, const nawal_fedavg_options *o, char *err, size_t errlen) {
     *out = NULL;
-    nawal_fedavg_options def = {0, 0, 0};
+    nawal_fedavg_options def = {0, 0, 0, 0};
     if (!o) o = &def;
     size_t chunk = o->chunk ? o->chunk : NAWAL_AGG_DEFAULT_CHUNK;
     if (chunk > ((size_t)1 << 24)) return nawal_fail(err, errlen, "fedavg: chunk of %zu floats is too large", chunk);
     fedavg *f = calloc(1, sizeof *f);
     if (!f) return nawal_fail(err, errlen, "out of memory");
-    f->pub.name = "fedavg";
+    f->pub.name = o->per_entry ? "fedavg-sparse" : "fedavg";
+    f->per_entry = o->per_entry;
     f->pub.begin = fedavg_begin;
     f->pub.add = fedavg_add;
     f->pub.add_frame = fedavg_add_frame;
@@ -811,11 +842,12 @@ int nawal_fedavg_create(nawal_aggregator **out, const nawal_fedavg_options *o, c
 
 int nawal_aggregator_create(nawal_aggregator **out, const char *strategy, int threads, char *err, size_t errlen) {
     *out = NULL;
-    if (!strategy || !strcmp(strategy, "fedavg")) {
-        nawal_fedavg_options o = {threads, 0, 0};
+    int sparse = strategy && !strcmp(strategy, "fedavg-sparse");
+    if (!strategy || !strcmp(strategy, "fedavg") || sparse) {
+        nawal_fedavg_options o = {threads, 0, 0, sparse};
         return nawal_fedavg_create(out, &o, err, errlen);
     }
-    return nawal_fail(err, errlen, "unknown aggregation strategy '%s' (known: fedavg)", strategy);
+    return nawal_fail(err, errlen, "unknown aggregation strategy '%s' (known: fedavg, fedavg-sparse)", strategy);
 }
 
 void nawal_aggregator_destroy(nawal_aggregator *a) {

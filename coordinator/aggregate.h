@@ -64,6 +64,19 @@
  * is deterministic: it depends on the updates and their order, not on the
  * thread count or chunking (each element's arithmetic is the same).
  *
+ * fedavg-sparse (option per_entry): the same, except that each entry is
+ * the weighted mean over the updates that send it: a top-k frame speaks
+ * for the entries it sends only, so
+ *     new[e] = base[e] + sum_{i sends e} w_i d_i[e] / sum_{i sends e} w_i
+ * (dense updates send every entry; an entry nobody sends stays at base).
+ * With dense updates only it is FedAvg. With top-k frames it does not
+ * shrink an entry one validator sent by the share of those that did not
+ * (plain FedAvg moves an entry sent by one of N equal validators by 1/N
+ * of its value, though that validator's error feedback counts it as
+ * delivered): on long runs of short rounds it gets a 1% top-k federation
+ * much closer to the dense run (bench/RESULTS.md). It costs a second
+ * model-sized fp32 buffer (the frames' weight on each entry).
+ *
  * Mapped reads: a delta file that shrinks while mapped, or a disk read
  * error on a mapped page, raises SIGBUS instead of an error return. Blobs
  * are never truncated in place (written aside and renamed), and the deltas
@@ -202,11 +215,12 @@ typedef struct {
     int threads;  /* <= 0: OpenMP's default */
     size_t chunk; /* floats per window (0: NAWAL_AGG_DEFAULT_CHUNK) */
     int no_view;  /* always read (copy), never view: for tests and comparisons */
+    int per_entry; /* "fedavg-sparse": see above */
 } nawal_fedavg_options;
 
 int nawal_fedavg_create(nawal_aggregator **out, const nawal_fedavg_options *o, char *err, size_t errlen);
 
-/* By name: "fedavg" (the only one so far). */
+/* By name: "fedavg" or "fedavg-sparse". */
 int nawal_aggregator_create(nawal_aggregator **out, const char *strategy, int threads, char *err, size_t errlen);
 void nawal_aggregator_destroy(nawal_aggregator *a); /* NULL is fine */
 

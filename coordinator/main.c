@@ -452,7 +452,7 @@ static int cmd_round_tick(int argc, char **argv) {
     nawal_flag flags[] = {
         {"dir", NAWAL_FLAG_STR, &dir, "coordinator directory", 1, 0, 1, 0},
         {"threads", NAWAL_FLAG_INT, &threads, "aggregation threads (0 = all cores)", 0, 4096, 0, 0},
-        {"strategy", NAWAL_FLAG_STR, &strategy, "aggregation strategy (fedavg)", 1, 0, 0, 0},
+        {"strategy", NAWAL_FLAG_STR, &strategy, "aggregation strategy: fedavg | fedavg-sparse", 1, 0, 0, 0},
     };
     int rc = parsed(nawal_flags_parse(argc, argv, flags, NFLAGS(flags),
                                       "usage: nawal-coordinator round tick --dir D [--threads N]\n\n"
@@ -496,7 +496,7 @@ static int cmd_serve(int argc, char **argv) {
         {"keepalive-s", NAWAL_FLAG_INT, &keepalive_s, "PING a peer silent for this many seconds; drop it after 3x that without a PONG", 1, 21845, 0, 0},
         {"log-level", NAWAL_FLAG_STR, &level, "debug|info|warn|error: key=value lines on stderr", 1, 0, 0, 0},
         {"threads", NAWAL_FLAG_INT, &threads, "aggregation threads (0 = all cores)", 0, 4096, 0, 0},
-        {"strategy", NAWAL_FLAG_STR, &strategy, "aggregation strategy", 1, 0, 0, 0},
+        {"strategy", NAWAL_FLAG_STR, &strategy, "aggregation strategy: fedavg | fedavg-sparse", 1, 0, 0, 0},
     };
     int rc = parsed(nawal_flags_parse(argc, argv, flags, NFLAGS(flags),
                                       "usage: nawal-coordinator serve --dir D --listen HOST:PORT [--cert F --key F | --insecure-plaintext]\n"

@@ -434,7 +434,7 @@ static int print_round_line(const char *coord, int64_t id, const round_stat *st,
 /* ---- the command ------------------------------------------------------------------- */
 
 typedef struct {
-    const char *data, *dir, *model, *device;
+    const char *data, *dir, *model, *device, *strategy;
     int validators, rounds, steps, batch, dp, plaintext, threads, deadline_s;
     float lr, topk, epsilon, delta;
 } sim_opts;
@@ -634,8 +634,8 @@ static int run_sim(const sim_opts *o) {
     memset(&serve, 0, sizeof serve);
     {
         char *argv[] = {coord_bin, "serve", "--dir", coord, "--listen", "127.0.0.1:0", "--threads", "1",
-                        "--insecure-plaintext", NULL};
-        if (!o->plaintext) argv[8] = NULL;
+                        "--strategy", (char *)o->strategy, "--insecure-plaintext", NULL};
+        if (!o->plaintext) argv[10] = NULL;
         if (!st || spawn(&serve, "serve", lr.path, argv)) goto stop;
     }
     for (double t0 = now_s(); !port; sleep_ms(50)) {
@@ -654,8 +654,9 @@ static int run_sim(const sim_opts *o) {
     snprintf(url, sizeof url, "%s://127.0.0.1:%d", o->plaintext ? "ws" : "wss", port);
     snprintf(rounds_s, sizeof rounds_s, "%d", o->rounds);
     snprintf(threads_s, sizeof threads_s, "%d", o->threads);
-    printf("coordinator %.16s listening on %s; %d agents, %d rounds of %d steps x batch %d, top-k %g, %s\n", coord_hex,
-           url, o->validators, o->rounds, o->steps, o->batch, (double)o->topk, o->dp ? "DP-SGD" : "no DP");
+    printf("coordinator %.16s listening on %s; %d agents, %d rounds of %d steps x batch %d, top-k %g, %s, %s\n",
+           coord_hex, url, o->validators, o->rounds, o->steps, o->batch, (double)o->topk, o->strategy,
+           o->dp ? "DP-SGD" : "no DP");
     for (int i = 0; i < o->validators; i++) {
         char kdir[PATH_MAX], data[PATH_MAX], log[PATH_MAX], name[32];
         path_fmt(kdir, sizeof kdir, "%s/validators/%d", dir, i);
@@ -755,7 +756,7 @@ stop:
 }
 
 int nawal_cmd_sim(int argc, char **argv) {
-    sim_opts o = {NULL, NULL, "2,4,64,64,257", "cpu", 3, 3, 40, 8, 0, 0, 1, 600, 3e-3f, 0.01f, 0.0f, 1e-5f};
+    sim_opts o = {NULL, NULL, "2,4,64,64,257", "cpu", "fedavg", 3, 3, 40, 8, 0, 0, 1, 600, 3e-3f, 0.01f, 0.0f, 1e-5f};
     nawal_flag flags[] = {
         {"data", NAWAL_FLAG_STR, &o.data, "corpus (text): split into one contiguous shard per validator + a held-out tail", 0, -1, 1, 0},
         {"validators", NAWAL_FLAG_INT, &o.validators, "validators (agent processes)", 1, MAX_VALIDATORS, 0, 0},
@@ -764,6 +765,7 @@ int nawal_cmd_sim(int argc, char **argv) {
         {"batch", NAWAL_FLAG_INT, &o.batch, "local batch size", 1, 4096, 0, 0},
         {"lr", NAWAL_FLAG_FLOAT, &o.lr, "local learning rate", 1e-9, 10, 0, 0},
         {"topk", NAWAL_FLAG_FLOAT, &o.topk, "share of each delta's entries sent (1 = dense)", 1e-6, 1, 0, 0},
+        {"strategy", NAWAL_FLAG_STR, &o.strategy, "aggregation: fedavg | fedavg-sparse (each entry averaged over the updates sending it)", 0, -1, 0, 0},
         {"dp", NAWAL_FLAG_BOOL, &o.dp, "train with DP-SGD (needs --epsilon)", 0, -1, 0, 0},
         {"epsilon", NAWAL_FLAG_FLOAT, &o.epsilon, "with --dp: privacy budget of each validator for the whole run", 0, 1e6, 0, 0},
         {"delta", NAWAL_FLAG_FLOAT, &o.delta, "with --dp: delta", 0, 1, 0, 0},

@@ -302,8 +302,8 @@ int nawal_delta_decode(float *out, size_t n, const uint8_t *frame, size_t len, c
     return 0;
 }
 
-int nawal_delta_accumulate(float *acc, size_t n, float weight, const uint8_t *frame, size_t len, char *err,
-                           size_t errlen) {
+int nawal_delta_accumulate(float *acc, float *wsum, size_t n, float weight, const uint8_t *frame, size_t len,
+                           char *err, size_t errlen) {
     if (!isfinite(weight)) return nawal_fail(err, errlen, "delta accumulate: weight %g is not finite", (double)weight);
     layout L;
     uint8_t *payload;
@@ -314,6 +314,7 @@ int nawal_delta_accumulate(float *acc, size_t n, float weight, const uint8_t *fr
         size_t i = cursor_next(&c);
         float v = value_at(&L, j);
         acc[i] += weight * v; /* as axpy on the decoded buffer: y[i] += a * x[i] */
+        if (wsum) wsum[i] += weight;
     }
     free(payload);
     return 0;

@@ -119,9 +119,11 @@ int nawal_delta_decode(float *out, size_t n, const uint8_t *frame, size_t len, c
 
 /* acc[i] += weight * value_i for each entry the frame sends (weight finite):
  * the same float operations as decoding into a dense buffer and then
- * acc[i] += weight * dense[i] over the sent entries. acc is written only
- * once the whole frame has been checked. */
-int nawal_delta_accumulate(float *acc, size_t n, float weight, const uint8_t *frame, size_t len, char *err,
-                           size_t errlen);
+ * acc[i] += weight * dense[i] over the sent entries. With wsum (n floats,
+ * or NULL) also wsum[i] += weight for each entry sent (every entry of a
+ * dense frame): the per-entry weight a sparse-aware mean divides by. acc
+ * and wsum are written only once the whole frame has been checked. */
+int nawal_delta_accumulate(float *acc, float *wsum, size_t n, float weight, const uint8_t *frame, size_t len,
+                           char *err, size_t errlen);
 
 #endif

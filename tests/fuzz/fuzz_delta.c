@@ -36,10 +36,19 @@ static void as_frame(const uint8_t *data, size_t size) {
     char err[256] = "", err2[256] = "";
     size_t n = nawal_delta_info_read(&info, data, size, NULL, 0) == 0 && info.n <= MAX_N ? (size_t)info.n
                                                                                          : size % 1000 + 1;
-    float *out = fbuf(n), *acc = fbuf(n), *ref = fbuf(n);
+    float *out = fbuf(n), *acc = fbuf(n), *ref = fbuf(n), *ws = fbuf(n);
     for (size_t i = 0; i < n; i++) out[i] = acc[i] = ref[i] = (float)i * 0.5f - 3.0f;
+    memset(ws, 0, n * sizeof *ws);
     int rd = nawal_delta_decode(out, n, data, size, err, sizeof err);
-    int ra = nawal_delta_accumulate(acc, n, 0.75f, data, size, err2, sizeof err2);
+    int ra = nawal_delta_accumulate(acc, ws, n, 0.75f, data, size, err2, sizeof err2);
+    size_t counted = 0;
+    for (size_t i = 0; i < n; i++) {
+        FUZZ_CHECK(ws[i] == 0.0f || ws[i] == 0.75f, "per-entry weight sums are 0 or the weight");
+        counted += ws[i] != 0.0f;
+    }
+    FUZZ_CHECK(rd == 0 || counted == 0, "a refused frame leaves the weight sums untouched");
+    FUZZ_CHECK(rd != 0 || nawal_delta_info_read(&info, data, size, NULL, 0) || counted == info.k,
+               "every entry sent is counted once");
     FUZZ_CHECK(rd == 0 || rd == -1, "decode returns 0 or -1");
     FUZZ_CHECK(ra == rd, "decode and accumulate agree");
     if (rd) {
@@ -62,6 +71,7 @@ static void as_frame(const uint8_t *data, size_t size) {
     free(out);
     free(acc);
     free(ref);
+    free(ws);
 }
 
 static float sane(const uint8_t *p) {

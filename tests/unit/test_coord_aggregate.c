@@ -67,7 +67,7 @@ Test(coord_aggregate, fedavg_matches_brute_force_within_bound) {
         fixture f;
         fixture_make(&f, &seed, k);
         nawal_fedavg_options o = {1 + (int)(test_rand_u64(&seed) % 2), test_rand_u64(&seed) % 2 ? 0 : 1 + test_rand_u64(&seed) % 5000,
-                                  (int)(test_rand_u64(&seed) % 2)};
+                                  (int)(test_rand_u64(&seed) % 2), 0};
         agg_membuf out;
         cr_assert_eq(agg_run_fedavg(&o, f.base_path, f.paths, f.w, k, &out, NULL), 0);
         float *got = agg_parse(&out);
@@ -141,7 +141,7 @@ Test(coord_aggregate, bad_updates_rejected_rest_aggregated) {
         agg_write(f.paths[p], v, bad[b].mut);
         free(v);
     }
-    nawal_fedavg_options o = {2, 1000, 0};
+    nawal_fedavg_options o = {2, 1000, 0, 0};
     agg_membuf out;
     char reasons[14][NAWAL_AGG_REASON_BYTES];
     cr_assert_eq(agg_run_fedavg(&o, f.base_path, f.paths, f.w, k, &out, reasons), 0);
@@ -319,7 +319,7 @@ static long peak_growth_kb(const char *base_path, char paths[][256], size_t k) {
         char err[512] = "";
         nawal_aggregator *a = NULL;
         nawal_tensor_source *base = NULL;
-        nawal_fedavg_options o = {2, 0, 0};
+        nawal_fedavg_options o = {2, 0, 0, 0};
         if (reset_hwm() == 0) {
             long before = status_kb("VmRSS");
             int ok = nawal_fedavg_create(&a, &o, err, sizeof err) == 0 &&

@@ -7,7 +7,8 @@
  * holding a NaN rejected with the codec's reason while the round keeps
  * the good updates, exactly as if the bad ones had never been sent; the
  * flat order (by data offset, not header order); and the round driver
- * (nawal_round_aggregate) on a store holding both kinds of blob. */
+ * (nawal_round_aggregate) on a store holding both kinds of blob; and
+ * fedavg-sparse (each entry averaged over the updates that send it). */
 #include "agg_test_util.h"
 #include "coord_test_util.h"
 #include "delta_codec.h"
@@ -133,7 +134,7 @@ Test(coord_codec_agg, mixed_dense_and_frames_match_reference) {
         fixture f;
         fixture_make(&f, &seed, k);
         char (*reasons)[NAWAL_AGG_REASON_BYTES] = calloc(k, NAWAL_AGG_REASON_BYTES);
-        nawal_fedavg_options o = {1 + (int)(test_rand_u64(&seed) % 2), test_rand_u64(&seed) % 2 ? 0 : 1 + test_rand_u64(&seed) % 5000, 0};
+        nawal_fedavg_options o = {1 + (int)(test_rand_u64(&seed) % 2), test_rand_u64(&seed) % 2 ? 0 : 1 + test_rand_u64(&seed) % 5000, 0, 0};
         agg_membuf out, out2;
         cr_assert_eq(agg_run_fedavg(&o, f.base_path, f.paths, f.w, k, &out, reasons), 0);
         for (size_t i = 0; i < k; i++)
@@ -142,7 +143,7 @@ Test(coord_codec_agg, mixed_dense_and_frames_match_reference) {
         double *want = agg_reference(f.base, f.d, f.w, NULL, k);
         agg_check_close(got, want, f.base, f.d, NULL, k, seed0);
         /* same bytes whatever the thread count, chunking and read mode */
-        nawal_fedavg_options o2 = {3 - o.threads, 777, 1};
+        nawal_fedavg_options o2 = {3 - o.threads, 777, 1, 0};
         cr_assert_eq(agg_run_fedavg(&o2, f.base_path, f.paths, f.w, k, &out2, reasons), 0);
         cr_assert(out.len == out2.len && memcmp(out.p, out2.p, out.len) == 0, "depends on threads (seed %llu)",
                   (unsigned long long)seed0);
@@ -153,6 +154,107 @@ Test(coord_codec_agg, mixed_dense_and_frames_match_reference) {
         free(reasons);
         fixture_free(&f);
     }
+}
+
+/* sent[0..n) = 1 for each entry the frame at path sends, read here from
+ * its bytes (header, zstd payload, the index varints after the scales and
+ * values: delta_codec.h's layout), independently of the decoder. */
+static void frame_sent(const char *path, size_t n, unsigned char *sent) {
+    FILE *fp = fopen(path, "rb");
+    cr_assert(fp, "%s", path);
+    static uint8_t fr[1 << 22];
+    size_t len = fread(fr, 1, sizeof fr, fp);
+    fclose(fp);
+    cr_assert(len > NAWAL_DELTA_HEADER_BYTES && len < sizeof fr);
+    uint64_t k = 0, block = 0;
+    for (int b = 7; b >= 0; b--) k = k << 8 | fr[16 + b];
+    for (int b = 3; b >= 0; b--) block = block << 8 | fr[28 + b];
+    memset(sent, fr[5] == NAWAL_DELTA_DENSE, n);
+    if (fr[5] == NAWAL_DELTA_DENSE) return;
+    unsigned long long cap = ZSTD_getFrameContentSize(fr + NAWAL_DELTA_HEADER_BYTES, len - NAWAL_DELTA_HEADER_BYTES);
+    uint8_t *pl = malloc(cap);
+    cr_assert(pl && ZSTD_decompress(pl, cap, fr + NAWAL_DELTA_HEADER_BYTES, len - NAWAL_DELTA_HEADER_BYTES) == cap);
+    size_t vb = fr[6] == NAWAL_DELTA_F32 ? 4 : fr[6] == NAWAL_DELTA_F16 ? 2 : 1;
+    size_t pos = (fr[6] == NAWAL_DELTA_I8 ? 4 * ((k + block - 1) / block) : 0) + vb * k;
+    uint64_t idx = 0;
+    for (uint64_t j = 0; j < k; j++) {
+        uint64_t v = 0;
+        for (int sh = 0; pos < cap; sh += 7) {
+            uint8_t byte = pl[pos++];
+            v |= (uint64_t)(byte & 0x7f) << sh;
+            if (!(byte & 0x80)) break;
+        }
+        idx = j ? idx + v : v;
+        cr_assert(idx < n);
+        sent[idx] = 1;
+    }
+    free(pl);
+}
+
+/* fedavg-sparse: each entry is the weighted mean over the updates that
+ * send it (dense updates send all; a frame the entries it holds, read by
+ * frame_sent), recomputed in double; with dense updates only it is FedAvg
+ * bit for bit. */
+Test(coord_codec_agg, sparse_mean_is_per_entry_mean_over_senders) {
+    uint64_t seed0 = fresh_seed(), seed = seed0;
+    size_t n = agg_total();
+    for (int trial = 0; trial < 3; trial++) {
+        size_t k = K_KINDS + test_rand_u64(&seed) % 4;
+        fixture f;
+        fixture_make(&f, &seed, k);
+        nawal_fedavg_options o = {1 + (int)(test_rand_u64(&seed) % 2), 0, 0, 1};
+        agg_membuf out;
+        char (*reasons)[NAWAL_AGG_REASON_BYTES] = calloc(k, NAWAL_AGG_REASON_BYTES);
+        cr_assert_eq(agg_run_fedavg(&o, f.base_path, f.paths, f.w, k, &out, reasons), 0);
+        float *got = agg_parse(&out);
+        double W = 0, M = 0, u = ldexp(1.0, -24);
+        for (size_t i = 0; i < k; i++) W += (double)f.w[i];
+        for (size_t i = 0; i < k; i++)
+            for (size_t e = 0; e < n; e++) M = fmax(M, fabs(f.d[i][e]));
+        unsigned char *sent = malloc(k * n);
+        for (size_t i = 0; i < k; i++) {
+            if (f.kinds[i] == K_DENSE_ST) memset(sent + i * n, 1, n);
+            else frame_sent(f.paths[i], n, sent + i * n);
+        }
+        size_t sparse_seen = 0;
+        for (size_t e = 0; e < n; e++) {
+            double num = 0, den = 0;
+            size_t senders = 0;
+            for (size_t i = 0; i < k; i++) {
+                if (!sent[i * n + e]) continue;
+                num += (double)f.w[i] / W * f.d[i][e];
+                den += (double)f.w[i] / W;
+                senders++;
+            }
+            double want = f.base[e] + (den > 0 ? num / den : 0.0);
+            sparse_seen += senders < k;
+            double bound = (2.0 * k + 6.0) * u * (M + fabs(f.base[e]));
+            cr_assert(fabs(got[e] - want) <= bound, "element %zu: got %.9g want %.9g (bound %.3g, seed %llu)", e,
+                      (double)got[e], want, bound, (unsigned long long)seed0);
+        }
+        cr_assert_gt(sparse_seen, n / 2, "most entries are sent by some updates only");
+        free(sent);
+        free(got);
+        free(out.p);
+        free(reasons);
+        fixture_free(&f);
+    }
+    /* dense updates only: FedAvg exactly */
+    fixture f;
+    fixture_make(&f, &seed, 1);
+    char p2[2][256];
+    uint64_t w2[2] = {3, 5};
+    memcpy(p2[0], f.paths[0], 256);
+    snprintf(p2[1], sizeof p2[1], "%s/update_dense2", g_root);
+    agg_write(p2[1], f.base, AGG_OK);
+    nawal_fedavg_options plain = {1, 0, 0, 0}, sparse = {1, 0, 0, 1};
+    agg_membuf a, b;
+    cr_assert_eq(agg_run_fedavg(&plain, f.base_path, p2, w2, 2, &a, NULL), 0);
+    cr_assert_eq(agg_run_fedavg(&sparse, f.base_path, p2, w2, 2, &b, NULL), 0);
+    cr_assert(a.len == b.len && memcmp(a.p, b.p, a.len) == 0, "fedavg-sparse differs from fedavg on dense updates");
+    free(a.p);
+    free(b.p);
+    fixture_free(&f);
 }
 
 Test(coord_codec_agg, frames_only_one_update_is_base_plus_decoded) {
@@ -224,7 +326,7 @@ Test(coord_codec_agg, bad_frames_rejected_rest_aggregated) {
         }
     }
     free(v);
-    nawal_fedavg_options o = {2, 1000, 0};
+    nawal_fedavg_options o = {2, 1000, 0, 0};
     agg_membuf out, clean;
     char reasons[11][NAWAL_AGG_REASON_BYTES];
     cr_assert_eq(agg_run_fedavg(&o, f.base_path, f.paths, f.w, k, &out, reasons), 0);

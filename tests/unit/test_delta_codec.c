@@ -340,13 +340,22 @@ Test(delta_codec, accumulate_equals_decode_then_axpy) {
             size_t len;
             uint8_t *f = encode_ok(&p, d, NULL, n, &len);
             char err[256];
-            cr_assert_eq(nawal_delta_accumulate(a1, n, w, f, len, err, sizeof err), 0, "%s", err);
+            float *ws = calloc(n, sizeof *ws);
+            cr_assert(ws);
+            cr_assert_eq(nawal_delta_accumulate(a1, ws, n, w, f, len, err, sizeof err), 0, "%s", err);
             cr_assert_eq(nawal_delta_decode(dec, n, f, len, err, sizeof err), 0, "%s", err);
             O->axpy(O, a2, w, dec, n);
-            for (size_t i = 0; i < n; i++)
+            size_t counted = 0;
+            for (size_t i = 0; i < n; i++) {
                 cr_assert(memcmp(&a1[i], &a2[i], sizeof(float)) == 0,
                           "%s ratio %g: accumulate gives %.9g at %zu, decode + axpy %.9g (seed %llu)", value_name[v],
                           (double)ratios[r], (double)a1[i], i, (double)a2[i], SEED);
+                cr_assert(ws[i] == 0.0f || ws[i] == w, "weight sum %g at %zu is neither 0 nor %g", (double)ws[i], i, (double)w);
+                cr_assert(dec[i] == 0.0f || ws[i] == w, "entry %zu sent (%g) but not counted", i, (double)dec[i]);
+                counted += ws[i] == w;
+            }
+            cr_assert_eq(counted, (size_t)nawal_delta_topk_count(n, ratios[r]), "entries counted in wsum (seed %llu)", SEED);
+            free(ws);
             free(f);
             free(d);
             free(acc);
@@ -472,7 +481,7 @@ Test(delta_codec, layout_built_by_hand_decodes) {
     for (int i = 0; i < 1000; i++) out[i] = 7.0f, acc[i] = 1.0f;
     char err[256] = "";
     cr_assert_eq(nawal_delta_decode(out, 1000, f, len, err, sizeof err), 0, "%s", err);
-    cr_assert_eq(nawal_delta_accumulate(acc, 1000, 2.0f, f, len, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(nawal_delta_accumulate(acc, NULL, 1000, 2.0f, f, len, err, sizeof err), 0, "%s", err);
     for (int i = 0; i < 1000; i++) {
         float want = i == 3 ? 1.0f : i == 130 ? -2.5f : i == 400 ? 5.9604644775390625e-8f : i == 401 ? 65504.0f : 0.0f;
         cr_assert(out[i] == want, "entry %d: %g, want %g", i, (double)out[i], (double)want);
@@ -547,7 +556,7 @@ static void expect_reject(const uint8_t *f, size_t len, size_t n, const char *wa
     cr_assert(err[0] && (!want || strstr(err, want)), "%s: decode says \"%s\", expected \"%s\"", what, err, want ? want : "");
     cr_assert(memcmp(out, copy, n * sizeof *out) == 0, "%s: decode wrote to its output", what);
     err[0] = 0;
-    rc = nawal_delta_accumulate(out, n, 0.5f, f, len, err, sizeof err);
+    rc = nawal_delta_accumulate(out, NULL, n, 0.5f, f, len, err, sizeof err);
     cr_assert_eq(rc, -1, "%s: accumulate accepted a bad frame", what);
     cr_assert(err[0] && (!want || strstr(err, want)), "%s: accumulate says \"%s\", expected \"%s\"", what, err,
               want ? want : "");
@@ -607,7 +616,7 @@ Test(delta_codec, bad_headers_rejected) {
     cr_assert(big[0] == 3.0f && big[BAD_N] == 3.0f);
     free(big);
     /* a non-finite weight */
-    cr_assert_eq(nawal_delta_accumulate(out, BAD_N, NAN, good, len, err, sizeof err), -1);
+    cr_assert_eq(nawal_delta_accumulate(out, NULL, BAD_N, NAN, good, len, err, sizeof err), -1);
     cr_assert(strstr(err, "weight nan is not finite"), "%s", err);
     free(f);
     free(good);
