@@ -850,6 +850,13 @@ int nawal_aggregator_create(nawal_aggregator **out, const char *strategy, int th
     return nawal_fail(err, errlen, "unknown aggregation strategy '%s' (known: fedavg, fedavg-sparse)", strategy);
 }
 
+int nawal_aggregator_known(const char *strategy, char *err, size_t errlen) {
+    nawal_aggregator *a;
+    if (nawal_aggregator_create(&a, strategy, 1, err, errlen)) return -1;
+    nawal_aggregator_destroy(a);
+    return 0;
+}
+
 void nawal_aggregator_destroy(nawal_aggregator *a) {
     if (a) a->destroy(a);
 }

@@ -223,6 +223,8 @@ int nawal_fedavg_create(nawal_aggregator **out, const nawal_fedavg_options *o, c
 /* By name: "fedavg" or "fedavg-sparse". */
 int nawal_aggregator_create(nawal_aggregator **out, const char *strategy, int threads, char *err, size_t errlen);
 void nawal_aggregator_destroy(nawal_aggregator *a); /* NULL is fine */
+/* 0 when strategy names an aggregator, else -1 with the known names in err. */
+int nawal_aggregator_known(const char *strategy, char *err, size_t errlen);
 
 /* ---- a round's aggregation ------------------------------------------------ */
 

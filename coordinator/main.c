@@ -446,6 +446,14 @@ static int cmd_round_status(int argc, char **argv) {
     return rc;
 }
 
+/* exit status 2 with a message when --strategy names no known aggregator */
+static int strategy_check(const char *strategy) {
+    char err[256];
+    if (nawal_aggregator_known(strategy, err, sizeof err) == 0) return 0;
+    fprintf(stderr, "error: --strategy: %s\n", err);
+    return 2;
+}
+
 static int cmd_round_tick(int argc, char **argv) {
     const char *dir = NULL, *strategy = "fedavg";
     int threads = 0;
@@ -459,6 +467,7 @@ static int cmd_round_tick(int argc, char **argv) {
                                       "Moves the round machine on to the present: opens and closes join windows, aggregates\n"
                                       "(and pays) or fails rounds whose time has come, announces the next round."));
     if (rc >= 0) return rc;
+    if (strategy_check(strategy)) return 2;
     nawal_store *s;
     if (open_store(&s, dir, 0)) return 1;
     char err[512], hex[NAWAL_CID_HEX_BYTES], t[32];
@@ -508,6 +517,7 @@ static int cmd_serve(int argc, char **argv) {
                                       "TLS material comes from init --tls-cert/--tls-key or --cert/--key. Stops cleanly\n"
                                       "on SIGINT/SIGTERM."));
     if (rc >= 0) return rc;
+    if (strategy_check(strategy)) return 2;
     nawal_log_level lv;
     if (nawal_log_parse_level(level, &lv)) {
         fprintf(stderr, "error: --log-level: '%s' is not one of debug, info, warn, error\n", level);

@@ -765,7 +765,6 @@ int nawal_cmd_sim(int argc, char **argv) {
         {"batch", NAWAL_FLAG_INT, &o.batch, "local batch size", 1, 4096, 0, 0},
         {"lr", NAWAL_FLAG_FLOAT, &o.lr, "local learning rate", 1e-9, 10, 0, 0},
         {"topk", NAWAL_FLAG_FLOAT, &o.topk, "share of each delta's entries sent (1 = dense)", 1e-6, 1, 0, 0},
-        {"strategy", NAWAL_FLAG_STR, &o.strategy, "aggregation: fedavg | fedavg-sparse (each entry averaged over the updates sending it)", 0, -1, 0, 0},
         {"dp", NAWAL_FLAG_BOOL, &o.dp, "train with DP-SGD (needs --epsilon)", 0, -1, 0, 0},
         {"epsilon", NAWAL_FLAG_FLOAT, &o.epsilon, "with --dp: privacy budget of each validator for the whole run", 0, 1e6, 0, 0},
         {"delta", NAWAL_FLAG_FLOAT, &o.delta, "with --dp: delta", 0, 1, 0, 0},
@@ -775,6 +774,7 @@ int nawal_cmd_sim(int argc, char **argv) {
         {"device", NAWAL_FLAG_STR, &o.device, "agents' device: auto|cpu|cuda", 0, -1, 0, 0},
         {"threads", NAWAL_FLAG_INT, &o.threads, "CPU threads of each agent and of the evaluation", 1, 4096, 0, 0},
         {"deadline-s", NAWAL_FLAG_INT, &o.deadline_s, "a round's deadline, seconds after its announcement", 10, 1e7, 0, 0},
+        {"strategy", NAWAL_FLAG_STR, &o.strategy, "aggregation: fedavg | fedavg-sparse (each entry averaged over the updates sending it)", 0, -1, 0, 0},
     };
     int pr = nawal_flags_parse(argc, argv, flags, sizeof flags / sizeof flags[0],
                                "usage: nawal-coordinator sim --data FILE [--validators N] [--rounds R] [--steps S] [--topk RATIO]\n"
@@ -797,6 +797,11 @@ int nawal_cmd_sim(int argc, char **argv) {
     }
     if (o.dp && !(o.delta > 0 && o.delta < 1)) {
         fprintf(stderr, "error: --delta must be in (0, 1)\n");
+        return 2;
+    }
+    char serr[256];
+    if (nawal_aggregator_known(o.strategy, serr, sizeof serr)) {
+        fprintf(stderr, "error: --strategy: %s\n", serr);
         return 2;
     }
     struct sigaction sa;

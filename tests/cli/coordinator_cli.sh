@@ -69,6 +69,9 @@ for bad in nonsense 127.0.0.1 127.0.0.1:65536 127.0.0.1:-1 127.0.0.1:x ::1:80 '[
 done
 check "serve --insecure-plaintext off loopback exits 2" "[ \$(code $C serve --dir $D --listen 0.0.0.0:0 --insecure-plaintext) -eq 2 ] && grep -q loopback $T/err"
 check "serve --log-level loud exits 2" "[ \$(code $C serve --dir $D --listen 127.0.0.1:0 --insecure-plaintext --log-level loud) -eq 2 ]"
+check "serve --strategy bogus exits 2 naming the known ones" "[ \$(code $C serve --dir $D --listen 127.0.0.1:0 --insecure-plaintext --strategy bogus) -eq 2 ] && grep -q fedavg-sparse $T/err"
+check "round tick --strategy bogus exits 2" "[ \$(code $C round tick --dir $D --strategy bogus) -eq 2 ]"
+check "sim --strategy bogus exits 2" "[ \$(code $C sim --data /etc/hostname --strategy bogus) -eq 2 ]"
 check "serve --cert without --key exits 2" "[ \$(code $C serve --dir $D --listen 127.0.0.1:0 --cert /etc/hostname) -eq 2 ]"
 check "serve without TLS material exits 1" "[ \$(code $C serve --dir $D --listen 127.0.0.1:0) -eq 1 ] && grep -q 'no TLS certificate' $T/err"
 check "serve with an unreadable certificate exits 1" "[ \$(code $C serve --dir $D --listen 127.0.0.1:0 --cert $T/none.pem --key $T/none.pem) -eq 1 ]"
