@@ -19,8 +19,12 @@
 #include <sodium.h>
 #include <unistd.h>
 
-/* Local training snapshots: every 10% of the round's steps (rounded up), and after the last. */
+/* Local training snapshots: every 10% of the round's steps (rounded up), and after the last,
+ * but at most one per CKPT_MIN_INTERVAL_S (a round of a few seconds is cheaper to redo than to
+ * snapshot: a snapshot writes three model-sized arrays and fsyncs them). The crash test hook
+ * (NAWAL_AGENT_TEST_CRASH=train:K) lifts the interval so the snapshot at step K is written. */
 #define CKPT_EVERY(steps) (((steps) + 9) / 10)
+#define CKPT_MIN_INTERVAL_S 20.0
 
 /* delta[0..n) = local - base in flat order (proto/flat_model.h). */
 static int compute_delta(const nawal_gpt *m, const nawal_st_file *f, const size_t *order, float *delta, size_t n,
@@ -99,8 +103,8 @@ static int train(nawal_agent *ag, nawal_gpt *m, const nawal_round_plan *p, nawal
     if (nawal_agent_train_ckpt_path(path, sizeof path, ag->state_dir)) return nawal_fail(err, errlen, "%s: path too long", ag->state_dir);
     const char *crash = getenv("NAWAL_AGENT_TEST_CRASH");
     ckpt_ctx cc = { p->round_id, path, crash && !strncmp(crash, "train:", 6) ? atoi(crash + 6) : 0 };
-    nawal_train_ckpt ck = { .path = path, .every = CKPT_EVERY(tc.steps), .resume = 1, .tag = tag,
-                            .tag_len = plan_tag(p, tag), .notify = on_ckpt, .ctx = &cc };
+    nawal_train_ckpt ck = { .path = path, .every = CKPT_EVERY(tc.steps), .min_interval_s = cc.crash_at ? 0 : CKPT_MIN_INTERVAL_S,
+                            .resume = 1, .tag = tag, .tag_len = plan_tag(p, tag), .notify = on_ckpt, .ctx = &cc };
     tc.ckpt = &ck;
     if (!p->dp) return nawal_train_run(m, ag->corpus.tokens, ag->corpus.n_train, &tc, stdout, res, err, errlen);
 

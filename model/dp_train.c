@@ -73,6 +73,7 @@ int nawal_dp_train_run(nawal_gpt *m, const int32_t *train, size_t n_train, const
     uint8_t id[32];
     int resumed = nawal_train_ckpt_begin(tc, m, train, n_train, ident, sizeof ident, &st, id, log, err, errlen);
     if (resumed < 0) return -1;
+    double ck_last = nawal_monotonic_s();
     if (resumed && dc->seeded) {
         rng = st.rng;
         key = st.noise_key;
@@ -165,7 +166,7 @@ int nawal_dp_train_run(nawal_gpt *m, const int32_t *train, size_t n_train, const
         st.first_loss = res->first_loss;
         st.last_loss = loss;
         st.epsilon_spent = eps_after;
-        if (nawal_train_ckpt_step(tc, m, &st, id, err, errlen)) { rc = -1; break; }
+        if (nawal_train_ckpt_step(tc, m, &st, id, &ck_last, err, errlen)) { rc = -1; break; }
     }
     m->ops->sync(m->ops);
     res->seconds = nawal_monotonic_s() - t0;

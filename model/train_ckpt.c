@@ -31,10 +31,13 @@ int nawal_train_ckpt_begin(const nawal_train_config *tc, nawal_gpt *m, const int
 }
 
 int nawal_train_ckpt_step(const nawal_train_config *tc, const nawal_gpt *m, const nawal_train_state *st,
-                          const uint8_t id[32], char *err, size_t errlen) {
+                          const uint8_t id[32], double *last_s, char *err, size_t errlen) {
     const nawal_train_ckpt *ck = tc->ckpt;
     if (!ck || ck->every <= 0 || (st->step % ck->every != 0 && st->step != st->steps)) return 0;
+    double now = nawal_monotonic_s();
+    if (ck->min_interval_s > 0 && now - *last_s < ck->min_interval_s) return 0;
     if (nawal_train_state_save(ck->path, m, st, id, err, errlen)) return -1;
+    *last_s = now;
     notify(ck, NULL, NAWAL_CKPT_SAVED, st->step, st->steps, NULL);
     return 0;
 }

@@ -21,9 +21,11 @@ int nawal_train_ckpt_begin(const nawal_train_config *tc, nawal_gpt *m, const int
                            char *err, size_t errlen);
 
 /* After a step, st->step steps done: with tc->ckpt, writes the snapshot
- * when ckpt->every divides st->step or it was the run's last step, and
- * notifies SAVED. 0, or -1 when it cannot be written. */
+ * when ckpt->every divides st->step or it was the run's last step, unless
+ * the last save (*last_s, monotonic seconds: the loop sets it to its start
+ * time, a save to the save's time) was less than ckpt->min_interval_s ago,
+ * and notifies SAVED. 0, or -1 when it cannot be written. */
 int nawal_train_ckpt_step(const nawal_train_config *tc, const nawal_gpt *m, const nawal_train_state *st,
-                          const uint8_t id[32], char *err, size_t errlen);
+                          const uint8_t id[32], double *last_s, char *err, size_t errlen);
 
 #endif

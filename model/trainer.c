@@ -51,6 +51,7 @@ int nawal_train_run(nawal_gpt *m, const int32_t *train, size_t n_train, const na
     uint8_t id[32];
     int resumed = nawal_train_ckpt_begin(tc, m, train, n_train, NULL, 0, &st, id, log, err, errlen);
     if (resumed < 0) return -1;
+    double ck_last = nawal_monotonic_s();
     int32_t *in = malloc((size_t)B * T * sizeof(int32_t)), *tg = malloc((size_t)B * T * sizeof(int32_t));
     if (!in || !tg) { free(in); free(tg); snprintf(err, errlen, "out of memory"); return -1; }
     nawal_adamw_config ac = { tc->beta1, tc->beta2, tc->eps, tc->weight_decay };
@@ -91,7 +92,7 @@ int nawal_train_run(nawal_gpt *m, const int32_t *train, size_t n_train, const na
         st.step = step + 1;
         st.first_loss = res->first_loss;
         st.last_loss = loss;
-        if (nawal_train_ckpt_step(tc, m, &st, id, err, errlen)) { rc = -1; break; }
+        if (nawal_train_ckpt_step(tc, m, &st, id, &ck_last, err, errlen)) { rc = -1; break; }
     }
     m->ops->sync(m->ops);
     res->seconds = nawal_monotonic_s() - t0;

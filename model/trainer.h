@@ -30,6 +30,7 @@ typedef enum {
 typedef struct {
     const char *path;     /* the snapshot file (replaced atomically at each save) */
     int every;            /* save after every `every` steps and after the last (0: never) */
+    double min_interval_s; /* ... except within this many seconds of the last save or of the run's start (0: no limit) */
     int resume;           /* 1: start from path when it holds a snapshot of this very run */
     const void *tag;      /* the caller's bytes naming the run (e.g. round and base model): */
     size_t tag_len;       /*   part of the run's identity, so another run's snapshot is refused */

@@ -394,3 +394,27 @@ Test(train_resume, no_snapshot_starts_at_step_zero) {
     free(b.buf);
     free(f.toks);
 }
+
+/* min_interval_s: due snapshots within that many seconds of the run's
+ * start (or of the last save) are skipped; 0 saves every due one. */
+Test(train_resume, min_interval_skips_due_snapshots) {
+    fixture f = fixture_new("resume.interval");
+    char path[300];
+    path_of(path, sizeof path, "interval.ckpt");
+    events e = { .path = path };
+    nawal_train_ckpt ck = { .path = path, .every = 1, .min_interval_s = 1e6, .notify = on_event, .ctx = &e };
+    nawal_train_result r;
+    nawal_dp_report rep;
+    bits a = run(&f, 1, &ck, NULL, &r, &rep);
+    struct stat sb;
+    cr_assert(e.saves == 0 && stat(path, &sb) != 0, "an hour-long interval: no snapshot in a short run (%d saved)", e.saves);
+    events e2 = { .path = path };
+    ck.min_interval_s = 0;
+    ck.ctx = &e2;
+    bits b = run(&f, 1, &ck, NULL, &r, &rep);
+    cr_assert(e2.saves > 1 && stat(path, &sb) == 0, "no interval: every step saved (%d saved)", e2.saves);
+    bits_equal(&a, &b, &f, "snapshots do not change the run");
+    free(a.buf);
+    free(b.buf);
+    free(f.toks);
+}
