@@ -6,7 +6,7 @@ DATA     ?= $(or $(wildcard ../shared/data/tinyshakespeare.txt),$(BUILD)/demo-co
 SHAKESPEARE ?= ../shared/data/tinyshakespeare.txt
 FUZZ_SECONDS ?= 15
 
-.PHONY: all setup build test test-extended demo quality asan bench fuzz clean
+.PHONY: all setup build test test-extended demo quality fed-quality asan bench fuzz clean
 
 all: build
 
@@ -42,6 +42,10 @@ demo: build
 # Long checks, not part of `make test`.
 quality: build
 	$(BUILD)/nawal-agent train --data $(SHAKESPEARE) --out $(BUILD)/quality-ckpt
+
+# issue 7's figure: dense vs 1% top-k federations side by side (~30 min on 2 cores)
+fed-quality: build
+	scripts/fed_quality.sh $(BUILD) $(SHAKESPEARE) $(BUILD)/fed-quality
 
 asan: setup
 	cmake -S . -B $(BUILD)-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DNAWAL_SANITIZE=ON $(CMAKE_FLAGS)
