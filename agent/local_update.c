@@ -21,8 +21,9 @@
 
 /* Local training snapshots: every 10% of the round's steps (rounded up), and after the last,
  * but at most one per CKPT_MIN_INTERVAL_S (a round of a few seconds is cheaper to redo than to
- * snapshot: a snapshot writes three model-sized arrays and fsyncs them). The crash test hook
- * (NAWAL_AGENT_TEST_CRASH=train:K) lifts the interval so the snapshot at step K is written. */
+ * snapshot: a snapshot writes three model-sized arrays and fsyncs them). The crash test hooks
+ * (NAWAL_AGENT_TEST_CRASH=train:K, =collect) lift the interval so that every due snapshot is
+ * written. */
 #define CKPT_EVERY(steps) (((steps) + 9) / 10)
 #define CKPT_MIN_INTERVAL_S 20.0
 
@@ -67,6 +68,9 @@ static void on_ckpt(void *ctx, nawal_ckpt_event ev, int step, int steps, const c
     } else if (ev == NAWAL_CKPT_REFUSED) {
         printf("round %llu: %s; removed, training from step 0\n", (unsigned long long)c->round, why);
         unlink(c->path);
+    } else if (ev == NAWAL_CKPT_FAILED) { /* optional: the training goes on (a restart resumes from an older one) */
+        fprintf(stderr, "warning: round %llu: no checkpoint at step %d of %d: %s\n", (unsigned long long)c->round,
+                step, steps, why);
     } else if (step == c->crash_at) { /* tests: die as if killed during the local training */
         fprintf(stderr, "NAWAL_AGENT_TEST_CRASH=train:%d: exiting after the checkpoint at step %d\n", step, step);
         fflush(NULL);
@@ -101,9 +105,10 @@ static int train(nawal_agent *ag, nawal_gpt *m, const nawal_round_plan *p, nawal
     char path[4096];
     uint8_t tag[sizeof *p];
     if (nawal_agent_train_ckpt_path(path, sizeof path, ag->state_dir)) return nawal_fail(err, errlen, "%s: path too long", ag->state_dir);
+    nawal_file_leftovers_remove(path); /* temporary files of snapshots a killed agent was writing */
     const char *crash = getenv("NAWAL_AGENT_TEST_CRASH");
     ckpt_ctx cc = { p->round_id, path, crash && !strncmp(crash, "train:", 6) ? atoi(crash + 6) : 0 };
-    nawal_train_ckpt ck = { .path = path, .every = CKPT_EVERY(tc.steps), .min_interval_s = cc.crash_at ? 0 : CKPT_MIN_INTERVAL_S,
+    nawal_train_ckpt ck = { .path = path, .every = CKPT_EVERY(tc.steps), .min_interval_s = crash ? 0 : CKPT_MIN_INTERVAL_S,
                             .resume = 1, .tag = tag, .tag_len = plan_tag(p, tag), .notify = on_ckpt, .ctx = &cc };
     tc.ckpt = &ck;
     if (!p->dp) return nawal_train_run(m, ag->corpus.tokens, ag->corpus.n_train, &tc, stdout, res, err, errlen);
@@ -224,9 +229,6 @@ int nawal_agent_local_update(nawal_agent *ag, const nawal_round_plan *p, nawal_a
     }
     if (compute_delta(m, f, order, delta, n, path, err, errlen)) goto out;
     if (write_update(ag, p, f, order, delta, n, out, err, errlen)) goto out;
-    char ckpt[4096];
-    if (nawal_agent_train_ckpt_path(ckpt, sizeof ckpt, ag->state_dir) == 0 && unlink(ckpt) == 0)
-        nawal_fsync_parent_dir(ckpt); /* the update is on disk: the snapshot has served */
     out->round = p->round_id;
     memcpy(out->base, p->base_cid, 32);
     out->examples = examples;

@@ -21,14 +21,20 @@
  * ("round R: resuming local training at step k of S from the checkpoint")
  * instead of starting over; a snapshot of another round, base or plan, or a
  * damaged one, is refused with the reason, removed, and training starts at
- * step 0. The snapshot is removed once the update file is written. DP-SGD
- * steps are charged to the privacy budget as they run, so steps executed
- * again after a resume are charged again, and a resumed run draws fresh
- * noise (model/dp_train.h).
+ * step 0. Temporary files of snapshots a killed agent was writing
+ * (train.ckpt.tmp.*) are removed when the training starts; a snapshot that
+ * cannot be written is skipped with a warning. The snapshot itself stays
+ * until the update is on record: the caller removes it once the submission
+ * record is saved (nawal_agent_train_ckpt_remove, state.h), so that a
+ * kill in between resumes from the last snapshot instead of training the
+ * round again. DP-SGD steps are charged to the privacy budget as they run,
+ * so steps executed again after a resume are charged again, and a resumed
+ * run draws fresh noise (model/dp_train.h).
  *
  * Test hook: with NAWAL_AGENT_TEST_CRASH=train:K in the environment the
  * process exits (status 3) right after writing the snapshot at step K, as if
- * killed during the local training.
+ * killed during the local training. Any NAWAL_AGENT_TEST_CRASH writes every
+ * due snapshot (no minimum interval between them).
  *
  * Quality reported to the coordinator: v0 / (v0 + v1), with v0 and v1 the
  * validation loss before and after training (0.5 = no change, above = the

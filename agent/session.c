@@ -24,11 +24,14 @@
  *     set collects it: pthread_join, then
  *     - failed: fatal, as before (a warning when its round closed meanwhile);
  *     - its RoundResult came meanwhile (closed) or a later round was
- *       announced: the update is dropped (residual.pending.f32 discarded);
- *     - else the submission record is saved (acked 0) and, when this
- *       connection has the round in hand (TRAIN/TRAINING), UpdateSubmit goes
- *       out -> SUBMITTING; otherwise (a new connection before its
- *       RoundAnnounce) the RoundAnnounce resubmits it from the record.
+ *       announced: the update is dropped (residual.pending.f32 discarded,
+ *       the training's snapshot removed);
+ *     - else the submission record is saved (acked 0), then the training's
+ *       snapshot removed (not before: a kill in between resumes from it),
+ *       and, when this connection has the round in hand (TRAIN/TRAINING),
+ *       UpdateSubmit goes out -> SUBMITTING; otherwise (a new connection
+ *       before its RoundAnnounce) the RoundAnnounce resubmits it from the
+ *       record (and removes a snapshot a kill left beside the record).
  *   SUBMITTING --Ack | ERR_DUPLICATE--> WAITING --RoundResult--> IDLE
  *   A RoundResult moves any phase to IDLE; in TRAINING the thread runs on,
  *   marked closed, and its result is dropped when collected.
@@ -55,9 +58,12 @@
  * the worker is free. The job's result lands in ag->evals; a failed job,
  * download or an agent without a validation split is answered with an
  * Error (ERR_INTERNAL, never ERR_NOT_FOUND, which the coordinator reads as
- * a refused upload). Requests still queued when a connection is lost are
- * dropped: the coordinator asks again after the next Auth while the
- * validator has not answered.
+ * a refused upload). While an UpdateSubmit waits for its answer
+ * (SUBMITTING) the queue holds still: no EvaluateResult or BlobRequest goes
+ * out, so that an Error is never taken for the wrong request (error_answers).
+ * Requests still queued when a connection is lost are dropped: the
+ * coordinator asks again after the next Auth while the validator has not
+ * answered.
  *
  * Threads. The worker runs nawal_agent_local_update() on its own copy of
  * the round plan, or nawal_agent_model_evaluate() on a model CID, reads
@@ -196,6 +202,15 @@ static void fatal(session *s, const char *fmt, ...) {
     vsnprintf(s->reason, sizeof s->reason, fmt, ap);
     va_end(ap);
     s->fatal = 1;
+}
+
+/* Test hooks (session.h): with NAWAL_AGENT_TEST_CRASH=<at> in the environment, exit (status 3) as if killed `when`. */
+static void test_crash_point(const char *at, const char *when) {
+    const char *crash = getenv("NAWAL_AGENT_TEST_CRASH");
+    if (!crash || strcmp(crash, at)) return;
+    fprintf(stderr, "NAWAL_AGENT_TEST_CRASH=%s: exiting %s\n", at, when);
+    fflush(NULL);
+    _exit(3);
 }
 
 static void lost(session *s, const char *why) {
@@ -436,7 +451,9 @@ static void start_download(session *s) {
 }
 
 static void on_chunk(session *s, const uint8_t *payload, size_t len) {
-    if (!s->rx) return;
+    /* chunks of a transfer dropped or replaced by a later BlobRequest still come (the coordinator
+     * queued them before it saw the request), and repeats: not failures of the download in hand */
+    if (!s->rx || nawal_blob_receiver_stale(s->rx, payload, len)) return;
     char err[512] = "";
     int rc = nawal_blob_receiver_chunk(s->rx, payload, len, err, sizeof err);
     if (rc == 0) return;
@@ -520,6 +537,7 @@ static void on_announce(session *s, const Nawal__RoundAnnounce *ra) {
            p->dp ? "DP-SGD" : "no DP", (double)p->topk_ratio, ra->min_participants, ra->target_participants);
 
     if (s->sub.round == p->round_id) { /* made before a restart or a reconnect */
+        if (!training(s->ag)) nawal_agent_train_ckpt_remove(s->ag->state_dir); /* a kill right after the record */
         if (s->sub.acked) {
             printf("round %llu: our update is already on record; waiting for the result\n", R(s));
             s->ph = PH_WAITING;
@@ -580,10 +598,10 @@ static void on_result(session *s, const Nawal__RoundResult *rr) {
 /* Which of our requests an Error answers. The coordinator answers each
  * request at once and in order, so it is the oldest still unanswered of:
  * the round's Join or UpdateSubmit, our oldest unanswered EvaluateResult,
- * the BlobRequest of a model to evaluate. (An UpdateSubmit whose delta is
- * being uploaded is answered after the upload; an Error about an
- * EvaluateResult sent meanwhile is then taken for the update's: the
- * coordinator refuses no result this agent sends, see eval_answer.) */
+ * the BlobRequest of a model to evaluate. The exception, an UpdateSubmit,
+ * is answered only after its delta's upload: so no EvaluateResult or
+ * BlobRequest of an evaluation goes out while one is unanswered
+ * (eval_can_send), and the order holds. */
 enum { ANSWERS_ROUND, ANSWERS_EVAL_RESULT, ANSWERS_EVAL_FETCH };
 static int error_answers(const session *s) {
     uint64_t round = s->ph == PH_JOINING ? s->join_seq : s->ph == PH_SUBMITTING ? s->submit_seq : UINT64_MAX;
@@ -699,12 +717,7 @@ static void on_blob_request(session *s, const uint8_t *payload, size_t len) {
     uint8_t cid[32];
     uint64_t off;
     char err[256], path[4096];
-    const char *crash = getenv("NAWAL_AGENT_TEST_CRASH");
-    if (crash && !strcmp(crash, "upload")) { /* tests: die as if killed between UpdateSubmit and the upload */
-        fprintf(stderr, "NAWAL_AGENT_TEST_CRASH=upload: exiting before the upload\n");
-        fflush(NULL);
-        _exit(3);
-    }
+    test_crash_point("upload", "before the upload"); /* as if killed between UpdateSubmit and the upload */
     if (nawal_blob_request_decode(payload, len, cid, &off, err, sizeof err)) {
         send_error(s, ERRC(BAD_MESSAGE), err);
         return;
@@ -875,9 +888,13 @@ static void train_step(session *s) {
     } /* else an evaluation, or an older round's training, is still running: wait for it */
 }
 
+/* 1 when an evaluation's requests (EvaluateResult, BlobRequest) may go out: connected, and no
+ * UpdateSubmit waiting for its answer, which comes after its upload (see error_answers). */
+static int eval_can_send(const session *s) { return s->authed && s->conn && !s->closed && s->ph != PH_SUBMITTING; }
+
 /* Each loop turn: moves the first queued evaluation on (see the top of this file). */
 static void eval_step(session *s) {
-    if (!s->n_evq || !s->authed || !s->conn || s->closed) return;
+    if (!s->n_evq || !eval_can_send(s)) return;
     eval_req *q = &s->evq[0];
     double loss;
     uint64_t tokens;
@@ -912,10 +929,16 @@ static void train_collect(session *s, nawal_agent_worker *t) {
         else fatal(s, "round %llu: %s", round, t->err);
     } else if (stale) {
         nawal_agent_residual_discard(s->ag->state_dir);
+        nawal_agent_train_ckpt_remove(s->ag->state_dir);
         printf("round %llu: training finished after the round closed; update dropped\n", round);
-    } else if (nawal_agent_submission_save(s->ag->state_dir, &t->sub, err, sizeof err)) {
-        fatal(s, "%s", err);
     } else {
+        /* the update file is written; until the record is saved, the training's snapshot stands for it */
+        test_crash_point("collect", "before saving the submission record");
+        if (nawal_agent_submission_save(s->ag->state_dir, &t->sub, err, sizeof err)) {
+            fatal(s, "%s", err);
+            return;
+        }
+        nawal_agent_train_ckpt_remove(s->ag->state_dir); /* the update is on record: the snapshot has served */
         s->sub = t->sub;
         s->up_bytes = 0;
         /* submitted now when this connection is live and has the round in hand; else from the record later */
@@ -933,8 +956,8 @@ static void worker_collect(session *s) {
     s->ag->worker = NULL;
     if (!t->eval) {
         train_collect(s, t);
-    } else if (t->rc == 0) {
-        if (s->n_evq && nawal_cid_equal(s->evq[0].cid, t->eval_cid) && s->conn && !s->closed)
+    } else if (t->rc == 0) { /* (not sendable now: answered from ag->evals later, or measured again) */
+        if (s->n_evq && nawal_cid_equal(s->evq[0].cid, t->eval_cid) && eval_can_send(s))
             eval_answer(s, t->loss, t->tokens);
     } else {
         char hex[NAWAL_CID_HEX_BYTES];

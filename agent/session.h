@@ -43,9 +43,11 @@
  * is done (its --rounds results seen), when the connection is gone (the
  * caller reconnects with backoff, cmd_run.c), or on a fatal error.
  *
- * Test hook: with NAWAL_AGENT_TEST_CRASH=upload in the environment the
+ * Test hooks: with NAWAL_AGENT_TEST_CRASH=upload in the environment the
  * process exits (status 3) when the coordinator first asks for the delta,
- * as if killed between its UpdateSubmit and the upload. */
+ * as if killed between its UpdateSubmit and the upload; with
+ * NAWAL_AGENT_TEST_CRASH=collect, when a training finished, after its
+ * update file was written and before its submission record is saved. */
 #ifndef NAWAL_AGENT_SESSION_H
 #define NAWAL_AGENT_SESSION_H
 

@@ -47,6 +47,13 @@ int nawal_agent_delta_path(char *out, size_t cap, const char *dir, const uint8_t
 
 int nawal_agent_train_ckpt_path(char *out, size_t cap, const char *dir) { return join(out, cap, dir, "train.ckpt"); }
 
+void nawal_agent_train_ckpt_remove(const char *dir) {
+    char path[4096];
+    if (nawal_agent_train_ckpt_path(path, sizeof path, dir)) return;
+    int gone = unlink(path) == 0;
+    if (nawal_file_leftovers_remove(path) > 0 || gone) nawal_fsync_parent_dir(path);
+}
+
 int nawal_agent_model_cached(const char *dir, const uint8_t cid[32], char *err, size_t errlen) {
     char path[4096];
     if (nawal_agent_model_path(path, sizeof path, dir, cid)) return nawal_fail(err, errlen, "%s: path too long", dir);

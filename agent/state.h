@@ -32,7 +32,9 @@
  *                                      round plan: a restarted agent resumes
  *                                      that round's training from it
  *                                      (local_update.h); removed once the
- *                                      update file is written
+ *                                      submission record of its update is
+ *                                      saved (or the round it trains for is
+ *                                      over)
  *
  * Functions return 0, or -1 with a message naming the file. */
 #ifndef NAWAL_AGENT_STATE_H
@@ -58,6 +60,9 @@ int nawal_agent_state_init(const char *dir, char *err, size_t errlen);
 int nawal_agent_model_path(char *out, size_t cap, const char *dir, const uint8_t cid[32]);
 int nawal_agent_delta_path(char *out, size_t cap, const char *dir, const uint8_t cid[32]);
 int nawal_agent_train_ckpt_path(char *out, size_t cap, const char *dir);
+/* Removes DIR/train.ckpt and its leftover temporary files (best effort):
+ * the update it was the training of is on record. */
+void nawal_agent_train_ckpt_remove(const char *dir);
 
 /* 1 when DIR/models/<cid> exists and hashes to cid, 0 when not (a file
  * that does not match is removed), -1 on an I/O error. */

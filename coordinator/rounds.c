@@ -387,10 +387,10 @@ int nawal_round_evaluation_record(nawal_store *s, const nawal_evaluation *e, naw
     if (!isfinite(e->loss) || e->loss < 0)
         return refuse(rep, NAWAL__ERROR_CODE__ERR_BAD_MESSAGE,
                       "evaluation of round %lld: the loss must be a finite number >= 0, not %g", rid, e->loss);
-    if (e->tokens == 0 || e->tokens > (uint64_t)INT64_MAX)
+    if (e->tokens == 0 || e->tokens > NAWAL_EVAL_MAX_TOKENS)
         return refuse(rep, NAWAL__ERROR_CODE__ERR_BAD_MESSAGE,
-                      "evaluation of round %lld: evaluated over %llu tokens (want 1..2^63-1)", rid,
-                      (unsigned long long)e->tokens);
+                      "evaluation of round %lld: evaluated over %llu tokens (want 1..%llu)", rid,
+                      (unsigned long long)e->tokens, NAWAL_EVAL_MAX_TOKENS);
     if (nawal_store_begin(s, err, sizeof err)) return internal(rep, err);
     nawal_round r;
     int rc = nawal_store_round_get(s, e->round_id, &r, err, sizeof err);
@@ -453,15 +453,17 @@ int nawal_round_evaluation_summary(nawal_store *s, int64_t round_id, nawal_evalu
     memset(out, 0, sizeof *out);
     out->loss = NAN;
     sqlite3_stmt *st;
-    if (nawal_store_prepare(s, &st, "SELECT COUNT(*), TOTAL(tokens), TOTAL(loss * tokens) FROM evaluations"
-                                    " WHERE round_id = ?1", err, errlen))
+    /* each row's tokens clamped to the bound (rows recorded before it was enforced), the total to int64 */
+    if (nawal_store_prepare(s, &st, "SELECT COUNT(*), TOTAL(MIN(tokens, ?2)), TOTAL(loss * MIN(tokens, ?2))"
+                                    " FROM evaluations WHERE round_id = ?1", err, errlen))
         return -1;
     sqlite3_bind_int64(st, 1, round_id);
+    sqlite3_bind_int64(st, 2, (int64_t)NAWAL_EVAL_MAX_TOKENS);
     int rc = 0;
     if (sqlite3_step(st) == SQLITE_ROW) {
         out->results = (uint64_t)sqlite3_column_int64(st, 0);
         double tokens = sqlite3_column_double(st, 1);
-        out->tokens = (uint64_t)tokens;
+        out->tokens = !(tokens > 0) ? 0 : tokens < 0x1p63 ? (uint64_t)tokens : (uint64_t)INT64_MAX;
         if (out->results && tokens > 0) out->loss = sqlite3_column_double(st, 2) / tokens;
     } else {
         rc = nawal_store_sql_fail(s, err, errlen, "summarise evaluations");

@@ -45,7 +45,8 @@
  *   ERR_WRONG_ROUND   no such round, round not closed, or not the round's
  *                     new model (no evaluation of it was requested)
  *   ERR_DUPLICATE     the validator's answer for the round is on record
- *   ERR_BAD_MESSAGE   loss not finite or negative, no tokens evaluated
+ *   ERR_BAD_MESSAGE   loss not finite or negative, no tokens evaluated or
+ *                     more than NAWAL_EVAL_MAX_TOKENS
  *   ERR_UNKNOWN_SENDER key not registered, or removed
  *
  * Return values: 0 done / accepted; NAWAL_STORE_REFUSED with reply filled;
@@ -133,6 +134,12 @@ int nawal_round_resume(nawal_store *s, int64_t now_ms, const nawal_agg_config *c
 
 /* ---- evaluations ---- */
 
+/* The most tokens an evaluation may claim (a validator measures a few
+ * windows of its validation split, nawal-agent at most 32): a sane bound,
+ * so that sums over a round's rows stay exact integers well inside int64
+ * and no claimed count weighs without limit in the round's mean. */
+#define NAWAL_EVAL_MAX_TOKENS 1000000000000ull /* 1e12 */
+
 /* One row of the evaluations table. */
 typedef struct {
     int64_t round_id;
@@ -144,8 +151,9 @@ typedef struct {
 } nawal_evaluation;
 
 typedef struct {
-    uint64_t results, tokens;    /* rows of the round, their tokens */
-    double loss;                 /* sum(loss x tokens) / sum(tokens); NAN without rows */
+    uint64_t results, tokens;    /* rows of the round, their tokens (each row's at most NAWAL_EVAL_MAX_TOKENS,
+                                  * also one recorded before the bound; the total at most INT64_MAX) */
+    double loss;                 /* sum(loss x tokens) / sum(tokens), with those tokens; NAN without rows */
 } nawal_evaluation_summary;
 
 /* Records a validator's evaluation (received at e->received_ms) in one

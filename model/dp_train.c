@@ -83,7 +83,9 @@ int nawal_dp_train_run(nawal_gpt *m, const int32_t *train, size_t n_train, const
         randombytes_buf(&rng, sizeof rng);
     }
     rep->steps_done = st.step;
-    rep->epsilon_spent = st.epsilon_spent;
+    /* with a budget, its total: it also holds the steps a killed run executed after its last snapshot */
+    if (!dc->budget) rep->epsilon_spent = st.epsilon_spent;
+    else if (nawal_privacy_budget_epsilon(dc->budget, &rep->epsilon_spent, NULL, err, errlen)) return -1;
     if (resumed && !dc->budget) { /* this run's accountant: the snapshot's steps, one by one as the loop adds them */
         nawal_accountant one;
         if (nawal_accountant_init(&one, NULL, 0, err, errlen) || nawal_accountant_add(&one, q, sigma, 1, err, errlen)) return -1;
@@ -166,7 +168,7 @@ int nawal_dp_train_run(nawal_gpt *m, const int32_t *train, size_t n_train, const
         st.first_loss = res->first_loss;
         st.last_loss = loss;
         st.epsilon_spent = eps_after;
-        if (nawal_train_ckpt_step(tc, m, &st, id, &ck_last, err, errlen)) { rc = -1; break; }
+        nawal_train_ckpt_step(tc, m, &st, id, &ck_last, log);
     }
     m->ops->sync(m->ops);
     res->seconds = nawal_monotonic_s() - t0;

@@ -33,6 +33,9 @@ typedef struct {
 } nawal_dp_train_config;
 
 typedef struct {
+    /* epsilon_spent, at dc->delta: with a budget, the budget's total (every run's steps, each one executed
+     * charged: also those of a killed run after its last snapshot), from the start of the run on, also when
+     * it stops before its first step; without one, this run's (a resumed run's snapshot steps included) */
     double sample_rate, noise_multiplier, epsilon_spent, expected_batch;
     size_t n_examples;
     int steps_done;

@@ -11,6 +11,10 @@ static void notify(const nawal_train_ckpt *ck, FILE *log, nawal_ckpt_event ev, i
     } else if (log && ev == NAWAL_CKPT_REFUSED) {
         fprintf(log, "%s; training from step 0\n", why);
         fflush(log);
+    } else if (ev == NAWAL_CKPT_FAILED) {
+        FILE *out = log ? log : stderr;
+        fprintf(out, "warning: no checkpoint at step %d of %d: %s; training goes on\n", step, steps, why);
+        fflush(out);
     }
 }
 
@@ -30,14 +34,16 @@ int nawal_train_ckpt_begin(const nawal_train_config *tc, nawal_gpt *m, const int
     return r == 1;
 }
 
-int nawal_train_ckpt_step(const nawal_train_config *tc, const nawal_gpt *m, const nawal_train_state *st,
-                          const uint8_t id[32], double *last_s, char *err, size_t errlen) {
+void nawal_train_ckpt_step(const nawal_train_config *tc, const nawal_gpt *m, const nawal_train_state *st,
+                           const uint8_t id[32], double *last_s, FILE *log) {
     const nawal_train_ckpt *ck = tc->ckpt;
-    if (!ck || ck->every <= 0 || (st->step % ck->every != 0 && st->step != st->steps)) return 0;
+    if (!ck || ck->every <= 0 || (st->step % ck->every != 0 && st->step != st->steps)) return;
     double now = nawal_monotonic_s();
-    if (ck->min_interval_s > 0 && now - *last_s < ck->min_interval_s) return 0;
-    if (nawal_train_state_save(ck->path, m, st, id, err, errlen)) return -1;
+    if (ck->min_interval_s > 0 && now - *last_s < ck->min_interval_s) return;
     *last_s = now;
-    notify(ck, NULL, NAWAL_CKPT_SAVED, st->step, st->steps, NULL);
-    return 0;
+    char why[512] = "";
+    if (nawal_train_state_save(ck->path, m, st, id, why, sizeof why)) /* (nawal_file_replace removed its temporary file) */
+        notify(ck, log, NAWAL_CKPT_FAILED, st->step, st->steps, why);
+    else
+        notify(ck, log, NAWAL_CKPT_SAVED, st->step, st->steps, NULL);
 }

@@ -2,7 +2,8 @@
  * tc->ckpt (trainer.h): at the start, resume from the snapshot at
  * ckpt->path when it is a valid one of this run, or say why it was refused
  * and start at step 0; after each step, write a snapshot (train_state.h)
- * when one is due and tell the caller. */
+ * when one is due and tell the caller (also when it could not be written:
+ * the run goes on without it). */
 #ifndef NAWAL_TRAIN_CKPT_H
 #define NAWAL_TRAIN_CKPT_H
 
@@ -23,9 +24,12 @@ int nawal_train_ckpt_begin(const nawal_train_config *tc, nawal_gpt *m, const int
 /* After a step, st->step steps done: with tc->ckpt, writes the snapshot
  * when ckpt->every divides st->step or it was the run's last step, unless
  * the last save (*last_s, monotonic seconds: the loop sets it to its start
- * time, a save to the save's time) was less than ckpt->min_interval_s ago,
- * and notifies SAVED. 0, or -1 when it cannot be written. */
-int nawal_train_ckpt_step(const nawal_train_config *tc, const nawal_gpt *m, const nawal_train_state *st,
-                          const uint8_t id[32], double *last_s, char *err, size_t errlen);
+ * time, a save or a failed one to its time) was less than
+ * ckpt->min_interval_s ago, and notifies SAVED. A snapshot is optional: one
+ * that cannot be written (full disk, out of memory; no temporary file is
+ * left) is notified as FAILED, with a warning on log (stderr when NULL)
+ * when ckpt->notify is NULL, and the run goes on. */
+void nawal_train_ckpt_step(const nawal_train_config *tc, const nawal_gpt *m, const nawal_train_state *st,
+                           const uint8_t id[32], double *last_s, FILE *log);
 
 #endif

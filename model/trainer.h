@@ -8,9 +8,11 @@
  * saves its whole state every ckpt->every steps (train_state.h: weights,
  * AdamW moments and step count, the step reached, the sampling generator)
  * and, with ckpt->resume, starts from the snapshot at ckpt->path when it
- * belongs to this run. Resuming is exact: on one backend and thread count,
- * k steps, a snapshot, a fresh process and the remaining S - k steps give
- * the same bits as S steps straight through. */
+ * belongs to this run; a snapshot that cannot be written (a full disk) is
+ * reported (NAWAL_CKPT_FAILED) and the run goes on without it. Resuming is
+ * exact: on one backend and thread count, k steps, a snapshot, a fresh
+ * process and the remaining S - k steps give the same bits as S steps
+ * straight through. */
 #ifndef NAWAL_TRAINER_H
 #define NAWAL_TRAINER_H
 
@@ -24,6 +26,8 @@ typedef enum {
     NAWAL_CKPT_SAVED,    /* a snapshot of `step` steps done was written */
     NAWAL_CKPT_RESUMED,  /* the run continues at `step` from the snapshot */
     NAWAL_CKPT_REFUSED,  /* the file at path was not used (why: the reason); the run starts at step 0 */
+    NAWAL_CKPT_FAILED,   /* the snapshot of `step` steps could not be written (why: the reason, e.g. a full
+                          * disk): the previous one, if any, stays; training goes on (a snapshot is optional) */
 } nawal_ckpt_event;
 
 /* Snapshots of a training run (train_state.h). */

@@ -356,12 +356,25 @@ static int receiver_finish(nawal_blob_receiver *r, char *err, size_t errlen) {
     return 1;
 }
 
+/* msg decoded into r's arena (valid until the next decode); NULL when too long or malformed */
+static Nawal__BlobChunk *chunk_decode(nawal_blob_receiver *r, const uint8_t *msg, size_t len) {
+    if (len > NAWAL_BLOB_CHUNK_MSG_MAX) return NULL;
+    r->ar.used = 0;
+    ProtobufCAllocator alloc = { arena_alloc, arena_free, &r->ar };
+    return nawal__blob_chunk__unpack(&alloc, len, msg);
+}
+
+int nawal_blob_receiver_stale(nawal_blob_receiver *r, const uint8_t *msg, size_t len) {
+    if (r->complete || r->failed) return 0;
+    const Nawal__BlobChunk *ch = chunk_decode(r, msg, len);
+    if (!ch || ch->cid.len != NAWAL_CID_BYTES) return 0;
+    return !nawal_cid_equal(ch->cid.data, r->cid) || ch->offset < r->written;
+}
+
 int nawal_blob_receiver_chunk(nawal_blob_receiver *r, const uint8_t *msg, size_t len, char *err, size_t errlen) {
     if (r->complete || r->failed) return nawal_fail(err, errlen, "blob transfer already %s", r->complete ? "complete" : "failed");
     if (len > NAWAL_BLOB_CHUNK_MSG_MAX) return nawal_fail(err, errlen, "BlobChunk of %zu bytes is too long", len);
-    r->ar.used = 0;
-    ProtobufCAllocator alloc = { arena_alloc, arena_free, &r->ar };
-    Nawal__BlobChunk *ch = nawal__blob_chunk__unpack(&alloc, len, msg);
+    Nawal__BlobChunk *ch = chunk_decode(r, msg, len);
     if (!ch) return nawal_fail(err, errlen, "malformed BlobChunk");
     if (ch->cid.len != NAWAL_CID_BYTES || !nawal_cid_equal(ch->cid.data, r->cid))
         return nawal_fail(err, errlen, "BlobChunk for another blob");

@@ -89,6 +89,14 @@ int nawal_blob_receiver_request(const nawal_blob_receiver *r, uint8_t *buf, size
  * verified and renamed into place, -1 = error (the transfer can be resumed
  * with a new request unless the CID did not match, which removes .part). */
 int nawal_blob_receiver_chunk(nawal_blob_receiver *r, const uint8_t *msg, size_t len, char *err, size_t errlen);
+/* 1 when msg is a BlobChunk left over from an earlier transfer, which the
+ * caller drops without counting it as an error: a chunk of another blob
+ * than r's, or one at an offset below the bytes r holds (a duplicate). A
+ * sender queues up to its window of chunks ahead, so chunks of a transfer
+ * that a new BlobRequest replaced still arrive after the request. 0 for
+ * anything else, which nawal_blob_receiver_chunk() then checks (a malformed
+ * message, a gap, a changed total size... are errors there). */
+int nawal_blob_receiver_stale(nawal_blob_receiver *r, const uint8_t *msg, size_t len);
 /* Stops; an incomplete .part file stays for a later resume. */
 void nawal_blob_receiver_free(nawal_blob_receiver *r);
 

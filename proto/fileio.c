@@ -1,12 +1,17 @@
 /* fileio.c - see fileio.h. */
 #include "fileio.h"
 #include "error.h"
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+/* nawal_file_replace's temporary file: path + TMP_SUFFIX, the X's filled in by mkstemp */
+#define TMP_MARK ".tmp."
+#define TMP_SUFFIX TMP_MARK "XXXXXX"
 
 int nawal_write_all(int fd, const void *buf, size_t len) {
     const char *p = buf;
@@ -31,9 +36,14 @@ int nawal_fsync_dir(const char *dir) {
     return rc;
 }
 
-void nawal_fsync_parent_dir(const char *path) {
+/* The directory holding path (malloc'd; NULL when out of memory). */
+static char *parent_dir(const char *path) {
     const char *slash = strrchr(path, '/');
-    char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
+    return slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
+}
+
+void nawal_fsync_parent_dir(const char *path) {
+    char *dir = parent_dir(path);
     if (!dir) return;
     (void)nawal_fsync_dir(dir);
     free(dir);
@@ -41,7 +51,7 @@ void nawal_fsync_parent_dir(const char *path) {
 
 int nawal_file_replace(const char *path, const nawal_chunk *chunks, size_t n, mode_t mode, char *err, size_t errlen) {
     size_t plen = strlen(path);
-    static const char suffix[] = ".tmp.XXXXXX";
+    static const char suffix[] = TMP_SUFFIX;
     char *tmp = malloc(plen + sizeof suffix);
     if (!tmp) return nawal_fail(err, errlen, "%s: out of memory", path);
     memcpy(tmp, path, plen);
@@ -68,4 +78,23 @@ int nawal_file_replace(const char *path, const nawal_chunk *chunks, size_t n, mo
     free(tmp);
     nawal_fsync_parent_dir(path);
     return 0;
+}
+
+int nawal_file_leftovers_remove(const char *path) {
+    const char *slash = strrchr(path, '/');
+    const char *base = slash ? slash + 1 : path;
+    char *dir = parent_dir(path);
+    DIR *d = dir ? opendir(dir) : NULL;
+    free(dir);
+    if (!d) return 0;
+    size_t blen = strlen(base), mark = sizeof TMP_MARK - 1, xs = sizeof TMP_SUFFIX - sizeof TMP_MARK;
+    int removed = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        size_t n = strlen(e->d_name);
+        if (n == blen + mark + xs && !memcmp(e->d_name, base, blen) && !memcmp(e->d_name + blen, TMP_MARK, mark) &&
+            unlinkat(dirfd(d), e->d_name, 0) == 0)
+            removed++;
+    }
+    closedir(d);
+    return removed;
 }

@@ -30,4 +30,10 @@ typedef struct {
  * file is left behind. 0, or -1 with a message naming path. */
 int nawal_file_replace(const char *path, const nawal_chunk *chunks, size_t n, mode_t mode, char *err, size_t errlen);
 
+/* Removes the temporary files that replacements of path left behind when
+ * their process was killed mid-way (path.tmp.XXXXXX beside path). Only for
+ * a path that no other thread or process is replacing at the time. Returns
+ * how many were removed (best effort: 0 when the directory cannot be read). */
+int nawal_file_leftovers_remove(const char *path);
+
 #endif

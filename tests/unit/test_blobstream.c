@@ -1,5 +1,6 @@
 /* test_blobstream.c - chunked blob streaming: the receiver's checks on
- * every chunk (CID, offset, sizes, malformed input), CID verification at the
+ * every chunk (CID, offset, sizes, malformed input), the chunks it drops as
+ * left over from a replaced transfer or repeated, CID verification at the
  * end (mismatch removes the partial file), resume from a .part file, the
  * sender's window, and over loopback TLS a 64 MiB blob streamed and verified
  * plus transfers cut mid-way (by either end) that resume and complete. */
@@ -198,6 +199,49 @@ Test(blobstream, receiver_checks_every_chunk) {
     cr_assert_eq(nawal_blob_receiver_chunk(r, cap.msg[3], cap.len[3], err, sizeof err), -1);
     nawal_blob_receiver_free(r);
     cap_free(&cap);
+    tmp_remove(&t);
+}
+
+/* What a receiver drops as left over from an earlier transfer (nawal_blob_receiver_stale): the
+ * chunks of another blob still queued when a new BlobRequest replaced its transfer, and repeats
+ * of chunks it holds; not a gap, garbage or a chunk of this blob it still needs. */
+Test(blobstream, stale_chunks_are_told_apart) {
+    uint64_t rng = test_seed("stale_chunks_are_told_apart");
+    tmp_paths t;
+    tmp_make(&t);
+    char src2[160];
+    snprintf(src2, sizeof src2, "%s/src2.bin", t.dir);
+    uint8_t cid[32], cid2[32];
+    make_file(t.src, 3 * MiB + 5, &rng, cid);
+    make_file(src2, 2 * MiB + 9, &rng, cid2);
+    capture cap = { 0 }, old = { 0 };
+    all_chunks(&cap, t.src, cid, 0);
+    all_chunks(&old, src2, cid2, 0);
+    char err[256];
+    nawal_blob_receiver *r;
+    cr_assert_eq(nawal_blob_receiver_open(&r, t.dst, cid, 0, err, sizeof err), 0, "%s", err);
+    /* the replaced transfer's chunks, before and between this one's */
+    for (int i = 0; i < old.n; i++) cr_assert(nawal_blob_receiver_stale(r, old.msg[i], old.len[i]), "old chunk %d", i);
+    cr_assert(!nawal_blob_receiver_stale(r, cap.msg[1], cap.len[1]), "a gap is not stale");
+    cr_assert_eq(nawal_blob_receiver_chunk(r, cap.msg[1], cap.len[1], err, sizeof err), -1);
+    cr_assert(!nawal_blob_receiver_stale(r, (const uint8_t *)"\xff\xff\xff\xff", 4), "garbage is not stale");
+    for (int i = 0; i < cap.n; i++) {
+        cr_assert(!nawal_blob_receiver_stale(r, cap.msg[i], cap.len[i]), "chunk %d is the next one", i);
+        int rc = nawal_blob_receiver_chunk(r, cap.msg[i], cap.len[i], err, sizeof err);
+        cr_assert_eq(rc, i + 1 == cap.n, "chunk %d: %s", i, err);
+        if (i + 1 < cap.n) { /* a repeat of what is held, and an old chunk, in between */
+            cr_assert(nawal_blob_receiver_stale(r, cap.msg[i], cap.len[i]), "chunk %d again", i);
+            cr_assert(nawal_blob_receiver_stale(r, cap.msg[0], cap.len[0]), "chunk 0 again");
+            cr_assert(nawal_blob_receiver_stale(r, old.msg[i % old.n], old.len[i % old.n]));
+        }
+    }
+    cr_assert(same_files(t.src, t.dst));
+    /* once complete, nothing is stale: a chunk is refused as after the end */
+    cr_assert(!nawal_blob_receiver_stale(r, cap.msg[0], cap.len[0]));
+    nawal_blob_receiver_free(r);
+    cap_free(&cap);
+    cap_free(&old);
+    unlink(src2);
     tmp_remove(&t);
 }
 

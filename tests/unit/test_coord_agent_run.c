@@ -11,9 +11,14 @@
  * killed during a DP-SGD round's local training, right after its snapshot
  * at step 10 of 20 (NAWAL_AGENT_TEST_CRASH=train:10), resumes from that
  * snapshot when restarted, its update counts exactly once, its privacy
- * budget holds exactly the 20 steps executed, and the snapshot is gone;
- * another agent finding a damaged snapshot in its state directory says so,
- * removes it and trains from step 0. */
+ * budget holds exactly the 20 steps executed, and the snapshot and the
+ * temporary file of a save killed mid-way are gone; another agent finding
+ * a damaged snapshot in its state directory says so, removes it and
+ * trains from step 0; an agent killed after writing its update file but
+ * before saving its submission record (NAWAL_AGENT_TEST_CRASH=collect)
+ * resumes from the snapshot of its last step instead of training again
+ * (no step charged twice); a snapshot left beside a submission record of
+ * the round is removed by the restarted agent. */
 #include "coord_proc_test_util.h"
 #include "cid.h"
 
@@ -127,13 +132,24 @@ static void round_closed_once(validator v[2], serve_proc *sp) {
     coord_sh(g_root, "%s ledger verify --dir %s", NAWAL_COORDINATOR_BIN, g_dir);
 }
 
+/* path (in a validator's state directory) with a few junk bytes, as a killed process could leave it */
+static void junk_file(const validator *v, const char *name, char *path, size_t cap) {
+    snprintf(path, cap, "%s/state/%s", v->key, name);
+    FILE *f = fopen(path, "w");
+    cr_assert(f && fputs("not a snapshot\n", f) >= 0 && fclose(f) == 0, "%s", path);
+}
+
 Test(coord_agent_run, agent_killed_mid_upload_counts_once) {
     validator v[2];
     serve_proc sp;
     round_with_crash(v, &sp, 11, "--steps 6 --batch 4", "NAWAL_AGENT_TEST_CRASH=upload");
     validator_log_has(&v[1], "round 1: update submitted");
+    /* a snapshot beside the round's submission record (a kill between saving the one and removing the other) */
+    char ckpt[300];
+    junk_file(&v[1], "train.ckpt", ckpt, sizeof ckpt);
     restart_both(v, &sp);
     validator_log_has(&v[1], "round 1: resubmitting the update made earlier");
+    cr_assert_neq(access(ckpt, F_OK), 0, "the snapshot outlived the submission record");
     char *log = coord_slurp(v[1].log, NULL);
     /* trained once: the restart did not train again */
     const char *first = strstr(log, "round 1: training\n");
@@ -160,15 +176,14 @@ Test(coord_agent_run, agent_killed_mid_training_resumes_from_its_checkpoint) {
     round_with_crash(v, &sp, 21, "--steps 20 --batch 4 --dp --noise-multiplier 1.0", "NAWAL_AGENT_TEST_CRASH=train:10");
     validator_log_has(&v[1], "round 1: training\n");
     validator_log_has(&v[1], "exiting after the checkpoint at step 10");
-    char ckpt[300], junk[300];
+    char ckpt[300], junk[300], orphan[300];
     snprintf(ckpt, sizeof ckpt, "%s/state/train.ckpt", v[1].key);
     cr_assert_eq(access(ckpt, F_OK), 0, "no snapshot at %s", ckpt);
+    junk_file(&v[1], "train.ckpt.tmp.Ab12Cd", orphan, sizeof orphan); /* a save killed mid-way */
     /* agent a starts with a damaged snapshot in its state directory */
     snprintf(junk, sizeof junk, "%s/state", v[0].key);
     cr_assert_eq(mkdir(junk, 0700), 0);
-    snprintf(junk, sizeof junk, "%s/state/train.ckpt", v[0].key);
-    FILE *f = fopen(junk, "w");
-    cr_assert(f && fputs("not a snapshot\n", f) >= 0 && fclose(f) == 0);
+    junk_file(&v[0], "train.ckpt", junk, sizeof junk);
     restart_both(v, &sp);
     validator_log_has(&v[1], "round 1: resuming local training at step 10 of 20 from the checkpoint");
     validator_log_has(&v[0], "round 1: checkpoint ");
@@ -180,6 +195,25 @@ Test(coord_agent_run, agent_killed_mid_training_resumes_from_its_checkpoint) {
     cr_assert_eq(budget_steps(&v[1]), 20);
     cr_assert_eq(budget_steps(&v[0]), 20);
     cr_assert_neq(access(ckpt, F_OK), 0, "the snapshot outlived the update");
+    cr_assert_neq(access(orphan, F_OK), 0, "the killed save's temporary file was not removed");
     cr_assert_neq(access(junk, F_OK), 0, "the damaged snapshot was not removed");
+    round_closed_once(v, &sp);
+}
+
+Test(coord_agent_run, agent_killed_before_its_record_resumes_from_the_last_snapshot) {
+    validator v[2];
+    serve_proc sp;
+    round_with_crash(v, &sp, 31, "--steps 6 --batch 4 --dp --noise-multiplier 1.0", "NAWAL_AGENT_TEST_CRASH=collect");
+    validator_log_has(&v[1], "exiting before saving the submission record");
+    char ckpt[300], sub[300];
+    snprintf(ckpt, sizeof ckpt, "%s/state/train.ckpt", v[1].key);
+    snprintf(sub, sizeof sub, "%s/state/submission", v[1].key);
+    cr_assert_eq(access(ckpt, F_OK), 0, "the snapshot went before the submission record was saved");
+    cr_assert_neq(access(sub, F_OK), 0, "a submission record was saved");
+    cr_assert_eq(budget_steps(&v[1]), 6);
+    restart_both(v, &sp);
+    validator_log_has(&v[1], "round 1: resuming local training at step 6 of 6 from the checkpoint");
+    cr_assert_eq(budget_steps(&v[1]), 6, "the round was trained (and charged) again");
+    cr_assert_neq(access(ckpt, F_OK), 0, "the snapshot outlived the submission record");
     round_closed_once(v, &sp);
 }

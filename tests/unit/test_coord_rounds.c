@@ -10,7 +10,8 @@
  * resumes with the same absolute deadline; the CLI (init --model-config /
  * --import, round start / status / tick); the validators' evaluations of
  * a closed round's model (recorded, refused with the wire's codes, their
- * token-weighted mean); and version 1 and 2 directories upgraded in place. */
+ * token-weighted mean, token counts bounded and clamped in the mean); and
+ * version 1 and 2 directories upgraded in place. */
 #include "agg_test_util.h"
 #include "checkpoint.h"
 #include "coord_test_util.h"
@@ -657,6 +658,9 @@ Test(coord_rounds, evaluations_recorded_refused_and_averaged) {
     EXPECT(evaluate(&c, 0, id, r.model_cid, 2.0, 0), REFUSED, NAWAL__ERROR_CODE__ERR_BAD_MESSAGE);
     cr_assert(strstr(g_reply.text, "0 tokens"), "%s", g_reply.text);
     EXPECT(evaluate(&c, 0, id, r.model_cid, 2.0, (uint64_t)INT64_MAX + 1), REFUSED, NAWAL__ERROR_CODE__ERR_BAD_MESSAGE);
+    EXPECT(evaluate(&c, 0, id, r.model_cid, 2.0, (uint64_t)INT64_MAX), REFUSED, NAWAL__ERROR_CODE__ERR_BAD_MESSAGE);
+    EXPECT(evaluate(&c, 0, id, r.model_cid, 2.0, NAWAL_EVAL_MAX_TOKENS + 1), REFUSED, NAWAL__ERROR_CODE__ERR_BAD_MESSAGE);
+    cr_assert(strstr(g_reply.text, "want 1..1000000000000"), "%s", g_reply.text);
     EXPECT(evaluate(&c, 5, id, r.model_cid, 2.0, 100), REFUSED, NAWAL__ERROR_CODE__ERR_UNKNOWN_SENDER);
     cr_assert_eq(summary(&c, id).results, 0, "refused evaluations leave no row");
     cr_assert_eq(nawal_round_evaluated(c.s, id, c.pk[0]), 0);
@@ -680,6 +684,46 @@ Test(coord_rounds, evaluations_recorded_refused_and_averaged) {
     sum = summary(&c, id);
     cr_assert(sum.results == 3 && sum.tokens == 401);
     EXPECT(evaluate(&c, 1, id, r.model_cid, 3.0, 300), REFUSED, NAWAL__ERROR_CODE__ERR_DUPLICATE);
+    ctx_close(&c);
+}
+
+/* Token counts are bounded (NAWAL_EVAL_MAX_TOKENS): the bound itself is accepted, and the round's
+ * summary stays exact and in range with rows at the bound and rows above it recorded before the
+ * bound was enforced (clamped to it, so no row weighs more). */
+Test(coord_rounds, evaluation_tokens_bounded) {
+    ctx c;
+    ctx_open(&c);
+    int64_t id = announce(&c, &PARAMS, T0);
+    for (int i = 0; i < 3; i++) EXPECT(join(&c, i, id, 1000, T0 + 10 + i), 0, OK);
+    for (int i = 0; i < 3; i++) EXPECT(submit(&c, i, id, 10, T0 + 1000 + i, NULL), 0, OK);
+    nawal_tick_report t = tick(&c, T0 + 2000);
+    cr_assert_eq(t.closed_round, id, "%s", t.note);
+    nawal_round r = get_round(&c, id);
+    EXPECT(evaluate(&c, 0, id, r.model_cid, 1.0, NAWAL_EVAL_MAX_TOKENS), 0, OK);
+    EXPECT(evaluate(&c, 1, id, r.model_cid, 3.0, NAWAL_EVAL_MAX_TOKENS), 0, OK);
+    nawal_evaluation_summary sum = summary(&c, id);
+    cr_assert(sum.results == 2 && sum.tokens == 2 * NAWAL_EVAL_MAX_TOKENS, "%llu tokens", (unsigned long long)sum.tokens);
+    cr_assert(fabs(sum.loss - 2.0) < 1e-12, "mean %.17g", sum.loss);
+    /* rows of INT64_MAX tokens, as an earlier version accepted them */
+    sqlite3_stmt *st;
+    cr_assert_eq(sqlite3_prepare_v2(nawal_store_db(c.s),
+                                    "INSERT INTO evaluations(round_id, validator, model_cid, loss, tokens, received_ms)"
+                                    " VALUES (?1, ?2, ?3, ?4, ?5, 0)", -1, &st, NULL), SQLITE_OK);
+    for (int i = 2; i < 4; i++) {
+        sqlite3_reset(st);
+        sqlite3_bind_int64(st, 1, id);
+        sqlite3_bind_blob(st, 2, c.pk[i], 32, SQLITE_STATIC);
+        sqlite3_bind_blob(st, 3, r.model_cid, 32, SQLITE_STATIC);
+        sqlite3_bind_double(st, 4, 2.0 * i);
+        sqlite3_bind_int64(st, 5, INT64_MAX);
+        cr_assert_eq(sqlite3_step(st), SQLITE_DONE, "%s", sqlite3_errmsg(nawal_store_db(c.s)));
+    }
+    sqlite3_finalize(st);
+    sum = summary(&c, id);
+    cr_assert_eq(sum.results, 4);
+    cr_assert_eq(sum.tokens, 4 * NAWAL_EVAL_MAX_TOKENS, "each row clamped: %llu", (unsigned long long)sum.tokens);
+    cr_assert(sum.tokens <= (uint64_t)INT64_MAX);
+    cr_assert(fabs(sum.loss - (1.0 + 3.0 + 4.0 + 6.0) / 4) < 1e-12, "each row weighs at most the bound: %.17g", sum.loss);
     ctx_close(&c);
 }
 

@@ -8,17 +8,27 @@
  *     epsilon comes out bit-identical too);
  *   - with a privacy budget, every executed step is charged: the budget
  *     holds S steps after the first run and S + (S - k) after the resumed
- *     one (the steps after the snapshot are charged again);
+ *     one (the steps after the snapshot are charged again); the epsilon a
+ *     resumed run reports is the budget's, also when the budget stops it
+ *     before its first step (its snapshot's epsilon is lower);
+ *   - a snapshot that cannot be written (the file size limit hit mid-write)
+ *     is reported, leaves no temporary file, and the run goes on with the
+ *     same bits; leftover temporary files of killed saves are recognised
+ *     and removed (nawal_file_leftovers_remove);
  *   - a corrupt, truncated, extended, empty, foreign (other tag, training
  *     config, data, kind or model) or unreadable snapshot is refused with a
  *     message naming the problem, and training starts over (same bits as
  *     a run without a snapshot). */
 #include "dp_train.h"
+#include "fileio.h"
 #include "test_util.h"
 #include "train_state.h"
 
 #include <criterion/criterion.h>
+#include <dirent.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 #define S 9      /* steps of a run */
@@ -76,7 +86,7 @@ static void path_of(char *out, size_t cap, const char *name) { snprintf(out, cap
 /* What a run's notifications were; at step copy_at, the snapshot is copied to copy_to. */
 typedef struct {
     const char *path, *copy_to;
-    int copy_at, saves, resumed_at, refused;
+    int copy_at, saves, resumed_at, refused, failed;
     char why[512];
 } events;
 
@@ -99,7 +109,8 @@ static void on_event(void *ctx, nawal_ckpt_event ev, int step, int steps, const 
     } else if (ev == NAWAL_CKPT_RESUMED) {
         e->resumed_at = step;
     } else {
-        e->refused = 1;
+        if (ev == NAWAL_CKPT_REFUSED) e->refused = 1;
+        else e->failed++;
         snprintf(e->why, sizeof e->why, "%s", why);
     }
 }
@@ -194,33 +205,79 @@ Test(train_resume, dp_resume_is_bitwise) {
     resume_case("resume.dp", &dc);
 }
 
-Test(train_resume, dp_resume_charges_every_executed_step) {
-    fixture f = fixture_new("resume.budget");
+/* With a fresh budget (dc->budget, opened in tmp_root/budget; the caller closes it): a run of S
+ * steps snapshotting every K, which charges its S steps, then a run from its snapshot at K into a
+ * model initialised otherwise, as a restarted process would. Both runs' bits and reports. */
+static void budget_resume(const fixture *f, nawal_dp_train_config *dc, bits out[2], nawal_dp_report rep[2]) {
     char dir[300], path[300], at_k[300], err[512] = "";
     path_of(dir, sizeof dir, "budget");
     cr_assert_eq(mkdir(dir, 0700), 0);
     path_of(path, sizeof path, "run.ckpt");
     path_of(at_k, sizeof at_k, "at_k.ckpt");
-    nawal_dp_train_config dc = dp_config();
-    cr_assert_eq(nawal_privacy_budget_open(&dc.budget, dir, NULL, dc.delta, 1, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(nawal_privacy_budget_open(&dc->budget, dir, NULL, dc->delta, 1, err, sizeof err), 0, "%s", err);
     nawal_train_result r;
-    nawal_dp_report rep;
     events e = { .path = path, .copy_to = at_k, .copy_at = K };
     nawal_train_ckpt ck = { .path = path, .every = K, .notify = on_event, .ctx = &e };
-    bits a = run(&f, 1, &ck, &dc, &r, &rep);
-    cr_assert_eq(nawal_privacy_budget_steps(dc.budget), S);
+    out[0] = run(f, 1, &ck, dc, &r, &rep[0]);
+    cr_assert_eq(nawal_privacy_budget_steps(dc->budget), S);
     events e2 = { .path = at_k };
     nawal_train_ckpt rk = { .path = at_k, .resume = 1, .notify = on_event, .ctx = &e2 };
-    bits b = run(&f, 2, &rk, &dc, &r, &rep);
-    cr_assert_eq(e2.resumed_at, K);
-    cr_assert_eq(nawal_privacy_budget_steps(dc.budget), S + (S - K), "steps after the snapshot are charged again");
+    out[1] = run(f, 2, &rk, dc, &r, &rep[1]);
+    cr_assert_eq(e2.resumed_at, K, "%s", e2.why);
+}
+
+/* The budget's total epsilon. */
+static double budget_epsilon(const nawal_privacy_budget *b) {
+    char err[512] = "";
     double eps;
-    cr_assert_eq(nawal_privacy_budget_epsilon(dc.budget, &eps, NULL, err, sizeof err), 0, "%s", err);
-    cr_assert(!memcmp(&eps, &rep.epsilon_spent, sizeof eps), "the report's epsilon is the budget's");
-    bits_equal(&a, &b, &f, "resumed with a budget");
+    cr_assert_eq(nawal_privacy_budget_epsilon(b, &eps, NULL, err, sizeof err), 0, "%s", err);
+    return eps;
+}
+
+Test(train_resume, dp_resume_charges_every_executed_step) {
+    fixture f = fixture_new("resume.budget");
+    nawal_dp_train_config dc = dp_config();
+    bits b[2];
+    nawal_dp_report rep[2];
+    budget_resume(&f, &dc, b, rep);
+    cr_assert_eq(nawal_privacy_budget_steps(dc.budget), S + (S - K), "steps after the snapshot are charged again");
+    double eps = budget_epsilon(dc.budget);
+    cr_assert(!memcmp(&eps, &rep[1].epsilon_spent, sizeof eps), "the report's epsilon is the budget's");
+    bits_equal(&b[0], &b[1], &f, "resumed with a budget");
     nawal_privacy_budget_close(dc.budget);
-    free(a.buf);
-    free(b.buf);
+    free(b[0].buf);
+    free(b[1].buf);
+    free(f.toks);
+}
+
+/* A killed run's steps after its last snapshot are on the budget but not in the snapshot: the
+ * resumed run reports the budget's epsilon, here when the budget's target stops it at once. */
+Test(train_resume, dp_resume_reports_the_budget_epsilon) {
+    fixture f = fixture_new("resume.budget_epsilon");
+    nawal_dp_train_config dc = dp_config();
+    dc.sample_rate = 0.05;
+    /* a target between epsilon after S steps and after S + 1: the first run does its S steps */
+    char err[512] = "";
+    nawal_accountant acc;
+    double eps_s, eps_s1;
+    cr_assert_eq(nawal_accountant_init(&acc, NULL, 0, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(nawal_accountant_add(&acc, dc.sample_rate, dc.noise_multiplier, S, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(nawal_accountant_epsilon(&acc, dc.delta, &eps_s, NULL, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(nawal_accountant_epsilon_after(&acc, dc.sample_rate, dc.noise_multiplier, 1, dc.delta, &eps_s1, NULL, err,
+                                                sizeof err), 0, "%s", err);
+    cr_assert_gt(eps_s1, eps_s * 1.0001);
+    dc.epsilon = (eps_s + eps_s1) / 2;
+    bits b[2];
+    nawal_dp_report rep[2];
+    budget_resume(&f, &dc, b, rep); /* "killed" after step S, its snapshot at K: the next step would cross the target */
+    cr_assert(rep[0].steps_done == S && !rep[0].stopped_by_budget, "%d steps", rep[0].steps_done);
+    cr_assert(rep[1].stopped_by_budget && rep[1].steps_done == K, "stopped at once: %d steps", rep[1].steps_done);
+    cr_assert_eq(nawal_privacy_budget_steps(dc.budget), S);
+    double eps = budget_epsilon(dc.budget);
+    cr_assert(rep[1].epsilon_spent >= eps, "reported epsilon %.17g below the budget's %.17g", rep[1].epsilon_spent, eps);
+    nawal_privacy_budget_close(dc.budget);
+    free(b[0].buf);
+    free(b[1].buf);
     free(f.toks);
 }
 
@@ -417,4 +474,73 @@ Test(train_resume, min_interval_skips_due_snapshots) {
     free(a.buf);
     free(b.buf);
     free(f.toks);
+}
+
+/* ---- snapshots that cannot be written, leftovers of killed saves ------------------ */
+
+/* Names in tmp_root starting with prefix. */
+static int count_named(const char *prefix) {
+    DIR *d = opendir(tmp_root);
+    cr_assert(d);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;) n += !strncmp(e->d_name, prefix, strlen(prefix));
+    closedir(d);
+    return n;
+}
+
+/* A snapshot is optional: one that cannot be written (a full disk; here the file size limit, hit
+ * mid-write) is reported as FAILED and the run goes on, same bits, no temporary file left. */
+Test(train_resume, failed_snapshot_does_not_stop_training) {
+    fixture f = fixture_new("resume.failed");
+    char path[300];
+    path_of(path, sizeof path, "full.ckpt");
+    nawal_train_result r;
+    nawal_dp_report rep;
+    bits a = run(&f, 1, NULL, NULL, &r, &rep);
+    events e = { .path = path };
+    nawal_train_ckpt ck = { .path = path, .every = K, .notify = on_event, .ctx = &e };
+    struct rlimit old, small = { 1000, 1000 };
+    cr_assert_eq(getrlimit(RLIMIT_FSIZE, &old), 0);
+    small.rlim_max = old.rlim_max;
+    signal(SIGXFSZ, SIG_IGN); /* a write past the limit fails with EFBIG instead */
+    cr_assert_eq(setrlimit(RLIMIT_FSIZE, &small), 0);
+    bits b = run(&f, 1, &ck, NULL, &r, &rep);
+    cr_assert_eq(setrlimit(RLIMIT_FSIZE, &old), 0);
+    cr_assert(e.failed == 3 && e.saves == 0, "3 snapshots due (4, 8, 9): %d failed, %d saved", e.failed, e.saves);
+    cr_assert(strstr(e.why, path), "the reason names the file: %s", e.why);
+    bits_equal(&a, &b, &f, "failed snapshots");
+    cr_assert_eq(count_named("full.ckpt"), 0, "no snapshot, no temporary file left");
+    /* DP-SGD goes on too, with the notifications on the loop's log when there is no callback */
+    nawal_dp_train_config dc = dp_config();
+    bits c = run(&f, 1, NULL, &dc, &r, &rep);
+    nawal_train_ckpt quiet = { .path = path, .every = K };
+    cr_assert_eq(setrlimit(RLIMIT_FSIZE, &small), 0);
+    bits d = run(&f, 1, &quiet, &dc, &r, &rep);
+    cr_assert_eq(setrlimit(RLIMIT_FSIZE, &old), 0);
+    bits_equal(&c, &d, &f, "DP-SGD with failed snapshots");
+    cr_assert_eq(count_named("full.ckpt"), 0);
+    free(a.buf);
+    free(b.buf);
+    free(c.buf);
+    free(d.buf);
+    free(f.toks);
+}
+
+/* nawal_file_leftovers_remove: the temporary files of path's killed replacements (path.tmp.XXXXXX), nothing else. */
+Test(train_resume, leftover_temporary_files_removed) {
+    static const char *const names[] = { "run.ckpt.tmp.a1B2c3", "run.ckpt.tmp.zzzzzz", "run.ckpt", "run.ckpt.tmp.toolong",
+                                         "run.ckpt.tmp.", "xrun.ckpt.tmp.a1B2c3", "other.tmp.a1B2c3" };
+    char p[300];
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+        path_of(p, sizeof p, names[i]);
+        spit(p, (const unsigned char *)"x", 1);
+    }
+    path_of(p, sizeof p, "run.ckpt");
+    cr_assert_eq(nawal_file_leftovers_remove(p), 2);
+    cr_assert_eq(count_named("run.ckpt.tmp."), 2, "the two that are not mkstemp names stay");
+    cr_assert_eq(count_named("run.ckpt"), 3);
+    cr_assert_eq(count_named("xrun.ckpt.tmp.a1B2c3") + count_named("other.tmp.a1B2c3"), 2);
+    cr_assert_eq(nawal_file_leftovers_remove(p), 0);
+    path_of(p, sizeof p, "missing/run.ckpt");
+    cr_assert_eq(nawal_file_leftovers_remove(p), 0, "no directory: nothing to do");
 }
