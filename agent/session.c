@@ -86,7 +86,9 @@
 #include "envelope.h"
 #include "error.h"
 #include "evaluate.h"
+#include "fileio.h"
 #include "local_update.h"
+#include "model_patch.h"
 #include "state.h"
 #include "trainer.h"
 #include "transport.h"
@@ -107,6 +109,7 @@
 #define CONNECT_TIMEOUT_S 30.0
 #define EVAL_QUEUE 8         /* evaluation requests a session holds */
 #define EVAL_DONE_WAIT_S 60.0 /* --rounds reached: how long pending evaluations may still take */
+#define PATCH_HINTS 4        /* model patches a session remembers */
 
 typedef enum {
     PH_IDLE,        /* no round in hand: wait for a RoundAnnounce */
@@ -131,6 +134,14 @@ typedef struct {
     eval_state state;
 } eval_req;
 
+/* A model patch the coordinator named (RoundAnnounce, EvaluateRequest): blob `patch`
+ * (size bytes) turns the model `from` into `to`. */
+typedef struct {
+    uint8_t to[32], from[32], patch[32];
+    uint64_t size;
+    int failed; /* tried and unusable: the model comes whole */
+} patch_hint;
+
 typedef struct {
     nawal_agent *ag;
     nawal_ws_client *cl;
@@ -150,6 +161,11 @@ typedef struct {
     uint64_t rx_seq;            /* its BlobRequest's sequence */
     int rx_retries;
     double rx_t0;
+    int rx_patch;               /* the download is rx_hint's patch of rx_cid, not rx_cid itself */
+    patch_hint rx_hint;
+    uint64_t rx_max;            /* the bound of rx_cid's own download (the fallback) */
+    patch_hint hints[PATCH_HINTS]; /* patches named by the coordinator, newest last */
+    int n_hints;
     eval_req evq[EVAL_QUEUE];   /* evaluations asked for, first come first served */
     int n_evq;
     uint64_t eval_sent[EVAL_QUEUE]; /* sequences of the EvaluateResults not answered yet, oldest first */
@@ -390,24 +406,110 @@ static void eval_answer(session *s, double loss, uint64_t tokens) {
 
 /* ---- models: the cache, else BlobRequest -> BlobChunk* (one download at a time) ----- */
 
-/* Starts downloading cid into the model cache (max_size 0: no bound): 0, or -1 (fatal, or the connection is gone). */
+/* Remembers the patch a RoundAnnounce or EvaluateRequest names for model `to` (none: nothing). */
+static void patch_note(session *s, const uint8_t to[32], ProtobufCBinaryData patch, ProtobufCBinaryData from,
+                       uint64_t size) {
+    if (patch.len != 32 || from.len != 32 || size == 0) return;
+    for (int i = 0; i < s->n_hints; i++)
+        if (nawal_cid_equal(s->hints[i].to, to) && nawal_cid_equal(s->hints[i].patch, patch.data)) return;
+    if (s->n_hints == PATCH_HINTS) memmove(s->hints, s->hints + 1, (size_t)--s->n_hints * sizeof *s->hints);
+    patch_hint *h = &s->hints[s->n_hints++];
+    memcpy(h->to, to, 32);
+    memcpy(h->from, from.data, 32);
+    memcpy(h->patch, patch.data, 32);
+    h->size = size;
+    h->failed = 0;
+}
+
+/* The patch to download instead of model cid: named, not failed, its from model in the cache. */
+static const patch_hint *patch_usable(session *s, const uint8_t cid[32]) {
+    char err[512];
+    for (int i = s->n_hints - 1; i >= 0; i--) {
+        patch_hint *h = &s->hints[i];
+        if (h->failed || !nawal_cid_equal(h->to, cid)) continue;
+        int c = nawal_agent_model_cached(s->ag->state_dir, h->from, err, sizeof err);
+        if (c == 1) return h;
+        if (c < 0) fprintf(stderr, "warning: the model cache: %s\n", err);
+    }
+    return NULL;
+}
+
+/* Starts downloading cid into the model cache (max_size 0: no bound), as a patch of a cached model
+ * when the coordinator named one: 0, or -1 (fatal, or the connection is gone). */
 static int fetch_start(session *s, const uint8_t cid[32], uint64_t max_size, int *resuming) {
     char err[512], path[4096];
     nawal_blob_receiver_free(s->rx);
     s->rx = NULL;
-    nawal_agent_model_path(path, sizeof path, s->ag->state_dir, cid);
-    if (nawal_blob_receiver_open(&s->rx, path, cid, max_size, err, sizeof err)) {
+    memmove(s->rx_cid, cid, 32); /* cid may be s->rx_cid (a retry) */
+    s->rx_max = max_size;
+    const patch_hint *h = patch_usable(s, s->rx_cid);
+    s->rx_patch = h != NULL;
+    if (h) s->rx_hint = *h;
+    const uint8_t *blob = h ? s->rx_hint.patch : s->rx_cid;
+    if (h) nawal_agent_patch_path(path, sizeof path, s->ag->state_dir, blob);
+    else nawal_agent_model_path(path, sizeof path, s->ag->state_dir, blob);
+    if (nawal_blob_receiver_open(&s->rx, path, blob, h ? h->size : max_size, err, sizeof err)) {
         fatal(s, "%s", err);
         return -1;
     }
-    memcpy(s->rx_cid, cid, 32);
     Nawal__BlobRequest br = NAWAL__BLOB_REQUEST__INIT;
-    br.cid = (ProtobufCBinaryData){32, s->rx_cid};
+    br.cid = (ProtobufCBinaryData){32, (uint8_t *)blob};
     br.offset = nawal_blob_receiver_offset(s->rx);
     if (send_msg(s, MSG(BLOB_REQUEST), &br.base, &s->rx_seq)) return -1;
     s->rx_t0 = nawal_monotonic_s();
     *resuming = br.offset > 0;
     return 0;
+}
+
+static void human_bytes(char out[32], uint64_t n) {
+    if (n < 1000) snprintf(out, 32, "%llu B", (unsigned long long)n);
+    else if (n < 1000000) snprintf(out, 32, "%.1f kB", (double)n / 1e3);
+    else if (n < 1000000000) snprintf(out, 32, "%.1f MB", (double)n / 1e6);
+    else snprintf(out, 32, "%.1f GB", (double)n / 1e9);
+}
+
+/* The downloaded patch rx_hint, applied to its cached from model, gives rx_cid in the cache (its
+ * CID checked by nawal_model_patch_apply_file): 0, or -1 with why. The patch file goes either way. */
+static int patch_apply(session *s, int base, char *why, size_t cap) {
+    const patch_hint *h = &s->rx_hint;
+    char ppath[4096], from[4096], to[4096];
+    uint8_t *frame = NULL;
+    size_t len = 0;
+    nawal_patch_info info;
+    nawal_agent_patch_path(ppath, sizeof ppath, s->ag->state_dir, h->patch);
+    nawal_agent_model_path(from, sizeof from, s->ag->state_dir, h->from);
+    nawal_agent_model_path(to, sizeof to, s->ag->state_dir, s->rx_cid);
+    int rc = nawal_file_read_all(ppath, h->size, &frame, &len, why, cap) ||
+                     nawal_model_patch_info_read(&info, frame, len, why, cap) ||
+                     nawal_model_patch_apply_file(from, frame, len, to, why, cap)
+                 ? -1
+                 : 0;
+    free(frame);
+    unlink(ppath);
+    if (rc) return -1;
+    char hto[NAWAL_CID_HEX_BYTES], hfrom[NAWAL_CID_HEX_BYTES], psz[32], msz[32];
+    nawal_cid_to_hex(hto, s->rx_cid);
+    nawal_cid_to_hex(hfrom, h->from);
+    human_bytes(psz, len);
+    human_bytes(msz, info.file_len);
+    unsigned long long round = R(s);
+    for (int i = 0; !base && i < s->n_evq; i++)
+        if (nawal_cid_equal(s->evq[i].cid, s->rx_cid)) round = (unsigned long long)s->evq[i].round;
+    printf("round %llu: %s %.8s from a %s patch of %.8s (instead of %s)\n", round, base ? "base model" : "model", hto,
+           psz, hfrom, msz);
+    return 0;
+}
+
+/* The patch download or its application failed: the model comes whole (the patch is not tried again). */
+static void patch_fallback(session *s, const char *why) {
+    char hex[NAWAL_CID_HEX_BYTES];
+    nawal_cid_to_hex(hex, s->rx_cid);
+    for (int i = 0; i < s->n_hints; i++)
+        if (nawal_cid_equal(s->hints[i].patch, s->rx_hint.patch)) s->hints[i].failed = 1;
+    fprintf(stderr, "warning: round %llu: the model patch for %.16s cannot be used (%s); downloading the whole model\n",
+            R(s), hex, why);
+    int resuming;
+    fetch_start(s, s->rx_cid, s->rx_max, &resuming);
 }
 
 /* A model to evaluate is no larger than 2 x the round's base + 1 MiB (the coordinator's bound on deltas). */
@@ -460,12 +562,16 @@ static void on_chunk(session *s, const uint8_t *payload, size_t len) {
     nawal_blob_receiver_free(s->rx);
     s->rx = NULL;
     int base = s->ph == PH_DOWNLOADING; /* the round waits for this model */
+    if (s->rx_patch && (rc < 0 || patch_apply(s, base, err, sizeof err))) {
+        patch_fallback(s, err);
+        return;
+    }
     if (rc > 0) {
-        if (base) {
+        if (base && !s->rx_patch) {
             double dt = nawal_monotonic_s() - s->rx_t0;
             printf("round %llu: base model downloaded in %.2f s\n", R(s), dt);
-            s->ph = PH_TRAIN;
         }
+        if (base) s->ph = PH_TRAIN;
         eval_set_state(s, s->rx_cid, EV_FETCHING, EV_READY);
         return;
     }
@@ -530,6 +636,7 @@ static void on_announce(session *s, const Nawal__RoundAnnounce *ra) {
     }
     s->have_round = 1;
     s->rx_retries = 0;
+    patch_note(s, p->base_cid, ra->patch_cid, ra->patch_from_cid, ra->patch_size);
     char hex[NAWAL_CID_HEX_BYTES];
     nawal_cid_to_hex(hex, p->base_cid);
     printf("round %llu: announced: base %.16s (%llu bytes), %u steps x batch %u, lr %g, %s, top-k %g, %u..%u "
@@ -623,6 +730,12 @@ static void on_error(session *s, const Nawal__Error *e) {
         return;
     }
     int what = error_answers(s);
+    if (s->rx && s->rx_patch && (what == ANSWERS_EVAL_FETCH || (what == ANSWERS_ROUND && s->ph == PH_DOWNLOADING))) {
+        char why[400];
+        snprintf(why, sizeof why, "the coordinator cannot serve it: %s: %s", name, text);
+        patch_fallback(s, why);
+        return;
+    }
     if (what == ANSWERS_EVAL_RESULT) {
         memmove(s->eval_sent, s->eval_sent + 1, (size_t)--s->n_eval_sent * sizeof *s->eval_sent);
         fprintf(stderr, "warning: the coordinator refused an evaluation result: %s: %s\n", name, text);
@@ -708,6 +821,7 @@ static void on_eval_request(session *s, const Nawal__EvaluateRequest *q) {
     e->round = q->round_id;
     memcpy(e->cid, q->model_cid.data, 32);
     e->state = EV_NEW;
+    patch_note(s, e->cid, q->patch_cid, q->patch_from_cid, q->patch_size);
     nawal_cid_to_hex(hex, e->cid);
     printf("round %llu: evaluation of model %.16s requested\n", (unsigned long long)e->round, hex);
     if (nawal_agent_val_split_check(s->ag, err, sizeof err)) eval_fail(s, e->cid, err);

@@ -5,7 +5,12 @@
  *   connect -> Hello -> Challenge -> Auth -> Ack
  *   RoundAnnounce -> Join{stake} -> Ack (ERR_DUPLICATE: joined before)
  *   base model: from the state dir's cache when its CID matches, else
- *     BlobRequest -> BlobChunk* (resumed from the .part file after a cut)
+ *     BlobRequest -> BlobChunk* (resumed from the .part file after a cut);
+ *     when the RoundAnnounce (or, for a model to evaluate, the
+ *     EvaluateRequest) names a model patch whose from-model is cached, the
+ *     patch blob is downloaded the same way instead and applied
+ *     (proto/model_patch.h, result CID checked); any failure of the patch
+ *     falls back to downloading the whole model
  *   local training and the delta (local_update.h), written to the state dir
  *   UpdateSubmit -> BlobRequest (delta) -> BlobChunk* -> Ack
  *     (ERR_DUPLICATE after a resubmission: already on record = accepted)

@@ -28,6 +28,7 @@ int nawal_agent_state_init(const char *dir, char *err, size_t errlen) {
     if (mkdir_one(dir, err, errlen)) return -1;
     if (join(p, sizeof p, dir, "models") || mkdir_one(p, err, errlen)) return nawal_fail(err, errlen, "%s: cannot create models/", dir);
     if (join(p, sizeof p, dir, "deltas") || mkdir_one(p, err, errlen)) return nawal_fail(err, errlen, "%s: cannot create deltas/", dir);
+    if (join(p, sizeof p, dir, "patches") || mkdir_one(p, err, errlen)) return nawal_fail(err, errlen, "%s: cannot create patches/", dir);
     return 0;
 }
 
@@ -42,6 +43,13 @@ int nawal_agent_delta_path(char *out, size_t cap, const char *dir, const uint8_t
     char hex[NAWAL_CID_HEX_BYTES];
     nawal_cid_to_hex(hex, cid);
     int n = snprintf(out, cap, "%s/deltas/%s", dir, hex);
+    return n < 0 || (size_t)n >= cap ? -1 : 0;
+}
+
+int nawal_agent_patch_path(char *out, size_t cap, const char *dir, const uint8_t cid[32]) {
+    char hex[NAWAL_CID_HEX_BYTES];
+    nawal_cid_to_hex(hex, cid);
+    int n = snprintf(out, cap, "%s/patches/%s", dir, hex);
     return n < 0 || (size_t)n >= cap ? -1 : 0;
 }
 

@@ -5,6 +5,9 @@
  *                                      (a cached file is used only when its
  *                                      BLAKE2b still matches its name)
  *   DIR/deltas/<cid hex>               the update frames this agent made
+ *   DIR/patches/<cid hex>              a model patch being downloaded (its
+ *                                      .part) or applied (proto/model_patch.h):
+ *                                      removed once applied to a cached model
  *   DIR/submission                     the last update made, text:
  *       nawal-agent-submission-v1
  *       round <u64>            base <cid hex>      delta <cid hex>
@@ -53,12 +56,13 @@ typedef struct {
     int acked;
 } nawal_agent_submission;
 
-/* Creates DIR, DIR/models and DIR/deltas (mode 0700) when missing. */
+/* Creates DIR, DIR/models, DIR/deltas and DIR/patches (mode 0700) when missing. */
 int nawal_agent_state_init(const char *dir, char *err, size_t errlen);
 
 /* Path helpers (snprintf into out; -1 when it does not fit). */
 int nawal_agent_model_path(char *out, size_t cap, const char *dir, const uint8_t cid[32]);
 int nawal_agent_delta_path(char *out, size_t cap, const char *dir, const uint8_t cid[32]);
+int nawal_agent_patch_path(char *out, size_t cap, const char *dir, const uint8_t cid[32]);
 int nawal_agent_train_ckpt_path(char *out, size_t cap, const char *dir);
 /* Removes DIR/train.ckpt and its leftover temporary files (best effort):
  * the update it was the training of is on record. */

@@ -59,7 +59,18 @@ int nawal_announce_build(nawal_store *s, const nawal_round *r, nawal_announce_ms
     out->msg.reward_pool_planck = r->pool_planck;
     out->msg.target_participants = r->target;
     out->msg.min_participants = r->min;
+    nawal_patch_fields_set(s, r->base_cid, &out->patch, &out->msg.patch_cid, &out->msg.patch_from_cid,
+                           &out->msg.patch_size);
     return 0;
+}
+
+void nawal_patch_fields_set(nawal_store *s, const uint8_t cid[32], nawal_patch_row *row, ProtobufCBinaryData *patch_cid,
+                            ProtobufCBinaryData *from_cid, uint64_t *size) {
+    memset(row, 0, sizeof *row);
+    if (nawal_patch_find(s, cid, row, NULL, 0) != 1) return;
+    *patch_cid = (ProtobufCBinaryData){32, row->patch_cid};
+    *from_cid = (ProtobufCBinaryData){32, row->from_cid};
+    *size = row->patch_size;
 }
 
 int nawal_result_build(nawal_store *s, const nawal_round *r, nawal_result_msg *out, char *err, size_t errlen) {

@@ -24,6 +24,8 @@
  *   Join{round_id, stake}              ->   rounds.h's checks, committed
  *                                      <-   Ack | Error
  *   BlobRequest{cid, offset}           ->   cid: a global model (some round's base or result, or the initial model)
+ *                                           or a model patch of one (patches.h; RoundAnnounce and
+ *                                           EvaluateRequest name a model's patch: patch_cid, _from_cid, _size)
  *                                      <-   BlobChunk* (blobstream.h: 1 MiB each, from offset; resume with a new request)
  *   UpdateSubmit{round, base, examples,->   rounds.h's refusals, checked first (Error: nothing to upload)
  *     metrics, epsilon, delta cid+size,

@@ -143,6 +143,8 @@ static int evaluate_request_seal(nawal_server *srv, const nawal_round *r, uint8_
     q.round_id = (uint64_t)r->id;
     q.model_cid.data = (uint8_t *)r->model_cid;
     q.model_cid.len = 32;
+    nawal_patch_row row;
+    nawal_patch_fields_set(srv->store, r->model_cid, &row, &q.patch_cid, &q.patch_from_cid, &q.patch_size);
     return nawal_server_seal(srv, NAWAL__MSG_TYPE__MSG_EVALUATE_REQUEST, &q.base, buf, len);
 }
 
@@ -219,8 +221,9 @@ static void download_pump(nawal_session *s) {
     s->down = NULL;
 }
 
-/* 1 if cid is a global model: a round's base or result, or the initial model. */
+/* 1 if cid is a global model (a round's base or result, or the initial model) or a model patch of one. */
 static int is_public_model(nawal_server *srv, const uint8_t cid[32]) {
+    if (nawal_patch_is_blob(srv->store, cid)) return 1;
     sqlite3_stmt *st;
     if (nawal_store_prepare(srv->store, &st, "SELECT EXISTS(SELECT 1 FROM rounds WHERE base_cid = ?1 OR model_cid = ?1)",
                             NULL, 0))

@@ -107,8 +107,20 @@ static const char *const MIGRATE_V3 =
     "  UNIQUE(round_id, validator));\n"
     "UPDATE schema_version SET version = 3;\n";
 
+/* Version 4: model patches (patches.h), the compressed downlink: the blob
+ * patch_cid (patch_size bytes) turns the global model from_cid into to_cid. */
+static const char *const MIGRATE_V4 =
+    "CREATE TABLE model_patches(\n"
+    "  to_cid BLOB NOT NULL CHECK(length(to_cid)=32),\n"
+    "  from_cid BLOB NOT NULL CHECK(length(from_cid)=32),\n"
+    "  patch_cid BLOB NOT NULL CHECK(length(patch_cid)=32),\n"
+    "  patch_size INTEGER NOT NULL CHECK(patch_size > 0),\n"
+    "  PRIMARY KEY(to_cid, from_cid));\n"
+    "CREATE INDEX model_patches_blob ON model_patches(patch_cid);\n"
+    "UPDATE schema_version SET version = 4;\n";
+
 /* MIGRATIONS[v] upgrades a version v - 1 database to version v. */
-static const char *const MIGRATIONS[NAWAL_STORE_SCHEMA_VERSION + 1] = {NULL, NULL, MIGRATE_V2, MIGRATE_V3};
+static const char *const MIGRATIONS[NAWAL_STORE_SCHEMA_VERSION + 1] = {NULL, NULL, MIGRATE_V2, MIGRATE_V3, MIGRATE_V4};
 
 struct nawal_store {
     char *dir;

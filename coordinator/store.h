@@ -4,9 +4,9 @@
  *   D/state.db      SQLite, WAL journal, synchronous=FULL, foreign keys on:
  *                   schema_version, validators, rounds, submissions,
  *                   rewards, ledger, participants, aggregates, settings,
- *                   evaluations (schema in store.c; a version 1 or 2
- *                   database is upgraded to version 3 in place by
- *                   nawal_store_open)
+ *                   evaluations, model_patches (schema in store.c; a
+ *                   version 1, 2 or 3 database is upgraded to version 4
+ *                   in place by nawal_store_open)
  *   D/blobs/ab/cd…  content-addressed blob store: a blob's path is the
  *                   lowercase hex of its BLAKE2b-256 CID, the first two
  *                   characters a sub-directory
@@ -45,7 +45,7 @@
 
 #define NAWAL_STORE_DB_FILE "state.db"
 #define NAWAL_STORE_BLOB_DIR "blobs"
-#define NAWAL_STORE_SCHEMA_VERSION 3
+#define NAWAL_STORE_SCHEMA_VERSION 4
 
 enum { NAWAL_STORE_OK = 0, NAWAL_STORE_ERROR = -1, NAWAL_STORE_REFUSED = -2 };
 

@@ -14,6 +14,7 @@
  * every scale, value and index; only then does decode/accumulate write,
  * reading the payload again with the same helpers. */
 #include "delta_codec.h"
+#include "codec_util.h"
 #include "error.h"
 #include "ops.h"
 #include "topk.h"
@@ -27,13 +28,8 @@
 static const uint8_t MAGIC[4] = { 'N', 'W', 'D', 'C' };
 #define MAX_ABS 1e38f             /* |delta| + |residual| bound: int8 scales and fp16 math stay finite */
 #define MAX_SCALE (FLT_MAX / 128) /* an int8 scale above this could make 127 x scale infinite */
-#define VARINT_MAX 5              /* bytes of a varint below 2^35 (indices are < 2^32) */
 
-/* ---- little-endian fields ---- */
-static uint32_t get_u32(const uint8_t *p) { return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24; }
-static uint64_t get_u64(const uint8_t *p) { return (uint64_t)get_u32(p) | (uint64_t)get_u32(p + 4) << 32; }
-static void put_u32(uint8_t *p, uint32_t v) { for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i)); }
-static void put_u64(uint8_t *p, uint64_t v) { put_u32(p, (uint32_t)v); put_u32(p + 4, (uint32_t)(v >> 32)); }
+/* ---- little-endian fields (codec_util.h) ---- */
 static uint32_t f2u(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 static float u2f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 
@@ -54,32 +50,6 @@ static float f16_to_f32(uint16_t h) {
     uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
     float v = e ? u2f((e + 112) << 23 | m << 13) : (float)m * 5.9604644775390625e-8f; /* m x 2^-24 */
     return h & 0x8000u ? -v : v;
-}
-
-/* ---- varints (unsigned LEB128) ---- */
-static size_t varint_put(uint8_t *p, uint32_t v) {
-    size_t n = 0;
-    while (v >= 0x80) {
-        p[n++] = (uint8_t)(v | 0x80);
-        v >>= 7;
-    }
-    p[n++] = (uint8_t)v;
-    return n;
-}
-/* 0, or -1 with what is wrong in *why */
-static int varint_get(const uint8_t **p, const uint8_t *end, uint64_t *v, const char **why) {
-    uint64_t r = 0;
-    for (int i = 0; i < VARINT_MAX; i++) {
-        if (*p == end) return *why = "runs past the end of the payload", -1;
-        uint8_t b = *(*p)++;
-        r |= (uint64_t)(b & 0x7f) << (7 * i);
-        if (!(b & 0x80)) {
-            if (i > 0 && b == 0) return *why = "is not in shortest form", -1;
-            *v = r;
-            return 0;
-        }
-    }
-    return *why = "is longer than 5 bytes", -1;
 }
 
 /* ---- payload layout ---- */
@@ -106,7 +76,7 @@ static void layout_set(layout *L, const nawal_delta_info *h, const uint8_t *payl
     L->end = payload + len;
 }
 
-static float scale_at(const layout *L, size_t b) { return u2f(get_u32(L->scales + 4 * b)); }
+static float scale_at(const layout *L, size_t b) { return u2f(nawal_le32_get(L->scales + 4 * b)); }
 
 /* value j as every decoder (and the encoder's residual update) computes it */
 static inline float value_at(const layout *L, size_t j) {
@@ -136,7 +106,7 @@ static inline size_t cursor_next(cursor *c) {
     if (c->L->h.mode == NAWAL_DELTA_DENSE) return c->j++;
     uint64_t gap = 0;
     const char *why;
-    varint_get(&c->p, c->L->end, &gap, &why);
+    nawal_varint_get(&c->p, c->L->end, &gap, &why);
     c->i = c->j++ ? c->i + gap : gap;
     return (size_t)c->i;
 }
@@ -165,8 +135,8 @@ int nawal_delta_info_read(nawal_delta_info *info, const uint8_t *f, size_t len, 
     if (f[5] > NAWAL_DELTA_TOPK) return nawal_fail(err, errlen, "delta frame: unknown mode %u", f[5]);
     if (f[6] > NAWAL_DELTA_I8) return nawal_fail(err, errlen, "delta frame: unknown value encoding %u", f[6]);
     if (f[7]) return nawal_fail(err, errlen, "delta frame: reserved header byte is %u, not 0", f[7]);
-    nawal_delta_info h = { (nawal_delta_mode)f[5], (nawal_delta_values)f[6], get_u64(f + 8), get_u64(f + 16),
-                           u2f(get_u32(f + 24)), get_u32(f + 28) };
+    nawal_delta_info h = { (nawal_delta_mode)f[5], (nawal_delta_values)f[6], nawal_le64_get(f + 8), nawal_le64_get(f + 16),
+                           u2f(nawal_le32_get(f + 24)), nawal_le32_get(f + 28) };
     if (h.n == 0 || h.n > NAWAL_DELTA_MAX_N)
         return nawal_fail(err, errlen, "delta frame: model length %llu out of range (1 .. %llu)", (unsigned long long)h.n,
                           (unsigned long long)NAWAL_DELTA_MAX_N);
@@ -199,10 +169,10 @@ static void header_put(uint8_t *f, const nawal_delta_info *h) {
     f[5] = (uint8_t)h->mode;
     f[6] = (uint8_t)h->values;
     f[7] = 0;
-    put_u64(f + 8, h->n);
-    put_u64(f + 16, h->k);
-    put_u32(f + 24, f2u(h->ratio));
-    put_u32(f + 28, h->block);
+    nawal_le64_put(f + 8, h->n);
+    nawal_le64_put(f + 16, h->k);
+    nawal_le32_put(f + 24, f2u(h->ratio));
+    nawal_le32_put(f + 28, h->block);
 }
 
 /* ---- decoding ---- */
@@ -231,7 +201,7 @@ static int check_payload(const layout *L, char *err, size_t errlen) {
     for (size_t j = 0; j < k; j++) {
         uint64_t gap;
         const char *why;
-        if (varint_get(&p, L->end, &gap, &why)) return nawal_fail(err, errlen, "delta frame: index %zu %s", j, why);
+        if (nawal_varint_get(&p, L->end, &gap, &why)) return nawal_fail(err, errlen, "delta frame: index %zu %s", j, why);
         if (j && gap == 0) return nawal_fail(err, errlen, "delta frame: indices not strictly increasing at entry %zu", j);
         i = j ? i + gap : gap;
         if (i >= L->h.n)
@@ -254,30 +224,13 @@ static int frame_open(layout *L, uint8_t **payload, size_t n, const uint8_t *f, 
                           (unsigned long long)h.n, n);
     const uint8_t *z = f + NAWAL_DELTA_HEADER_BYTES;
     size_t zlen = len - NAWAL_DELTA_HEADER_BYTES, nscales;
-    size_t fsize = ZSTD_findFrameCompressedSize(z, zlen);
-    if (ZSTD_isError(fsize)) return nawal_fail(err, errlen, "delta frame: zstd: %s", ZSTD_getErrorName(fsize));
-    if (fsize != zlen) return nawal_fail(err, errlen, "delta frame: %zu trailing byte(s) after the zstd frame", zlen - fsize);
-    unsigned long long declared = ZSTD_getFrameContentSize(z, zlen);
-    if (declared == ZSTD_CONTENTSIZE_ERROR) return nawal_fail(err, errlen, "delta frame: zstd: bad frame header");
-    if (declared == ZSTD_CONTENTSIZE_UNKNOWN)
-        return nawal_fail(err, errlen, "delta frame: the zstd frame does not declare its size");
-    size_t lo = fixed_bytes(&h, &nscales), hi = lo;
+    size_t lo = fixed_bytes(&h, &nscales), hi = lo, got;
     if (h.mode == NAWAL_DELTA_TOPK) {
         lo += (size_t)h.k;
-        hi += (size_t)h.k * VARINT_MAX;
+        hi += (size_t)h.k * NAWAL_VARINT_MAX;
     }
-    if (declared < lo || declared > hi)
-        return nawal_fail(err, errlen, "delta frame: payload of %llu bytes, expected %zu .. %zu for k = %llu", declared, lo,
-                          hi, (unsigned long long)h.k);
-    uint8_t *buf = malloc((size_t)declared);
-    if (!buf) return nawal_fail(err, errlen, "out of memory for a %llu-byte delta payload", declared);
-    size_t got = ZSTD_decompress(buf, (size_t)declared, z, zlen);
-    if (ZSTD_isError(got) || got != declared) {
-        free(buf);
-        return ZSTD_isError(got) ? nawal_fail(err, errlen, "delta frame: zstd: %s", ZSTD_getErrorName(got))
-                                 : nawal_fail(err, errlen, "delta frame: zstd gave %zu bytes, the frame declares %llu",
-                                              got, declared);
-    }
+    uint8_t *buf;
+    if (nawal_zstd_frame_decode(z, zlen, lo, hi, h.k, "delta frame", &buf, &got, err, errlen)) return -1;
     layout_set(L, &h, buf, got);
     if (check_payload(L, err, errlen)) {
         free(buf);
@@ -344,7 +297,7 @@ static void quantise(const layout *L, uint8_t *payload, const float *x, const ui
             for (size_t j = j0; j < j1; j++) maxabs = fmaxf(maxabs, fabsf(x[idx ? idx[j] : j]));
             /* (x / scale, not x * (127 / maxabs): that reciprocal overflows for tiny blocks) */
             float scale = maxabs / 127.0f;
-            put_u32(payload + 4 * b, f2u(scale));
+            nawal_le32_put(payload + 4 * b, f2u(scale));
             for (size_t j = j0; j < j1; j++) {
                 float xv = x[idx ? idx[j] : j];
                 long q = scale > 0.0f ? lrintf(xv / scale) : 0;
@@ -393,7 +346,7 @@ int nawal_delta_encode(const nawal_ops *o, const nawal_delta_params *p, const fl
     nawal_delta_info h = { p->ratio < 1.0f ? NAWAL_DELTA_TOPK : NAWAL_DELTA_DENSE, p->values, n,
                            nawal_delta_topk_count(n, p->ratio), p->ratio < 1.0f ? p->ratio : 1.0f, block };
     size_t k = (size_t)h.k, nscales, fixed = fixed_bytes(&h, &nscales);
-    size_t pmax = fixed + (h.mode == NAWAL_DELTA_TOPK ? k * VARINT_MAX : 0);
+    size_t pmax = fixed + (h.mode == NAWAL_DELTA_TOPK ? k * NAWAL_VARINT_MAX : 0);
     size_t fcap = NAWAL_DELTA_HEADER_BYTES + ZSTD_compressBound(pmax);
     int host = strcmp(o->name, "cpu") == 0; /* the CPU backend's buffers are host memory */
 
@@ -445,7 +398,7 @@ int nawal_delta_encode(const nawal_ops *o, const nawal_delta_params *p, const fl
         layout_set(&L, &h, payload, fixed);
         quantise(&L, payload, x, idx);
         size_t plen = fixed;
-        for (size_t j = 0; idx && j < k; j++) plen += varint_put(payload + plen, j ? idx[j] - idx[j - 1] : idx[0]);
+        for (size_t j = 0; idx && j < k; j++) plen += nawal_varint_put(payload + plen, j ? idx[j] - idx[j - 1] : idx[0]);
         size_t z = ZSTD_compressCCtx(cctx, f + NAWAL_DELTA_HEADER_BYTES, fcap - NAWAL_DELTA_HEADER_BYTES, payload, plen, level);
         if (ZSTD_isError(z)) rc = nawal_fail(err, errlen, "delta encode: zstd: %s", ZSTD_getErrorName(z));
         else {

@@ -98,3 +98,43 @@ int nawal_file_leftovers_remove(const char *path) {
     closedir(d);
     return removed;
 }
+
+int nawal_file_read_all(const char *path, uint64_t max_len, uint8_t **buf, size_t *len, char *err, size_t errlen) {
+    *buf = NULL;
+    *len = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return nawal_fail(err, errlen, "%s: %s", path, strerror(errno));
+    struct stat sb;
+    int bad = fstat(fd, &sb) != 0 ? errno : !S_ISREG(sb.st_mode) ? -1 : 0;
+    if (bad) {
+        close(fd);
+        return nawal_fail(err, errlen, "%s: %s", path, bad > 0 ? strerror(bad) : "not a regular file");
+    }
+    if ((uint64_t)sb.st_size > max_len || (uint64_t)sb.st_size >= SIZE_MAX) {
+        close(fd);
+        return nawal_fail(err, errlen, "%s: %lld bytes, more than the %llu allowed", path, (long long)sb.st_size,
+                          (unsigned long long)max_len);
+    }
+    size_t n = (size_t)sb.st_size, got = 0;
+    uint8_t *p = malloc(n + 1);
+    if (!p) {
+        close(fd);
+        return nawal_fail(err, errlen, "%s: out of memory for %zu bytes", path, n);
+    }
+    while (got < n) {
+        ssize_t r = read(fd, p + got, n - got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) {
+            int e = r < 0 ? errno : 0;
+            free(p);
+            close(fd);
+            return nawal_fail(err, errlen, "%s: %s", path, e ? strerror(e) : "the file shrank while being read");
+        }
+        got += (size_t)r;
+    }
+    close(fd);
+    p[n] = 0;
+    *buf = p;
+    *len = n;
+    return 0;
+}

@@ -8,6 +8,7 @@
 #define NAWAL_FILEIO_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 /* write() until len bytes are out, retrying EINTR; 0, or -1 with errno set */
@@ -35,5 +36,10 @@ int nawal_file_replace(const char *path, const nawal_chunk *chunks, size_t n, mo
  * a path that no other thread or process is replacing at the time. Returns
  * how many were removed (best effort: 0 when the directory cannot be read). */
 int nawal_file_leftovers_remove(const char *path);
+
+/* Reads the whole file at path into *buf (malloc'ed, *len bytes; a NUL
+ * after them, not counted); refused, before anything is allocated, when it
+ * is larger than max_len. 0, or -1 with a message naming path. */
+int nawal_file_read_all(const char *path, uint64_t max_len, uint8_t **buf, size_t *len, char *err, size_t errlen);
 
 #endif

@@ -5,7 +5,9 @@ rerun only to change them). Standard library only:
 The corpus seeds start with the fuzz target's flag byte ('0': stop on a bad
 line, '1': skip_bad_lines); the messages seeds with their MsgType byte; the
 delta seeds are delta frames (their zstd frames of raw blocks, written here)
-and encoder material (see fuzz_delta.c)."""
+and encoder material (see fuzz_delta.c); the patch seeds model patches of
+fuzz_patch.c's from model and patch material."""
+import hashlib
 import json
 import math
 import os
@@ -229,3 +231,34 @@ put("delta", "material_i8.bin", bytes([5, 15]) + struct.pack("<64f", *[((i * 791
 put("delta", "material_f16.bin", bytes([1 + 3 * 49, 0]) + struct.pack("<20f", *[(-1) ** i * 1.5 ** i for i in range(20)]))
 # tiny blocks: 127 / max|x| overflows there (a fuzzer finding: the sign flipped)
 put("delta", "material_i8_tiny.bin", bytes([209, 0]) + struct.pack("<8f", 1.2e-38, -3e-39, 1.7e-38, 1e-45, 0.0, 2e-39, -1e-38, 5e-45))
+
+# ---- model patches (fuzz_patch.c): frames against its from model, bytes i*131+7 ----
+
+def patch_from(n):
+    return bytes((i * 131 + 7) & 0xFF for i in range(n))
+
+
+def patch_frame(frm, to, words, payload, trailing=b""):
+    cid = lambda b: hashlib.blake2b(b, digest_size=32).digest()
+    head = b"NWMP" + bytes([1, 0, 0, 0]) + struct.pack("<Q", len(frm)) + cid(frm) + cid(to) + struct.pack("<Q", len(words))
+    return head + zstd_raw(payload) + trailing
+
+
+def patch_of(n, changes, trailing=b""):
+    """changes: {word index: new 4-byte word}; a final partial word keeps its in-file bytes only"""
+    frm = patch_from(n)
+    to = bytearray(frm)
+    words = sorted(changes)
+    for w in words:
+        nb = min(4, n - 4 * w)
+        to[4 * w:4 * w + nb] = changes[w][:nb]
+    vals = [int.from_bytes(bytes(to[4 * w:4 * w + 4]).ljust(4, b"\0"), "little") for w in words]
+    return patch_frame(frm, bytes(to), words, gaps(words) + planes(vals, 4), trailing)
+
+
+put("patch", "none.bin", patch_of(10, {}))
+put("patch", "first_last_partial.bin", patch_of(10, {0: b"\x01\x02\x03\x04", 2: b"\xff\xee\0\0"}))
+put("patch", "sparse_wide_gaps.bin", patch_of(4000, {3: b"abcd", 300: b"efgh", 999: b"ijkl"}))
+put("patch", "every_word.bin", patch_of(33, {w: bytes([w, w + 1, w + 2, w + 3]) for w in range(9)}))
+put("patch", "trailing_byte.bin", patch_of(10, {1: b"zzzz"}, b"\x00"))
+put("patch", "material.bin", bytes(range(64)) + bytes(range(1, 65)))

@@ -10,13 +10,22 @@
  * resumes with the same absolute deadline; the CLI (init --model-config /
  * --import, round start / status / tick); the validators' evaluations of
  * a closed round's model (recorded, refused with the wire's codes, their
- * token-weighted mean, token counts bounded and clamped in the mean); and
- * version 1 and 2 directories upgraded in place. */
+ * token-weighted mean, token counts bounded and clamped in the mean); the
+ * model patch of a closed top-k round (recorded, announced, applying to
+ * the base to give the new model blob) and none for a dense round; and
+ * version 1, 2 and 3 directories upgraded in place. */
 #include "agg_test_util.h"
 #include "checkpoint.h"
+#include "cid.h"
 #include "coord_test_util.h"
+#include "delta_codec.h"
+#include "fileio.h"
 #include "genesis.h"
 #include "log.h"
+#include "model_patch.h"
+#include "ops.h"
+#include "patches.h"
+#include "roundmsg.h"
 #include "rounds.h"
 #include "store_internal.h"
 
@@ -579,7 +588,7 @@ Test(coord_rounds, schema_v1_upgraded_in_place) {
     cr_assert_eq(nawal_store_submission_add(c.s, &sub, err, sizeof err), 0, "%s", err);
     /* back to what version 1 had */
     static const char *const DOWN =
-        "DROP TABLE evaluations; DROP TABLE participants; DROP TABLE aggregates; DROP TABLE settings;"
+        "DROP TABLE model_patches; DROP TABLE evaluations; DROP TABLE participants; DROP TABLE aggregates; DROP TABLE settings;"
         "ALTER TABLE rounds DROP COLUMN join_deadline_ms; ALTER TABLE rounds DROP COLUMN min_stake_planck;"
         "ALTER TABLE rounds DROP COLUMN min_quality_ppm; ALTER TABLE submissions DROP COLUMN rejected;"
         "UPDATE schema_version SET version = 1;";
@@ -727,13 +736,88 @@ Test(coord_rounds, evaluation_tokens_bounded) {
     ctx_close(&c);
 }
 
-/* A version 2 directory (before evaluations) opens as version 3 with its data. */
-Test(coord_rounds, schema_v2_upgraded_in_place) {
+/* A version 2 directory (before evaluations), and a version 3 one (before
+ * model patches), open as the current version with their data. */
+Test(coord_rounds, schema_v2_and_v3_upgraded_in_place) {
     ctx c;
     ctx_open(&c);
     int64_t id = announce(&c, &PARAMS, T0);
-    downgrade_and_reopen(&c, "DROP TABLE evaluations; UPDATE schema_version SET version = 2;");
-    cr_assert_eq(get_round(&c, id).id, id, "the round survived the upgrade");
+    downgrade_and_reopen(&c, "DROP TABLE model_patches; DROP TABLE evaluations; UPDATE schema_version SET version = 2;");
     cr_assert_eq(summary(&c, id).results, 0, "the evaluations table is there");
+    downgrade_and_reopen(&c, "DROP TABLE model_patches; UPDATE schema_version SET version = 3;");
+    cr_assert_eq(get_round(&c, id).id, id, "the round survived the upgrades");
+    nawal_patch_row row;
+    char err[512] = "";
+    cr_assert_eq(nawal_patch_find(c.s, c.base_cid, &row, err, sizeof err), 0, "the model_patches table is there: %s", err);
+    ctx_close(&c);
+}
+
+/* A top-k update (delta_codec frame, ratio 0.01) submitted by who. */
+static void submit_topk(ctx *c, int who, int64_t round, int64_t now) {
+    size_t n = agg_total(), len;
+    float *d = malloc(n * 4);
+    agg_random(&c->seed, d, n, 0.01f);
+    nawal_delta_params p;
+    nawal_delta_params_default(&p);
+    p.ratio = 0.01f;
+    uint8_t *fr, cid[32];
+    char err[512] = "";
+    cr_assert_eq(nawal_delta_encode(nawal_ops_cpu(1), &p, d, NULL, n, &fr, &len, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(nawal_blobstore_put_buffer(c->s, fr, len, cid, err, sizeof err), 0, "%s", err);
+    EXPECT(nawal_round_submit(c->s, c->pk[who], round, get_round(c, round).base_cid, cid, 10, 700000, now, &g_reply), 0, OK);
+    free(fr);
+    free(d);
+}
+
+static uint8_t *blob_bytes(ctx *c, const uint8_t cid[32], size_t *len) {
+    char path[4096], err[512] = "";
+    uint8_t *b;
+    cr_assert_eq(nawal_blobstore_path(c->s, cid, path, sizeof path), 0);
+    cr_assert_eq(nawal_file_read_all(path, UINT64_MAX, &b, len, err, sizeof err), 0, "%s", err);
+    return b;
+}
+
+/* After a top-k round the patch base -> new model is recorded, served and announced, and applies to
+ * the base blob giving exactly the new model blob; after a dense round (every word changes) none is. */
+Test(coord_rounds, topk_round_records_a_model_patch_dense_round_none) {
+    ctx c;
+    ctx_open(&c);
+    int64_t id = announce(&c, &PARAMS, T0);
+    for (int i = 0; i < 3; i++) EXPECT(join(&c, i, id, 1000, T0 + 10 + i), 0, OK);
+    for (int i = 0; i < 3; i++) submit_topk(&c, i, id, T0 + 1000 + i);
+    nawal_tick_report t = tick(&c, T0 + 2000);
+    cr_assert_eq(t.closed_round, id, "%s", t.note);
+    nawal_patch_row row;
+    char err[512] = "";
+    cr_assert_eq(nawal_patch_find(c.s, t.model_cid, &row, err, sizeof err), 1, "no patch recorded: %s", err);
+    cr_assert(nawal_cid_equal(row.from_cid, c.base_cid) && nawal_cid_equal(row.to_cid, t.model_cid));
+    cr_assert(nawal_patch_is_blob(c.s, row.patch_cid));
+    size_t nb, nm, np, nout;
+    uint8_t *base = blob_bytes(&c, c.base_cid, &nb), *model = blob_bytes(&c, t.model_cid, &nm),
+            *patch = blob_bytes(&c, row.patch_cid, &np), *out;
+    cr_assert_eq(np, row.patch_size);
+    cr_assert(np * NAWAL_PATCH_KEEP_DIV < nm, "patch of %zu bytes for a %zu-byte model", np, nm);
+    cr_assert_eq(nawal_model_patch_apply(base, nb, patch, np, &out, &nout, err, sizeof err), 0, "%s", err);
+    cr_assert(nout == nm && !memcmp(out, model, nm), "the patched base is not the new model");
+    free(out);
+    free(base);
+    free(model);
+    free(patch);
+    /* the next round's announcement names it */
+    nawal_round next = get_round(&c, id + 1);
+    nawal_announce_msg a;
+    cr_assert_eq(nawal_announce_build(c.s, &next, &a, err, sizeof err), 0, "%s", err);
+    cr_assert(a.msg.patch_cid.len == 32 && !memcmp(a.msg.patch_cid.data, row.patch_cid, 32));
+    cr_assert(a.msg.patch_from_cid.len == 32 && !memcmp(a.msg.patch_from_cid.data, c.base_cid, 32));
+    cr_assert_eq(a.msg.patch_size, row.patch_size);
+    /* a dense round: its patch would be about the model's size */
+    for (int i = 0; i < 3; i++) EXPECT(join(&c, i, id + 1, 1000, T0 + 2010 + i), 0, OK);
+    for (int i = 0; i < 3; i++) EXPECT(submit(&c, i, id + 1, 10, T0 + 3000 + i, NULL), 0, OK);
+    t = tick(&c, T0 + 4000);
+    cr_assert_eq(t.closed_round, id + 1, "%s", t.note);
+    cr_assert_eq(nawal_patch_find(c.s, t.model_cid, &row, err, sizeof err), 0, "a dense round's patch was kept");
+    next = get_round(&c, id + 2);
+    cr_assert_eq(nawal_announce_build(c.s, &next, &a, err, sizeof err), 0, "%s", err);
+    cr_assert(a.msg.patch_cid.len == 0 && a.msg.patch_size == 0, "announced a patch without one");
     ctx_close(&c);
 }

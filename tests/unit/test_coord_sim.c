@@ -1,6 +1,7 @@
 /* test_coord_sim.c - `nawal-coordinator sim`: a whole federation (serve +
  * 3 `nawal-agent run` processes over loopback TLS with a self-signed
- * certificate) on a tiny model and a small generated corpus, for 2 rounds.
+ * certificate) on a tiny model and a small generated corpus, top-k 0.01,
+ * for 3 rounds.
  * Checked: exit 0, one printed line per round with 3 participants, the
  * ledger verifies and each round's payouts sum to the pool, and the global
  * model after round 2 is FedAvg of round 2's stored updates applied to its
@@ -12,13 +13,20 @@
  * its loss equal (1e-5 relative) to the model's loss computed here with the
  * model code on the same file and the same validation tokens (the agent's
  * data, byte-level, its last 10%, at most 32 windows), and the printed
- * "fed val" column is the rows' token-weighted mean. */
+ * "fed val" column is the rows' token-weighted mean; and the compressed
+ * downlink (model patches, proto/model_patch.h): every closed round's patch
+ * is recorded, each agent logs models built from patches from round 2's
+ * base on, its cached models are byte-identical to the coordinator's
+ * blobs, and the coordinator sends far fewer bytes in rounds 2 and 3 than
+ * in round 1 (where the initial model goes whole). */
 #include "coord_test_util.h"
 #include "checkpoint.h"
 #include "cid.h"
 #include "corpus.h"
 #include "delta_codec.h"
+#include "fileio.h"
 #include "flat_model.h"
+#include "patches.h"
 #include "rounds.h"
 #include "safetensors.h"
 #include "trainer.h"
@@ -215,6 +223,60 @@ static double printed_fed_val(const char *out, int round) {
     return NAN;
 }
 
+/* The "bytes down" column (the 8th) of round's printed line (-1 when absent). */
+static double printed_bytes_down(const char *out, int round) {
+    for (const char *l = out; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
+        int r = 0;
+        char f[7][32];
+        double down;
+        if (sscanf(l, "%d %31s %31s %31s %31s %31s %31s %lf", &r, f[0], f[1], f[2], f[3], f[4], f[5], &down) == 8 &&
+            r == round && !strcmp(f[0], "3/3"))
+            return down;
+    }
+    return -1;
+}
+
+static uint8_t *file_bytes(const char *path, size_t *len) {
+    uint8_t *b;
+    char err[512] = "";
+    cr_assert_eq(nawal_file_read_all(path, UINT64_MAX, &b, len, err, sizeof err), 0, "%s", err);
+    return b;
+}
+
+/* The downlink of rounds 1..rounds: patches recorded, agents building models from them, their caches equal
+ * to the coordinator's blobs. */
+static void check_patches(nawal_store *s, const char *fed, int rounds) {
+    char err[512] = "", path[1024], hex[NAWAL_CID_HEX_BYTES];
+    for (int i = 0; i < 3; i++) {
+        snprintf(path, sizeof path, "%s/logs/agent-%d.log", fed, i);
+        char *log = coord_slurp(path, NULL);
+        cr_assert(log, "%s", path);
+        int n = 0;
+        for (char *l = strtok(log, "\n"); l; l = strtok(NULL, "\n")) n += strstr(l, " from a ") && strstr(l, " patch of ");
+        cr_assert(n >= rounds - 1, "agent %d built %d models from patches:\n%s", i, n, log);
+        free(log);
+    }
+    for (int r = 1; r <= rounds; r++) {
+        nawal_round rr;
+        cr_assert_eq(nawal_store_round_get(s, r, &rr, err, sizeof err), 0, "%s", err);
+        nawal_patch_row row;
+        cr_assert_eq(nawal_patch_find(s, rr.model_cid, &row, err, sizeof err), 1, "round %d: no patch: %s", r, err);
+        cr_assert(nawal_cid_equal(row.from_cid, rr.base_cid));
+        size_t nblob, ncache;
+        blob_path(s, rr.model_cid, path, sizeof path);
+        uint8_t *blob = file_bytes(path, &nblob);
+        nawal_cid_to_hex(hex, rr.model_cid);
+        for (int i = 0; i < 3; i++) {
+            snprintf(path, sizeof path, "%s/validators/%d/state/models/%s.safetensors", fed, i, hex);
+            if (r == rounds && access(path, F_OK) != 0) continue; /* the last model: evaluated, not trained from */
+            uint8_t *cache = file_bytes(path, &ncache);
+            cr_assert(ncache == nblob && !memcmp(cache, blob, nblob), "agent %d: cached model of round %d differs", i, r);
+            free(cache);
+        }
+        free(blob);
+    }
+}
+
 /* The printed line of a round: "    R           3/3  ..." */
 static int round_line(const char *out, int round) {
     for (const char *l = out; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
@@ -225,7 +287,7 @@ static int round_line(const char *out, int round) {
     return 0;
 }
 
-Test(coord_sim, three_agents_two_rounds_tls) {
+Test(coord_sim, three_agents_three_rounds_tls) {
     char corpus[256], fed[256], out_path[256], cmd[2048];
     snprintf(corpus, sizeof corpus, "%s/corpus.txt", g_root);
     snprintf(fed, sizeof fed, "%s/fed", g_root);
@@ -237,19 +299,24 @@ Test(coord_sim, three_agents_two_rounds_tls) {
     for (int i = 0; i < 9000; i++) fprintf(f, "%s%s", words[test_rand_u64(&seed) % 12], i % 13 == 12 ? ".\n" : " ");
     fclose(f);
     snprintf(cmd, sizeof cmd,
-             "%s sim --data %s --dir %s --validators 3 --rounds 2 --steps 6 --batch 4 --topk 0.05 --model-config " MODEL
+             "%s sim --data %s --dir %s --validators 3 --rounds 3 --steps 6 --batch 4 --topk 0.01 --model-config " MODEL
              " --threads 1 >%s 2>&1",
              NAWAL_COORDINATOR_BIN, corpus, fed, out_path);
     int rc = system(cmd);
     char *out = coord_slurp(out_path, NULL);
     cr_assert_eq(rc, 0, "sim failed (%d):\n%s", rc, out ? out : "");
-    cr_assert(round_line(out, 1) && round_line(out, 2), "no line for rounds 1 and 2 with 3/3 participants:\n%s", out);
-    cr_assert(!round_line(out, 3), "a third round printed:\n%s", out);
-    cr_assert(strstr(out, "ledger ok: 2 records"), "%s", out);
+    cr_assert(round_line(out, 1) && round_line(out, 2) && round_line(out, 3),
+              "no line for rounds 1 to 3 with 3/3 participants:\n%s", out);
+    cr_assert(!round_line(out, 4), "a fourth round printed:\n%s", out);
+    cr_assert(strstr(out, "ledger ok: 3 records"), "%s", out);
     cr_assert(strstr(out, "wss://127.0.0.1:"), "not TLS:\n%s", out);
     cr_assert(strstr(out, "fed val"), "no fed val column:\n%s", out);
-    double fed_val[3] = {NAN, printed_fed_val(out, 1), printed_fed_val(out, 2)};
-    cr_assert(isfinite(fed_val[1]) && isfinite(fed_val[2]), "fed val missing:\n%s", out);
+    double fed_val[4] = {NAN, printed_fed_val(out, 1), printed_fed_val(out, 2), printed_fed_val(out, 3)};
+    cr_assert(isfinite(fed_val[1]) && isfinite(fed_val[2]) && isfinite(fed_val[3]), "fed val missing:\n%s", out);
+    /* the downlink: round 1 sends the initial model whole, later rounds patches */
+    double down[4] = {0, printed_bytes_down(out, 1), printed_bytes_down(out, 2), printed_bytes_down(out, 3)};
+    cr_assert(down[1] > 0 && down[2] > 0 && down[3] > 0, "no bytes down column:\n%s", out);
+    cr_assert(down[2] * 4 < down[1] && down[3] * 4 < down[1], "bytes down did not drop:\n%s", out);
     free(out);
 
     /* TLS material: a certificate naming 127.0.0.1 */
@@ -277,7 +344,8 @@ Test(coord_sim, three_agents_two_rounds_tls) {
     cr_assert_eq(nawal_store_round_get(s, 1, &r1, err, sizeof err), 0, "%s", err);
     cr_assert_eq(nawal_store_round_get(s, 2, &r2, err, sizeof err), 0, "%s", err);
     cr_assert(nawal_cid_equal(r2.base_cid, r1.model_cid), "round 2 starts from round 1's model");
-    for (int k = 1; k <= 2; k++) {
+    check_patches(s, fed, 3);
+    for (int k = 1; k <= 3; k++) {
         double mean = check_evaluations(s, fed, k);
         cr_assert(fabs(fed_val[k] - mean) <= 5.1e-5, "round %d: fed val printed %.4f, rows' mean %.9g", k, fed_val[k],
                   mean);
