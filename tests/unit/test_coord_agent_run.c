@@ -18,10 +18,20 @@
  * before saving its submission record (NAWAL_AGENT_TEST_CRASH=collect)
  * resumes from the snapshot of its last step instead of training again
  * (no step charged twice); a snapshot left beside a submission record of
- * the round is removed by the restarted agent. */
+ * the round is removed by the restarted agent; and the compressed downlink's
+ * fall-back: after a top-k round 1 (whose new model each agent built from
+ * the model patch to evaluate it), the patch blob for round 2's base is
+ * corrupted in the coordinator's blob store (same length, so still
+ * announced) and the agents' cached round-2 base removed (agent b's from
+ * model too): in round 2 agent a logs why the patch cannot be used and
+ * downloads the whole model, agent b downloads it without trying the patch,
+ * both cached bases equal the coordinator's blob byte for byte, no patch
+ * file is left, and round 2 closes with each update recorded once. */
 #include "coord_proc_test_util.h"
 #include "cid.h"
+#include "patches.h"
 
+#include <dirent.h>
 #include <sys/stat.h>
 
 #define MODEL "1,2,32,32,257"
@@ -48,18 +58,19 @@ static void validator_new(validator *v, const char *name, uint64_t seed) {
     validator_make(v, g_root, g_dir, name, STAKE, seed);
 }
 
-/* Round 1 closed with a new model, and exactly one recorded update from each of vs[0..n). */
-static void check_round(const validator *vs, size_t n) {
+/* Round id closed with a new model, and exactly one recorded update from each of vs[0..n). */
+static void check_round_id(int64_t id, const validator *vs, size_t n) {
     nawal_store *s = coord_open(g_dir);
     char err[512] = "";
     nawal_round r;
-    cr_assert_eq(nawal_store_round_get(s, 1, &r, err, sizeof err), 0, "%s", err);
-    cr_assert_eq(r.state, NAWAL_ROUND_CLOSED, "round 1 is %s, not closed", nawal_round_state_name(r.state));
-    cr_assert(r.has_model_cid, "round 1 has a new model");
+    cr_assert_eq(nawal_store_round_get(s, id, &r, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(r.state, NAWAL_ROUND_CLOSED, "round %lld is %s, not closed", (long long)id,
+                 nawal_round_state_name(r.state));
+    cr_assert(r.has_model_cid, "round %lld has a new model", (long long)id);
     cr_assert(!nawal_cid_equal(r.model_cid, r.base_cid), "the new global model differs from the base");
     nawal_submission *subs = NULL;
     size_t ns = 0;
-    cr_assert_eq(nawal_store_submissions(s, 1, &subs, &ns, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(nawal_store_submissions(s, id, &subs, &ns, err, sizeof err), 0, "%s", err);
     cr_assert_eq(ns, n, "%zu updates recorded, expected %zu", ns, n);
     for (size_t i = 0; i < n; i++) {
         int seen = 0;
@@ -69,6 +80,7 @@ static void check_round(const validator *vs, size_t n) {
     free(subs);
     nawal_store_close(s);
 }
+static void check_round(const validator *vs, size_t n) { check_round_id(1, vs, n); }
 
 /* ---- tests ------------------------------------------------------------------- */
 
@@ -216,4 +228,117 @@ Test(coord_agent_run, agent_killed_before_its_record_resumes_from_the_last_snaps
     cr_assert_eq(budget_steps(&v[1]), 6, "the round was trained (and charged) again");
     cr_assert_neq(access(ckpt, F_OK), 0, "the snapshot outlived the submission record");
     round_closed_once(v, &sp);
+}
+
+/* ---- a model patch that cannot be used ---------------------------------------- */
+
+/* path (in a validator's state directory) of the cached model cid */
+static void cached_model(const validator *v, const uint8_t cid[32], char *path, size_t cap) {
+    char hex[NAWAL_CID_HEX_BYTES];
+    nawal_cid_to_hex(hex, cid);
+    snprintf(path, cap, "%s/state/models/%s.safetensors", v->key, hex);
+}
+
+/* The file at path has exactly the bytes of the file at want. */
+static void same_bytes(const char *path, const char *want) {
+    size_t n = 0, m = 0;
+    char *a = coord_slurp(path, &n), *b = coord_slurp(want, &m);
+    cr_assert(a, "%s is missing", path);
+    cr_assert(b, "%s is missing", want);
+    cr_assert(n == m && !memcmp(a, b, n), "%s (%zu bytes) differs from %s (%zu bytes)", path, n, want, m);
+    free(a);
+    free(b);
+}
+
+static void validator_log_lacks(const validator *v, const char *text) {
+    char *log = coord_slurp(v->log, NULL);
+    cr_assert(log && !strstr(log, text), "agent %s: \"%s\" in its log:\n%s", v->name, text, log ? log : "");
+    free(log);
+}
+
+Test(coord_agent_run, unusable_model_patch_falls_back_to_the_whole_model) {
+    coord_sh(g_root, "%s init --dir %s --model-config " MODEL, NAWAL_COORDINATOR_BIN, g_dir);
+    validator v[2];
+    validator_new(&v[0], "a", 41);
+    validator_new(&v[1], "b", 42);
+    coord_sh(g_root, "%s round start --dir %s --pool-planck %llu --target 2 --min 2 --deadline-s 240 --join-window-s 120 "
+             "--steps 6 --batch 4 --topk 0.01", NAWAL_COORDINATOR_BIN, g_dir, POOL);
+    serve_proc sp;
+    serve_start(&sp);
+    for (int i = 0; i < 2; i++) validator_start(&v[i], sp.port, STAKE, NULL, NULL);
+    for (int i = 0; i < 2; i++) validator_expect_exit(&v[i], 0, 180);
+
+    /* round 1 closed and round 2 is open on its model, which the patch (round 1's base -> it) gives */
+    char err[512] = "", mblob[4096], pblob[4096], h1[NAWAL_CID_HEX_BYTES], h2[NAWAL_CID_HEX_BYTES], line[200];
+    nawal_store *s = NULL;
+    cr_assert_eq(nawal_store_open(&s, g_dir, NAWAL_STORE_OPEN_PUBLIC_ONLY, err, sizeof err), 0, "%s", err);
+    nawal_round r1, r2;
+    cr_assert_eq(nawal_store_round_get(s, 1, &r1, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(nawal_store_round_get(s, 2, &r2, err, sizeof err), 0, "round 2: %s", err);
+    cr_assert(r1.state == NAWAL_ROUND_CLOSED && r1.has_model_cid, "round 1 is %s", nawal_round_state_name(r1.state));
+    cr_assert(nawal_cid_equal(r2.base_cid, r1.model_cid), "round 2's base is not round 1's model");
+    nawal_patch_row row;
+    cr_assert_eq(nawal_patch_find(s, r2.base_cid, &row, err, sizeof err), 1, "no patch recorded for round 2's base %s", err);
+    cr_assert(nawal_cid_equal(row.from_cid, r1.base_cid));
+    cr_assert_eq(nawal_blobstore_path(s, r2.base_cid, mblob, sizeof mblob), 0);
+    cr_assert_eq(nawal_blobstore_path(s, row.patch_cid, pblob, sizeof pblob), 0);
+    nawal_store_close(s);
+    nawal_cid_to_hex(h1, r1.base_cid);
+    nawal_cid_to_hex(h2, r2.base_cid);
+    /* the patch worked before: each agent built round 1's new model from it to evaluate it */
+    snprintf(line, sizeof line, "round 1: model %.8s from a ", h2);
+    for (int i = 0; i < 2; i++) validator_log_has(&v[i], line);
+
+    /* the stored patch blob loses its CID (same length, its last byte flipped) */
+    size_t plen = 0;
+    char *patch = coord_slurp(pblob, &plen);
+    cr_assert(patch && plen == row.patch_size && plen > 0, "patch blob %s", pblob);
+    patch[plen - 1] ^= 0x5a;
+    cr_assert_eq(chmod(pblob, 0644), 0, "%s", pblob);
+    FILE *f = fopen(pblob, "wb");
+    cr_assert(f && fwrite(patch, 1, plen, f) == plen && fclose(f) == 0, "%s", pblob);
+    free(patch);
+    /* both caches lose round 2's base (made for that evaluation); b's loses the from model too */
+    char a_to[300], a_from[300], b_to[300], b_from[300];
+    cached_model(&v[0], r2.base_cid, a_to, sizeof a_to);
+    cached_model(&v[0], r1.base_cid, a_from, sizeof a_from);
+    cached_model(&v[1], r2.base_cid, b_to, sizeof b_to);
+    cached_model(&v[1], r1.base_cid, b_from, sizeof b_from);
+    cr_assert_eq(unlink(a_to), 0, "%s", a_to);
+    cr_assert_eq(unlink(b_to), 0, "%s", b_to);
+    cr_assert_eq(unlink(b_from), 0, "%s", b_from);
+    cr_assert_eq(access(a_from, F_OK), 0, "%s", a_from);
+
+    /* round 2: a downloads the corrupt patch, says why it cannot use it and downloads the whole
+     * model; b, without the from model, downloads the whole model straight away */
+    for (int i = 0; i < 2; i++) validator_start(&v[i], sp.port, STAKE, NULL, NULL);
+    for (int i = 0; i < 2; i++) validator_expect_exit(&v[i], 0, 180);
+    snprintf(line, sizeof line, "round 2: the model patch for %.16s cannot be used (blob content ID mismatch", h2);
+    validator_log_has(&v[0], line);
+    validator_log_has(&v[0], "; downloading the whole model\n");
+    validator_log_lacks(&v[1], "cannot be used");
+    snprintf(line, sizeof line, "round 2: base model %.8s from a ", h2);
+    for (int i = 0; i < 2; i++) {
+        validator_log_lacks(&v[i], line);
+        validator_log_has(&v[i], "round 2: base model downloaded in ");
+        validator_log_has(&v[i], "round 2: update accepted");
+        validator_log_has(&v[i], "round 2: closed: new model");
+    }
+    /* the cached bases are the coordinator's model, byte for byte; no patch file left behind */
+    same_bytes(a_to, mblob);
+    same_bytes(b_to, mblob);
+    for (int i = 0; i < 2; i++) {
+        char pdir[300];
+        snprintf(pdir, sizeof pdir, "%s/state/patches", v[i].key);
+        DIR *d = opendir(pdir);
+        cr_assert(d, "%s", pdir);
+        struct dirent *e;
+        while ((e = readdir(d)))
+            cr_assert(!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."), "agent %s left %s/%s", v[i].name, pdir,
+                      e->d_name);
+        closedir(d);
+    }
+    serve_stop_clean(&sp);
+    check_round_id(2, v, 2);
+    coord_sh(g_root, "%s ledger verify --dir %s", NAWAL_COORDINATOR_BIN, g_dir);
 }
