@@ -1084,14 +1084,17 @@ static void worker_collect(session *s) {
     free(t);
 }
 
-/* --rounds reached: 1 once the evaluations asked for are answered, or EVAL_DONE_WAIT_S later. */
+/* --rounds reached: 1 once the evaluations asked for are answered and the
+ * coordinator has acknowledged (or refused) every result sent, or
+ * EVAL_DONE_WAIT_S later. */
 static int done_settled(session *s) {
-    if (!s->n_evq) return 1;
+    if (!s->n_evq && !s->n_eval_sent) return 1;
     if (!s->done_t) s->done_t = nawal_monotonic_s();
     if (nawal_monotonic_s() - s->done_t < EVAL_DONE_WAIT_S) return 0;
-    fprintf(stderr, "warning: %d evaluation request(s) not answered within %.0f s of the last round; stopping\n",
-            s->n_evq, EVAL_DONE_WAIT_S);
+    fprintf(stderr, "warning: %d evaluation request(s) not answered, %d result(s) not acknowledged within %.0f s of the "
+            "last round; stopping\n", s->n_evq, s->n_eval_sent, EVAL_DONE_WAIT_S);
     s->n_evq = 0;
+    s->n_eval_sent = 0;
     return 1;
 }
 
