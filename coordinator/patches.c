@@ -10,15 +10,14 @@
 #include <string.h>
 #include <sys/stat.h>
 
-/* Size of blob cid, or -1 when it is not in the store. */
-static int64_t blob_size(nawal_store *s, const uint8_t cid[32]) {
-    char path[4096];
+/* Size of blob cid (its path in path[0..cap)), or -1 when it is not in the store. */
+static int64_t blob_size(nawal_store *s, const uint8_t cid[32], char *path, size_t cap) {
     struct stat sb;
-    if (nawal_blobstore_path(s, cid, path, sizeof path) || stat(path, &sb) != 0) return -1;
+    if (nawal_blobstore_path(s, cid, path, cap) || stat(path, &sb) != 0) return -1;
     return (int64_t)sb.st_size;
 }
 
-static int record(nawal_store *s, const nawal_patch_row *r, char *err, size_t errlen) {
+int nawal_patch_record(nawal_store *s, const nawal_patch_row *r, char *err, size_t errlen) {
     sqlite3_stmt *st;
     if (nawal_store_prepare(s, &st,
                             "INSERT INTO model_patches(to_cid, from_cid, patch_cid, patch_size) VALUES(?1, ?2, ?3, ?4)"
@@ -34,12 +33,12 @@ static int record(nawal_store *s, const nawal_patch_row *r, char *err, size_t er
     return rc;
 }
 
-int nawal_patch_make_record(nawal_store *s, const uint8_t from_cid[32], const uint8_t to_cid[32], nawal_patch_row *out,
-                            char *err, size_t errlen) {
+int nawal_patch_make(nawal_store *s, const uint8_t from_cid[32], const uint8_t to_cid[32], nawal_patch_row *out,
+                     char *err, size_t errlen) {
     char from_path[4096], to_path[4096];
-    int64_t from_size = blob_size(s, from_cid), to_size = blob_size(s, to_cid);
-    if (from_size < 0 || to_size < 0 || nawal_blobstore_path(s, from_cid, from_path, sizeof from_path) ||
-        nawal_blobstore_path(s, to_cid, to_path, sizeof to_path))
+    int64_t from_size = blob_size(s, from_cid, from_path, sizeof from_path),
+            to_size = blob_size(s, to_cid, to_path, sizeof to_path);
+    if (from_size < 0 || to_size < 0)
         return nawal_fail(err, errlen, "model patch: the %s model is not in the blob store", from_size < 0 ? "base" : "new");
     if (from_size != to_size) {
         nawal_fail(err, errlen, "the models differ in length (%lld and %lld bytes)", (long long)from_size,
@@ -48,7 +47,8 @@ int nawal_patch_make_record(nawal_store *s, const uint8_t from_cid[32], const ui
     }
     uint8_t *frame;
     size_t len;
-    if (nawal_model_patch_make_files(from_path, to_path, 0, &frame, &len, err, errlen)) return -1;
+    /* the store's blobs are named by their CIDs: not hashed again */
+    if (nawal_model_patch_make_files(from_path, from_cid, to_path, to_cid, 0, &frame, &len, err, errlen)) return -1;
     if ((uint64_t)len * NAWAL_PATCH_KEEP_DIV >= (uint64_t)to_size) {
         nawal_fail(err, errlen, "a patch of %zu bytes is not under 1/%d of the %lld-byte model", len,
                    NAWAL_PATCH_KEEP_DIV, (long long)to_size);
@@ -59,9 +59,9 @@ int nawal_patch_make_record(nawal_store *s, const uint8_t from_cid[32], const ui
     memcpy(r.to_cid, to_cid, 32);
     memcpy(r.from_cid, from_cid, 32);
     r.patch_size = len;
-    int rc = nawal_blobstore_put_buffer(s, frame, len, r.patch_cid, err, errlen) || record(s, &r, err, errlen) ? -1 : 1;
+    int rc = nawal_blobstore_put_buffer(s, frame, len, r.patch_cid, err, errlen) ? -1 : 1;
     free(frame);
-    if (rc == 1 && out) *out = r;
+    if (rc == 1) *out = r;
     return rc;
 }
 
@@ -78,7 +78,8 @@ int nawal_patch_find(nawal_store *s, const uint8_t to_cid[32], nawal_patch_row *
         memcpy(r.to_cid, to_cid, 32);
         if (nawal_store_column_key(st, 0, r.from_cid) || nawal_store_column_key(st, 1, r.patch_cid)) continue;
         r.patch_size = (uint64_t)sqlite3_column_int64(st, 2);
-        if (blob_size(s, r.patch_cid) != (int64_t)r.patch_size) continue; /* blob gone: no patch to offer */
+        char path[4096];
+        if (blob_size(s, r.patch_cid, path, sizeof path) != (int64_t)r.patch_size) continue; /* blob gone: no patch to offer */
         *out = r;
         rc = 1;
     }

@@ -20,13 +20,16 @@ typedef struct {
 /* A patch is kept when patch_size * NAWAL_PATCH_KEEP_DIV < model size. */
 #define NAWAL_PATCH_KEEP_DIV 4
 
-/* Makes the patch from_cid -> to_cid (both blobs in the store) and, when it
- * is worth keeping, stores its blob and records its row (in the caller's
- * transaction when one is open). 1 with *out filled: recorded; 0: not
- * worth it (lengths differ, or the patch is too large; why in err); -1 on
- * an error (message in err). out may be NULL. */
-int nawal_patch_make_record(nawal_store *s, const uint8_t from_cid[32], const uint8_t to_cid[32], nawal_patch_row *out,
-                            char *err, size_t errlen);
+/* Makes the patch from_cid -> to_cid (both blobs in the store) and, when
+ * it is worth keeping, stores its blob: 1 with *out filled; 0: not worth
+ * it (lengths differ, or the patch is too large; why in err); -1 on an
+ * error (message in err). Reads both models and compresses: call it
+ * outside a transaction (the blob needs none), then nawal_patch_record. */
+int nawal_patch_make(nawal_store *s, const uint8_t from_cid[32], const uint8_t to_cid[32], nawal_patch_row *out,
+                     char *err, size_t errlen);
+
+/* Records a made patch's row (in the caller's transaction when one is open): 0, or -1. */
+int nawal_patch_record(nawal_store *s, const nawal_patch_row *r, char *err, size_t errlen);
 
 /* The recorded patch that gives to_cid (the latest recorded, when several)
  * whose blob is in the store: 1 and *out, 0 when none, -1 on an error. */

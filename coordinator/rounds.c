@@ -576,21 +576,31 @@ static int record_aggregate_tx(nawal_store *s, const nawal_round *r, const nawal
     return rc;
 }
 
-/* The model patch base -> new model of r (patches.h), inside the closing
- * transaction so the next RoundAnnounce can name it: an optimisation, so a
- * failure is logged and the round closes all the same. */
-static void patch_step(nawal_store *s, const nawal_round *r, const uint8_t model_cid[32]) {
-    char why[512] = "", q[600], hex[NAWAL_CID_HEX_BYTES];
-    nawal_patch_row p;
-    int rc = nawal_patch_make_record(s, r->base_cid, model_cid, &p, why, sizeof why);
-    if (rc == 1) {
-        nawal_cid_to_hex(hex, p.patch_cid);
-        nawal_log(NAWAL_LOG_INFO, "model_patch", "round=%lld patch=%s bytes=%llu", (long long)r->id, hex,
-                  (unsigned long long)p.patch_size);
-    } else {
+/* The model patch base -> new model of r (patches.h): made and stored
+ * before the closing transaction (reading and compressing two models is
+ * no work to hold the database's write lock for), recorded inside it so
+ * the next RoundAnnounce can name it. An optimisation: a failure is logged
+ * and the round closes all the same. patch_make returns 1 when *p is to be
+ * recorded; patch_record logs what happened. */
+static int patch_make(nawal_store *s, const nawal_round *r, const uint8_t model_cid[32], nawal_patch_row *p) {
+    char why[512] = "", q[600];
+    int rc = nawal_patch_make(s, r->base_cid, model_cid, p, why, sizeof why);
+    if (rc != 1)
         nawal_log(rc ? NAWAL_LOG_WARN : NAWAL_LOG_DEBUG, rc ? "model_patch_failed" : "model_patch_skipped",
                   "round=%lld reason=%s", (long long)r->id, nawal_log_quote(q, sizeof q, why));
+    return rc == 1;
+}
+
+static void patch_record(nawal_store *s, const nawal_round *r, const nawal_patch_row *p) {
+    char why[512] = "", q[600], hex[NAWAL_CID_HEX_BYTES];
+    if (nawal_patch_record(s, p, why, sizeof why)) {
+        nawal_log(NAWAL_LOG_WARN, "model_patch_failed", "round=%lld reason=%s", (long long)r->id,
+                  nawal_log_quote(q, sizeof q, why));
+        return;
     }
+    nawal_cid_to_hex(hex, p->patch_cid);
+    nawal_log(NAWAL_LOG_INFO, "model_patch", "round=%lld patch=%s bytes=%llu", (long long)r->id, hex,
+              (unsigned long long)p->patch_size);
 }
 
 /* r is aggregating: aggregate, then close (settle) or fail it and announce the next round. */
@@ -605,10 +615,12 @@ static int aggregate_step(nawal_store *s, const nawal_round *r, int64_t now_ms, 
     const char *strategy = cfg && cfg->strategy ? cfg->strategy : "fedavg";
     int64_t next = 0;
     nawal_settlement set = {0};
+    nawal_patch_row patch;
+    int have_patch = res.has_model && patch_make(s, r, res.model_cid, &patch);
     int rc = nawal_store_begin(s, err, errlen);
     if (rc == 0) rc = record_aggregate_tx(s, r, &res, strategy, now_ms, err, errlen);
     if (rc == 0 && res.has_model) rc = nawal_round_settle_tx(s, r->id, res.model_cid, now_ms, &set, err, errlen);
-    if (rc == 0 && res.has_model) patch_step(s, r, res.model_cid);
+    if (rc == 0 && have_patch) patch_record(s, r, &patch);
     if (rc == 0 && !res.has_model) rc = set_state(s, r->id, NAWAL_ROUND_FAILED, now_ms, err, errlen);
     if (rc == 0) rc = announce_next_tx(s, r, res.has_model ? res.model_cid : r->base_cid, now_ms, &next, err, errlen);
     if (rc) {

@@ -70,8 +70,18 @@ int nawal_model_patch_info_read(nawal_patch_info *info, const uint8_t *f, size_t
 
 /* ---- making ---- */
 
-int nawal_model_patch_make(const uint8_t *from, size_t from_len, const uint8_t *to, size_t to_len, int zstd_level,
-                           uint8_t **frame, size_t *frame_len, char *err, size_t errlen) {
+/* cid[32] = cid_known, or the CID of buf: 0, or -1 */
+static int cid_or_hash(uint8_t *cid, const uint8_t *cid_known, const uint8_t *buf, size_t len) {
+    if (cid_known) {
+        memcpy(cid, cid_known, 32);
+        return 0;
+    }
+    return nawal_cid_of_buffer(cid, buf, len);
+}
+
+int nawal_model_patch_make(const uint8_t *from, size_t from_len, const uint8_t *from_cid, const uint8_t *to,
+                           size_t to_len, const uint8_t *to_cid, int zstd_level, uint8_t **frame, size_t *frame_len,
+                           char *err, size_t errlen) {
     *frame = NULL;
     *frame_len = 0;
     if (from_len != to_len)
@@ -115,7 +125,7 @@ int nawal_model_patch_make(const uint8_t *from, size_t from_len, const uint8_t *
     f[5] = f[6] = f[7] = 0;
     nawal_le64_put(f + 8, len);
     nawal_le64_put(f + 80, k);
-    int rc = nawal_cid_of_buffer(f + 16, from, from_len) || nawal_cid_of_buffer(f + 48, to, to_len)
+    int rc = cid_or_hash(f + 16, from_cid, from, from_len) || cid_or_hash(f + 48, to_cid, to, to_len)
                  ? nawal_fail(err, errlen, "model patch: cannot hash the models")
                  : 0;
     size_t z = 0;
@@ -133,14 +143,15 @@ int nawal_model_patch_make(const uint8_t *from, size_t from_len, const uint8_t *
     return 0;
 }
 
-int nawal_model_patch_make_files(const char *from_path, const char *to_path, int zstd_level, uint8_t **frame,
-                                 size_t *frame_len, char *err, size_t errlen) {
+int nawal_model_patch_make_files(const char *from_path, const uint8_t *from_cid, const char *to_path,
+                                 const uint8_t *to_cid, int zstd_level, uint8_t **frame, size_t *frame_len, char *err,
+                                 size_t errlen) {
     uint8_t *a = NULL, *b = NULL;
     size_t na, nb;
     int rc = nawal_file_read_all(from_path, NAWAL_PATCH_MAX_LEN, &a, &na, err, errlen) ||
                      nawal_file_read_all(to_path, na, &b, &nb, err, errlen)
                  ? -1
-                 : nawal_model_patch_make(a, na, b, nb, zstd_level, frame, frame_len, err, errlen);
+                 : nawal_model_patch_make(a, na, from_cid, b, nb, to_cid, zstd_level, frame, frame_len, err, errlen);
     free(a);
     free(b);
     return rc;

@@ -53,12 +53,16 @@ typedef struct {
 
 /* A new frame (*frame malloc'ed, *frame_len bytes) turning from into to,
  * which must have the same length (<= NAWAL_PATCH_MAX_LEN); zstd_level 0:
- * zstd's default. Both CIDs are computed here. */
-int nawal_model_patch_make(const uint8_t *from, size_t from_len, const uint8_t *to, size_t to_len, int zstd_level,
-                           uint8_t **frame, size_t *frame_len, char *err, size_t errlen);
+ * zstd's default. from_cid / to_cid: the models' CIDs when the caller
+ * knows them (a blob store's names), else NULL and they are computed here;
+ * an agent checks both when it applies the patch. */
+int nawal_model_patch_make(const uint8_t *from, size_t from_len, const uint8_t *from_cid, const uint8_t *to,
+                           size_t to_len, const uint8_t *to_cid, int zstd_level, uint8_t **frame, size_t *frame_len,
+                           char *err, size_t errlen);
 /* The same from two files (read whole). */
-int nawal_model_patch_make_files(const char *from_path, const char *to_path, int zstd_level, uint8_t **frame,
-                                 size_t *frame_len, char *err, size_t errlen);
+int nawal_model_patch_make_files(const char *from_path, const uint8_t *from_cid, const char *to_path,
+                                 const uint8_t *to_cid, int zstd_level, uint8_t **frame, size_t *frame_len, char *err,
+                                 size_t errlen);
 
 /* 1 if buf starts with a patch's magic "NWMP", else 0. */
 int nawal_model_patch_is_frame(const uint8_t *buf, size_t len);

@@ -66,7 +66,7 @@ static void as_material(const uint8_t *data, size_t size) {
     uint8_t *frame, *out;
     size_t flen, olen;
     char err[256] = "";
-    FUZZ_CHECK(nawal_model_patch_make(data, n, data + n, n, 1, &frame, &flen, err, sizeof err) == 0, err);
+    FUZZ_CHECK(nawal_model_patch_make(data, n, NULL, data + n, n, NULL, 1, &frame, &flen, err, sizeof err) == 0, err);
     FUZZ_CHECK(nawal_model_patch_apply(data, n, frame, flen, &out, &olen, err, sizeof err) == 0, err);
     FUZZ_CHECK(olen == n && (n == 0 || memcmp(out, data + n, n) == 0), "make then apply gives the to model");
     free(out);

@@ -91,30 +91,31 @@ Test(model_patch, round_trips_awkward_lengths_and_change_sets) {
             make_pair(&seed, len, (change_set)set, from, to);
             uint8_t *frame, *out;
             size_t flen, olen;
-            cr_assert_eq(nawal_model_patch_make(from, len, to, len, 0, &frame, &flen, err, sizeof err), 0, "%s", err);
+            cr_assert_eq(nawal_model_patch_make(from, len, NULL, to, len, NULL, 0, &frame, &flen, err, sizeof err), 0, "%s", err);
             nawal_patch_info info;
             cr_assert_eq(nawal_model_patch_info_read(&info, frame, flen, err, sizeof err), 0, "%s", err);
             cr_assert_eq(info.file_len, len);
             cr_assert_eq(info.k, differing_words(from, to, len), "len %zu set %d", len, set);
             cr_assert(set != CH_NONE || info.k == 0);
             cr_assert(set != CH_ALL || info.k == (len + 3) / 4);
-            uint8_t cid[32];
+            uint8_t cid[32], to_cid[32];
             nawal_cid_of_buffer(cid, from, len);
             cr_assert(nawal_cid_equal(cid, info.from_cid));
-            nawal_cid_of_buffer(cid, to, len);
-            cr_assert(nawal_cid_equal(cid, info.to_cid));
+            nawal_cid_of_buffer(to_cid, to, len);
+            cr_assert(nawal_cid_equal(to_cid, info.to_cid));
             cr_assert_eq(nawal_model_patch_apply(from, len, frame, flen, &out, &olen, err, sizeof err), 0,
                          "len %zu set %d: %s", len, set, err);
             cr_assert(olen == len && !memcmp(out, to, len), "len %zu set %d: bytes differ", len, set);
             free(out);
-            /* the file forms: made from files, applied in place of the from file */
+            /* the file forms: made from files (with the CIDs given, as the coordinator does), applied
+             * in place of the from file */
             write_file(from_path, from, len);
             write_file(to_path, to, len);
             uint8_t *frame2;
             size_t flen2;
-            cr_assert_eq(nawal_model_patch_make_files(from_path, to_path, 0, &frame2, &flen2, err, sizeof err), 0, "%s",
-                         err);
-            cr_assert(flen2 == flen && !memcmp(frame, frame2, flen), "the file form makes the same frame");
+            cr_assert_eq(nawal_model_patch_make_files(from_path, cid, to_path, to_cid, 0, &frame2, &flen2, err, sizeof err), 0,
+                         "%s", err);
+            cr_assert(flen2 == flen && !memcmp(frame, frame2, flen), "the file form with known CIDs makes the same frame");
             cr_assert_eq(nawal_model_patch_apply_file(from_path, frame, flen, out_path, err, sizeof err), 0, "%s", err);
             out = read_file(out_path, &olen);
             cr_assert(olen == len && !memcmp(out, to, len));
@@ -209,10 +210,10 @@ Test(model_patch, refusals_leave_the_output_untouched) {
     cr_assert_eq(nawal_model_patch_apply(x.from, 10, f, len, &out, &olen, err, sizeof err), 0, "%s", err);
     cr_assert(olen == 10 && !memcmp(out, x.to, 10));
     free(out);
-    cr_assert_eq(nawal_model_patch_make(x.from, 10, x.to, 10, 1, &made, &mlen, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(nawal_model_patch_make(x.from, 10, NULL, x.to, 10, NULL, 1, &made, &mlen, err, sizeof err), 0, "%s", err);
     cr_assert(mlen == len && !memcmp(made, f, len));
     free(made);
-    cr_assert_eq(nawal_model_patch_make(x.from, 10, x.to, 9, 0, &made, &mlen, err, sizeof err), -1);
+    cr_assert_eq(nawal_model_patch_make(x.from, 10, NULL, x.to, 9, NULL, 0, &made, &mlen, err, sizeof err), -1);
     cr_assert(strstr(err, "differ in length"), "%s", err);
 
     uint8_t *g = malloc(len + 8);
