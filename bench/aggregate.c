@@ -155,12 +155,14 @@ static int sink_fn(void *ctx, const void *buf, size_t len, char *err, size_t err
  * (every delta read, checked and combined), *total_s also writing the new
  * model into the blob store. */
 static int run_once(nawal_store *s, const char *base_path, char (*paths)[4200], int clients, const nawal_fedavg_options *o,
-                    double *agg_s, double *total_s, char *err, size_t errlen) {
+                    const char *strategy, const char *spill_dir, double *agg_s, double *total_s, char *err,
+                    size_t errlen) {
     nawal_aggregator *a = NULL;
     nawal_tensor_source *base = NULL;
     nawal_blob_writer *w = NULL;
     double t0 = bench_now_s(), t1 = 0;
-    int rc = nawal_fedavg_create(&a, o, err, errlen);
+    int rc = strategy ? nawal_aggregator_create(&a, strategy, o->threads, spill_dir, err, errlen)
+                      : nawal_fedavg_create(&a, o, err, errlen);
     if (rc == 0) rc = nawal_tensor_source_open_file(&base, base_path, err, errlen);
     if (rc == 0) rc = a->begin(a, base, err, errlen);
     for (int i = 0; rc == 0 && i < clients; i++) {
@@ -171,7 +173,7 @@ static int run_once(nawal_store *s, const char *base_path, char (*paths)[4200], 
     }
     if (rc == 0) rc = a->finish(a, err, errlen);
     t1 = bench_now_s();
-    for (int i = 0; rc == 0 && i < clients; i++)
+    for (int i = 0; rc == 0 && !strategy && i < clients; i++) /* FedAvg uses every delta; Krum drops some */
         if (a->verdict(a, (size_t)i, err, errlen)) rc = -1;
     if (rc == 0) rc = nawal_blobstore_writer_open(s, &w, err, errlen);
     if (rc == 0) rc = a->write(a, sink_fn, w, err, errlen);
@@ -190,9 +192,10 @@ static int run_once(nawal_store *s, const char *base_path, char (*paths)[4200], 
 }
 
 int bench_aggregate(int argc, char **argv) {
-    const char *params_s = "124M", *device = "cpu", *tmp = getenv("TMPDIR");
+    const char *params_s = "124M", *device = "cpu", *tmp = getenv("TMPDIR"), *strategy = "fedavg";
     int clients = 16, threads = 0, repeats = 3, cold = 0, keep = 0, copy = 0;
     float codec = 0;
+    char err0[512];
     if (!tmp || !*tmp) tmp = "/tmp";
     nawal_flag flags[] = {
         {"params", NAWAL_FLAG_STR, &params_s, "floats per delta (K/M/G = 1e3/1e6/1e9)", 1, 0, 0, 0},
@@ -205,11 +208,17 @@ int bench_aggregate(int argc, char **argv) {
         {"keep", NAWAL_FLAG_BOOL, &keep, "keep the generated files", 1, 0, 0, 0},
         {"copy", NAWAL_FLAG_BOOL, &copy, "read the deltas with pread (a copy) instead of viewing their mappings", 1, 0, 0, 0},
         {"codec", NAWAL_FLAG_FLOAT, &codec, "also time FedAvg over codec frames of the deltas, top-k at this ratio (1 = dense fp16)", 1e-9, 1, 0, 0},
+        {"strategy", NAWAL_FLAG_STR, &strategy, "also time this rule (median, trimmed-mean[:T], krum[:F[:M]]) after FedAvg in every repeat", 1, 0, 0, 0},
     };
     int pr = nawal_flags_parse(argc, argv, flags, sizeof flags / sizeof *flags,
                                "usage: nawal-bench aggregate [--params 124M] [--clients 16] [--device cpu] [--threads N] "
-                               "[--codec RATIO]");
+                               "[--codec RATIO] [--strategy RULE]");
     if (pr) return pr == 1 ? 0 : 2;
+    if (nawal_aggregator_known(strategy, err0, sizeof err0)) {
+        fprintf(stderr, "error: --strategy: %s\n", err0);
+        return 2;
+    }
+    const char *rule = strcmp(strategy, "fedavg") ? strategy : NULL; /* timed besides FedAvg */
     uint64_t n;
     if (bench_parse_count(params_s, &n)) {
         fprintf(stderr, "error: --params: '%s' is not a count like 124M (1 .. 4G floats)\n", params_s);
@@ -301,6 +310,7 @@ int bench_aggregate(int argc, char **argv) {
     }
     nawal_fedavg_options o = {threads, 0, copy, 0};
     double agg[MAX_REPEATS], tot[MAX_REPEATS], mc1[MAX_REPEATS], mcn[MAX_REPEATS], cagg[MAX_REPEATS], ctot[MAX_REPEATS];
+    double ragg[MAX_REPEATS], rtot[MAX_REPEATS];
     for (int r = 0; rc == 0 && r < repeats; r++) {
         mc1[r] = bench_memcpy(m2, m1, 1, 3);
         mcn[r] = bench_memcpy(m2, m1, nthreads, 3);
@@ -308,21 +318,32 @@ int bench_aggregate(int argc, char **argv) {
             drop_cache(base_path);
             for (int i = 0; i < clients; i++) drop_cache(paths[i]);
         }
-        if ((rc = run_once(s, base_path, paths, clients, &o, &agg[r], &tot[r], err, sizeof err))) break;
+        if ((rc = run_once(s, base_path, paths, clients, &o, NULL, NULL, &agg[r], &tot[r], err, sizeof err))) break;
         printf("repeat %d: memcpy %.2f GB/s (1 thread) %.2f GB/s (%d); fedavg %.2f GB/s (%.2f s), with the new model "
                "written %.2f GB/s (%.2f s)\n", r + 1, mc1[r], mcn[r], nthreads, delta_bytes / agg[r] * 1e-9, agg[r],
                delta_bytes / tot[r] * 1e-9, tot[r]);
         if (codec > 0) {
             if (cold)
                 for (int i = 0; i < clients; i++) drop_cache(fpaths[i]);
-            if ((rc = run_once(s, base_path, fpaths, clients, &o, &cagg[r], &ctot[r], err, sizeof err))) break;
+            if ((rc = run_once(s, base_path, fpaths, clients, &o, NULL, NULL, &cagg[r], &ctot[r], err, sizeof err))) break;
             printf("repeat %d: codec fedavg %.2f GB/s dense-equivalent (%.3f s), with the new model written %.2f GB/s "
                    "(%.2f s)\n", r + 1, delta_bytes / cagg[r] * 1e-9, cagg[r], delta_bytes / ctot[r] * 1e-9, ctot[r]);
+        }
+        if (rule) {
+            if ((rc = run_once(s, base_path, paths, clients, &o, rule, root, &ragg[r], &rtot[r], err, sizeof err))) break;
+            printf("repeat %d: %s %.2f GB/s (%.2f s, %.2fx FedAvg's time)\n", r + 1, rule, delta_bytes / ragg[r] * 1e-9,
+                   ragg[r], ragg[r] / agg[r]);
         }
         fflush(stdout);
     }
     free(m1);
     free(m2);
+    if (rc == 0 && rule) {
+        double ratio[MAX_REPEATS];
+        for (int r = 0; r < repeats; r++) ratio[r] = ragg[r] / agg[r];
+        printf("%s_gbps %.2f  %s_vs_fedavg_time %.2f  (median of %d; the rule's time over FedAvg's, same repeat)\n", rule,
+               delta_bytes / bench_median(ragg, repeats) * 1e-9, rule, bench_median(ratio, repeats), repeats);
+    }
     if (rc == 0) {
         double a = delta_bytes / bench_median(agg, repeats) * 1e-9, t = delta_bytes / bench_median(tot, repeats) * 1e-9;
         double c1 = bench_median(mc1, repeats), cn = bench_median(mcn, repeats), mc = nthreads > 1 && cn > c1 ? cn : c1;

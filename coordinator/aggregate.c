@@ -6,6 +6,7 @@
  * threads (each with its own chunk buffer for sources it cannot view), so
  * which thread handles a window never changes its arithmetic. */
 #include "aggregate.h"
+#include "aggregate_internal.h"
 #include "cid.h"
 #include "error.h"
 #include "flat_model.h"
@@ -44,7 +45,7 @@ static const char *shape_str(char *buf, size_t cap, const nawal_tensor_info *t) 
 
 /* Index of the first element of x[0..n) that is NaN or +-Inf, n if none.
  * The fast path is an integer max over the magnitude bits (vectorises). */
-static size_t first_nonfinite(const float *x, size_t n) {
+size_t nawal_agg_first_nonfinite(const float *x, size_t n) {
     uint32_t mx = 0;
     for (size_t i = 0; i < n; i++) {
         uint32_t u;
@@ -434,35 +435,51 @@ static void fedavg_reset(fedavg *f) {
     f->finished = 0;
 }
 
-static int fedavg_begin(nawal_aggregator *a, nawal_tensor_source *base, char *err, size_t errlen) {
-    fedavg *f = (fedavg *)a;
-    fedavg_reset(f);
-    size_t n = base->n_tensors, total = 0;
+int nawal_agg_base_layout(const nawal_tensor_source *base, size_t **tensor_off, size_t *total, char *err,
+                          size_t errlen) {
+    size_t n = base->n_tensors, sum = 0;
+    *tensor_off = NULL;
+    *total = 0;
     for (size_t t = 0; t < n; t++) {
         const nawal_tensor_info *x = &base->tensors[t];
         if (x->dtype != NAWAL_ST_F32)
             return nawal_fail(err, errlen, "%s: base tensor '%s' is not F32", base->label, x->name);
-        if (x->numel > SIZE_MAX / sizeof(float) - total) return nawal_fail(err, errlen, "%s: model too large", base->label);
-        total += x->numel;
+        if (x->numel > SIZE_MAX / sizeof(float) - sum) return nawal_fail(err, errlen, "%s: model too large", base->label);
+        sum += x->numel;
     }
-    f->tensor_off = malloc((n ? n : 1) * sizeof *f->tensor_off);
+    size_t *off = malloc((n ? n : 1) * sizeof *off);
+    if (!off) return nawal_fail(err, errlen, "out of memory");
+    sum = 0;
+    for (size_t t = 0; t < n; t++) {
+        off[t] = sum;
+        sum += base->tensors[t].numel;
+    }
+    *tensor_off = off;
+    *total = sum;
+    return 0;
+}
+
+float *nawal_agg_alloc_model(size_t n_floats) {
     /* 2 MiB-aligned and, where the kernel allows, in huge pages: hundreds of MiB touched once per
      * aggregation would otherwise cost a page fault every 4 KiB */
-    size_t acc_bytes = total * sizeof(float);
-    void *acc = NULL;
-    if (posix_memalign(&acc, (size_t)2 << 20, acc_bytes ? acc_bytes : 64) == 0 && acc_bytes >= ((size_t)2 << 20))
-        madvise(acc, acc_bytes, MADV_HUGEPAGE);
-    f->acc = acc;
+    size_t bytes = n_floats * sizeof(float);
+    void *p = NULL;
+    if (posix_memalign(&p, (size_t)2 << 20, bytes ? bytes : 64) != 0) return NULL;
+    if (bytes >= ((size_t)2 << 20)) madvise(p, bytes, MADV_HUGEPAGE);
+    return p;
+}
+
+static int fedavg_begin(nawal_aggregator *a, nawal_tensor_source *base, char *err, size_t errlen) {
+    fedavg *f = (fedavg *)a;
+    fedavg_reset(f);
+    size_t total;
+    if (nawal_agg_base_layout(base, &f->tensor_off, &total, err, errlen)) return -1;
+    f->acc = nawal_agg_alloc_model(total);
     f->tbuf = alloc_aligned((size_t)f->threads * f->chunk * sizeof(float));
-    if (f->per_entry) f->wsum = alloc_aligned(acc_bytes ? acc_bytes : 64);
-    if (!f->tensor_off || !f->acc || !f->tbuf || (f->per_entry && !f->wsum)) {
+    if (f->per_entry) f->wsum = alloc_aligned(total ? total * sizeof(float) : 64);
+    if (!f->acc || !f->tbuf || (f->per_entry && !f->wsum)) {
         fedavg_reset(f);
         return nawal_fail(err, errlen, "out of memory for a %zu-float accumulator", total);
-    }
-    size_t off = 0;
-    for (size_t t = 0; t < n; t++) {
-        f->tensor_off[t] = off;
-        off += base->tensors[t].numel;
     }
     f->n_floats = total;
     f->base = base;
@@ -505,16 +522,36 @@ static int fedavg_member_done(fedavg *f, member *m, int rc, const char *reason) 
     return rc;
 }
 
+int nawal_agg_check_update(nawal_tensor_source *base, size_t n_floats, const nawal_tensor_source *delta,
+                           const nawal_delta_frame *frame, uint64_t weight, size_t **map, char *reason,
+                           size_t reasonlen) {
+    *map = NULL;
+    if (weight == 0) {
+        nawal_fail(reason, reasonlen, "it was trained on no examples (weight 0)");
+        return NAWAL_AGG_REJECTED;
+    }
+    if (frame) {
+        if (frame->info.n == (uint64_t)n_floats) return 0;
+        nawal_fail(reason, reasonlen, "delta frame is for a model of %llu values, the base model has %zu",
+                   (unsigned long long)frame->info.n, n_floats);
+        return NAWAL_AGG_REJECTED;
+    }
+    if (!(*map = malloc((base->n_tensors ? base->n_tensors : 1) * sizeof **map)))
+        return nawal_fail(reason, reasonlen, "out of memory");
+    int rc = nawal_tensor_layout_match(base, delta, *map, reason, reasonlen);
+    if (rc) {
+        free(*map);
+        *map = NULL;
+    }
+    return rc;
+}
+
 static int fedavg_add(nawal_aggregator *a, nawal_tensor_source *delta, uint64_t weight, char *reason,
                       size_t reasonlen) {
     fedavg *f = (fedavg *)a;
     member *m = fedavg_member_new(f, delta, NULL, weight, reason, reasonlen);
     if (!m) return -1;
-    int rc = 0;
-    if (weight == 0) rc = NAWAL_AGG_REJECTED, nawal_fail(reason, reasonlen, "it was trained on no examples (weight 0)");
-    else if (!(m->map = malloc((f->base->n_tensors ? f->base->n_tensors : 1) * sizeof *m->map)))
-        rc = nawal_fail(reason, reasonlen, "out of memory");
-    else rc = nawal_tensor_layout_match(f->base, delta, m->map, reason, reasonlen);
+    int rc = nawal_agg_check_update(f->base, f->n_floats, delta, NULL, weight, &m->map, reason, reasonlen);
     return fedavg_member_done(f, m, rc, reason);
 }
 
@@ -524,11 +561,7 @@ static int fedavg_add_frame(nawal_aggregator *a, nawal_delta_frame *frame, uint6
     fedavg *f = (fedavg *)a;
     member *m = fedavg_member_new(f, NULL, frame, weight, reason, reasonlen);
     if (!m) return -1;
-    int rc = 0;
-    if (weight == 0) rc = NAWAL_AGG_REJECTED, nawal_fail(reason, reasonlen, "it was trained on no examples (weight 0)");
-    else if (frame->info.n != (uint64_t)f->n_floats)
-        rc = NAWAL_AGG_REJECTED, nawal_fail(reason, reasonlen, "delta frame is for a model of %llu values, the base model has %zu",
-                                            (unsigned long long)frame->info.n, f->n_floats);
+    int rc = nawal_agg_check_update(f->base, f->n_floats, NULL, frame, weight, &m->map, reason, reasonlen);
     return fedavg_member_done(f, m, rc, reason);
 }
 
@@ -613,7 +646,7 @@ static int fedavg_pass(fedavg *f, const size_t *live, size_t nl, const float *c,
                 x = buf;
             }
             if (combine_check(acc, x, n, c[q], q == 0 && !acc_set) >= 0x7f800000u) {
-                size_t p = first_nonfinite(x, n);
+                size_t p = nawal_agg_first_nonfinite(x, n);
                 fault = 1;
                 snprintf(e, sizeof e, "tensor '%.80s' element %zu is %g (not finite)", f->base->tensors[w->t].name,
                          w->first + p, (double)x[p]);
@@ -757,10 +790,9 @@ static int fedavg_finish(nawal_aggregator *a, char *err, size_t errlen) {
     return rc;
 }
 
-static int fedavg_write(nawal_aggregator *a, nawal_byte_sink sink, void *ctx, char *err, size_t errlen) {
-    fedavg *f = (fedavg *)a;
-    if (f->finished != 2) return nawal_fail(err, errlen, "no aggregate to write (finish first)");
-    const nawal_tensor_source *b = f->base;
+int nawal_agg_write_model(nawal_tensor_source *base, const float *delta, const size_t *tensor_off,
+                          nawal_byte_sink sink, void *ctx, char *err, size_t errlen) {
+    nawal_tensor_source *b = base;
     size_t n = b->n_tensors;
     nawal_st_tensor *ts = calloc(n ? n : 1, sizeof *ts);
     float *buf = alloc_aligned(FINISH_CHUNK * sizeof(float));
@@ -776,12 +808,12 @@ static int fedavg_write(nawal_aggregator *a, nawal_byte_sink sink, void *ctx, ch
     if (rc == 0) rc = sink(ctx, head, head_len, err, errlen);
     for (size_t t = 0; rc == 0 && t < n; t++) {
         const nawal_tensor_info *x = &b->tensors[t];
-        const float *mean = f->acc + f->tensor_off[t];
+        const float *d = delta + tensor_off[t];
         for (size_t first = 0; rc == 0 && first < x->numel; first += FINISH_CHUNK) {
             size_t cnt = x->numel - first < FINISH_CHUNK ? x->numel - first : FINISH_CHUNK;
-            if ((rc = f->base->read(f->base, t, first, cnt, buf, err, errlen))) break;
-            for (size_t i = 0; i < cnt; i++) buf[i] += mean[first + i];
-            size_t p = first_nonfinite(buf, cnt);
+            if ((rc = b->read(b, t, first, cnt, buf, err, errlen))) break;
+            for (size_t i = 0; i < cnt; i++) buf[i] += d[first + i];
+            size_t p = nawal_agg_first_nonfinite(buf, cnt);
             if (p < cnt) {
                 nawal_fail(err, errlen, "the aggregate is not finite: tensor '%.80s' element %zu = %g (float overflow)",
                            x->name, first + p, (double)buf[p]);
@@ -795,6 +827,12 @@ static int fedavg_write(nawal_aggregator *a, nawal_byte_sink sink, void *ctx, ch
     free(buf);
     free(head);
     return rc;
+}
+
+static int fedavg_write(nawal_aggregator *a, nawal_byte_sink sink, void *ctx, char *err, size_t errlen) {
+    fedavg *f = (fedavg *)a;
+    if (f->finished != 2) return nawal_fail(err, errlen, "no aggregate to write (finish first)");
+    return nawal_agg_write_model(f->base, f->acc, f->tensor_off, sink, ctx, err, errlen);
 }
 
 static int fedavg_verdict(nawal_aggregator *a, size_t i, char *reason, size_t reasonlen) {
@@ -840,19 +878,31 @@ int nawal_fedavg_create(nawal_aggregator **out, const nawal_fedavg_options *o, c
     return 0;
 }
 
-int nawal_aggregator_create(nawal_aggregator **out, const char *strategy, int threads, char *err, size_t errlen) {
+int nawal_aggregator_create(nawal_aggregator **out, const char *strategy, int threads, const char *spill_dir,
+                            char *err, size_t errlen) {
     *out = NULL;
     int sparse = strategy && !strcmp(strategy, "fedavg-sparse");
     if (!strategy || !strcmp(strategy, "fedavg") || sparse) {
         nawal_fedavg_options o = {threads, 0, 0, sparse};
         return nawal_fedavg_create(out, &o, err, errlen);
     }
-    return nawal_fail(err, errlen, "unknown aggregation strategy '%s' (known: fedavg, fedavg-sparse)", strategy);
+    nawal_robust_options ro;
+    int r = nawal_robust_parse(strategy, &ro, err, errlen);
+    if (r < 0) return -1;
+    if (r > 0) {
+        ro.threads = threads;
+        ro.spill_dir = spill_dir;
+        return nawal_robust_create(out, &ro, err, errlen);
+    }
+    return nawal_fail(err, errlen,
+                      "unknown aggregation strategy '%s' (known: fedavg, fedavg-sparse, median, trimmed-mean[:TRIM], "
+                      "krum[:F[:M]])",
+                      strategy);
 }
 
 int nawal_aggregator_known(const char *strategy, char *err, size_t errlen) {
     nawal_aggregator *a;
-    if (nawal_aggregator_create(&a, strategy, 1, err, errlen)) return -1;
+    if (nawal_aggregator_create(&a, strategy, 1, NULL, err, errlen)) return -1;
     nawal_aggregator_destroy(a);
     return 0;
 }
@@ -893,7 +943,10 @@ int nawal_round_aggregate(nawal_store *s, int64_t round_id, const nawal_agg_conf
         rc = nawal_fail(err, errlen, "out of memory");
         goto out;
     }
-    if ((rc = nawal_aggregator_create(&agg, cfg ? cfg->strategy : NULL, cfg ? cfg->threads : 0, err, errlen))) goto out;
+    char spill[4096];
+    snprintf(spill, sizeof spill, "%s/blobs", nawal_store_dir(s));
+    if ((rc = nawal_aggregator_create(&agg, cfg ? cfg->strategy : NULL, cfg ? cfg->threads : 0, spill, err, errlen)))
+        goto out;
     rc = nawal_tensor_source_open_blob(&base, s, r.base_cid, err, errlen);
     if (rc) {
         rc = -1; /* a bad base is the coordinator's problem, never an update's */

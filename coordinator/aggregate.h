@@ -1,6 +1,7 @@
 /* aggregate.h - turning a round's accepted updates into the next global
- * model: the aggregation strategy interface, weighted FedAvg, and the
- * round-level driver (quality filter, per-update validation, output blob).
+ * model: the aggregation strategy interface, weighted FedAvg, the
+ * Byzantine-robust rules (median, trimmed mean, Krum) and the round-level
+ * driver (quality filter, per-update validation, output blob).
  *
  * Updates are model deltas (delta = local - base) of two kinds, told apart
  * by their first bytes (nawal_update_open_*). Dense safetensors deltas are
@@ -12,8 +13,8 @@
  * indices are varint gaps, its payload one zstd frame), so a strategy that
  * takes frames decodes each whole frame once, straight into its own state,
  * one frame at a time. A strategy without add_frame refuses frames (the
- * driver says why); a robust rule that needs every update side by side
- * would need another design (decode into a spill file, say).
+ * driver says why); the robust rules, which need every update side by
+ * side, decode each frame into a spill file.
  *
  * Strategy interface (nawal_aggregator): begin(base model); add(delta,
  * weight) once per update, which checks what it can at once (the delta has
@@ -23,7 +24,7 @@
  * there and leaves no trace in the result; verdict(i) then says which
  * updates were used and why the others were not; write(sink) serialises
  * the new model. A coordinate-wise median or Krum fits the same calls (keep
- * the sources from add, read them side by side in finish).
+ * the sources from add, read them side by side in finish: robust.c).
  *
  * FedAvg: new = base + sum_i w_i delta_i / sum_i w_i over the updates used,
  * w_i = the update's number of examples (u64). The weights are normalised
@@ -220,8 +221,51 @@ typedef struct {
 
 int nawal_fedavg_create(nawal_aggregator **out, const nawal_fedavg_options *o, char *err, size_t errlen);
 
-/* By name: "fedavg" or "fedavg-sparse". */
-int nawal_aggregator_create(nawal_aggregator **out, const char *strategy, int threads, char *err, size_t errlen);
+/* Byzantine-robust rules (robust.c). They ignore the updates' weights (an
+ * update's own claim of its number of examples must not decide its
+ * influence) and read every update side by side, window by window (codec
+ * frames are first decoded into unlinked spill files: a frame's unsent
+ * entries count as 0, as in FedAvg). Per element e of the flat model, over
+ * the n updates used:
+ *   median:        the middle value (n odd), the mean of the two middle
+ *                  values (n even, in double, rounded once);
+ *   trimmed-mean:  sort the n values, drop b = ceil(trim x n) at each end
+ *                  (fewer when n - 2b would be < 1), mean of the rest in
+ *                  double, rounded once; trim 0 is the plain mean;
+ *   krum:          (multi-)Krum, Blanchard et al. 2017: score_i = sum of
+ *                  the squared distances from update i to its n - f - 2
+ *                  nearest others; the m lowest scores (ties: the earlier
+ *                  update) are averaged (unweighted), the others dropped
+ *                  with their score and rank as the reason. f defaults to
+ *                  the most n tolerates, floor((n - 3) / 2); m to n - f
+ *                  (m = 1 is classic Krum). With fewer than f + 3 updates
+ *                  the scores use n - 3 as f (one neighbour each); with
+ *                  fewer than 3 every update scores 0.
+ * An update with a non-finite value is dropped and the rule recomputed
+ * without it. The median and trimmed mean of finite floats are finite;
+ * deterministic for a given update order, whatever the thread count. */
+typedef enum { NAWAL_ROBUST_MEDIAN, NAWAL_ROBUST_TRIMMED_MEAN, NAWAL_ROBUST_KRUM } nawal_robust_rule;
+
+typedef struct {
+    nawal_robust_rule rule;
+    double trim;           /* trimmed-mean: fraction dropped at each end, in [0, 0.5) */
+    int krum_f;            /* krum: updates assumed Byzantine (< 0: floor((n - 3) / 2)) */
+    int krum_m;            /* krum: updates averaged (<= 0: n - f) */
+    int threads;           /* <= 0: OpenMP's default */
+    const char *spill_dir; /* decoded frames go here (NULL: $TMPDIR, else /tmp); copied */
+} nawal_robust_options;
+
+int nawal_robust_create(nawal_aggregator **out, const nawal_robust_options *o, char *err, size_t errlen);
+
+/* "median", "trimmed-mean[:TRIM]" (default 0.2), "krum[:F[:M]]" into *o
+ * (threads and spill_dir zeroed): 1 parsed; 0 not a robust rule's name; -1
+ * a robust rule with a bad parameter (err says why). */
+int nawal_robust_parse(const char *strategy, nawal_robust_options *o, char *err, size_t errlen);
+
+/* By name: "fedavg" (NULL), "fedavg-sparse", or a robust rule as
+ * nawal_robust_parse reads it; spill_dir as in nawal_robust_options. */
+int nawal_aggregator_create(nawal_aggregator **out, const char *strategy, int threads, const char *spill_dir,
+                            char *err, size_t errlen);
 void nawal_aggregator_destroy(nawal_aggregator *a); /* NULL is fine */
 /* 0 when strategy names an aggregator, else -1 with the known names in err. */
 int nawal_aggregator_known(const char *strategy, char *err, size_t errlen);

@@ -446,6 +446,10 @@ static int cmd_round_status(int argc, char **argv) {
     return rc;
 }
 
+#define NAWAL_STRATEGY_HELP                                                                                   \
+    "aggregation: fedavg | fedavg-sparse | median | trimmed-mean[:TRIM] | krum[:F[:M]] (robust rules ignore " \
+    "example counts; see README)"
+
 /* exit status 2 with a message when --strategy names no known aggregator */
 static int strategy_check(const char *strategy) {
     char err[256];
@@ -460,7 +464,7 @@ static int cmd_round_tick(int argc, char **argv) {
     nawal_flag flags[] = {
         {"dir", NAWAL_FLAG_STR, &dir, "coordinator directory", 1, 0, 1, 0},
         {"threads", NAWAL_FLAG_INT, &threads, "aggregation threads (0 = all cores)", 0, 4096, 0, 0},
-        {"strategy", NAWAL_FLAG_STR, &strategy, "aggregation strategy: fedavg | fedavg-sparse", 1, 0, 0, 0},
+        {"strategy", NAWAL_FLAG_STR, &strategy, NAWAL_STRATEGY_HELP, 1, 0, 0, 0},
     };
     int rc = parsed(nawal_flags_parse(argc, argv, flags, NFLAGS(flags),
                                       "usage: nawal-coordinator round tick --dir D [--threads N]\n\n"
@@ -505,7 +509,7 @@ static int cmd_serve(int argc, char **argv) {
         {"keepalive-s", NAWAL_FLAG_INT, &keepalive_s, "PING a peer silent for this many seconds; drop it after 3x that without a PONG", 1, 21845, 0, 0},
         {"log-level", NAWAL_FLAG_STR, &level, "debug|info|warn|error: key=value lines on stderr", 1, 0, 0, 0},
         {"threads", NAWAL_FLAG_INT, &threads, "aggregation threads (0 = all cores)", 0, 4096, 0, 0},
-        {"strategy", NAWAL_FLAG_STR, &strategy, "aggregation strategy: fedavg | fedavg-sparse", 1, 0, 0, 0},
+        {"strategy", NAWAL_FLAG_STR, &strategy, NAWAL_STRATEGY_HELP, 1, 0, 0, 0},
     };
     int rc = parsed(nawal_flags_parse(argc, argv, flags, NFLAGS(flags),
                                       "usage: nawal-coordinator serve --dir D --listen HOST:PORT [--cert F --key F | --insecure-plaintext]\n"

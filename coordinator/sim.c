@@ -774,7 +774,7 @@ int nawal_cmd_sim(int argc, char **argv) {
         {"device", NAWAL_FLAG_STR, &o.device, "agents' device: auto|cpu|cuda", 0, -1, 0, 0},
         {"threads", NAWAL_FLAG_INT, &o.threads, "CPU threads of each agent and of the evaluation", 1, 4096, 0, 0},
         {"deadline-s", NAWAL_FLAG_INT, &o.deadline_s, "a round's deadline, seconds after its announcement", 10, 1e7, 0, 0},
-        {"strategy", NAWAL_FLAG_STR, &o.strategy, "aggregation: fedavg | fedavg-sparse (each entry averaged over the updates sending it)", 0, -1, 0, 0},
+        {"strategy", NAWAL_FLAG_STR, &o.strategy, "aggregation: fedavg | fedavg-sparse (each entry averaged over the updates sending it) | median | trimmed-mean[:TRIM] | krum[:F[:M]]", 0, -1, 0, 0},
     };
     int pr = nawal_flags_parse(argc, argv, flags, sizeof flags / sizeof flags[0],
                                "usage: nawal-coordinator sim --data FILE [--validators N] [--rounds R] [--steps S] [--topk RATIO]\n"

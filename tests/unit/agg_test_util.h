@@ -8,6 +8,8 @@
 #define NAWAL_AGG_TEST_UTIL_H
 
 #include "aggregate.h"
+#include "delta_codec.h"
+#include "ops.h"
 #include "safetensors.h"
 #include "test_util.h"
 
@@ -78,6 +80,40 @@ static inline void agg_random(uint64_t *seed, float *v, size_t n, float sc) {
         uint64_t k = test_rand_u64(seed) % 1000;
         v[i] = k == 0 ? 0.0f : k == 1 ? sc * 1e3f : sc * test_rand_normal(seed);
     }
+}
+
+static inline void agg_write_bytes(const char *path, const uint8_t *p, size_t len) {
+    FILE *f = fopen(path, "wb");
+    cr_assert(f, "%s", path);
+    cr_assert_eq(fwrite(p, 1, len, f), len);
+    cr_assert_eq(fclose(f), 0);
+}
+
+/* Encodes d (agg_total() floats) as a codec frame (ratio, values; int8
+ * blocks of 100) into path, with error feedback from an earlier round (a
+ * residual left by encoding another delta), and replaces d with what a
+ * decoder gets (nawal_delta_decode of the file). */
+static inline void agg_write_frame(const char *path, float *d, float ratio, nawal_delta_values values, uint64_t *seed) {
+    size_t n = agg_total();
+    nawal_delta_params p;
+    nawal_delta_params_default(&p);
+    p.ratio = ratio;
+    p.values = values;
+    p.block = 100;
+    float *res = calloc(n, 4), *prev = malloc(n * 4);
+    agg_random(seed, prev, n, 0.01f);
+    uint8_t *fr;
+    size_t len;
+    char err[512] = "";
+    const nawal_ops *o = nawal_ops_cpu(1);
+    cr_assert_eq(nawal_delta_encode(o, &p, prev, res, n, &fr, &len, err, sizeof err), 0, "%s", err);
+    free(fr);
+    cr_assert_eq(nawal_delta_encode(o, &p, d, res, n, &fr, &len, err, sizeof err), 0, "%s", err);
+    agg_write_bytes(path, fr, len);
+    cr_assert_eq(nawal_delta_decode(d, n, fr, len, err, sizeof err), 0, "%s", err);
+    free(fr);
+    free(res);
+    free(prev);
 }
 
 /* A growing memory buffer as a nawal_byte_sink. */
@@ -174,16 +210,14 @@ static inline float *agg_read_blob(nawal_store *s, const uint8_t *cid) {
     return got;
 }
 
-/* Runs FedAvg (options o) over a base file and update files of either kind
- * (safetensors deltas or codec frames, opened with nawal_update_open_file):
- * finish, then write into out; returns the first status that is not 0
- * (finish's or write's). reasons[i] (may be NULL) gets "" when update i was
- * used, else why not. */
-static inline int agg_run_fedavg(const nawal_fedavg_options *o, const char *base_path, char paths[][256],
-                                 const uint64_t *w, size_t k, agg_membuf *out, char reasons[][NAWAL_AGG_REASON_BYTES]) {
+/* Runs aggregator a (destroyed after) over a base file and update files of
+ * either kind (safetensors deltas or codec frames, opened with
+ * nawal_update_open_file): finish, then write into out; returns the first
+ * status that is not 0 (finish's or write's). reasons[i] (may be NULL) gets
+ * "" when update i was used, else why not. */
+static inline int agg_run(nawal_aggregator *a, const char *base_path, char paths[][256], const uint64_t *w, size_t k,
+                          agg_membuf *out, char reasons[][NAWAL_AGG_REASON_BYTES]) {
     char err[512] = "", scratch[NAWAL_AGG_REASON_BYTES];
-    nawal_aggregator *a;
-    cr_assert_eq(nawal_fedavg_create(&a, o, err, sizeof err), 0, "%s", err);
     nawal_tensor_source *base;
     cr_assert_eq(nawal_tensor_source_open_file(&base, base_path, err, sizeof err), 0, "%s", err);
     cr_assert_eq(a->begin(a, base, err, sizeof err), 0, "%s", err);
@@ -222,6 +256,15 @@ static inline int agg_run_fedavg(const nawal_fedavg_options *o, const char *base
     nawal_aggregator_destroy(a);
     nawal_tensor_source_close(base);
     return rc;
+}
+
+/* agg_run with FedAvg (options o, NULL for the defaults) */
+static inline int agg_run_fedavg(const nawal_fedavg_options *o, const char *base_path, char paths[][256],
+                                 const uint64_t *w, size_t k, agg_membuf *out, char reasons[][NAWAL_AGG_REASON_BYTES]) {
+    char err[512] = "";
+    nawal_aggregator *a;
+    cr_assert_eq(nawal_fedavg_create(&a, o, err, sizeof err), 0, "%s", err);
+    return agg_run(a, base_path, paths, w, k, out, reasons);
 }
 
 #endif

@@ -28,37 +28,9 @@ TestSuite(coord_codec_agg, .init = setup, .fini = teardown, .timeout = 120);
 typedef enum { K_DENSE_ST, K_TOPK_F16, K_TOPK_I8, K_TOPK_F32, K_DENSE_F16, K_KINDS } kind;
 static const char *const kind_name[] = {"safetensors", "top-k fp16", "top-k int8", "top-k fp32", "dense-frame fp16"};
 
-static void write_bytes(const char *path, const uint8_t *p, size_t len) {
-    FILE *f = fopen(path, "wb");
-    cr_assert(f, "%s", path);
-    cr_assert_eq(fwrite(p, 1, len, f), len);
-    cr_assert_eq(fclose(f), 0);
-}
-
-/* Encodes d (agg_total() floats) as kind into path, with error feedback
- * from an earlier round (a residual left by encoding another delta), and
- * replaces d with what a decoder gets (nawal_delta_decode of the file). */
 static void write_frame(const char *path, float *d, kind k, uint64_t *seed) {
-    size_t n = agg_total();
-    nawal_delta_params p;
-    nawal_delta_params_default(&p);
-    p.ratio = k == K_DENSE_F16 ? 1.0f : 0.05f;
-    p.values = k == K_TOPK_I8 ? NAWAL_DELTA_I8 : k == K_TOPK_F32 ? NAWAL_DELTA_F32 : NAWAL_DELTA_F16;
-    p.block = 100;
-    float *res = calloc(n, 4), *prev = malloc(n * 4);
-    agg_random(seed, prev, n, 0.01f);
-    uint8_t *fr;
-    size_t len;
-    char err[512] = "";
-    const nawal_ops *o = nawal_ops_cpu(1);
-    cr_assert_eq(nawal_delta_encode(o, &p, prev, res, n, &fr, &len, err, sizeof err), 0, "%s", err);
-    free(fr);
-    cr_assert_eq(nawal_delta_encode(o, &p, d, res, n, &fr, &len, err, sizeof err), 0, "%s", err);
-    write_bytes(path, fr, len);
-    cr_assert_eq(nawal_delta_decode(d, n, fr, len, err, sizeof err), 0, "%s", err);
-    free(fr);
-    free(res);
-    free(prev);
+    agg_write_frame(path, d, k == K_DENSE_F16 ? 1.0f : 0.05f,
+                    k == K_TOPK_I8 ? NAWAL_DELTA_I8 : k == K_TOPK_F32 ? NAWAL_DELTA_F32 : NAWAL_DELTA_F16, seed);
 }
 
 /* A dense fp32 frame built by hand (the encoder refuses NaN): values v. */
@@ -80,7 +52,7 @@ static void write_raw_dense_frame(const char *path, const float *v, size_t n) {
     memcpy(fr + 24, &one, 4);
     size_t z = ZSTD_compress(fr + NAWAL_DELTA_HEADER_BYTES, cap, pl, 4 * n, 3);
     cr_assert(!ZSTD_isError(z));
-    write_bytes(path, fr, NAWAL_DELTA_HEADER_BYTES + z);
+    agg_write_bytes(path, fr, NAWAL_DELTA_HEADER_BYTES + z);
     free(fr);
     free(pl);
 }
@@ -307,13 +279,13 @@ Test(coord_codec_agg, bad_frames_rejected_rest_aggregated) {
         switch (bad[b].what) {
         case 0:
             cr_assert_eq(nawal_delta_encode(nawal_ops_cpu(1), &prm, v, NULL, n - 1, &fr, &len, err, sizeof err), 0, "%s", err);
-            write_bytes(f.paths[p], fr, len);
+            agg_write_bytes(f.paths[p], fr, len);
             free(fr);
             break;
         case 1:
         case 2:
             cr_assert_eq(nawal_delta_encode(nawal_ops_cpu(1), &prm, v, NULL, n, &fr, &len, err, sizeof err), 0, "%s", err);
-            write_bytes(f.paths[p], fr, bad[b].what == 1 ? 20 : len - 7);
+            agg_write_bytes(f.paths[p], fr, bad[b].what == 1 ? 20 : len - 7);
             free(fr);
             break;
         case 3:
@@ -367,7 +339,7 @@ Test(coord_codec_agg, flat_order_is_data_order) {
     memcpy(buf + 8 + hl, vals, 20);
     char path[256], err[512] = "";
     snprintf(path, sizeof path, "%s/order.safetensors", g_root);
-    write_bytes(path, buf, len);
+    agg_write_bytes(path, buf, len);
     nawal_st_file *f;
     cr_assert_eq(nawal_st_parse(&f, buf, len, "order", err, sizeof err), 0, "%s", err);
     size_t order[2];

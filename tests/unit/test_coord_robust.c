@@ -1,0 +1,475 @@
+/* test_coord_robust.c - the Byzantine-robust aggregation rules (robust.c):
+ * coordinate-wise median and trimmed mean against a brute-force version
+ * (every element's values sorted in double) on random deltas with ties,
+ * bit-identical across thread counts; (multi-)Krum's choice and result
+ * against brute-force scores; the robustness property itself (Byzantine
+ * updates of any size leave the median and trimmed mean inside the range
+ * of the honest values and are never chosen by Krum, while FedAvg is
+ * dragged away by the same updates); codec frames decoded (unsent entries
+ * count as 0); a NaN update dropped with the result exactly that of the
+ * others; strategy names and parameters parsed or refused; and the round
+ * driver with a robust rule over a store holding both kinds of update. */
+#include "agg_test_util.h"
+#include "coord_test_util.h"
+
+#include <dirent.h>
+
+static char g_root[128];
+
+static void setup(void) { coord_make_root(g_root, sizeof g_root, "robust"); }
+static void teardown(void) { coord_rm_rf(g_root); }
+
+TestSuite(coord_robust, .init = setup, .fini = teardown, .timeout = 120);
+
+typedef struct {
+    size_t k;
+    float *base;
+    float **d;
+    uint64_t *w;
+    char (*paths)[256];
+    char base_path[256];
+} fixture;
+
+/* k random deltas; about one element in 8 copies update 0's value into a
+ * few others (ties), and one element in 64 is the same in all of them */
+static void fixture_make(fixture *f, uint64_t *seed, size_t k) {
+    size_t n = agg_total();
+    f->k = k;
+    f->base = malloc(n * 4);
+    f->d = calloc(k, sizeof *f->d);
+    f->w = calloc(k, sizeof *f->w);
+    f->paths = calloc(k, sizeof *f->paths);
+    agg_random(seed, f->base, n, 1.0f);
+    snprintf(f->base_path, sizeof f->base_path, "%s/base.safetensors", g_root);
+    agg_write(f->base_path, f->base, AGG_OK);
+    for (size_t i = 0; i < k; i++) {
+        f->d[i] = malloc(n * 4);
+        agg_random(seed, f->d[i], n, (float)ldexp(1.0, (int)(test_rand_u64(seed) % 6) - 6));
+        f->w[i] = 1 + test_rand_u64(seed) % 1000;
+    }
+    for (size_t e = 0; e < n; e++) {
+        uint64_t r = test_rand_u64(seed) % 64;
+        for (size_t i = 1; i < k; i++)
+            if (r == 0 || (r < 8 && test_rand_u64(seed) % 2)) f->d[i][e] = f->d[0][e];
+    }
+    for (size_t i = 0; i < k; i++) {
+        snprintf(f->paths[i], sizeof f->paths[i], "%s/delta%zu.safetensors", g_root, i);
+        agg_write(f->paths[i], f->d[i], test_rand_u64(seed) % 4 == 0 ? AGG_REORDERED : AGG_OK);
+    }
+}
+
+static void fixture_free(fixture *f) {
+    for (size_t i = 0; i < f->k; i++) free(f->d[i]);
+    free(f->d);
+    free(f->w);
+    free(f->paths);
+    free(f->base);
+}
+
+static int run_named(const char *strategy, int threads, fixture *f, agg_membuf *out,
+                     char reasons[][NAWAL_AGG_REASON_BYTES]) {
+    char err[512] = "";
+    nawal_aggregator *a;
+    cr_assert_eq(nawal_aggregator_create(&a, strategy, threads, g_root, err, sizeof err), 0, "%s: %s", strategy, err);
+    return agg_run(a, f->base_path, f->paths, f->w, f->k, out, reasons);
+}
+
+static int cmp_d(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The rule's delta at element e over the updates with use[i], by sorting:
+ * median (trim < 0) or trimmed mean (b = ceil(trim x n), capped). */
+static double brute_stat(float *const *d, const int *use, size_t k, size_t e, double trim) {
+    double v[64];
+    size_t n = 0;
+    for (size_t i = 0; i < k; i++)
+        if (!use || use[i]) v[n++] = d[i][e];
+    qsort(v, n, sizeof *v, cmp_d);
+    if (trim < 0) return n % 2 ? v[n / 2] : (double)(float)((v[n / 2 - 1] + v[n / 2]) / 2.0);
+    size_t b = (size_t)ceil(trim * (double)n - 1e-9);
+    if (2 * b >= n) b = (n - 1) / 2;
+    double s = 0;
+    for (size_t q = b; q < n - b; q++) s += v[q];
+    return s / (double)(n - 2 * b);
+}
+
+/* got == base + (float)stat, exactly for the median, within the roundings
+ * of a double sum and two float roundings for the trimmed mean */
+static void check_stat(const float *got, const fixture *f, const int *use, double trim, const char *what,
+                       uint64_t seed) {
+    for (size_t e = 0; e < agg_total(); e++) {
+        double st = brute_stat(f->d, use, f->k, e, trim);
+        float want = f->base[e] + (float)st;
+        if (trim < 0)
+            cr_assert(got[e] == want, "%s element %zu: got %.9g want %.9g (seed %llu)", what, e, got[e], want,
+                      (unsigned long long)seed);
+        else {
+            double tol = ldexp(1.0, -23) * (fabs(f->base[e]) + 2 * fabs(st)) + 1e-300;
+            cr_assert(fabs(got[e] - want) <= tol, "%s element %zu: got %.9g want %.9g (seed %llu)", what, e, got[e],
+                      want, (unsigned long long)seed);
+        }
+    }
+}
+
+Test(coord_robust, median_and_trimmed_mean_match_brute_force) {
+    uint64_t seed0 = fresh_seed(), seed = seed0;
+    for (int trial = 0; trial < 8; trial++) {
+        /* up to 32 updates go through the sorting network, more through quickselect */
+        size_t k = trial == 7 ? 33 + test_rand_u64(&seed) % 12 : 1 + test_rand_u64(&seed) % 9;
+        fixture f;
+        fixture_make(&f, &seed, k);
+        static const char *const rules[] = {"median", "trimmed-mean", "trimmed-mean:0.34", "trimmed-mean:0"};
+        static const double trims[] = {-1, 0.2, 0.34, 0};
+        for (int r = 0; r < 4; r++) {
+            agg_membuf out, out2;
+            cr_assert_eq(run_named(rules[r], 1, &f, &out, NULL), 0);
+            float *got = agg_parse(&out);
+            check_stat(got, &f, NULL, trims[r], rules[r], seed0);
+            cr_assert_eq(run_named(rules[r], 2, &f, &out2, NULL), 0);
+            cr_assert(out.len == out2.len && memcmp(out.p, out2.p, out.len) == 0,
+                      "%s: the result depends on the thread count (seed %llu)", rules[r], (unsigned long long)seed0);
+            free(got);
+            free(out.p);
+            free(out2.p);
+        }
+        fixture_free(&f);
+    }
+}
+
+/* Krum by brute force: scores in double, the m lowest (ties: earlier). */
+static void brute_krum(const fixture *f, long fopt, long mopt, int *chosen, double *score_out) {
+    size_t k = f->k, n = agg_total();
+    double *D = calloc(k * k, sizeof *D), *row = malloc(k * sizeof *row), *score = malloc(k * sizeof *score);
+    for (size_t i = 0; i < k; i++)
+        for (size_t j = 0; j < k; j++)
+            for (size_t e = 0; e < n; e++) {
+                double x = (double)f->d[i][e] - (double)f->d[j][e];
+                D[i * k + j] += x * x;
+            }
+    long fv = fopt < 0 ? (k >= 3 ? ((long)k - 3) / 2 : 0) : fopt;
+    long fe = (long)k - fv - 2 < 1 ? (k >= 3 ? (long)k - 3 : 0) : fv;
+    size_t neigh = k >= 3 ? k - (size_t)fe - 2 : 0;
+    size_t m = mopt > 0 ? (size_t)mopt : (fv < (long)k ? k - (size_t)fv : 1);
+    if (m > k) m = k;
+    for (size_t i = 0; i < k; i++) {
+        size_t r = 0;
+        for (size_t j = 0; j < k; j++)
+            if (j != i) row[r++] = D[i * k + j];
+        qsort(row, r, sizeof *row, cmp_d);
+        score[i] = 0;
+        for (size_t j = 0; j < neigh; j++) score[i] += row[j];
+        chosen[i] = 0;
+    }
+    memcpy(score_out, score, k * sizeof *score);
+    for (size_t c = 0; c < m; c++) {
+        size_t best = SIZE_MAX;
+        for (size_t i = 0; i < k; i++)
+            if (!chosen[i] && (best == SIZE_MAX || score[i] < score[best])) best = i;
+        chosen[best] = 1;
+    }
+    free(D);
+    free(row);
+    free(score);
+}
+
+Test(coord_robust, krum_matches_brute_force) {
+    uint64_t seed0 = fresh_seed(), seed = seed0;
+    for (int trial = 0; trial < 8; trial++) {
+        size_t k = 1 + test_rand_u64(&seed) % 9;
+        fixture f;
+        fixture_make(&f, &seed, k);
+        long fo = trial % 3 == 0 ? -1 : (long)(test_rand_u64(&seed) % 4);
+        long mo = trial % 2 || fo < 0 ? 0 : 1 + (long)(test_rand_u64(&seed) % k);
+        char name[64];
+        if (fo < 0) snprintf(name, sizeof name, "krum");
+        else if (mo == 0) snprintf(name, sizeof name, "krum:%ld", fo);
+        else snprintf(name, sizeof name, "krum:%ld:%ld", fo, mo);
+        int chosen[16];
+        double score[16];
+        brute_krum(&f, fo, mo, chosen, score);
+        char (*why)[NAWAL_AGG_REASON_BYTES] = calloc(k, sizeof *why);
+        agg_membuf out, out2;
+        cr_assert_eq(run_named(name, 1 + trial % 2, &f, &out, why), 0);
+        for (size_t i = 0; i < k; i++) {
+            cr_assert_eq(why[i][0] == 0, chosen[i], "%s: update %zu %s by Krum, brute force says %s (seed %llu): %s",
+                         name, i, why[i][0] ? "dropped" : "chosen", chosen[i] ? "chosen" : "dropped",
+                         (unsigned long long)seed0, why[i]);
+            if (chosen[i]) continue;
+            /* a dropped update's reason gives its score (6 digits) */
+            const char *sp = strstr(why[i], "score ");
+            cr_assert(strstr(why[i], "krum: not among") && sp, "%s", why[i]);
+            double got_score = strtod(sp + 6, NULL);
+            cr_assert(fabs(got_score - score[i]) <= 1e-5 * score[i], "%s: update %zu scores %.9g, brute force %.9g",
+                      name, i, got_score, score[i]);
+        }
+        float *got = agg_parse(&out);
+        size_t m = 0;
+        for (size_t i = 0; i < k; i++) m += (size_t)chosen[i];
+        for (size_t e = 0; e < agg_total(); e++) {
+            double s = 0;
+            for (size_t i = 0; i < k; i++)
+                if (chosen[i]) s += f.d[i][e];
+            float want = f.base[e] + (float)(s / (double)m);
+            double tol = ldexp(1.0, -23) * (fabs(f.base[e]) + 2 * fabs(s / (double)m)) + 1e-300;
+            cr_assert(fabs(got[e] - want) <= tol, "%s element %zu: got %.9g want %.9g (seed %llu)", name, e, got[e],
+                      want, (unsigned long long)seed0);
+        }
+        cr_assert_eq(run_named(name, 3 - (1 + trial % 2), &f, &out2, NULL), 0);
+        cr_assert(out.len == out2.len && memcmp(out.p, out2.p, out.len) == 0, "%s depends on the thread count", name);
+        free(got);
+        free(out.p);
+        free(out2.p);
+        free(why);
+        fixture_free(&f);
+    }
+}
+
+/* h honest updates near a common direction, b attackers: huge values of
+ * random sign (or one far-off point they agree on) */
+Test(coord_robust, byzantine_updates_do_not_move_robust_rules) {
+    uint64_t seed0 = fresh_seed(), seed = seed0;
+    size_t n = agg_total();
+    for (int trial = 0; trial < 4; trial++) {
+        size_t h = 5 + test_rand_u64(&seed) % 4, b = 1 + test_rand_u64(&seed) % 2, k = h + b;
+        fixture f;
+        fixture_make(&f, &seed, k);
+        float *common = malloc(n * 4);
+        agg_random(&seed, common, n, 0.01f);
+        size_t *pos = malloc(k * sizeof *pos); /* attackers at random positions */
+        for (size_t i = 0; i < k; i++) pos[i] = i;
+        for (size_t i = k - 1; i > 0; i--) {
+            size_t j = test_rand_u64(&seed) % (i + 1), t = pos[i];
+            pos[i] = pos[j];
+            pos[j] = t;
+        }
+        int *byz = calloc(k, sizeof *byz);
+        for (size_t q = 0; q < b; q++) byz[pos[q]] = 1;
+        float far = (float)(trial % 2 ? 1e6 : 1e30);
+        for (size_t i = 0; i < k; i++) {
+            for (size_t e = 0; e < n; e++)
+                f.d[i][e] = byz[i] ? (trial % 2 ? far : (test_rand_u64(&seed) % 2 ? far : -far))
+                                   : common[e] + 0.001f * test_rand_normal(&seed);
+            agg_write(f.paths[i], f.d[i], AGG_OK);
+            f.w[i] = byz[i] ? 1000000 : 10; /* attackers also claim many examples */
+        }
+        char trim[64], krum[64];
+        snprintf(trim, sizeof trim, "trimmed-mean:%.3f", (double)b / (double)k);
+        snprintf(krum, sizeof krum, "krum:%zu", b);
+        const char *rules[] = {"median", trim, krum};
+        for (int r = 0; r < 3; r++) {
+            agg_membuf out;
+            char (*why)[NAWAL_AGG_REASON_BYTES] = calloc(k, sizeof *why);
+            cr_assert_eq(run_named(rules[r], 2, &f, &out, why), 0);
+            float *got = agg_parse(&out);
+            for (size_t e = 0; e < n; e++) {
+                float lo = INFINITY, hi = -INFINITY;
+                for (size_t i = 0; i < k; i++)
+                    if (!byz[i]) {
+                        lo = fminf(lo, f.base[e] + f.d[i][e]);
+                        hi = fmaxf(hi, f.base[e] + f.d[i][e]);
+                    }
+                float slack = ldexp(1.0, -22) * fmaxf(fabsf(lo), fabsf(hi));
+                cr_assert(got[e] >= lo - slack && got[e] <= hi + slack,
+                          "%s, %zu of %zu Byzantine: element %zu = %g outside the honest range [%g, %g] (seed %llu)",
+                          rules[r], b, k, e, got[e], lo, hi, (unsigned long long)seed0);
+            }
+            if (r == 2)
+                for (size_t i = 0; i < k; i++)
+                    cr_assert_eq(why[i][0] != 0, byz[i], "Krum %s update %zu (%s): %s", byz[i] ? "chose" : "dropped",
+                                 i, byz[i] ? "Byzantine" : "honest", why[i]);
+            free(got);
+            free(out.p);
+            free(why);
+        }
+        /* the same updates do move FedAvg (this attack is not a no-op) */
+        agg_membuf out;
+        int rc = agg_run_fedavg(NULL, f.base_path, f.paths, f.w, k, &out, NULL);
+        if (rc == 0) {
+            float *got = agg_parse(&out);
+            size_t moved = 0;
+            for (size_t e = 0; e < n; e++) moved += fabsf(got[e] - f.base[e]) > 1000.0f;
+            cr_assert(moved > n / 3, "FedAvg should be dragged away by the attackers (%zu of %zu moved)", moved, n);
+            free(got);
+            free(out.p);
+        } else cr_assert_eq(rc, NAWAL_AGG_REJECTED, "FedAvg of 1e30 values overflows: refused, not a crash");
+        free(common);
+        free(pos);
+        free(byz);
+        fixture_free(&f);
+    }
+}
+
+/* Frames are decoded whole (unsent entries 0) and then treated like the
+ * dense updates; a bad frame is dropped with the codec's reason. */
+Test(coord_robust, frames_mixed_with_dense_updates) {
+    uint64_t seed0 = fresh_seed(), seed = seed0;
+    for (int trial = 0; trial < 3; trial++) {
+        size_t k = 3 + test_rand_u64(&seed) % 5;
+        fixture f;
+        fixture_make(&f, &seed, k);
+        for (size_t i = 0; i < k; i++)
+            if (test_rand_u64(&seed) % 2) {
+                snprintf(f.paths[i], sizeof f.paths[i], "%s/frame%zu.nwdc", g_root, i);
+                agg_write_frame(f.paths[i], f.d[i], test_rand_u64(&seed) % 2 ? 0.3f : 1.0f,
+                                test_rand_u64(&seed) % 2 ? NAWAL_DELTA_F16 : NAWAL_DELTA_I8, &seed);
+            }
+        agg_membuf out;
+        cr_assert_eq(run_named("median", 2, &f, &out, NULL), 0);
+        float *got = agg_parse(&out);
+        check_stat(got, &f, NULL, -1, "median over frames", seed0);
+        free(got);
+        free(out.p);
+
+        /* a truncated frame: dropped with the codec's reason, the rest exactly as without it */
+        size_t bad = test_rand_u64(&seed) % k;
+        snprintf(f.paths[bad], sizeof f.paths[bad], "%s/bad%zu.nwdc", g_root, bad);
+        float *keep = malloc(agg_total() * 4);
+        agg_random(&seed, keep, agg_total(), 0.1f);
+        agg_write_frame(f.paths[bad], keep, 0.3f, NAWAL_DELTA_F16, &seed);
+        FILE *fp = fopen(f.paths[bad], "r+");
+        cr_assert(fp);
+        fseek(fp, 0, SEEK_END);
+        long len = ftell(fp);
+        fclose(fp);
+        cr_assert_eq(truncate(f.paths[bad], len - 3), 0);
+        char (*why)[NAWAL_AGG_REASON_BYTES] = calloc(k, sizeof *why);
+        cr_assert_eq(run_named("trimmed-mean", 1, &f, &out, why), 0);
+        cr_assert(why[bad][0], "the truncated frame is dropped");
+        int *use = calloc(k, sizeof *use);
+        for (size_t i = 0; i < k; i++) use[i] = i != bad;
+        got = agg_parse(&out);
+        check_stat(got, &f, use, 0.2, "trimmed mean without the bad frame", seed0);
+        free(got);
+        free(out.p);
+        free(use);
+        free(why);
+        free(keep);
+        fixture_free(&f);
+    }
+}
+
+Test(coord_robust, nonfinite_update_dropped_result_as_without_it) {
+    uint64_t seed0 = fresh_seed(), seed = seed0;
+    const char *rules[] = {"median", "trimmed-mean:0.25", "krum:1"};
+    for (int r = 0; r < 3; r++) {
+        size_t k = 5 + test_rand_u64(&seed) % 3;
+        fixture f;
+        fixture_make(&f, &seed, k);
+        size_t bad = test_rand_u64(&seed) % k, e = test_rand_u64(&seed) % agg_total();
+        float keep = f.d[bad][e];
+        f.d[bad][e] = test_rand_u64(&seed) % 2 ? NAN : -INFINITY;
+        agg_write(f.paths[bad], f.d[bad], AGG_OK);
+        char (*why)[NAWAL_AGG_REASON_BYTES] = calloc(k, sizeof *why);
+        agg_membuf out, ref;
+        cr_assert_eq(run_named(rules[r], 2, &f, &out, why), 0);
+        cr_assert(strstr(why[bad], "not finite"), "%s: %s", rules[r], why[bad]);
+        /* the same without the bad update */
+        f.d[bad][e] = keep;
+        char last[256];
+        memcpy(last, f.paths[k - 1], sizeof last);
+        memcpy(f.paths[bad], last, sizeof last);
+        float *tmp = f.d[bad];
+        f.d[bad] = f.d[k - 1];
+        f.d[k - 1] = tmp;
+        f.k = k - 1;
+        if (r < 2) { /* order does not matter to median and trimmed mean */
+            cr_assert_eq(run_named(rules[r], 1, &f, &ref, NULL), 0);
+            cr_assert(out.len == ref.len && memcmp(out.p, ref.p, out.len) == 0,
+                      "%s: not the result of the others alone (seed %llu)", rules[r], (unsigned long long)seed0);
+            free(ref.p);
+        }
+        f.k = k;
+        free(out.p);
+        free(why);
+        fixture_free(&f);
+    }
+}
+
+Test(coord_robust, strategy_names_parsed_or_refused) {
+    static const char *const good[] = {"median", "trimmed-mean", "trimmed-mean:0", "trimmed-mean:0.49", "krum",
+                                       "krum:0", "krum:2", "krum:1:1", "fedavg", "fedavg-sparse"};
+    static const char *const bad[] = {"median:1", "trimmed-mean:0.5", "trimmed-mean:-0.1", "trimmed-mean:x",
+                                      "trimmed-mean:", "krum:-1", "krum:1:0", "krum:a", "krum:1:2:3", "krum:",
+                                      "mediann", "Median", "krum1", ""};
+    char err[512];
+    for (size_t i = 0; i < sizeof good / sizeof *good; i++)
+        cr_assert_eq(nawal_aggregator_known(good[i], err, sizeof err), 0, "%s: %s", good[i], err);
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        err[0] = 0;
+        cr_assert_eq(nawal_aggregator_known(bad[i], err, sizeof err), -1, "'%s' accepted", bad[i]);
+        cr_assert(err[0], "'%s' refused without a reason", bad[i]);
+    }
+    nawal_robust_options o;
+    cr_assert_eq(nawal_robust_parse("trimmed-mean:0.125", &o, err, sizeof err), 1);
+    cr_assert_eq(o.rule, NAWAL_ROBUST_TRIMMED_MEAN);
+    cr_assert_eq(o.trim, 0.125);
+    cr_assert_eq(nawal_robust_parse("krum:3:2", &o, err, sizeof err), 1);
+    cr_assert(o.rule == NAWAL_ROBUST_KRUM && o.krum_f == 3 && o.krum_m == 2);
+    cr_assert_eq(nawal_robust_parse("fedavg", &o, err, sizeof err), 0);
+}
+
+/* The round driver with a robust rule on a store holding dense updates
+ * and frames: the median of the decoded updates, Krum's verdicts as the
+ * round's, and no spill file left in the blob directory. */
+Test(coord_robust, round_driver_with_robust_rules) {
+    uint64_t seed0 = fresh_seed(), seed = seed0;
+    const size_t k = 6;
+    fixture f;
+    fixture_make(&f, &seed, k);
+    for (size_t i = 0; i < k; i += 2) {
+        snprintf(f.paths[i], sizeof f.paths[i], "%s/frame%zu.nwdc", g_root, i);
+        agg_write_frame(f.paths[i], f.d[i], 0.3f, NAWAL_DELTA_F16, &seed);
+    }
+    /* update 3 attacks */
+    for (size_t e = 0; e < agg_total(); e++) f.d[3][e] = 1e4f;
+    agg_write(f.paths[3], f.d[3], AGG_OK);
+    char dir[300], err[512] = "";
+    snprintf(dir, sizeof dir, "%s/coord", g_root);
+    nawal_store *s = coord_init_open(dir);
+    nawal_round r = {0};
+    cr_assert_eq(nawal_blobstore_put_file(s, f.base_path, r.base_cid, NULL, err, sizeof err), 0, "%s", err);
+    r.started_ms = 1700000000000ll;
+    r.deadline_ms = r.started_ms + 3600000;
+    r.pool_planck = 1000;
+    r.target = (uint32_t)k;
+    r.min = 1;
+    int64_t id;
+    cr_assert_eq(nawal_store_round_create(s, &r, NULL, &id, err, sizeof err), 0, "%s", err);
+    for (size_t i = 0; i < k; i++) {
+        uint8_t pk[32] = {(uint8_t)(i + 1)}; /* key order = index order */
+        coord_add_validator(s, pk, 1000);
+        nawal_submission sub = {.round_id = id, .num_examples = f.w[i], .received_ms = r.started_ms + 1000,
+                                .quality_ppm = 900000};
+        memcpy(sub.validator, pk, 32);
+        cr_assert_eq(nawal_blobstore_put_file(s, f.paths[i], sub.delta_cid, NULL, err, sizeof err), 0, "%s", err);
+        cr_assert_eq(nawal_store_submission_add(s, &sub, err, sizeof err), 0, "%s", err);
+    }
+    nawal_agg_result res;
+    nawal_agg_config cfg = {"median", 2};
+    cr_assert_eq(nawal_round_aggregate(s, id, &cfg, 1, &res, err, sizeof err), 0, "%s", err);
+    cr_assert(res.has_model, "%s", res.note);
+    cr_assert_eq(res.n_accepted, k);
+    float *got = agg_read_blob(s, res.model_cid);
+    check_stat(got, &f, NULL, -1, "median through the round driver", seed0);
+    free(got);
+    nawal_agg_result_free(&res);
+
+    cfg.strategy = "krum:1";
+    cr_assert_eq(nawal_round_aggregate(s, id, &cfg, 1, &res, err, sizeof err), 0, "%s", err);
+    cr_assert(res.has_model, "%s", res.note);
+    cr_assert_eq(res.n_accepted, k - 1);
+    cr_assert(!res.verdicts[3].accepted && strstr(res.verdicts[3].reason, "krum"), "%s", res.verdicts[3].reason);
+    nawal_agg_result_free(&res);
+
+    char blobs[400];
+    snprintf(blobs, sizeof blobs, "%s/blobs", dir);
+    DIR *dp = opendir(blobs);
+    cr_assert(dp, "%s", blobs);
+    struct dirent *de;
+    while ((de = readdir(dp))) cr_assert(!strstr(de->d_name, "spill"), "spill file left: %s", de->d_name);
+    closedir(dp);
+    nawal_store_close(s);
+    fixture_free(&f);
+}
