@@ -6,7 +6,7 @@ DATA     ?= $(or $(wildcard ../shared/data/tinyshakespeare.txt),$(BUILD)/demo-co
 SHAKESPEARE ?= ../shared/data/tinyshakespeare.txt
 FUZZ_SECONDS ?= 15
 
-.PHONY: all setup build test test-extended demo quality fed-quality asan bench fuzz clean
+.PHONY: all setup build test test-extended demo quality fed-quality robust-quality asan bench fuzz clean
 
 all: build
 
@@ -46,6 +46,9 @@ quality: build
 # issue 7's figure: dense vs 1% top-k federations side by side (~30 min on 2 cores)
 fed-quality: build
 	scripts/fed_quality.sh $(BUILD) $(SHAKESPEARE) $(BUILD)/fed-quality
+
+robust-quality: build
+	scripts/robust_quality.sh $(BUILD) $(SHAKESPEARE) $(BUILD)/robust-quality
 
 asan: setup
 	cmake -S . -B $(BUILD)-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DNAWAL_SANITIZE=ON $(CMAKE_FLAGS)

@@ -53,6 +53,36 @@ static int compute_delta(const nawal_gpt *m, const nawal_st_file *f, const size_
     return rc;
 }
 
+/* Test hook (local_update.h): NAWAL_AGENT_TEST_ATTACK=scale:S sends S x the
+ * honest delta, =noise:SIGMA Gaussian noise of standard deviation SIGMA
+ * instead of it. 0, or -1 when the variable is set but not understood. */
+static int attack_delta(float *delta, size_t n, uint64_t round, char *err, size_t errlen) {
+    const char *a = getenv("NAWAL_AGENT_TEST_ATTACK");
+    if (!a || !*a) return 0;
+    char *end;
+    int scale = !strncmp(a, "scale:", 6), noise = !strncmp(a, "noise:", 6);
+    double v = scale || noise ? strtod(a + 6, &end) : NAN;
+    if (!(scale || noise) || end == a + 6 || *end || !isfinite(v))
+        return nawal_fail(err, errlen, "NAWAL_AGENT_TEST_ATTACK=%s: expected scale:S or noise:SIGMA", a);
+    uint64_t st = 0x9e3779b97f4a7c15ull * (round + 1);
+    for (size_t i = 0; i < n; i++) {
+        if (scale) {
+            delta[i] = (float)(v * delta[i]);
+            continue;
+        }
+        double u[2];
+        for (int k = 0; k < 2; k++) { /* splitmix64 */
+            uint64_t z = (st += 0x9e3779b97f4a7c15ull);
+            z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+            z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+            u[k] = ((double)((z ^ (z >> 31)) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+        }
+        delta[i] = (float)(v * sqrt(-2.0 * log(u[0])) * cos(6.283185307179586 * u[1]));
+    }
+    fprintf(stderr, "NAWAL_AGENT_TEST_ATTACK=%s: round %llu's delta replaced\n", a, (unsigned long long)round);
+    return 0;
+}
+
 /* The local training's snapshots (state.h: DIR/train.ckpt). */
 typedef struct {
     uint64_t round;
@@ -228,6 +258,7 @@ int nawal_agent_local_update(nawal_agent *ag, const nawal_round_plan *p, nawal_a
         goto out;
     }
     if (compute_delta(m, f, order, delta, n, path, err, errlen)) goto out;
+    if (attack_delta(delta, n, p->round_id, err, errlen)) goto out;
     if (write_update(ag, p, f, order, delta, n, out, err, errlen)) goto out;
     out->round = p->round_id;
     memcpy(out->base, p->base_cid, 32);

@@ -34,7 +34,11 @@
  * Test hook: with NAWAL_AGENT_TEST_CRASH=train:K in the environment the
  * process exits (status 3) right after writing the snapshot at step K, as if
  * killed during the local training. Any NAWAL_AGENT_TEST_CRASH writes every
- * due snapshot (no minimum interval between them).
+ * due snapshot (no minimum interval between them). With
+ * NAWAL_AGENT_TEST_ATTACK=scale:S (or =noise:SIGMA) the agent plays a
+ * Byzantine validator: it sends S times its honest delta (or Gaussian noise
+ * of standard deviation SIGMA) instead, for the robust-aggregation runs of
+ * `nawal-coordinator sim --byzantine`.
  *
  * Quality reported to the coordinator: v0 / (v0 + v1), with v0 and v1 the
  * validation loss before and after training (0.5 = no change, above = the

@@ -91,8 +91,9 @@ typedef struct {
 } child;
 
 /* fork + exec argv[0] with stdout and stderr appended to log; the child
- * gets SIGTERM if this process dies. */
-static int spawn(child *c, const char *name, const char *log, char *const argv[]) {
+ * gets SIGTERM if this process dies. attack (may be NULL): the child's
+ * NAWAL_AGENT_TEST_ATTACK (agent/local_update.h). */
+static int spawn(child *c, const char *name, const char *log, char *const argv[], const char *attack) {
     memset(c, 0, sizeof *c);
     snprintf(c->name, sizeof c->name, "%s", name);
     snprintf(c->log, sizeof c->log, "%s", log);
@@ -112,6 +113,8 @@ static int spawn(child *c, const char *name, const char *log, char *const argv[]
         if (fd < 0 || nul < 0 || dup2(fd, 1) < 0 || dup2(fd, 2) < 0 || dup2(nul, 0) < 0) _exit(127);
         signal(SIGINT, SIG_DFL);
         signal(SIGTERM, SIG_DFL);
+        if (attack) setenv("NAWAL_AGENT_TEST_ATTACK", attack, 1);
+        else unsetenv("NAWAL_AGENT_TEST_ATTACK");
         execv(argv[0], argv);
         dprintf(2, "error: cannot run %s: %s\n", argv[0], strerror(errno));
         _exit(127);
@@ -158,7 +161,7 @@ static void child_stop(child *c) {
 /* Runs one setup command to completion (output to log). */
 static int run_step(const char *log, char *const argv[]) {
     child c;
-    if (spawn(&c, argv[1] ? argv[1] : argv[0], log, argv)) return -1;
+    if (spawn(&c, argv[1] ? argv[1] : argv[0], log, argv, NULL)) return -1;
     waitpid(c.pid, &c.status, 0);
     c.exited = 1;
     if (child_ok(&c)) return 0;
@@ -434,8 +437,8 @@ static int print_round_line(const char *coord, int64_t id, const round_stat *st,
 /* ---- the command ------------------------------------------------------------------- */
 
 typedef struct {
-    const char *data, *dir, *model, *device, *strategy;
-    int validators, rounds, steps, batch, dp, plaintext, threads, deadline_s;
+    const char *data, *dir, *model, *device, *strategy, *attack;
+    int validators, rounds, steps, batch, dp, plaintext, threads, deadline_s, byzantine;
     float lr, topk, epsilon, delta;
 } sim_opts;
 
@@ -589,9 +592,11 @@ static int run_sim(const sim_opts *o) {
         if (run_step(setup_log, argv)) return 1;
     }
     {
-        char pool[32], n[16], dl[16], steps[16], batch[16], lr[32], topk[32], eps[32], delta[32];
+        char pool[32], n[16], nmin[16], dl[16], steps[16], batch[16], lr[32], topk[32], eps[32], delta[32];
         snprintf(pool, sizeof pool, "%llu", POOL_PLANCK);
         snprintf(n, sizeof n, "%d", o->validators);
+        /* a robust rule may drop the attackers' updates: the honest ones suffice */
+        snprintf(nmin, sizeof nmin, "%d", o->validators - o->byzantine);
         snprintf(dl, sizeof dl, "%d", o->deadline_s);
         snprintf(steps, sizeof steps, "%d", o->steps);
         snprintf(batch, sizeof batch, "%d", o->batch);
@@ -601,7 +606,7 @@ static int run_sim(const sim_opts *o) {
         snprintf(delta, sizeof delta, "%.9g", (double)o->delta);
         char sigma_s[32], rate_s[32];
         if (o->dp && dp_plan(o, &mcfg, smallest, sigma_s, rate_s, sizeof sigma_s)) return 1;
-        char *argv[] = {coord_bin, "round", "start", "--dir", coord, "--pool-planck", pool, "--target", n, "--min", n,
+        char *argv[] = {coord_bin, "round", "start", "--dir", coord, "--pool-planck", pool, "--target", n, "--min", nmin,
                         "--deadline-s", dl, "--steps", steps, "--batch", batch, "--lr", lr, "--topk", topk,
                         "--dp", "--epsilon", eps, "--delta", delta, "--noise-multiplier", sigma_s, "--sample-rate", rate_s,
                         NULL};
@@ -636,7 +641,7 @@ static int run_sim(const sim_opts *o) {
         char *argv[] = {coord_bin, "serve", "--dir", coord, "--listen", "127.0.0.1:0", "--threads", "1",
                         "--strategy", (char *)o->strategy, "--insecure-plaintext", NULL};
         if (!o->plaintext) argv[10] = NULL;
-        if (!st || spawn(&serve, "serve", lr.path, argv)) goto stop;
+        if (!st || spawn(&serve, "serve", lr.path, argv, NULL)) goto stop;
     }
     for (double t0 = now_s(); !port; sleep_ms(50)) {
         log_read(&lr, st, o->rounds, &port);
@@ -657,6 +662,9 @@ static int run_sim(const sim_opts *o) {
     printf("coordinator %.16s listening on %s; %d agents, %d rounds of %d steps x batch %d, top-k %g, %s, %s\n",
            coord_hex, url, o->validators, o->rounds, o->steps, o->batch, (double)o->topk, o->strategy,
            o->dp ? "DP-SGD" : "no DP");
+    if (o->byzantine)
+        printf("Byzantine: the last %d of the %d agents send %s instead of their deltas\n", o->byzantine,
+               o->validators, o->attack);
     for (int i = 0; i < o->validators; i++) {
         char kdir[PATH_MAX], data[PATH_MAX], log[PATH_MAX], name[32];
         path_fmt(kdir, sizeof kdir, "%s/validators/%d", dir, i);
@@ -667,7 +675,9 @@ static int run_sim(const sim_opts *o) {
                         (char *)o->device, "--threads", threads_s, "--stake", stake[i], "--rounds", rounds_s,
                         "--coordinator-key", coord_hex, "--ca", cert, NULL};
         if (o->plaintext) argv[18] = "--insecure-plaintext", argv[19] = NULL;
-        if (spawn(&agents[n_agents], name, log, argv)) goto stop;
+        int byz = i >= o->validators - o->byzantine;
+        if (byz) snprintf(name, sizeof name, "agent %d (Byzantine)", i);
+        if (spawn(&agents[n_agents], name, log, argv, byz ? o->attack : NULL)) goto stop;
         n_agents++;
     }
 
@@ -756,7 +766,9 @@ stop:
 }
 
 int nawal_cmd_sim(int argc, char **argv) {
-    sim_opts o = {NULL, NULL, "2,4,64,64,257", "cpu", "fedavg", 3, 3, 40, 8, 0, 0, 1, 600, 3e-3f, 0.01f, 0.0f, 1e-5f};
+    sim_opts o = {.model = "2,4,64,64,257", .device = "cpu", .strategy = "fedavg", .attack = "scale:-4", .validators = 3,
+                  .rounds = 3, .steps = 40, .batch = 8, .threads = 1, .deadline_s = 600, .lr = 3e-3f, .topk = 0.01f,
+                  .delta = 1e-5f};
     nawal_flag flags[] = {
         {"data", NAWAL_FLAG_STR, &o.data, "corpus (text): split into one contiguous shard per validator + a held-out tail", 0, -1, 1, 0},
         {"validators", NAWAL_FLAG_INT, &o.validators, "validators (agent processes)", 1, MAX_VALIDATORS, 0, 0},
@@ -775,6 +787,8 @@ int nawal_cmd_sim(int argc, char **argv) {
         {"threads", NAWAL_FLAG_INT, &o.threads, "CPU threads of each agent and of the evaluation", 1, 4096, 0, 0},
         {"deadline-s", NAWAL_FLAG_INT, &o.deadline_s, "a round's deadline, seconds after its announcement", 10, 1e7, 0, 0},
         {"strategy", NAWAL_FLAG_STR, &o.strategy, "aggregation: fedavg | fedavg-sparse (each entry averaged over the updates sending it) | median | trimmed-mean[:TRIM] | krum[:F[:M]]", 0, -1, 0, 0},
+        {"byzantine", NAWAL_FLAG_INT, &o.byzantine, "the last K validators attack (see --attack)", 0, MAX_VALIDATORS, 0, 0},
+        {"attack", NAWAL_FLAG_STR, &o.attack, "what a Byzantine validator sends: scale:S (S x its honest delta) | noise:SIGMA (Gaussian noise)", 0, -1, 0, 0},
     };
     int pr = nawal_flags_parse(argc, argv, flags, sizeof flags / sizeof flags[0],
                                "usage: nawal-coordinator sim --data FILE [--validators N] [--rounds R] [--steps S] [--topk RATIO]\n"
@@ -797,6 +811,15 @@ int nawal_cmd_sim(int argc, char **argv) {
     }
     if (o.dp && !(o.delta > 0 && o.delta < 1)) {
         fprintf(stderr, "error: --delta must be in (0, 1)\n");
+        return 2;
+    }
+    if (o.byzantine >= o.validators) {
+        fprintf(stderr, "error: --byzantine %d: at least one of the %d validators must be honest\n", o.byzantine,
+                o.validators);
+        return 2;
+    }
+    if (strncmp(o.attack, "scale:", 6) && strncmp(o.attack, "noise:", 6)) {
+        fprintf(stderr, "error: --attack %s: expected scale:S or noise:SIGMA\n", o.attack);
         return 2;
     }
     char serr[256];

@@ -18,7 +18,8 @@
  * is recorded, each agent logs models built from patches from round 2's
  * base on, its cached models are byte-identical to the coordinator's
  * blobs, and the coordinator sends far fewer bytes in rounds 2 and 3 than
- * in round 1 (where the initial model goes whole). */
+ * in round 1 (where the initial model goes whole). A second federation has
+ * a Byzantine agent (sim --byzantine) that Krum drops in every round. */
 #include "coord_test_util.h"
 #include "checkpoint.h"
 #include "cid.h"
@@ -26,6 +27,7 @@
 #include "delta_codec.h"
 #include "fileio.h"
 #include "flat_model.h"
+#include "identity.h"
 #include "patches.h"
 #include "rounds.h"
 #include "safetensors.h"
@@ -365,4 +367,92 @@ Test(coord_sim, usage_errors) {
              g_root);
     rc = system(cmd);
     cr_assert(WIFEXITED(rc) && WEXITSTATUS(rc) == 1, "sim on a missing corpus: %d", rc);
+    snprintf(cmd, sizeof cmd, "%s sim --data /dev/null --validators 3 --byzantine 3 >/dev/null 2>&1", NAWAL_COORDINATOR_BIN);
+    rc = system(cmd);
+    cr_assert(WIFEXITED(rc) && WEXITSTATUS(rc) == 2, "sim with no honest validator: %d", rc);
+    snprintf(cmd, sizeof cmd, "%s sim --data /dev/null --byzantine 1 --attack flip >/dev/null 2>&1", NAWAL_COORDINATOR_BIN);
+    rc = system(cmd);
+    cr_assert(WIFEXITED(rc) && WEXITSTATUS(rc) == 2, "sim --attack flip: %d", rc);
+    snprintf(cmd, sizeof cmd, "%s sim --data /dev/null --strategy krum:x >/dev/null 2>&1", NAWAL_COORDINATOR_BIN);
+    rc = system(cmd);
+    cr_assert(WIFEXITED(rc) && WEXITSTATUS(rc) == 2, "sim --strategy krum:x: %d", rc);
+}
+
+/* One Byzantine agent (NAWAL_AGENT_TEST_ATTACK through sim --byzantine)
+ * among four, dense deltas, Krum with f = 1: in every round the attacker's
+ * update, and only it, is dropped with Krum's reason, and the new model is
+ * the plain mean of the three honest deltas applied to the base. */
+Test(coord_sim, byzantine_validator_dropped_by_krum) {
+    char corpus[256], fed[256], out_path[256], cmd[2048];
+    snprintf(corpus, sizeof corpus, "%s/corpus.txt", g_root);
+    snprintf(fed, sizeof fed, "%s/fed", g_root);
+    snprintf(out_path, sizeof out_path, "%s/sim.out", g_root);
+    static const char *words[] = {"the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "far", "hills"};
+    uint64_t seed = fresh_seed();
+    FILE *f = fopen(corpus, "w");
+    cr_assert(f);
+    for (int i = 0; i < 12000; i++) fprintf(f, "%s%s", words[test_rand_u64(&seed) % 12], i % 13 == 12 ? ".\n" : " ");
+    fclose(f);
+    snprintf(cmd, sizeof cmd,
+             "%s sim --data %s --dir %s --validators 4 --byzantine 1 --attack scale:-4 --rounds 2 --steps 6 --batch 4 "
+             "--topk 1 --strategy krum:1 --plaintext --model-config " MODEL " --threads 1 >%s 2>&1",
+             NAWAL_COORDINATOR_BIN, corpus, fed, out_path);
+    int rc = system(cmd);
+    char *out = coord_slurp(out_path, NULL);
+    cr_assert_eq(rc, 0, "sim failed (%d):\n%s", rc, out ? out : "");
+    cr_assert(strstr(out, "Byzantine: the last 1 of the 4 agents send scale:-4"), "%s", out);
+    free(out);
+
+    char path[512], hex[128] = "", err[512] = "";
+    snprintf(path, sizeof path, "%s/validators/3/identity.pub", fed);
+    FILE *pf = fopen(path, "r");
+    cr_assert(pf && fscanf(pf, "%64s", hex) == 1, "%s", path);
+    fclose(pf);
+    uint8_t byz[32];
+    cr_assert_eq(nawal_pubkey_from_hex(byz, hex, err, sizeof err), 0, "%s", err);
+    char coord[300];
+    snprintf(coord, sizeof coord, "%s/coordinator", fed);
+    nawal_store *s = NULL;
+    cr_assert_eq(nawal_store_open(&s, coord, NAWAL_STORE_OPEN_PUBLIC_ONLY, err, sizeof err), 0, "%s", err);
+    for (int64_t id = 1; id <= 2; id++) {
+        nawal_round r;
+        cr_assert_eq(nawal_store_round_get(s, id, &r, err, sizeof err), 0, "%s", err);
+        cr_assert_eq(r.state, NAWAL_ROUND_CLOSED, "round %lld is %s", (long long)id, nawal_round_state_name(r.state));
+        nawal_submission *subs = NULL;
+        size_t ns = 0;
+        cr_assert_eq(nawal_store_submissions(s, id, &subs, &ns, err, sizeof err), 0, "%s", err);
+        cr_assert_eq(ns, 4, "round %lld: %zu updates", (long long)id, ns);
+        size_t n = 0, n2 = 0;
+        blob_path(s, r.base_cid, path, sizeof path);
+        float *base = flat_model(path, &n);
+        blob_path(s, r.model_cid, path, sizeof path);
+        float *got = flat_model(path, &n2);
+        cr_assert_eq(n, n2);
+        double *sum = calloc(n, sizeof *sum);
+        float *d = malloc(n * sizeof *d);
+        for (size_t i = 0; i < ns; i++) {
+            int is_byz = !memcmp(subs[i].validator, byz, 32);
+            cr_assert_eq(subs[i].rejected, is_byz, "round %lld: update %zu (%s) %s", (long long)id, i,
+                         is_byz ? "Byzantine" : "honest", subs[i].rejected ? "dropped" : "used");
+            if (is_byz) continue;
+            size_t len;
+            blob_path(s, subs[i].delta_cid, path, sizeof path);
+            char *frame = coord_slurp(path, &len);
+            cr_assert(frame);
+            cr_assert_eq(nawal_delta_decode(d, n, (const uint8_t *)frame, len, err, sizeof err), 0, "%s", err);
+            free(frame);
+            for (size_t e = 0; e < n; e++) sum[e] += d[e];
+        }
+        for (size_t e = 0; e < n; e++) {
+            double want = (double)base[e] + sum[e] / 3.0;
+            cr_assert(fabs(got[e] - want) <= 1e-6 * (fabs(want) + 1e-3), "round %lld element %zu: %.9g vs %.9g",
+                      (long long)id, e, got[e], want);
+        }
+        free(sum);
+        free(d);
+        free(base);
+        free(got);
+        free(subs);
+    }
+    nawal_store_close(s);
 }
