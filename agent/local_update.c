@@ -64,7 +64,8 @@ static int attack_delta(float *delta, size_t n, uint64_t round, char *err, size_
     double v = scale || noise ? strtod(a + 6, &end) : NAN;
     if (!(scale || noise) || end == a + 6 || *end || !isfinite(v))
         return nawal_fail(err, errlen, "NAWAL_AGENT_TEST_ATTACK=%s: expected scale:S or noise:SIGMA", a);
-    uint64_t st = 0x9e3779b97f4a7c15ull * (round + 1);
+    uint64_t st;
+    randombytes_buf(&st, sizeof st); /* each attacker its own noise */
     for (size_t i = 0; i < n; i++) {
         if (scale) {
             delta[i] = (float)(v * delta[i]);

@@ -208,7 +208,7 @@ int bench_aggregate(int argc, char **argv) {
         {"keep", NAWAL_FLAG_BOOL, &keep, "keep the generated files", 1, 0, 0, 0},
         {"copy", NAWAL_FLAG_BOOL, &copy, "read the deltas with pread (a copy) instead of viewing their mappings", 1, 0, 0, 0},
         {"codec", NAWAL_FLAG_FLOAT, &codec, "also time FedAvg over codec frames of the deltas, top-k at this ratio (1 = dense fp16)", 1e-9, 1, 0, 0},
-        {"strategy", NAWAL_FLAG_STR, &strategy, "also time this rule (median, trimmed-mean[:T], krum[:F[:M]]) after FedAvg in every repeat", 1, 0, 0, 0},
+        {"strategy", NAWAL_FLAG_STR, &strategy, "also time this rule (median, trimmed-mean[:T], krum[:F[:M]]) after FedAvg in every repeat (dense deltas, mapped views)", 1, 0, 0, 0},
     };
     int pr = nawal_flags_parse(argc, argv, flags, sizeof flags / sizeof *flags,
                                "usage: nawal-bench aggregate [--params 124M] [--clients 16] [--device cpu] [--threads N] "
@@ -330,6 +330,10 @@ int bench_aggregate(int argc, char **argv) {
                    "(%.2f s)\n", r + 1, delta_bytes / cagg[r] * 1e-9, cagg[r], delta_bytes / ctot[r] * 1e-9, ctot[r]);
         }
         if (rule) {
+            if (cold) {
+                drop_cache(base_path);
+                for (int i = 0; i < clients; i++) drop_cache(paths[i]);
+            }
             if ((rc = run_once(s, base_path, paths, clients, &o, rule, root, &ragg[r], &rtot[r], err, sizeof err))) break;
             printf("repeat %d: %s %.2f GB/s (%.2f s, %.2fx FedAvg's time)\n", r + 1, rule, delta_bytes / ragg[r] * 1e-9,
                    ragg[r], ragg[r] / agg[r]);

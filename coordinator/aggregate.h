@@ -229,18 +229,26 @@ int nawal_fedavg_create(nawal_aggregator **out, const nawal_fedavg_options *o, c
  * the n updates used:
  *   median:        the middle value (n odd), the mean of the two middle
  *                  values (n even, in double, rounded once);
- *   trimmed-mean:  sort the n values, drop b = ceil(trim x n) at each end
- *                  (fewer when n - 2b would be < 1), mean of the rest in
- *                  double, rounded once; trim 0 is the plain mean;
+ *   trimmed-mean:  sort the n values, drop b = ceil(trim x n - 1e-9) at
+ *                  each end (the 1e-9 absorbs the rounding of a fraction
+ *                  like 0.2 x 5; fewer when n - 2b would be < 1), mean of
+ *                  the rest in double, rounded once; trim 0 is the plain
+ *                  mean;
  *   krum:          (multi-)Krum, Blanchard et al. 2017: score_i = sum of
  *                  the squared distances from update i to its n - f - 2
  *                  nearest others; the m lowest scores (ties: the earlier
  *                  update) are averaged (unweighted), the others dropped
  *                  with their score and rank as the reason. f defaults to
  *                  the most n tolerates, floor((n - 3) / 2); m to n - f
- *                  (m = 1 is classic Krum). With fewer than f + 3 updates
- *                  the scores use n - 3 as f (one neighbour each); with
- *                  fewer than 3 every update scores 0.
+ *                  (1 when f >= n; m = 1 is classic Krum). With fewer
+ *                  than f + 3 updates the scores use n - 3 as f (one
+ *                  neighbour each); with fewer than 3 every update scores
+ *                  0. Distances in double (no overflow). Krum drops n - m
+ *                  updates every round, attack or not: a round's minimum
+ *                  of accepted updates must be at most m.
+ * The median and the trimmed mean drop no finite update (each value that
+ * falls outside the kept middle is ignored for that element only), so
+ * every finite update is "used" and paid; Krum's dropped updates are not.
  * An update with a non-finite value is dropped and the rule recomputed
  * without it. The median and trimmed mean of finite floats are finite;
  * deterministic for a given update order, whatever the thread count. */

@@ -4,16 +4,18 @@
  * definitions; this file the mechanics).
  *
  * A robust rule needs every update's value of an element side by side, so
- * finish reads the model in windows (of one tensor, at most 4 MiB of
+ * finish reads the model in windows (of one tensor, about 4 MiB of
  * values across the live updates) spread over OpenMP threads: for each
  * window each live update is viewed in place in its file mapping (or read
  * into the thread's buffer), checked for NaN/Inf, and the window's result
  * is computed from the n values of each element. A codec frame cannot be
  * read range by range, so finish first decodes each frame into an unlinked
  * spill file (mapped read-only: it costs disk and page cache, not
- * resident memory), after which it is read like a dense update. An update
- * with a non-finite value is dropped and the pass starts over without it,
- * so the result is what the others alone give.
+ * anonymous memory; the disk blocks are allocated up front), after which
+ * it is read like a dense update. An update with a non-finite value is
+ * dropped and the pass starts over without it, so the result is what the
+ * others alone give; a pass that meets one stops computing but checks on,
+ * so that every bad update costs one pass together.
  *
  * Krum takes two passes: pairwise squared distances (each window's partial
  * sums kept apart and added in window order, so the distances, and the
@@ -24,6 +26,7 @@
 #include "error.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -62,7 +65,7 @@ typedef struct {
     size_t n, cap;
     rwin *win;
     size_t n_win;
-    int finished; /* 0 open, 1 finishing, 2 finished with an aggregate, 3 finished without */
+    int finished; /* 0 open, 1 finishing, 2 finished with an aggregate, 3 without (no usable update), 4 failed */
 } robust;
 
 /* ---- parsing ----------------------------------------------------------- */
@@ -337,9 +340,14 @@ static int spill_frame(robust *R, rmember *m, char *err, size_t errlen) {
     if (fd < 0) return nawal_fail(err, errlen, "%s: cannot create a spill file: %s", path, strerror(errno));
     unlink(path);
     size_t bytes = R->n_floats ? R->n_floats * sizeof(float) : 4;
-    void *p = MAP_FAILED;
-    if (ftruncate(fd, (off_t)bytes) == 0) p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    int e = errno;
+    /* the blocks are allocated before the mapping is written: a full disk is an error here, not a SIGBUS later */
+    int e = posix_fallocate(fd, 0, (off_t)bytes);
+    if (e) {
+        close(fd);
+        return nawal_fail(err, errlen, "%s: cannot make a %zu-byte spill file: %s", dir, bytes, strerror(e));
+    }
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    e = errno;
     close(fd);
     if (p == MAP_FAILED) return nawal_fail(err, errlen, "%s: cannot map a %zu-byte spill file: %s", dir, bytes, strerror(e));
     char why[NAWAL_AGG_REASON_BYTES];
@@ -379,28 +387,26 @@ static int robust_windows(robust *R, size_t nl) {
 
 typedef enum { PASS_STAT, PASS_DIST, PASS_MEAN } pass_kind;
 
-/* Krum: the squared distances between the live updates over window k,
- * pair (i < j) at out[i * nl + j], each summed in float lanes of 16 then
- * added in double. */
+/* Krum: the squared distances between the live updates over one window,
+ * pair (i < j) at out[i * nl + j], differences and squares in double (the
+ * square of a float difference cannot overflow a double), in 8 lanes. */
 static void window_dist(const float *const *x, size_t nl, size_t count, double *out) {
     for (size_t i = 0; i < nl; i++)
         for (size_t j = i + 1; j < nl; j++) {
             const float *a = x[i], *b = x[j];
-            double s = 0.0;
+            double lane[8] = {0};
             size_t e = 0;
-            for (; e + 256 <= count; e += 256) {
-                float lane[16] = {0};
-                for (size_t r = e; r < e + 256; r += 16)
-                    for (int l = 0; l < 16; l++) {
-                        float d = a[r + l] - b[r + l];
-                        lane[l] += d * d;
-                    }
-                for (int l = 0; l < 16; l++) s += lane[l];
-            }
+            for (; e + 8 <= count; e += 8)
+                for (int l = 0; l < 8; l++) {
+                    double d = (double)a[e + l] - (double)b[e + l];
+                    lane[l] += d * d;
+                }
+            double s = 0.0;
             for (; e < count; e++) {
                 double d = (double)a[e] - (double)b[e];
                 s += d * d;
             }
+            for (int l = 0; l < 8; l++) s += lane[l];
             out[i * nl + j] = s;
         }
 }
@@ -409,10 +415,13 @@ static void window_dist(const float *const *x, size_t nl, size_t count, double *
  * PASS_STAT writes the rule's value of every element into acc, PASS_MEAN
  * the plain mean, PASS_DIST each window's pair distances into
  * dist[(k - w0) * nl * nl]. A non-finite value marks its update in bad[]
- * (reason kept) and the pass is abandoned. 0 (check bad), -1 read error. */
+ * (reason kept); from then on (or from the start, when bad[] already marks
+ * one) the pass only checks the rest, so that one pass finds every bad
+ * update. 0 (check bad), -1 read error. */
 static int robust_pass(robust *R, pass_kind kind, const size_t *live, size_t nl, size_t w0, size_t w1,
                        unsigned char *bad, double *dist, char *err, size_t errlen) {
-    int stop = 0, rc = 0;
+    int stop = 0, rc = 0; /* stop: a read error, abandon the pass */
+    int tainted = memchr(bad, 1, nl) != NULL; /* a bad value seen: only check the rest, compute nothing */
     size_t maxw = 0;
     for (size_t k = w0; k < w1; k++) maxw = R->win[k].count > maxw ? R->win[k].count : maxw;
     #pragma omp parallel num_threads(R->o.threads)
@@ -438,7 +447,7 @@ static int robust_pass(robust *R, pass_kind kind, const size_t *live, size_t nl,
             if (halt) continue;
             const rwin *w = &R->win[k];
             size_t n = w->count, q = 0;
-            int fault = 0; /* 1 bad value, -1 read error */
+            int fault = 0, bad_here = 0; /* fault: a read error */
             char e[NAWAL_AGG_REASON_BYTES];
             for (; q < nl; q++) {
                 rmember *m = &R->m[live[q]];
@@ -458,23 +467,25 @@ static int robust_pass(robust *R, pass_kind kind, const size_t *live, size_t nl,
                     }
                 }
                 size_t p = nawal_agg_first_nonfinite(x[q], n);
-                if (p < n) {
-                    fault = 1;
-                    snprintf(e, sizeof e, "tensor '%.80s' element %zu is %g (not finite)", R->base->tensors[w->t].name,
-                             w->first + p, (double)x[q][p]);
+                if (p < n) { /* keep checking the others: every bad update is found in one pass */
+                    bad_here = 1;
+                    char why[NAWAL_AGG_REASON_BYTES];
+                    snprintf(why, sizeof why, "tensor '%.80s' element %zu is %g (not finite)",
+                             R->base->tensors[w->t].name, w->first + p, (double)x[q][p]);
                     #pragma omp critical(nawal_robust_msg)
                     {
                         if (!bad[q]) {
                             bad[q] = 1;
                             free(m->reason);
-                            m->reason = strdup(e);
+                            m->reason = strdup(why);
                         }
                     }
-                    q++;
-                    break;
                 }
             }
-            if (!fault) {
+            int skip;
+            #pragma omp atomic read
+            skip = tainted;
+            if (!fault && !bad_here && !skip) {
                 float *out = R->acc + R->tensor_off[w->t] + w->first;
                 if (kind == PASS_DIST) window_dist(x, nl, n, dist + (k - w0) * nl * nl);
                 else if (kind == PASS_MEAN)
@@ -501,10 +512,12 @@ static int robust_pass(robust *R, pass_kind kind, const size_t *live, size_t nl,
                     if (rc == 0) nawal_fail(err, errlen, "%s", e);
                     rc = -1;
                 }
-            }
-            if (fault) {
                 #pragma omp atomic write
                 stop = 1;
+            }
+            if (bad_here) {
+                #pragma omp atomic write
+                tainted = 1;
             }
         }
         free(tb);
@@ -518,14 +531,20 @@ static int robust_pass(robust *R, pass_kind kind, const size_t *live, size_t nl,
  * summed over windows in window order. 0 (check bad), -1. */
 static int krum_distances(robust *R, const size_t *live, size_t nl, unsigned char *bad, double *D, char *err,
                           size_t errlen) {
-    double *part = malloc((size_t)KRUM_BATCH * nl * nl * sizeof *part);
-    if (!part) return nawal_fail(err, errlen, "out of memory");
-    memset(D, 0, nl * nl * sizeof *D);
+    /* windows whose distances are held at once: at most KRUM_BATCH and 64 MiB, at least one per thread */
+    size_t per = nl * nl * sizeof(double), batch = ((size_t)64 << 20) / (per ? per : 1);
+    batch = batch > KRUM_BATCH ? KRUM_BATCH : batch;
+    batch = batch < (size_t)R->o.threads ? (size_t)R->o.threads : batch;
+    batch = batch > R->n_win ? R->n_win : batch;
+    batch = batch ? batch : 1;
+    double *part = malloc(batch * per);
+    if (!part) return nawal_fail(err, errlen, "out of memory for Krum's distances (%zu updates)", nl);
+    memset(D, 0, per);
     int rc = 0;
-    for (size_t w0 = 0; w0 < R->n_win && rc == 0; w0 += KRUM_BATCH) {
-        size_t w1 = R->n_win - w0 < KRUM_BATCH ? R->n_win : w0 + KRUM_BATCH;
+    for (size_t w0 = 0; w0 < R->n_win && rc == 0; w0 += batch) {
+        size_t w1 = R->n_win - w0 < batch ? R->n_win : w0 + batch;
         if ((rc = robust_pass(R, PASS_DIST, live, nl, w0, w1, bad, part, err, errlen))) break;
-        if (memchr(bad, 1, nl)) break;
+        if (memchr(bad, 1, nl)) continue; /* the rest of the batches only check */
         for (size_t k = 0; k < w1 - w0; k++)
             for (size_t i = 0; i < nl; i++)
                 for (size_t j = i + 1; j < nl; j++) D[i * nl + j] += part[k * nl * nl + i * nl + j];
@@ -669,7 +688,7 @@ static int robust_finish(nawal_aggregator *a, char *err, size_t errlen) {
     R->finished = 1;
     int rc = robust_combine(R, err, errlen);
     for (size_t j = 0; j < R->n; j++) rmember_close(&R->m[j]); /* the updates are done with */
-    R->finished = rc == 0 ? 2 : 3;
+    R->finished = rc == 0 ? 2 : rc > 0 ? 3 : 4;
     return rc;
 }
 
@@ -681,6 +700,7 @@ static int robust_write(nawal_aggregator *a, nawal_byte_sink sink, void *ctx, ch
 
 static int robust_verdict(nawal_aggregator *a, size_t i, char *reason, size_t reasonlen) {
     robust *R = (robust *)a;
+    if (R->finished != 2 && R->finished != 3) return nawal_fail(reason, reasonlen, "no verdict: finish did not complete");
     if (i >= R->n) return nawal_fail(reason, reasonlen, "no update %zu", i);
     const rmember *m = &R->m[i];
     if (!m->rejected) {

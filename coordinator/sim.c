@@ -595,8 +595,16 @@ static int run_sim(const sim_opts *o) {
         char pool[32], n[16], nmin[16], dl[16], steps[16], batch[16], lr[32], topk[32], eps[32], delta[32];
         snprintf(pool, sizeof pool, "%llu", POOL_PLANCK);
         snprintf(n, sizeof n, "%d", o->validators);
-        /* a robust rule may drop the attackers' updates: the honest ones suffice */
-        snprintf(nmin, sizeof nmin, "%d", o->validators - o->byzantine);
+        /* a robust rule may drop the attackers' updates: the honest ones suffice; Krum keeps m */
+        int min = o->validators - o->byzantine;
+        nawal_robust_options ro;
+        char perr[256];
+        if (nawal_robust_parse(o->strategy, &ro, perr, sizeof perr) == 1 && ro.rule == NAWAL_ROBUST_KRUM) {
+            int f = ro.krum_f >= 0 ? ro.krum_f : (o->validators >= 3 ? (o->validators - 3) / 2 : 0);
+            int m = ro.krum_m > 0 ? ro.krum_m : (f < o->validators ? o->validators - f : 1);
+            min = m < min ? m : min;
+        }
+        snprintf(nmin, sizeof nmin, "%d", min < 1 ? 1 : min);
         snprintf(dl, sizeof dl, "%d", o->deadline_s);
         snprintf(steps, sizeof steps, "%d", o->steps);
         snprintf(batch, sizeof batch, "%d", o->batch);
@@ -818,9 +826,17 @@ int nawal_cmd_sim(int argc, char **argv) {
                 o.validators);
         return 2;
     }
-    if (strncmp(o.attack, "scale:", 6) && strncmp(o.attack, "noise:", 6)) {
-        fprintf(stderr, "error: --attack %s: expected scale:S or noise:SIGMA\n", o.attack);
-        return 2;
+    {
+        char *end = NULL;
+        double v = strncmp(o.attack, "scale:", 6) && strncmp(o.attack, "noise:", 6) ? NAN : strtod(o.attack + 6, &end);
+        if (!isfinite(v) || end == o.attack + 6 || *end) {
+            fprintf(stderr, "error: --attack %s: expected scale:S or noise:SIGMA (a number)\n", o.attack);
+            return 2;
+        }
+        if (flags[sizeof flags / sizeof flags[0] - 1].seen && !o.byzantine) {
+            fprintf(stderr, "error: --attack goes with --byzantine K\n");
+            return 2;
+        }
     }
     char serr[256];
     if (nawal_aggregator_known(o.strategy, serr, sizeof serr)) {
