@@ -172,8 +172,9 @@ static char *status_body(nawal_server *srv) {
     return body;
 }
 
-int nawal_http_handle(const char *method, const char *path, nawal_ws_http_reply *reply, void *user) {
+int nawal_http_handle(const nawal_ws_http_request *rq, nawal_ws_http_reply *reply, void *user) {
     nawal_server *srv = user;
+    const char *method = rq->method, *path = rq->path;
     int known = !strcmp(path, "/metrics") || !strcmp(path, "/status");
     nawal_log(NAWAL_LOG_DEBUG, "http_request", "method=%s path_known=%d", method, known);
     if (!known) return reply_text(reply, 404, CT_TEXT, strdup("not found: try /metrics or /status\n"));

@@ -63,6 +63,6 @@ void nawal_session_sweep(nawal_server *srv, int64_t now_ms);
 
 /* ---- http.c ---- */
 /* The transport's plain HTTP handler (user = the server): GET /metrics, GET /status. */
-int nawal_http_handle(const char *method, const char *path, nawal_ws_http_reply *reply, void *user);
+int nawal_http_handle(const nawal_ws_http_request *rq, nawal_ws_http_reply *reply, void *user);
 
 #endif

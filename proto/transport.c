@@ -23,10 +23,12 @@
  * Client frames are built and masked here (client_write_frame), server
  * frames by lws_write.
  *
- * Plain HTTP requests on a server's port (LWS_CALLBACK_HTTP) go to the
- * handler installed with nawal_ws_server_set_http, answered whole in that
- * callback (http_reply); without one they drop the connection. */
+ * Plain HTTP (transport_http.c): requests on a server's port go to the
+ * handler installed with nawal_ws_server_set_http; a client's GETs
+ * (nawal_ws_client_fetch) are wsis of the same context, told apart from
+ * WebSocket connections by the kind their opaque user data starts with. */
 #include "transport.h"
+#include "transport_internal.h"
 
 #include "error.h"
 
@@ -37,53 +39,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-#define WS_BURST 16 /* fragments written per writable callback at most */
-
-/* TLS 1.3 suites, fastest first: AES-128-GCM runs ~35% faster than
- * OpenSSL's default first choice, AES-256-GCM, on AES-NI CPUs */
-#define TLS13_CIPHERS "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
-
-_Static_assert(LWS_PRE >= 14, "a client frame header must fit in the LWS_PRE headroom");
-
-typedef struct ws_msg {
-    struct ws_msg *next;
-    size_t len, off;             /* payload length, bytes already written */
-    unsigned char buf[];         /* LWS_PRE headroom, then the payload */
-} ws_msg;
-
-typedef struct ws_ep {
-    struct lws_context *ctx;
-    nawal_ws_config cfg;
-    nawal_ws_handlers h;
-    int is_server;
-    int nconn;                   /* open connections */
-    int destroying;
-    int port;
-    nawal_ws_http_fn http_fn;    /* server: plain HTTP requests (NULL: refused) */
-    void *http_user;
-    uint32_t retry_ms[1];
-    lws_retry_bo_t retry;        /* keepalive policy (only its idle part is used) */
-    lws_sorted_usec_list_t tick; /* bounds the wait of one service() call */
-    struct lws_protocols protocols[2];
-} ws_ep;
-
-struct nawal_ws_server { ws_ep ep; };
-struct nawal_ws_client { ws_ep ep; };
-
-struct nawal_ws_conn {
-    ws_ep *ep;
-    struct lws *wsi;             /* NULL once the wsi is gone */
-    ws_msg *q_head, *q_tail;
-    size_t q_msgs, q_bytes;
-    uint8_t *rx;                 /* reassembly buffer, at most max_message */
-    size_t rx_len, rx_cap;
-    int open, closing, close_when_sent, close_reported;
-    int in_connect, destroyed_in_connect; /* client: inside lws_client_connect_via_info() */
-    void *data;
-    char reason[160];
-    char peer[64];
-};
 
 static pthread_once_t log_once = PTHREAD_ONCE_INIT;
 
@@ -260,42 +215,11 @@ static int conn_tx(nawal_ws_conn *c) {
 
 static nawal_ws_conn *conn_new(ws_ep *ep) {
     nawal_ws_conn *c = calloc(1, sizeof *c);
-    if (c) c->ep = ep;
+    if (c) {
+        c->kind = WS_KIND_CONN;
+        c->ep = ep;
+    }
     return c;
-}
-
-/* ---- plain HTTP (server) ------------------------------------------------ */
-
-/* One whole reply from inside LWS_CALLBACK_HTTP: headers, then the body.
- * What the socket does not take at once, lws keeps and sends first when it
- * is writable, and it defers the end of the transaction until then. */
-static int http_reply(ws_ep *ep, struct lws *wsi, const char *path) {
-    const char *method = lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI)    ? "GET"
-                         : lws_hdr_total_length(wsi, WSI_TOKEN_HEAD_URI) ? "HEAD"
-                         : lws_hdr_total_length(wsi, WSI_TOKEN_POST_URI) ? "POST"
-                                                                         : "OTHER";
-    nawal_ws_http_reply r = { 0 };
-    if (ep->http_fn(method, path ? path : "/", &r, ep->http_user)) {
-        free(r.body);
-        return -1;
-    }
-    int head = !strcmp(method, "HEAD");
-    unsigned char hdr[LWS_PRE + 512], *start = hdr + LWS_PRE, *p = start, *end = hdr + sizeof hdr;
-    unsigned char *buf = malloc(LWS_PRE + (r.body_len ? r.body_len : 1));
-    int rc = buf ? 0 : -1;
-    if (rc == 0 && (lws_add_http_common_headers(wsi, (unsigned int)r.status,
-                                                r.content_type ? r.content_type : "text/plain",
-                                                (lws_filepos_t)r.body_len, &p, end) ||
-                    lws_finalize_write_http_header(wsi, start, &p, end)))
-        rc = -1;
-    if (rc == 0 && r.body_len && !head) {
-        memcpy(buf + LWS_PRE, r.body, r.body_len);
-        if (lws_write(wsi, buf + LWS_PRE, r.body_len, LWS_WRITE_HTTP_FINAL) < 0) rc = -1;
-    }
-    free(buf);
-    free(r.body);
-    if (rc) return -1;
-    return lws_http_transaction_completed(wsi) ? -1 : 0;
 }
 
 /* ---- the one lws callback ----------------------------------------------- */
@@ -303,7 +227,10 @@ static int http_reply(ws_ep *ep, struct lws *wsi, const char *path) {
 static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len) {
     struct lws_context *ctx = lws_get_context(wsi);
     ws_ep *ep = ctx ? lws_context_user(ctx) : NULL;
-    nawal_ws_conn *c = wsi ? lws_get_opaque_user_data(wsi) : NULL;
+    void *od = wsi ? lws_get_opaque_user_data(wsi) : NULL;
+    nawal_ws_conn *c = od && *(const unsigned *)od == WS_KIND_CONN ? od : NULL;
+    nawal_ws_fetch *f = od && *(const unsigned *)od == WS_KIND_FETCH ? od : NULL;
+    if (f) return ws_fetch_callback(f, wsi, reason, in, len);
 
     switch (reason) {
     case LWS_CALLBACK_FILTER_NETWORK_CONNECTION: /* before TLS: refuse when full */
@@ -363,7 +290,14 @@ static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
         return 0;
     case LWS_CALLBACK_HTTP: /* plain HTTP: only through the server's handler */
         if (!ep || !ep->is_server || ep->destroying || !ep->http_fn) return -1;
-        return http_reply(ep, wsi, in);
+        return ws_http_request(ep, wsi, user, in);
+    case LWS_CALLBACK_HTTP_WRITEABLE:
+        if (!ep || !ep->is_server) return -1;
+        return ws_http_writeable(ep, wsi, user);
+    case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
+    case LWS_CALLBACK_CLOSED_HTTP:
+        ws_http_drop(user);
+        break;
     default:
         break;
     }
@@ -415,6 +349,7 @@ static int ep_init(ws_ep *ep, const nawal_ws_config *cfg, const nawal_ws_handler
     ep->retry.secs_since_valid_hangup = (uint16_t)ep->cfg.dead_secs;
     ep->protocols[0].name = NAWAL_WS_SUBPROTOCOL;
     ep->protocols[0].callback = ws_callback;
+    ep->protocols[0].per_session_data_size = sizeof(ws_http_stream);
     ep->protocols[0].rx_buffer_size = ep->cfg.io_chunk;
     ep->protocols[0].tx_packet_size = ep->cfg.io_chunk;
 
@@ -480,6 +415,7 @@ static void ep_destroy(ws_ep *ep) {
         lws_sul_cancel(&ep->tick);
         lws_context_destroy(ep->ctx);
     }
+    free(ep->io_buf);
 }
 
 nawal_ws_server *nawal_ws_server_new(const nawal_ws_config *cfg, const nawal_ws_handlers *h, char *err, size_t errlen) {

@@ -77,19 +77,31 @@ typedef struct nawal_ws_handlers {
 } nawal_ws_handlers;
 
 /* Plain HTTP on the server's port, next to the WebSocket upgrades (e.g. an
- * operator's GET /metrics). The handler gets the method ("GET", "HEAD",
- * "POST", or "OTHER") and the path (without the query string), fills
- * *reply and returns 0 to send it, or -1 to drop the connection. body is
- * malloc'ed by the handler and freed by the transport (NULL when body_len
- * is 0); a HEAD reply sends the headers only. Without a handler (the
- * default) every plain HTTP request drops its connection. */
+ * operator's GET /metrics, an agent's GET of a model blob). The handler
+ * gets the request, fills *reply and returns 0 to send it, or -1 to drop
+ * the connection. The reply is either a body (malloc'ed by the handler,
+ * freed by the transport; NULL when body_len is 0) or a range of an open
+ * file (file_fd >= 0, owned and closed by the transport, also on error):
+ * file_len bytes from file_off, read and written io_chunk at a time as the
+ * socket takes them, so a file of any size costs no memory; status 206
+ * adds Content-Range "bytes file_off-(file_off+file_len-1)/file_total". A
+ * HEAD reply sends the headers only. Without a handler (the default) every
+ * plain HTTP request drops its connection. */
+typedef struct nawal_ws_http_request {
+    const char *method;        /* "GET", "HEAD", "POST" or "OTHER" */
+    const char *path;          /* without the query string */
+    const char *authorization; /* the Authorization header, "" when absent */
+    const char *range;         /* the Range header, "" when absent */
+} nawal_ws_http_request;
 typedef struct nawal_ws_http_reply {
-    int status;               /* 200, 404, ... */
+    int status;               /* 200, 206, 404, ... */
     const char *content_type; /* a static string */
     char *body;
     size_t body_len;
+    int file_fd;              /* -1 (as the transport passes it): no file */
+    uint64_t file_off, file_len, file_total;
 } nawal_ws_http_reply;
-typedef int (*nawal_ws_http_fn)(const char *method, const char *path, nawal_ws_http_reply *reply, void *user);
+typedef int (*nawal_ws_http_fn)(const nawal_ws_http_request *rq, nawal_ws_http_reply *reply, void *user);
 
 /* Server. nawal_ws_server_new() listens at once; *_service() runs one pass of
  * the event loop, waiting up to timeout_ms (0 = do not wait) for events.
@@ -112,6 +124,31 @@ nawal_ws_client *nawal_ws_client_new(const nawal_ws_config *cfg, const nawal_ws_
  * service(): on_open, or on_close with the reason it failed. */
 nawal_ws_conn *nawal_ws_client_connect(nawal_ws_client *cl, const char *host, int port, const char *path,
                                        char *err, size_t errlen);
+/* Plain HTTP GET of host:port/path on the client's event loop (TLS as the
+ * client's WebSocket connections), for bulk downloads: libwebsockets 4.1's
+ * client parses WebSocket frames one byte at a time (~90 MB/s), its HTTP
+ * client hands a body over in blocks. auth (may be NULL) is sent as the
+ * Authorization header; offset > 0 asks for "Range: bytes=offset-". The
+ * handlers run inside service(): on_head once the response head is in
+ * (status; for 200 and 206 the offset of the body's first byte, 0 or the
+ * one asked for, and the resource's whole length), on_data for each block
+ * of the body (either returning -1 aborts), then on_done exactly once, ok
+ * = 1 only when a 200 or 206 body came whole; the fetch is freed after
+ * on_done. NULL with err when the request cannot even start. */
+typedef struct nawal_ws_fetch nawal_ws_fetch;
+typedef struct nawal_ws_fetch_handlers {
+    int (*on_head)(nawal_ws_fetch *f, int status, uint64_t offset, uint64_t total, void *user);
+    int (*on_data)(nawal_ws_fetch *f, const uint8_t *data, size_t len, void *user);
+    void (*on_done)(nawal_ws_fetch *f, int ok, const char *reason, void *user);
+    void *user;
+} nawal_ws_fetch_handlers;
+nawal_ws_fetch *nawal_ws_client_fetch(nawal_ws_client *cl, const char *host, int port, const char *path,
+                                      const char *auth, uint64_t offset, const nawal_ws_fetch_handlers *h,
+                                      char *err, size_t errlen);
+/* Stops a fetch: no handler runs after this but on_done (ok = 0, reason),
+ * inside a later service(). */
+void nawal_ws_fetch_cancel(nawal_ws_fetch *f, const char *reason);
+
 int nawal_ws_client_service(nawal_ws_client *cl, int timeout_ms);
 void nawal_ws_client_wake(nawal_ws_client *cl);
 void nawal_ws_client_free(nawal_ws_client *cl);
