@@ -106,6 +106,7 @@ typedef struct {
     uint64_t raw_size, raw_done;
     uint8_t *raw_buf;
     size_t window;
+    uint64_t http_off, http_total; /* --http */
 } end_state;
 
 static end_state end_init(int receiver, int raw, uint64_t size, int window, const char *src, const char *dst,
@@ -215,6 +216,63 @@ static void h_close(nawal_ws_conn *c, const char *reason, void *user) {
     if (!e->ok && !e->err[0]) snprintf(e->err, sizeof e->err, "%s", reason);
 }
 
+static volatile sig_atomic_t g_http_done;
+static void on_usr1(int sig) {
+    (void)sig;
+    g_http_done = 1;
+}
+
+/* --http: the server's GET /blob (whole, or from "bytes=N-"), the client's fetch into the receiver */
+static int http_blob(const nawal_ws_http_request *rq, nawal_ws_http_reply *r, void *user) {
+    end_state *e = user;
+    struct stat sb;
+    uint64_t off = 0;
+    if (strcmp(rq->path, "/blob") || (rq->range[0] && sscanf(rq->range, "bytes=%" SCNu64 "-", &off) != 1) ||
+        stat(e->src, &sb) || off >= (uint64_t)sb.st_size) {
+        r->status = 404;
+        return 0;
+    }
+    if ((r->file_fd = open(e->src, O_RDONLY | O_CLOEXEC)) < 0) return -1;
+    r->status = off ? 206 : 200;
+    r->content_type = "application/octet-stream";
+    r->file_off = off;
+    r->file_len = (uint64_t)sb.st_size - off;
+    r->file_total = (uint64_t)sb.st_size;
+    e->t_request = bench_now_s();
+    return 0;
+}
+
+static int f_head(nawal_ws_fetch *f, int status, uint64_t off, uint64_t total, void *user) {
+    (void)f;
+    (void)status;
+    end_state *e = user;
+    e->http_off = off;
+    e->http_total = total;
+    return 0;
+}
+
+static int f_data(nawal_ws_fetch *f, const uint8_t *d, size_t n, void *user) {
+    (void)f;
+    end_state *e = user;
+    double t = bench_now_s();
+    int rc = nawal_blob_receiver_write(e->rx, e->http_off, d, n, e->http_total, e->err, sizeof e->err);
+    e->http_off += n;
+    if (rc == 1) {
+        e->t_last_chunk = t;
+        e->t_complete = bench_now_s();
+        e->ok = 1;
+    }
+    return rc < 0 ? -1 : 0;
+}
+
+static void f_done(nawal_ws_fetch *f, int ok, const char *reason, void *user) {
+    (void)f;
+    end_state *e = user;
+    e->ended = 1;
+    if ((!ok || !e->ok) && !e->err[0]) snprintf(e->err, sizeof e->err, "%s", reason);
+    if (!ok) e->ok = 0;
+}
+
 static int end_prepare(end_state *e, char *err, size_t errlen) {
     if (!e->receiver || e->raw) return 0;
     return nawal_blob_receiver_open(&e->rx, e->dst, e->cid, 0, err, errlen);
@@ -233,7 +291,7 @@ static void print_end(const char *who, int receiver, long peak, long base) {
 
 int bench_stream(int argc, char **argv) {
     const char *size_s = "1GiB", *direction = "up", *dir = getenv("TMPDIR");
-    int tls = 0, plain = 0, keep = 0, raw = 0, io_kib = 256, window = NAWAL_BLOB_WINDOW;
+    int tls = 0, plain = 0, keep = 0, raw = 0, http = 0, io_kib = 256, window = NAWAL_BLOB_WINDOW;
     if (!dir || !*dir) dir = "/tmp";
     nawal_flag flags[] = {
         { "size", NAWAL_FLAG_STR, &size_s, "blob size: 1GiB, 512MiB, 100M, bytes", 0, -1, 0, 0 },
@@ -245,6 +303,7 @@ int bench_stream(int argc, char **argv) {
         { "window", NAWAL_FLAG_INT, &window, "chunks queued at most by the sender", 1, 1024, 0, 0 },
         { "keep", NAWAL_FLAG_BOOL, &keep, "keep the files", 0, -1, 0, 0 },
         { "raw", NAWAL_FLAG_BOOL, &raw, "transport only: 1 MiB messages from memory, no files, no CID", 0, -1, 0, 0 },
+        { "http", NAWAL_FLAG_BOOL, &http, "down only: the blob as an HTTP GET body (as agents download models) instead of BlobChunk messages", 0, -1, 0, 0 },
     };
     int pr = nawal_flags_parse(argc, argv, flags, sizeof flags / sizeof flags[0],
                                "usage: nawal-bench stream [--size 1GiB] [--tls|--plain] [--direction up|down]");
@@ -256,6 +315,10 @@ int bench_stream(int argc, char **argv) {
     int up = !strcmp(direction, "up");
     if (!up && strcmp(direction, "down")) {
         fprintf(stderr, "error: --direction must be up or down\n");
+        return 2;
+    }
+    if (http && (up || raw)) {
+        fprintf(stderr, "error: --http goes with --direction down, without --raw\n");
         return 2;
     }
     uint64_t size = parse_size(size_s);
@@ -298,8 +361,12 @@ int bench_stream(int argc, char **argv) {
             return 1;
         }
     }
-    printf("transport: %s WebSocket on 127.0.0.1, %s (%s sends), %d KiB fragments, window %d chunks of 1 MiB\n",
-           plain ? "plaintext" : "TLS", up ? "up" : "down", up ? "client" : "server", io_kib, window);
+    if (http)
+        printf("transport: %s HTTP GET on 127.0.0.1, down (server sends), %d KiB blocks\n", plain ? "plaintext" : "TLS",
+               io_kib);
+    else
+        printf("transport: %s WebSocket on 127.0.0.1, %s (%s sends), %d KiB fragments, window %d chunks of 1 MiB\n",
+               plain ? "plaintext" : "TLS", up ? "up" : "down", up ? "client" : "server", io_kib, window);
     fflush(stdout);
 
     nawal_ws_config cfg = { 0 };
@@ -318,6 +385,7 @@ int bench_stream(int argc, char **argv) {
     }
     char err[512];
     if (pid == 0) { /* ---- server ---- */
+        signal(SIGUSR1, on_usr1);
         close(port_pipe[0]);
         close(report_pipe[0]);
         end_state e = end_init(up, raw, size, window, src, dst, cid);
@@ -329,13 +397,18 @@ int bench_stream(int argc, char **argv) {
         end_report rep = { 0 };
         nawal_ws_server *s = end_prepare(&e, err, sizeof err) ? NULL : nawal_ws_server_new(&scfg, &h, err, sizeof err);
         int port = s ? nawal_ws_server_port(s) : -1;
+        if (s && http) nawal_ws_server_set_http(s, http_blob, &e);
         if (write(port_pipe[1], &port, sizeof port) != sizeof port) _exit(1);
         if (!s) {
             snprintf(rep.err, sizeof rep.err, "%.200s", err);
         } else {
             rep.base_kib = status_kib("VmRSS");
             double tstart = bench_now_s();
-            while (!e.ended && bench_now_s() - tstart < 7200) nawal_ws_server_service(s, 100);
+            if (http) { /* serves until the client is done (SIGUSR1) */
+                e.ok = 1;
+                while (!g_http_done && bench_now_s() - tstart < 7200) nawal_ws_server_service(s, 100);
+            }
+            while (!http && !e.ended && bench_now_s() - tstart < 7200) nawal_ws_server_service(s, 100);
             rep.peak_kib = status_kib("VmHWM");
             rep.ok = e.ok;
             rep.t_transfer = e.t_last_chunk - e.t_request;
@@ -363,14 +436,22 @@ int bench_stream(int argc, char **argv) {
     nawal_ws_handlers h = { h_open, h_message, h_drain, h_close, &e };
     nawal_ws_client *cl = NULL;
     int rc = 1;
-    if (end_prepare(&e, err, sizeof err) || !(cl = nawal_ws_client_new(&ccfg, &h, err, sizeof err)) ||
-        !nawal_ws_client_connect(cl, "127.0.0.1", port, "/", err, sizeof err)) {
+    nawal_ws_fetch_handlers fh = { f_head, f_data, f_done, &e };
+    long base = 0;
+    int started = end_prepare(&e, err, sizeof err) == 0 && (cl = nawal_ws_client_new(&ccfg, &h, err, sizeof err));
+    if (started) {
+        base = status_kib("VmRSS");
+        e.t_request = bench_now_s(); /* --http; the WebSocket path sets it again when its request goes out */
+        started = http ? nawal_ws_client_fetch(cl, "127.0.0.1", port, "/blob", NULL, 0, &fh, err, sizeof err) != NULL
+                       : nawal_ws_client_connect(cl, "127.0.0.1", port, "/", err, sizeof err) != NULL;
+    }
+    if (!started) {
         fprintf(stderr, "error: client: %s\n", err);
         kill(pid, SIGTERM);
     } else {
-        long base = status_kib("VmRSS");
         double tstart = bench_now_s();
         while (!e.ended && bench_now_s() - tstart < 7200) nawal_ws_client_service(cl, 100);
+        if (http) kill(pid, SIGUSR1);
         long peak = status_kib("VmHWM");
         end_report srv = { 0 };
         ssize_t got = read(report_pipe[0], &srv, sizeof srv);

@@ -371,6 +371,41 @@ int nawal_blob_receiver_stale(nawal_blob_receiver *r, const uint8_t *msg, size_t
     return !nawal_cid_equal(ch->cid.data, r->cid) || ch->offset < r->written;
 }
 
+int nawal_blob_receiver_write(nawal_blob_receiver *r, uint64_t offset, const uint8_t *data, size_t len,
+                              uint64_t total, char *err, size_t errlen) {
+    if (r->complete || r->failed) return nawal_fail(err, errlen, "blob transfer already %s", r->complete ? "complete" : "failed");
+    if (r->max_size && total > r->max_size)
+        return nawal_fail(err, errlen, "blob of %" PRIu64 " bytes exceeds the %" PRIu64 "-byte limit", total, r->max_size);
+    if (!r->have_total) {
+        if (total < r->written) {
+            /* the .part file cannot be a prefix of this blob */
+            if (receiver_restart(r, err, errlen)) return -1;
+            return nawal_fail(err, errlen, "partial file longer than the blob (%" PRIu64 " bytes): discarded, "
+                              "request again from 0", total);
+        }
+        r->total = total;
+        r->have_total = 1;
+    } else if (total != r->total) {
+        return nawal_fail(err, errlen, "the blob's total size changed from %" PRIu64 " to %" PRIu64, r->total, total);
+    }
+    if (offset != r->written)
+        return nawal_fail(err, errlen, "bytes at offset %" PRIu64 ", expected %" PRIu64, offset, r->written);
+    if (len > r->total - r->written)
+        return nawal_fail(err, errlen, "bytes run past the blob's %" PRIu64 " bytes", r->total);
+    if (len == 0 && r->written < r->total) return nawal_fail(err, errlen, "no bytes before the end of the blob");
+    if (len) {
+        if (write_all(r->fd, data, len, r->written))
+            return nawal_fail(err, errlen, "%s: write: %s", r->part, strerror(errno));
+        pthread_mutex_lock(&r->mu);
+        r->written += len;
+        pthread_cond_broadcast(&r->cv);
+        pthread_mutex_unlock(&r->mu);
+    }
+    if (r->written == r->total) return receiver_finish(r, err, errlen);
+    if (hash_wait(r, HASH_BACKLOG)) return nawal_fail(err, errlen, "%s: reading back: %s", r->part, strerror(errno));
+    return 0;
+}
+
 int nawal_blob_receiver_chunk(nawal_blob_receiver *r, const uint8_t *msg, size_t len, char *err, size_t errlen) {
     if (r->complete || r->failed) return nawal_fail(err, errlen, "blob transfer already %s", r->complete ? "complete" : "failed");
     if (len > NAWAL_BLOB_CHUNK_MSG_MAX) return nawal_fail(err, errlen, "BlobChunk of %zu bytes is too long", len);
@@ -380,37 +415,7 @@ int nawal_blob_receiver_chunk(nawal_blob_receiver *r, const uint8_t *msg, size_t
         return nawal_fail(err, errlen, "BlobChunk for another blob");
     if (ch->data.len > NAWAL_BLOB_CHUNK_BYTES)
         return nawal_fail(err, errlen, "BlobChunk carries %zu bytes (limit %zu)", ch->data.len, NAWAL_BLOB_CHUNK_BYTES);
-    if (r->max_size && ch->total_size > r->max_size)
-        return nawal_fail(err, errlen, "blob of %" PRIu64 " bytes exceeds the %" PRIu64 "-byte limit", ch->total_size, r->max_size);
-    if (!r->have_total) {
-        if (ch->total_size < r->written) {
-            /* the .part file cannot be a prefix of this blob */
-            if (receiver_restart(r, err, errlen)) return -1;
-            return nawal_fail(err, errlen, "partial file longer than the blob (%" PRIu64 " bytes): discarded, "
-                              "request again from 0", ch->total_size);
-        }
-        r->total = ch->total_size;
-        r->have_total = 1;
-    } else if (ch->total_size != r->total) {
-        return nawal_fail(err, errlen, "BlobChunk total size changed from %" PRIu64 " to %" PRIu64, r->total, ch->total_size);
-    }
-    if (ch->offset != r->written)
-        return nawal_fail(err, errlen, "BlobChunk at offset %" PRIu64 ", expected %" PRIu64, ch->offset, r->written);
-    if (ch->data.len > r->total - r->written)
-        return nawal_fail(err, errlen, "BlobChunk runs past the blob's %" PRIu64 " bytes", r->total);
-    if (ch->data.len == 0 && r->written < r->total)
-        return nawal_fail(err, errlen, "empty BlobChunk before the end of the blob");
-    if (ch->data.len) {
-        if (write_all(r->fd, ch->data.data, ch->data.len, r->written))
-            return nawal_fail(err, errlen, "%s: write: %s", r->part, strerror(errno));
-        pthread_mutex_lock(&r->mu);
-        r->written += ch->data.len;
-        pthread_cond_broadcast(&r->cv);
-        pthread_mutex_unlock(&r->mu);
-    }
-    if (r->written == r->total) return receiver_finish(r, err, errlen);
-    if (hash_wait(r, HASH_BACKLOG)) return nawal_fail(err, errlen, "%s: reading back: %s", r->part, strerror(errno));
-    return 0;
+    return nawal_blob_receiver_write(r, ch->offset, ch->data.data, ch->data.len, ch->total_size, err, errlen);
 }
 
 void nawal_blob_receiver_free(nawal_blob_receiver *r) {

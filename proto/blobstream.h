@@ -89,6 +89,12 @@ int nawal_blob_receiver_request(const nawal_blob_receiver *r, uint8_t *buf, size
  * verified and renamed into place, -1 = error (the transfer can be resumed
  * with a new request unless the CID did not match, which removes .part). */
 int nawal_blob_receiver_chunk(nawal_blob_receiver *r, const uint8_t *msg, size_t len, char *err, size_t errlen);
+/* The same for len bytes at offset of a blob of total bytes that came
+ * another way (an HTTP GET's body, transport.h's nawal_ws_client_fetch):
+ * offset must be the bytes held so far (nawal_blob_receiver_offset), total
+ * the same for every call; any block size. */
+int nawal_blob_receiver_write(nawal_blob_receiver *r, uint64_t offset, const uint8_t *data, size_t len,
+                              uint64_t total, char *err, size_t errlen);
 /* 1 when msg is a BlobChunk left over from an earlier transfer, which the
  * caller drops without counting it as an error: a chunk of another blob
  * than r's, or one at an offset below the bytes r holds (a duplicate). A
