@@ -174,6 +174,12 @@ typedef struct {
     nawal_blob_sender *tx;
     uint64_t up_bytes;
     double last_hb;
+    char blob_auth[80];         /* "Nawal <token hex>" from the Auth's Ack: models over HTTP GET; "" = BlobRequest */
+    int http_off;               /* an HTTP download failed this session: BlobRequest from now on */
+    nawal_ws_fetch *http_f;     /* the download's GET in flight (NULL: none, or it goes over BlobRequest) */
+    uint64_t http_pos, http_total;
+    int rx_http;                /* the download in hand came over HTTP (for the progress line) */
+    int stopping;               /* the client is being freed: fetch handlers do nothing */
 } session;
 
 /* One job on its own thread (see the top of this file): a local update, or an evaluation. */
@@ -434,6 +440,72 @@ static const patch_hint *patch_usable(session *s, const uint8_t cid[32]) {
     return NULL;
 }
 
+static void rx_result(session *s, int rc, char *err, size_t errlen);
+static int rx_request(session *s);
+
+/* The blob the download in hand fetches: rx_cid, or the patch of it. */
+static const uint8_t *rx_blob(const session *s) { return s->rx_patch ? s->rx_hint.patch : s->rx_cid; }
+
+static int http_head(nawal_ws_fetch *f, int status, uint64_t first, uint64_t total, void *user) {
+    session *s = user;
+    if (s->stopping || f != s->http_f || !s->rx) return -1;
+    (void)status; /* the transport fails anything but 200 / 206 after this */
+    s->http_pos = first;
+    s->http_total = total;
+    return 0;
+}
+
+static int http_data(nawal_ws_fetch *f, const uint8_t *data, size_t len, void *user) {
+    session *s = user;
+    if (s->stopping || f != s->http_f || !s->rx) return -1;
+    char err[512] = "";
+    int rc = nawal_blob_receiver_write(s->rx, s->http_pos, data, len, s->http_total, err, sizeof err);
+    s->http_pos += len;
+    if (rc == 0) return 0;
+    s->http_f = NULL; /* done with, whatever its on_done says */
+    if (rc < 0) s->http_off = 1;
+    rx_result(s, rc, err, sizeof err);
+    return rc > 0 ? 0 : -1;
+}
+
+/* A GET that ended without completing its download: the rest comes over BlobRequest (resumed). */
+static void http_done(nawal_ws_fetch *f, int ok, const char *reason, void *user) {
+    session *s = user;
+    (void)ok;
+    if (s->stopping || f != s->http_f) return; /* replaced, completed (http_data), or shutting down */
+    s->http_f = NULL;
+    s->http_off = 1;
+    fprintf(stderr, "warning: round %llu: HTTP download failed (%s); continuing over BlobRequest\n", R(s), reason);
+    if (s->rx) rx_request(s);
+}
+
+/* Asks for the rest of the download in hand: a GET of /blobs/<cid> when the coordinator gave a
+ * blob token (and no GET failed this session), else a BlobRequest. 0, or -1 (fatal, or the
+ * connection is gone). */
+static int rx_request(session *s) {
+    char err[512], path[80], hex[NAWAL_CID_HEX_BYTES];
+    if (s->http_f) {
+        nawal_ws_fetch_cancel(s->http_f, "replaced by another download");
+        s->http_f = NULL;
+    }
+    uint64_t off = nawal_blob_receiver_offset(s->rx);
+    if (s->blob_auth[0] && !s->http_off) {
+        nawal_cid_to_hex(hex, rx_blob(s));
+        snprintf(path, sizeof path, "/blobs/%s", hex);
+        nawal_ws_fetch_handlers h = {http_head, http_data, http_done, s};
+        s->http_f = nawal_ws_client_fetch(s->cl, s->ag->host, s->ag->port, path, s->blob_auth, off, &h, err, sizeof err);
+        s->rx_http = s->http_f != NULL;
+        if (s->http_f) return 0;
+        s->http_off = 1;
+        fprintf(stderr, "warning: round %llu: %s; downloading over BlobRequest\n", R(s), err);
+    }
+    s->rx_http = 0;
+    Nawal__BlobRequest br = NAWAL__BLOB_REQUEST__INIT;
+    br.cid = (ProtobufCBinaryData){32, (uint8_t *)rx_blob(s)};
+    br.offset = off;
+    return send_msg(s, MSG(BLOB_REQUEST), &br.base, &s->rx_seq) ? -1 : 0;
+}
+
 /* Starts downloading cid into the model cache (max_size 0: no bound), as a patch of a cached model
  * when the coordinator named one: 0, or -1 (fatal, or the connection is gone). */
 static int fetch_start(session *s, const uint8_t cid[32], uint64_t max_size, int *resuming) {
@@ -452,13 +524,9 @@ static int fetch_start(session *s, const uint8_t cid[32], uint64_t max_size, int
         fatal(s, "%s", err);
         return -1;
     }
-    Nawal__BlobRequest br = NAWAL__BLOB_REQUEST__INIT;
-    br.cid = (ProtobufCBinaryData){32, (uint8_t *)blob};
-    br.offset = nawal_blob_receiver_offset(s->rx);
-    if (send_msg(s, MSG(BLOB_REQUEST), &br.base, &s->rx_seq)) return -1;
     s->rx_t0 = nawal_monotonic_s();
-    *resuming = br.offset > 0;
-    return 0;
+    *resuming = nawal_blob_receiver_offset(s->rx) > 0;
+    return rx_request(s);
 }
 
 static void human_bytes(char out[32], uint64_t n) {
@@ -558,18 +626,22 @@ static void on_chunk(session *s, const uint8_t *payload, size_t len) {
     if (!s->rx || nawal_blob_receiver_stale(s->rx, payload, len)) return;
     char err[512] = "";
     int rc = nawal_blob_receiver_chunk(s->rx, payload, len, err, sizeof err);
-    if (rc == 0) return;
+    if (rc) rx_result(s, rc, err, sizeof err);
+}
+
+/* The download in hand ended (BlobChunk or HTTP body): rc 1 complete, -1 failed (err). */
+static void rx_result(session *s, int rc, char *err, size_t errlen) {
     nawal_blob_receiver_free(s->rx);
     s->rx = NULL;
     int base = s->ph == PH_DOWNLOADING; /* the round waits for this model */
-    if (s->rx_patch && (rc < 0 || patch_apply(s, base, err, sizeof err))) {
+    if (s->rx_patch && (rc < 0 || patch_apply(s, base, err, errlen))) {
         patch_fallback(s, err);
         return;
     }
     if (rc > 0) {
         if (base && !s->rx_patch) {
             double dt = nawal_monotonic_s() - s->rx_t0;
-            printf("round %llu: base model downloaded in %.2f s\n", R(s), dt);
+            printf("round %llu: base model downloaded in %.2f s (%s)\n", R(s), dt, s->rx_http ? "HTTP" : "BlobRequest");
         }
         if (base) s->ph = PH_TRAIN;
         eval_set_state(s, s->rx_cid, EV_FETCHING, EV_READY);
@@ -784,6 +856,15 @@ static void on_ack(session *s, const Nawal__Ack *a) {
         nawal_fingerprint_short(fp, s->ag->id.pk);
         printf("connected to %s:%d as %s\n", s->ag->host, s->ag->port, fp);
         s->authed = 1;
+        s->blob_auth[0] = 0;
+        if (a->blob_token.len == 32) {
+            uint8_t tok[32];
+            memcpy(tok, a->blob_token.data, 32);
+            if (getenv("NAWAL_AGENT_TEST_BAD_BLOB_TOKEN")) tok[0] ^= 1; /* test hook: the GET is refused */
+            char hex[NAWAL_CID_HEX_BYTES];
+            nawal_cid_to_hex(hex, tok);
+            snprintf(s->blob_auth, sizeof s->blob_auth, "Nawal %s", hex);
+        }
         s->last_hb = nawal_monotonic_s();
     } else if (s->ph == PH_JOINING && a->sequence == s->join_seq) {
         char err[512];
@@ -1168,8 +1249,10 @@ nawal_session_status nawal_agent_session_run(nawal_agent *ag, int *authenticated
         }
         worker_collect(s);
     }
+    s->stopping = 1; /* a GET in flight ends inside the client's free: its handlers do nothing */
     nawal_blob_sender_free(s->tx);
     nawal_blob_receiver_free(s->rx);
+    s->rx = NULL;
     nawal_ws_client_free(s->cl);
     free(s);
     fflush(stdout);

@@ -2,8 +2,9 @@
  * handler): GET /metrics, the Prometheus text exposition (metrics.h) of
  * serve_metrics.h's set, its database gauges refreshed first; GET /status,
  * a JSON summary of the current round and the last ended one (jansson),
- * with the validators' evaluations of a closed round's model. Anything
- * else is 404, a method other than GET/HEAD is 405. Runs on the event loop
+ * with the validators' evaluations of a closed round's model; GET
+ * /blobs/<cid>, a model blob for an agent holding a session's blob token
+ * (serve.h). Anything else is 404, a method other than GET/HEAD is 405. Runs on the event loop
  * thread, on its database connection. */
 #include "serve_internal.h"
 
@@ -13,12 +14,15 @@
 #include "rounds.h"
 #include "store_internal.h"
 
+#include <ctype.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #define CT_METRICS "text/plain; version=0.0.4; charset=utf-8"
 #define CT_JSON "application/json"
@@ -172,9 +176,55 @@ static char *status_body(nawal_server *srv) {
     return body;
 }
 
+/* GET /blobs/<cid hex> with "Authorization: Nawal <token hex>" (a live
+ * session's blob token, session.c) and optionally "Range: bytes=N-": the
+ * blob, if any validator may download it (a global model or a model patch),
+ * as a file range the transport streams. Counted in the bytes sent. */
+static int blob_reply(nawal_server *srv, const nawal_ws_http_request *rq, nawal_ws_http_reply *r) {
+    uint8_t cid[32], token[32];
+    const char *hex = rq->path + 7, *auth = rq->authorization;
+    char err[128], path[4096];
+    if (strcmp(rq->method, "GET") && strcmp(rq->method, "HEAD"))
+        return reply_text(r, 405, CT_TEXT, strdup("method not allowed: GET only\n"));
+    if (strncmp(auth, "Nawal ", 6) || strlen(auth + 6) != 64 || nawal_cid_from_hex(token, auth + 6, err, sizeof err) ||
+        !nawal_session_blob_token_ok(srv, token)) {
+        nawal_log(NAWAL_LOG_INFO, "blob_http_refused", "reason=token");
+        return reply_text(r, 401, CT_TEXT, strdup("a live session's blob token is required (Authorization: Nawal <hex>)\n"));
+    }
+    if (strlen(hex) != 64 || nawal_cid_from_hex(cid, hex, err, sizeof err) || !nawal_serve_is_public_model(srv, cid) ||
+        nawal_blobstore_path(srv->store, cid, path, sizeof path))
+        return reply_text(r, 404, CT_TEXT, strdup("no such model\n"));
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat sb;
+    if (fd < 0 || fstat(fd, &sb)) {
+        if (fd >= 0) close(fd);
+        return reply_text(r, 404, CT_TEXT, strdup("no such model\n"));
+    }
+    uint64_t size = (uint64_t)sb.st_size, off = 0;
+    if (rq->range[0]) {
+        char *end;
+        if (strncmp(rq->range, "bytes=", 6) || !isdigit((unsigned char)rq->range[6]) ||
+            (off = strtoull(rq->range + 6, &end, 10), *end != '-' || end[1] != 0) || off >= size) {
+            close(fd);
+            return reply_text(r, 416, CT_TEXT, strdup("range not satisfiable: bytes=OFFSET- below the size only\n"));
+        }
+    }
+    r->status = off ? 206 : 200;
+    r->content_type = "application/octet-stream";
+    r->file_fd = fd;
+    r->file_off = off;
+    r->file_len = size - off;
+    r->file_total = size;
+    if (!strcmp(rq->method, "GET")) nawal_metric_add(srv->m.reg, srv->m.bytes_out, NULL, (double)r->file_len);
+    nawal_log(NAWAL_LOG_DEBUG, "blob_http", "cid=%.16s offset=%llu bytes=%llu", hex, (unsigned long long)off,
+              (unsigned long long)r->file_len);
+    return 0;
+}
+
 int nawal_http_handle(const nawal_ws_http_request *rq, nawal_ws_http_reply *reply, void *user) {
     nawal_server *srv = user;
     const char *method = rq->method, *path = rq->path;
+    if (!strncmp(path, "/blobs/", 7)) return blob_reply(srv, rq, reply);
     int known = !strcmp(path, "/metrics") || !strcmp(path, "/status");
     nawal_log(NAWAL_LOG_DEBUG, "http_request", "method=%s path_known=%d", method, known);
     if (!known) return reply_text(reply, 404, CT_TEXT, strdup("not found: try /metrics or /status\n"));

@@ -497,7 +497,7 @@ static int cmd_round_tick(int argc, char **argv) {
 
 static int cmd_serve(int argc, char **argv) {
     const char *dir = NULL, *listen = NULL, *cert = NULL, *key = NULL, *level = "info", *strategy = "fedavg";
-    int plain = 0, maxconn = 64, threads = 0, auth_s = 30, keepalive_s = 20;
+    int plain = 0, maxconn = 64, threads = 0, auth_s = 30, keepalive_s = 20, no_blob_http = 0;
     nawal_flag flags[] = {
         {"dir", NAWAL_FLAG_STR, &dir, "coordinator directory", 1, 0, 1, 0},
         {"listen", NAWAL_FLAG_STR, &listen, "HOST:PORT to listen on ([::1]:PORT for IPv6, *:PORT for all; port 0 = any free one, logged)", 1, 0, 1, 0},
@@ -507,6 +507,7 @@ static int cmd_serve(int argc, char **argv) {
         {"max-connections", NAWAL_FLAG_INT, &maxconn, "open connections at most", 1, 65536, 0, 0},
         {"auth-timeout-s", NAWAL_FLAG_INT, &auth_s, "close connections not authenticated within this many seconds", 1, 3600, 0, 0},
         {"keepalive-s", NAWAL_FLAG_INT, &keepalive_s, "PING a peer silent for this many seconds; drop it after 3x that without a PONG", 1, 21845, 0, 0},
+        {"no-blob-http", NAWAL_FLAG_BOOL, &no_blob_http, "serve models over BlobRequest only (no GET /blobs/<cid>, agents' fast path)", 0, -1, 0, 0},
         {"log-level", NAWAL_FLAG_STR, &level, "debug|info|warn|error: key=value lines on stderr", 1, 0, 0, 0},
         {"threads", NAWAL_FLAG_INT, &threads, "aggregation threads (0 = all cores)", 0, 4096, 0, 0},
         {"strategy", NAWAL_FLAG_STR, &strategy, NAWAL_STRATEGY_HELP, 1, 0, 0, 0},
@@ -546,7 +547,8 @@ static int cmd_serve(int argc, char **argv) {
         return 2;
     }
     nawal_log_set_level(lv);
-    nawal_serve_options o = {dir, listen, cert, key, plain, maxconn, auth_s * 1000, strategy, threads, keepalive_s};
+    nawal_serve_options o = {dir, listen, cert, key, plain, maxconn, auth_s * 1000, strategy, threads, keepalive_s,
+                             no_blob_http};
     if (nawal_serve_run(&o, err, sizeof err)) return fail(err);
     return 0;
 }

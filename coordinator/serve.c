@@ -249,6 +249,7 @@ int nawal_serve_run(const nawal_serve_options *o, char *err, size_t errlen) {
     if (nawal_store_open(&srv->store, o->dir, 0, err, errlen)) goto out;
     srv->id = nawal_store_identity(srv->store);
     srv->auth_timeout_ms = o->auth_timeout_ms > 0 ? o->auth_timeout_ms : 30000;
+    srv->blob_http = !o->no_blob_http;
     nawal_envelope_policy_default(&srv->policy);
     if ((size_t)snprintf(srv->uploads_dir, sizeof srv->uploads_dir, "%s/uploads", o->dir) >= sizeof srv->uploads_dir) {
         nawal_fail(err, errlen, "%s: path too long", o->dir);

@@ -19,7 +19,7 @@
  *                                           >= the current round's minimum
  *                                      <-   Challenge{32-byte nonce, expires_ms}
  *   Auth{nonce}                        ->   the same nonce, before it expires
- *                                      <-   Ack{Auth's sequence}
+ *                                      <-   Ack{Auth's sequence, blob_token: 32 random bytes}
  *                                      <-   RoundAnnounce (the open round, if any)
  *   Join{round_id, stake}              ->   rounds.h's checks, committed
  *                                      <-   Ack | Error
@@ -27,6 +27,10 @@
  *                                           or a model patch of one (patches.h; RoundAnnounce and
  *                                           EvaluateRequest name a model's patch: patch_cid, _from_cid, _size)
  *                                      <-   BlobChunk* (blobstream.h: 1 MiB each, from offset; resume with a new request)
+ *   or, on the same port, plain HTTP:
+ *   GET /blobs/<cid hex>                ->   the same blobs, for the life of the session that got the token
+ *     Authorization: Nawal <token hex>       (the fast path: lws 4.1's client parses WebSocket frames a byte
+ *     [Range: bytes=OFFSET-]                 at a time); 200 or 206 with the file from OFFSET, 401 / 404 / 416
  *   UpdateSubmit{round, base, examples,->   rounds.h's refusals, checked first (Error: nothing to upload)
  *     metrics, epsilon, delta cid+size,
  *     quality}
@@ -90,6 +94,7 @@ typedef struct {
     int threads;                 /* aggregation threads (0: all cores) */
     int keepalive_s;             /* PING a silent peer after this many seconds, drop it after 3x
                                     without a PONG (0: the transport's 20 s / 60 s) */
+    int no_blob_http;            /* 1: no blob tokens, models over BlobRequest only */
 } nawal_serve_options;
 
 /* Splits "HOST:PORT" / "[V6]:PORT" into host (cap bytes) and port (0..65535).

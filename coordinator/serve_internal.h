@@ -28,6 +28,7 @@ typedef struct nawal_server {
     int n_conns, n_authed;
     uint64_t seq;                  /* sequence number of the last envelope sealed */
     int auth_timeout_ms;
+    int blob_http;                 /* sessions get a blob token for GET /blobs/<cid> */
     char uploads_dir[4096];        /* D/uploads: deltas being received */
     /* the round being watched for its end, the last one announced, and the
      * largest epsilon accepted in the current round (serve.c) */
@@ -64,5 +65,12 @@ void nawal_session_sweep(nawal_server *srv, int64_t now_ms);
 /* ---- http.c ---- */
 /* The transport's plain HTTP handler (user = the server): GET /metrics, GET /status. */
 int nawal_http_handle(const nawal_ws_http_request *rq, nawal_ws_http_reply *reply, void *user);
+
+/* ---- session.c, for http.c ---- */
+/* 1 when token (32 bytes) is the blob token of a live authenticated session. */
+int nawal_session_blob_token_ok(nawal_server *srv, const uint8_t token[32]);
+/* 1 if cid is a global model (a round's base or result, or the initial model) or a model patch of one:
+ * what any authenticated validator may download. */
+int nawal_serve_is_public_model(nawal_server *srv, const uint8_t cid[32]);
 
 #endif

@@ -63,6 +63,8 @@ struct nawal_session {
     float up_train_loss, up_val_loss;
     /* the latest round whose EvaluateRequest this session was sent (one per round) */
     int64_t eval_round;
+    uint8_t blob_token[32]; /* GET /blobs/<cid>'s bearer token, once authenticated (and blob_http) */
+    int has_blob_token;
 };
 
 /* ---- sending ---------------------------------------------------------------- */
@@ -112,12 +114,15 @@ static void send_error(nawal_session *s, int code, const char *text, int close_a
     if (close_after) session_close(s, text, 1);
 }
 
-static void send_ack(nawal_session *s, uint64_t seq, const char *detail) {
+static void send_ack_token(nawal_session *s, uint64_t seq, const char *detail, const uint8_t *token) {
     Nawal__Ack a = NAWAL__ACK__INIT;
     a.sequence = seq;
     a.detail = (char *)detail;
+    if (token) a.blob_token = (ProtobufCBinaryData){32, (uint8_t *)token};
     send_msg(s, NAWAL__MSG_TYPE__MSG_ACK, &a.base);
 }
+
+static void send_ack(nawal_session *s, uint64_t seq, const char *detail) { send_ack_token(s, seq, detail, NULL); }
 
 /* v's message decoded, or NULL after answering the Error (and closing when close_after). */
 static ProtobufCMessage *unpack_or_refuse(nawal_session *s, const nawal_envelope_view *v, int close_after) {
@@ -221,8 +226,7 @@ static void download_pump(nawal_session *s) {
     s->down = NULL;
 }
 
-/* 1 if cid is a global model (a round's base or result, or the initial model) or a model patch of one. */
-static int is_public_model(nawal_server *srv, const uint8_t cid[32]) {
+int nawal_serve_is_public_model(nawal_server *srv, const uint8_t cid[32]) {
     if (nawal_patch_is_blob(srv->store, cid)) return 1;
     sqlite3_stmt *st;
     if (nawal_store_prepare(srv->store, &st, "SELECT EXISTS(SELECT 1 FROM rounds WHERE base_cid = ?1 OR model_cid = ?1)",
@@ -248,7 +252,7 @@ static void on_blob_request(nawal_session *s, const nawal_envelope_view *v) {
         return;
     }
     nawal_cid_to_hex(hex, cid);
-    if (!is_public_model(s->srv, cid) || nawal_blobstore_path(s->srv->store, cid, path, sizeof path)) {
+    if (!nawal_serve_is_public_model(s->srv, cid) || nawal_blobstore_path(s->srv->store, cid, path, sizeof path)) {
         snprintf(err, sizeof err, "blob %s is not a model this coordinator serves", hex);
         send_error(s, NAWAL__ERROR_CODE__ERR_NOT_FOUND, err, 0);
         return;
@@ -353,7 +357,11 @@ static void on_auth(nawal_session *s, const nawal_envelope_view *v) {
     memcpy(s->pk, v->sender, NAWAL_PUBKEY_BYTES);
     nawal_fingerprint_short(s->fp, v->sender);
     nawal_log(NAWAL_LOG_INFO, "session_authenticated", "peer=%s validator=%s", nawal_ws_peer(s->conn), s->fp);
-    send_ack(s, v->sequence, "authenticated");
+    if (s->srv->blob_http) {
+        randombytes_buf(s->blob_token, sizeof s->blob_token);
+        s->has_blob_token = 1;
+    }
+    send_ack_token(s, v->sequence, "authenticated", s->has_blob_token ? s->blob_token : NULL);
     request_latest_evaluation(s);
     send_announce(s);
 }
@@ -668,4 +676,12 @@ void nawal_session_sweep(nawal_server *srv, int64_t now_ms) {
             nawal_log(NAWAL_LOG_INFO, "auth_timeout", "peer=%s", nawal_ws_peer(s->conn));
             send_error(s, NAWAL__ERROR_CODE__ERR_LATE, "not authenticated in time", 1);
         }
+}
+
+int nawal_session_blob_token_ok(nawal_server *srv, const uint8_t token[32]) {
+    for (nawal_session *s = srv->sessions; s; s = s->next)
+        if (s->state == SESS_AUTHED && !s->closing && s->has_blob_token &&
+            sodium_memcmp(s->blob_token, token, sizeof s->blob_token) == 0)
+            return 1;
+    return 0;
 }

@@ -99,6 +99,8 @@ Test(coord_agent_run, three_agents_one_round) {
     validator_start(&v[2], sp.port, STAKE, "--delta-format dense", NULL);  /* a safetensors delta */
     for (int i = 0; i < 3; i++) validator_expect_exit(&v[i], 0, 180);
     for (int i = 0; i < 3; i++) {
+        validator_log_has(&v[i], "round 1: base model downloaded in "); /* GET /blobs/<cid> with the session's token */
+        validator_log_has(&v[i], " s (HTTP)\n");
         validator_log_has(&v[i], "round 1: update accepted");
         validator_log_has(&v[i], "round 1: closed: new model");
         validator_log_has(&v[i], "3 updates accepted (ours included)");
@@ -341,4 +343,62 @@ Test(coord_agent_run, unusable_model_patch_falls_back_to_the_whole_model) {
     serve_stop_clean(&sp);
     check_round_id(2, v, 2);
     coord_sh(g_root, "%s ledger verify --dir %s", NAWAL_COORDINATOR_BIN, g_dir);
+}
+
+/* ---- the model download's paths ------------------------------------------------ */
+
+/* An agent whose blob token is refused (NAWAL_AGENT_TEST_BAD_BLOB_TOKEN) says so and downloads the
+ * base model over BlobRequest, resuming where the GET stopped; the other gets it over HTTP; both
+ * caches hold the coordinator's model byte for byte. With serve --no-blob-http, BlobRequest only. */
+Test(coord_agent_run, model_download_over_http_or_blob_request) {
+    coord_sh(g_root, "%s init --dir %s --model-config " MODEL, NAWAL_COORDINATOR_BIN, g_dir);
+    validator v[2];
+    validator_new(&v[0], "a", 51);
+    validator_new(&v[1], "b", 52);
+    coord_sh(g_root, "%s round start --dir %s --pool-planck %llu --target 2 --min 2 --deadline-s 240 --join-window-s 120 "
+             "--steps 4 --batch 4", NAWAL_COORDINATOR_BIN, g_dir, POOL);
+    serve_proc sp;
+    serve_start(&sp);
+    validator_start(&v[0], sp.port, STAKE, NULL, NULL);
+    validator_start(&v[1], sp.port, STAKE, NULL, "NAWAL_AGENT_TEST_BAD_BLOB_TOKEN=1");
+    for (int i = 0; i < 2; i++) validator_expect_exit(&v[i], 0, 180);
+    validator_log_has(&v[0], " s (HTTP)\n");
+    validator_log_lacks(&v[0], "HTTP download failed");
+    validator_log_has(&v[1], "warning: round 1: HTTP download failed (HTTP status 401); continuing over BlobRequest");
+    validator_log_has(&v[1], " s (BlobRequest)\n");
+    char *slog = coord_slurp(sp.log, NULL);
+    cr_assert(slog && strstr(slog, "event=blob_http_refused reason=token"), "serve logged no refusal:\n%s", slog ? slog : "");
+    free(slog);
+    serve_stop_clean(&sp);
+    check_round(v, 2);
+
+    nawal_store *s = coord_open(g_dir);
+    char err[512] = "", mblob[4096], path[300];
+    nawal_round r1;
+    cr_assert_eq(nawal_store_round_get(s, 1, &r1, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(nawal_blobstore_path(s, r1.base_cid, mblob, sizeof mblob), 0);
+    nawal_store_close(s);
+    for (int i = 0; i < 2; i++) {
+        cached_model(&v[i], r1.base_cid, path, sizeof path);
+        same_bytes(path, mblob);
+    }
+
+    /* serve --no-blob-http: no token, the next round's base over BlobRequest, no GET tried */
+    char log[200];
+    snprintf(log, sizeof log, "%s/serve2.log", g_root);
+    serve_start_at(&sp, g_dir, log, "--insecure-plaintext --no-blob-http");
+    cached_model(&v[0], r1.base_cid, path, sizeof path);
+    cr_assert_eq(unlink(path), 0, "%s", path); /* no patch base: the whole model comes */
+    cr_assert(r1.has_model_cid);
+    cached_model(&v[0], r1.model_cid, path, sizeof path); /* round 2's base, cached for round 1's evaluation */
+    cr_assert_eq(unlink(path), 0, "%s", path);
+    validator_start(&v[0], sp.port, STAKE, NULL, NULL);
+    validator_start(&v[1], sp.port, STAKE, NULL, NULL);
+    for (int i = 0; i < 2; i++) validator_expect_exit(&v[i], 0, 180);
+    serve_stop_clean(&sp);
+    char *a = coord_slurp(v[0].log, NULL);
+    const char *r2 = a ? strstr(a, "round 2: base model") : NULL;
+    cr_assert(r2, "agent a never got round 2's base model:\n%s", a ? a : "");
+    cr_assert(strstr(r2, "s (BlobRequest)\n") && !strstr(r2, "HTTP download failed"), "round 2 without tokens:\n%s", r2);
+    free(a);
 }
