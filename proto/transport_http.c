@@ -101,6 +101,8 @@ int ws_http_writeable(ws_ep *ep, struct lws *wsi, void *pss) {
     if (!st || !st->fd_plus1) return 0;
     size_t chunk = ep->cfg.io_chunk;
     if (!ep->io_buf && !(ep->io_buf = malloc(LWS_PRE + chunk))) return -1;
+    /* lws's HTTP timeout (5 s) would cut a long body: a peer that stops reading for dead_secs goes */
+    lws_set_timeout(wsi, PENDING_TIMEOUT_HTTP_CONTENT, ep->cfg.dead_secs);
     for (int burst = 0; st->left > 0 && burst < WS_BURST; burst++) {
         size_t n = st->left < chunk ? (size_t)st->left : chunk;
         ssize_t got = pread(st->fd_plus1 - 1, ep->io_buf + LWS_PRE, n, (off_t)st->off);
@@ -218,7 +220,9 @@ int ws_fetch_callback(nawal_ws_fetch *f, struct lws *wsi, enum lws_callback_reas
         fetch_fail(f, "connection failed: %.100s", in ? (const char *)in : "unknown error");
         return 0;
     case LWS_CALLBACK_CLOSED_CLIENT_HTTP:
-        fetch_fail(f, "%s", f->cancelled ? f->reason : "connection closed before the body was complete");
+        if (f->cancelled) fetch_fail(f, "%s", f->reason);
+        else fetch_fail(f, "connection closed after %llu of %llu body bytes", (unsigned long long)f->got,
+                        (unsigned long long)f->expect);
         return 0;
     case LWS_CALLBACK_WSI_DESTROY:
         lws_set_opaque_user_data(wsi, NULL);

@@ -63,6 +63,7 @@ typedef struct {
     uint64_t first, total, got;
     uint8_t *data; /* received bytes at their offsets */
     size_t cancel_after; /* cancel in on_data once this many bytes came (0: never) */
+    int slow_us;         /* sleep this long in each on_data (a slow reader) */
     nawal_ws_fetch *f;
     int data_after_cancel, cancelled;
     char reason[160];
@@ -81,6 +82,7 @@ static int on_head(nawal_ws_fetch *f, int status, uint64_t first, uint64_t total
 static int on_data(nawal_ws_fetch *f, const uint8_t *d, size_t n, void *user) {
     fetch_state *st = user;
     if (st->cancelled) st->data_after_cancel++;
+    if (st->slow_us) usleep((useconds_t)st->slow_us);
     if (st->data && st->first + st->got + n <= st->total) memcpy(st->data + st->first + st->got, d, n);
     st->got += n;
     if (st->cancel_after && st->got >= st->cancel_after && !st->cancelled) {
@@ -201,6 +203,47 @@ static void http_suite(int tls_on) {
     unlink(sc.path);
     free(blob);
     if (tls_on) wt_tls_remove(&tls);
+}
+
+/* A body that takes longer than lws's 5 s HTTP timeout to read (a slow link): it comes whole. */
+Test(transport_http, slow_reader_gets_the_whole_body, .timeout = 120) {
+    uint64_t seed = fresh_seed();
+    srv_ctx sc = {.size = (48u << 20) + 7};
+    snprintf(sc.path, sizeof sc.path, "/tmp/nawal-http-XXXXXX");
+    int fd = mkstemp(sc.path);
+    cr_assert(fd >= 0);
+    uint8_t *blob = malloc(sc.size);
+    for (uint64_t i = 0; i < sc.size; i++) blob[i] = (uint8_t)test_rand_u64(&seed);
+    cr_assert_eq(write(fd, blob, sc.size), (ssize_t)sc.size);
+    close(fd);
+    char err[256];
+    nawal_ws_config scfg = {0};
+    scfg.insecure_plaintext = 1;
+    scfg.bind_addr = "127.0.0.1";
+    wt_server ws = {0};
+    ws.srv = nawal_ws_server_new(&scfg, NULL, err, sizeof err);
+    cr_assert(ws.srv, "server: %s", err);
+    nawal_ws_server_set_http(ws.srv, handler, &sc);
+    int port = nawal_ws_server_port(ws.srv);
+    cr_assert_eq(wt_server_start(&ws), 0);
+    nawal_ws_config ccfg = {0};
+    ccfg.insecure_plaintext = 1;
+    nawal_ws_client *cl = nawal_ws_client_new(&ccfg, NULL, err, sizeof err);
+    cr_assert(cl, "client: %s", err);
+    fetch_state st = {0};
+    st.data = calloc(1, sc.size);
+    st.slow_us = 30000; /* ~7 MB/s at most: the body takes over 6 s */
+    double t0 = wt_now();
+    run_fetch(cl, port, "/blob", AUTH, 0, &st);
+    double dt = wt_now() - t0;
+    cr_assert(st.ok, "after %.1f s: %s", dt, st.reason);
+    cr_assert(dt > 5.5, "the body came in %.1f s: not slower than lws's timeout, the test proves nothing", dt);
+    cr_assert(!memcmp(st.data, blob, sc.size));
+    free(st.data);
+    nawal_ws_client_free(cl);
+    wt_server_stop(&ws);
+    unlink(sc.path);
+    free(blob);
 }
 
 Test(transport_http, fetch_over_tls, .timeout = 120) { http_suite(1); }
