@@ -8,6 +8,7 @@
 #define NAWAL_AGG_TEST_UTIL_H
 
 #include "aggregate.h"
+#include "coord_test_util.h"
 #include "delta_codec.h"
 #include "ops.h"
 #include "safetensors.h"
@@ -18,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef struct {
     const char *name;
@@ -114,6 +116,87 @@ static inline void agg_write_frame(const char *path, float *d, float ratio, nawa
     free(fr);
     free(res);
     free(prev);
+}
+
+/* A base model and k random deltas (AGG_LAYOUT's floats each, of scales
+ * 2^-6 .. 2^1) with example counts from 1 to ~10^12, the base written to
+ * root/base.safetensors; the caller writes the updates (paths[i] is theirs
+ * to fill) in whatever form its test wants. kinds[i] (0s) is the caller's
+ * too. */
+typedef struct {
+    size_t k;
+    float *base;
+    float **d; /* what the aggregator should see (a frame's decoded values) */
+    uint64_t *w;
+    int *kinds;
+    char (*paths)[256];
+    char base_path[256];
+} agg_fixture;
+
+static inline void agg_fixture_make(agg_fixture *f, uint64_t *seed, size_t k, const char *root) {
+    size_t n = agg_total();
+    f->k = k;
+    f->base = malloc(n * 4);
+    f->d = calloc(k, sizeof *f->d);
+    f->w = calloc(k, sizeof *f->w);
+    f->kinds = calloc(k ? k : 1, sizeof *f->kinds);
+    f->paths = calloc(k ? k : 1, sizeof *f->paths);
+    cr_assert(f->base && f->d && f->w && f->kinds && f->paths);
+    agg_random(seed, f->base, n, 1.0f);
+    snprintf(f->base_path, sizeof f->base_path, "%s/base.safetensors", root);
+    agg_write(f->base_path, f->base, AGG_OK);
+    for (size_t i = 0; i < k; i++) {
+        f->d[i] = malloc(n * 4);
+        agg_random(seed, f->d[i], n, (float)ldexp(1.0, (int)(test_rand_u64(seed) % 8) - 6));
+        uint64_t r = test_rand_u64(seed) % 4; /* normalisation in double must cope with any mix */
+        f->w[i] = 1 + test_rand_u64(seed) % (r == 0 ? 10 : r == 1 ? 100000 : r == 2 ? 1000000000000ull : 3);
+    }
+}
+
+static inline void agg_fixture_free(agg_fixture *f) {
+    for (size_t i = 0; i < f->k; i++) free(f->d[i]);
+    free(f->d);
+    free(f->w);
+    free(f->kinds);
+    free(f->paths);
+    free(f->base);
+}
+
+/* Cuts the last n bytes off the file at path. */
+static inline void agg_truncate(const char *path, long n) {
+    FILE *g = fopen(path, "rb+");
+    cr_assert(g, "%s", path);
+    cr_assert_eq(fseek(g, 0, SEEK_END), 0);
+    long len = ftell(g);
+    fclose(g);
+    cr_assert_eq(truncate(path, len - n), 0);
+}
+
+/* A coordinator directory root/coord whose round *id (target f->k, minimum
+ * 1) is on f's base, with update i from validator key {i + 1, 0, ...} (key
+ * order = index order): f's paths[i] as its delta blob, w[i] examples. */
+static inline nawal_store *agg_store_round(const char *root, const agg_fixture *f, int64_t *id) {
+    char dir[300], err[512] = "";
+    snprintf(dir, sizeof dir, "%s/coord", root);
+    nawal_store *s = coord_init_open(dir);
+    nawal_round r = {0};
+    cr_assert_eq(nawal_blobstore_put_file(s, f->base_path, r.base_cid, NULL, err, sizeof err), 0, "%s", err);
+    r.started_ms = 1700000000000ll;
+    r.deadline_ms = r.started_ms + 3600000;
+    r.pool_planck = 1000;
+    r.target = (uint32_t)f->k;
+    r.min = 1;
+    cr_assert_eq(nawal_store_round_create(s, &r, NULL, id, err, sizeof err), 0, "%s", err);
+    for (size_t i = 0; i < f->k; i++) {
+        uint8_t pk[32] = {(uint8_t)(i + 1)};
+        coord_add_validator(s, pk, 1000);
+        nawal_submission sub = {.round_id = *id, .num_examples = f->w[i], .received_ms = r.started_ms + 1000,
+                                .quality_ppm = 900000};
+        memcpy(sub.validator, pk, 32);
+        cr_assert_eq(nawal_blobstore_put_file(s, f->paths[i], sub.delta_cid, NULL, err, sizeof err), 0, "%s", err);
+        cr_assert_eq(nawal_store_submission_add(s, &sub, err, sizeof err), 0, "%s", err);
+    }
+    return s;
 }
 
 /* A growing memory buffer as a nawal_byte_sink. */

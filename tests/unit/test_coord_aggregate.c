@@ -22,43 +22,18 @@ TestSuite(coord_aggregate, .init = setup, .fini = teardown, .timeout = 120);
 
 static void path_of(char *out, size_t cap, const char *what, size_t i) { snprintf(out, cap, "%s/%s%zu.safetensors", g_root, what, i); }
 
-typedef struct {
-    size_t k;
-    float *base;
-    float **d;
-    uint64_t *w;
-    char (*paths)[256];
-    char base_path[256];
-} fixture;
+typedef agg_fixture fixture;
 
+/* agg_fixture's base and k deltas, written as safetensors (a quarter in another file order) */
 static void fixture_make(fixture *f, uint64_t *seed, size_t k) {
-    size_t n = agg_total();
-    f->k = k;
-    f->base = malloc(n * 4);
-    f->d = calloc(k, sizeof *f->d);
-    f->w = calloc(k, sizeof *f->w);
-    f->paths = calloc(k, sizeof *f->paths);
-    agg_random(seed, f->base, n, 1.0f);
-    path_of(f->base_path, sizeof f->base_path, "base", 0);
-    agg_write(f->base_path, f->base, AGG_OK);
+    agg_fixture_make(f, seed, k, g_root);
     for (size_t i = 0; i < k; i++) {
-        f->d[i] = malloc(n * 4);
-        agg_random(seed, f->d[i], n, (float)ldexp(1.0, (int)(test_rand_u64(seed) % 8) - 6));
-        /* example counts from 1 to ~10^12: normalisation in double must cope */
-        uint64_t r = test_rand_u64(seed) % 4;
-        f->w[i] = 1 + test_rand_u64(seed) % (r == 0 ? 10 : r == 1 ? 100000 : r == 2 ? 1000000000000ull : 3);
         path_of(f->paths[i], sizeof f->paths[i], "delta", i);
         agg_write(f->paths[i], f->d[i], test_rand_u64(seed) % 4 == 0 ? AGG_REORDERED : AGG_OK);
     }
 }
 
-static void fixture_free(fixture *f) {
-    for (size_t i = 0; i < f->k; i++) free(f->d[i]);
-    free(f->d);
-    free(f->w);
-    free(f->paths);
-    free(f->base);
-}
+static void fixture_free(fixture *f) { agg_fixture_free(f); }
 
 Test(coord_aggregate, fedavg_matches_brute_force_within_bound) {
     uint64_t seed0 = fresh_seed(), seed = seed0;

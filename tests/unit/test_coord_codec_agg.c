@@ -57,47 +57,20 @@ static void write_raw_dense_frame(const char *path, const float *v, size_t n) {
     free(pl);
 }
 
-typedef struct {
-    size_t k;
-    float *base;
-    float **d; /* what the aggregator should see: frames' decoded values */
-    uint64_t *w;
-    kind *kinds;
-    char (*paths)[256];
-    char base_path[256];
-} fixture;
+typedef agg_fixture fixture; /* kinds[i]: a kind */
 
 /* k updates of random kinds (each kind at least once when k >= K_KINDS) */
 static void fixture_make(fixture *f, uint64_t *seed, size_t k) {
-    size_t n = agg_total();
-    f->k = k;
-    f->base = malloc(n * 4);
-    f->d = calloc(k, sizeof *f->d);
-    f->w = calloc(k, sizeof *f->w);
-    f->kinds = calloc(k, sizeof *f->kinds);
-    f->paths = calloc(k, sizeof *f->paths);
-    agg_random(seed, f->base, n, 1.0f);
-    snprintf(f->base_path, sizeof f->base_path, "%s/base.safetensors", g_root);
-    agg_write(f->base_path, f->base, AGG_OK);
+    agg_fixture_make(f, seed, k, g_root);
     for (size_t i = 0; i < k; i++) {
-        f->d[i] = malloc(n * 4);
-        agg_random(seed, f->d[i], n, (float)ldexp(1.0, (int)(test_rand_u64(seed) % 8) - 6));
-        f->w[i] = 1 + test_rand_u64(seed) % (test_rand_u64(seed) % 2 ? 100 : 1000000000000ull);
         f->kinds[i] = i < K_KINDS ? (kind)i : (kind)(test_rand_u64(seed) % K_KINDS);
         snprintf(f->paths[i], sizeof f->paths[i], "%s/update%zu", g_root, i);
         if (f->kinds[i] == K_DENSE_ST) agg_write(f->paths[i], f->d[i], AGG_OK);
-        else write_frame(f->paths[i], f->d[i], f->kinds[i], seed);
+        else write_frame(f->paths[i], f->d[i], (kind)f->kinds[i], seed);
     }
 }
 
-static void fixture_free(fixture *f) {
-    for (size_t i = 0; i < f->k; i++) free(f->d[i]);
-    free(f->d);
-    free(f->w);
-    free(f->kinds);
-    free(f->paths);
-    free(f->base);
-}
+static void fixture_free(fixture *f) { agg_fixture_free(f); }
 
 Test(coord_codec_agg, mixed_dense_and_frames_match_reference) {
     uint64_t seed0 = fresh_seed(), seed = seed0;
@@ -384,37 +357,12 @@ Test(coord_codec_agg, round_driver_takes_frames) {
     fixture_make(&f, &seed, k);
     /* update 6: a truncated frame */
     write_frame(f.paths[6], f.d[6], K_TOPK_F16, &seed);
-    {
-        FILE *g = fopen(f.paths[6], "rb+");
-        cr_assert(g);
-        cr_assert_eq(fseek(g, 0, SEEK_END), 0);
-        long len = ftell(g);
-        fclose(g);
-        cr_assert_eq(truncate(f.paths[6], len - 3), 0);
-    }
-    char dir[300], err[512] = "";
-    snprintf(dir, sizeof dir, "%s/coord", g_root);
-    nawal_store *s = coord_init_open(dir);
-    nawal_round r = {0};
-    cr_assert_eq(nawal_blobstore_put_file(s, f.base_path, r.base_cid, NULL, err, sizeof err), 0, "%s", err);
-    r.started_ms = 1700000000000ll;
-    r.deadline_ms = r.started_ms + 3600000;
-    r.pool_planck = 1000;
-    r.target = (uint32_t)k;
-    r.min = 1;
+    agg_truncate(f.paths[6], 3);
+    char err[512] = "";
     int64_t id;
-    cr_assert_eq(nawal_store_round_create(s, &r, NULL, &id, err, sizeof err), 0, "%s", err);
+    nawal_store *s = agg_store_round(g_root, &f, &id);
     int use[7];
-    for (size_t i = 0; i < k; i++) {
-        uint8_t pk[32] = {(uint8_t)(i + 1)}; /* key order = index order */
-        coord_add_validator(s, pk, 1000);
-        nawal_submission sub = {.round_id = id, .num_examples = f.w[i], .received_ms = r.started_ms + 1000,
-                                .quality_ppm = 900000};
-        memcpy(sub.validator, pk, 32);
-        cr_assert_eq(nawal_blobstore_put_file(s, f.paths[i], sub.delta_cid, NULL, err, sizeof err), 0, "%s", err);
-        cr_assert_eq(nawal_store_submission_add(s, &sub, err, sizeof err), 0, "%s", err);
-        use[i] = i != 6;
-    }
+    for (size_t i = 0; i < k; i++) use[i] = i != 6;
     nawal_agg_result res;
     nawal_agg_config cfg = {"fedavg", 2};
     cr_assert_eq(nawal_round_aggregate(s, id, &cfg, 1, &res, err, sizeof err), 0, "%s", err);

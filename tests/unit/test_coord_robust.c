@@ -21,32 +21,14 @@ static void teardown(void) { coord_rm_rf(g_root); }
 
 TestSuite(coord_robust, .init = setup, .fini = teardown, .timeout = 120);
 
-typedef struct {
-    size_t k;
-    float *base;
-    float **d;
-    uint64_t *w;
-    char (*paths)[256];
-    char base_path[256];
-} fixture;
+typedef agg_fixture fixture;
 
-/* k random deltas; about one element in 8 copies update 0's value into a
- * few others (ties), and one element in 64 is the same in all of them */
+/* agg_fixture's deltas, written as safetensors (a quarter in another file
+ * order), after about one element in 8 copies update 0's value into a few
+ * others (ties) and one element in 64 gets the same value in all */
 static void fixture_make(fixture *f, uint64_t *seed, size_t k) {
+    agg_fixture_make(f, seed, k, g_root);
     size_t n = agg_total();
-    f->k = k;
-    f->base = malloc(n * 4);
-    f->d = calloc(k, sizeof *f->d);
-    f->w = calloc(k, sizeof *f->w);
-    f->paths = calloc(k, sizeof *f->paths);
-    agg_random(seed, f->base, n, 1.0f);
-    snprintf(f->base_path, sizeof f->base_path, "%s/base.safetensors", g_root);
-    agg_write(f->base_path, f->base, AGG_OK);
-    for (size_t i = 0; i < k; i++) {
-        f->d[i] = malloc(n * 4);
-        agg_random(seed, f->d[i], n, (float)ldexp(1.0, (int)(test_rand_u64(seed) % 6) - 6));
-        f->w[i] = 1 + test_rand_u64(seed) % 1000;
-    }
     for (size_t e = 0; e < n; e++) {
         uint64_t r = test_rand_u64(seed) % 64;
         for (size_t i = 1; i < k; i++)
@@ -58,13 +40,7 @@ static void fixture_make(fixture *f, uint64_t *seed, size_t k) {
     }
 }
 
-static void fixture_free(fixture *f) {
-    for (size_t i = 0; i < f->k; i++) free(f->d[i]);
-    free(f->d);
-    free(f->w);
-    free(f->paths);
-    free(f->base);
-}
+static void fixture_free(fixture *f) { agg_fixture_free(f); }
 
 static int run_named(const char *strategy, int threads, fixture *f, agg_membuf *out,
                      char reasons[][NAWAL_AGG_REASON_BYTES]) {
@@ -335,12 +311,7 @@ Test(coord_robust, frames_mixed_with_dense_updates) {
         float *keep = malloc(agg_total() * 4);
         agg_random(&seed, keep, agg_total(), 0.1f);
         agg_write_frame(f.paths[bad], keep, 0.3f, NAWAL_DELTA_F16, &seed);
-        FILE *fp = fopen(f.paths[bad], "r+");
-        cr_assert(fp);
-        fseek(fp, 0, SEEK_END);
-        long len = ftell(fp);
-        fclose(fp);
-        cr_assert_eq(truncate(f.paths[bad], len - 3), 0);
+        agg_truncate(f.paths[bad], 3);
         char (*why)[NAWAL_AGG_REASON_BYTES] = calloc(k, sizeof *why);
         cr_assert_eq(run_named("trimmed-mean", 1, &f, &out, why), 0);
         cr_assert(why[bad][0], "the truncated frame is dropped");
@@ -432,25 +403,8 @@ Test(coord_robust, round_driver_with_robust_rules) {
     agg_write(f.paths[3], f.d[3], AGG_OK);
     char dir[300], err[512] = "";
     snprintf(dir, sizeof dir, "%s/coord", g_root);
-    nawal_store *s = coord_init_open(dir);
-    nawal_round r = {0};
-    cr_assert_eq(nawal_blobstore_put_file(s, f.base_path, r.base_cid, NULL, err, sizeof err), 0, "%s", err);
-    r.started_ms = 1700000000000ll;
-    r.deadline_ms = r.started_ms + 3600000;
-    r.pool_planck = 1000;
-    r.target = (uint32_t)k;
-    r.min = 1;
     int64_t id;
-    cr_assert_eq(nawal_store_round_create(s, &r, NULL, &id, err, sizeof err), 0, "%s", err);
-    for (size_t i = 0; i < k; i++) {
-        uint8_t pk[32] = {(uint8_t)(i + 1)}; /* key order = index order */
-        coord_add_validator(s, pk, 1000);
-        nawal_submission sub = {.round_id = id, .num_examples = f.w[i], .received_ms = r.started_ms + 1000,
-                                .quality_ppm = 900000};
-        memcpy(sub.validator, pk, 32);
-        cr_assert_eq(nawal_blobstore_put_file(s, f.paths[i], sub.delta_cid, NULL, err, sizeof err), 0, "%s", err);
-        cr_assert_eq(nawal_store_submission_add(s, &sub, err, sizeof err), 0, "%s", err);
-    }
+    nawal_store *s = agg_store_round(g_root, &f, &id);
     nawal_agg_result res;
     nawal_agg_config cfg = {"median", 2};
     cr_assert_eq(nawal_round_aggregate(s, id, &cfg, 1, &res, err, sizeof err), 0, "%s", err);

@@ -289,17 +289,21 @@ static int round_line(const char *out, int round) {
     return 0;
 }
 
+/* words random words of a 12-word vocabulary, 13 to a line */
+static void write_corpus(const char *path, int words_n, uint64_t seed) {
+    static const char *words[] = {"the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "far", "hills"};
+    FILE *f = fopen(path, "w");
+    cr_assert(f, "%s", path);
+    for (int i = 0; i < words_n; i++) fprintf(f, "%s%s", words[test_rand_u64(&seed) % 12], i % 13 == 12 ? ".\n" : " ");
+    cr_assert_eq(fclose(f), 0);
+}
+
 Test(coord_sim, three_agents_three_rounds_tls) {
     char corpus[256], fed[256], out_path[256], cmd[2048];
     snprintf(corpus, sizeof corpus, "%s/corpus.txt", g_root);
     snprintf(fed, sizeof fed, "%s/fed", g_root);
     snprintf(out_path, sizeof out_path, "%s/sim.out", g_root);
-    static const char *words[] = {"the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "far", "hills"};
-    uint64_t seed = 5;
-    FILE *f = fopen(corpus, "w");
-    cr_assert(f);
-    for (int i = 0; i < 9000; i++) fprintf(f, "%s%s", words[test_rand_u64(&seed) % 12], i % 13 == 12 ? ".\n" : " ");
-    fclose(f);
+    write_corpus(corpus, 9000, 5);
     snprintf(cmd, sizeof cmd,
              "%s sim --data %s --dir %s --validators 3 --rounds 3 --steps 6 --batch 4 --topk 0.01 --model-config " MODEL
              " --threads 1 >%s 2>&1",
@@ -387,12 +391,7 @@ Test(coord_sim, byzantine_validator_dropped_by_krum) {
     snprintf(corpus, sizeof corpus, "%s/corpus.txt", g_root);
     snprintf(fed, sizeof fed, "%s/fed", g_root);
     snprintf(out_path, sizeof out_path, "%s/sim.out", g_root);
-    static const char *words[] = {"the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "far", "hills"};
-    uint64_t seed = fresh_seed();
-    FILE *f = fopen(corpus, "w");
-    cr_assert(f);
-    for (int i = 0; i < 12000; i++) fprintf(f, "%s%s", words[test_rand_u64(&seed) % 12], i % 13 == 12 ? ".\n" : " ");
-    fclose(f);
+    write_corpus(corpus, 12000, fresh_seed());
     snprintf(cmd, sizeof cmd,
              "%s sim --data %s --dir %s --validators 4 --byzantine 1 --attack scale:-4 --rounds 2 --steps 6 --batch 4 "
              "--topk 1 --strategy krum:1 --plaintext --model-config " MODEL " --threads 1 >%s 2>&1",

@@ -114,40 +114,55 @@ static void run_fetch(nawal_ws_client *cl, int port, const char *path, const cha
     cr_assert_eq(st->done, 1);
 }
 
+/* sc's file: size random bytes (returned, malloc'ed) */
+static uint8_t *file_make(srv_ctx *sc, uint64_t *seed, uint64_t size) {
+    sc->size = size;
+    snprintf(sc->path, sizeof sc->path, "/tmp/nawal-http-XXXXXX");
+    int fd = mkstemp(sc->path);
+    cr_assert(fd >= 0);
+    uint8_t *blob = malloc(size);
+    for (uint64_t i = 0; i < size; i += 8) {
+        uint64_t v = test_rand_u64(seed);
+        memcpy(blob + i, &v, size - i < 8 ? size - i : 8);
+    }
+    cr_assert_eq(write(fd, blob, size), (ssize_t)size);
+    close(fd);
+    return blob;
+}
+
+/* A server (handler over sc, on its thread) and a client, TLS with tls's certificate or plaintext. */
+static nawal_ws_client *pair_start(srv_ctx *sc, const wt_tls *tls, wt_server *ws, int *port) {
+    char err[256];
+    nawal_ws_config scfg = {0};
+    if (tls) {
+        scfg.cert_file = tls->cert;
+        scfg.key_file = tls->key;
+    } else scfg.insecure_plaintext = 1;
+    scfg.bind_addr = "127.0.0.1";
+    ws->srv = nawal_ws_server_new(&scfg, NULL, err, sizeof err);
+    cr_assert(ws->srv, "server: %s", err);
+    nawal_ws_server_set_http(ws->srv, handler, sc);
+    *port = nawal_ws_server_port(ws->srv);
+    cr_assert_eq(wt_server_start(ws), 0);
+    nawal_ws_config ccfg = {0};
+    if (tls) ccfg.ca_file = tls->cert;
+    else ccfg.insecure_plaintext = 1;
+    nawal_ws_client *cl = nawal_ws_client_new(&ccfg, NULL, err, sizeof err);
+    cr_assert(cl, "client: %s", err);
+    return cl;
+}
+
 static void http_suite(int tls_on) {
     uint64_t seed = fresh_seed();
     wt_tls tls;
     if (tls_on) cr_assert_eq(wt_tls_make(&tls), 0, "openssl could not make a test certificate");
-    srv_ctx sc = {.size = (5u << 20) + 12345 + test_rand_u64(&seed) % 4096};
-    snprintf(sc.path, sizeof sc.path, "/tmp/nawal-http-XXXXXX");
-    int fd = mkstemp(sc.path);
-    cr_assert(fd >= 0);
-    uint8_t *blob = malloc(sc.size);
-    for (uint64_t i = 0; i < sc.size; i += 8) {
-        uint64_t v = test_rand_u64(&seed);
-        memcpy(blob + i, &v, sc.size - i < 8 ? sc.size - i : 8);
-    }
-    cr_assert_eq(write(fd, blob, sc.size), (ssize_t)sc.size);
-    close(fd);
-
-    char err[256];
-    nawal_ws_config scfg = {0};
-    if (tls_on) {
-        scfg.cert_file = tls.cert;
-        scfg.key_file = tls.key;
-    } else scfg.insecure_plaintext = 1;
-    scfg.bind_addr = "127.0.0.1";
+    srv_ctx sc;
+    memset(&sc, 0, sizeof sc);
+    uint8_t *blob = file_make(&sc, &seed, (5u << 20) + 12345 + test_rand_u64(&seed) % 4096);
     wt_server ws = {0};
-    ws.srv = nawal_ws_server_new(&scfg, NULL, err, sizeof err);
-    cr_assert(ws.srv, "server: %s", err);
-    nawal_ws_server_set_http(ws.srv, handler, &sc);
-    int port = nawal_ws_server_port(ws.srv);
-    cr_assert_eq(wt_server_start(&ws), 0);
-    nawal_ws_config ccfg = {0};
-    if (tls_on) ccfg.ca_file = tls.cert;
-    else ccfg.insecure_plaintext = 1;
-    nawal_ws_client *cl = nawal_ws_client_new(&ccfg, NULL, err, sizeof err);
-    cr_assert(cl, "client: %s", err);
+    int port;
+    nawal_ws_client *cl = pair_start(&sc, tls_on ? &tls : NULL, &ws, &port);
+    char err[256];
 
     /* whole, then from random offsets (the first and the last byte included) */
     uint64_t offs[] = {0, 1 + test_rand_u64(&seed) % (sc.size - 1), sc.size - 1};
@@ -208,28 +223,12 @@ static void http_suite(int tls_on) {
 /* A body that takes longer than lws's 5 s HTTP timeout to read (a slow link): it comes whole. */
 Test(transport_http, slow_reader_gets_the_whole_body, .timeout = 120) {
     uint64_t seed = fresh_seed();
-    srv_ctx sc = {.size = (48u << 20) + 7};
-    snprintf(sc.path, sizeof sc.path, "/tmp/nawal-http-XXXXXX");
-    int fd = mkstemp(sc.path);
-    cr_assert(fd >= 0);
-    uint8_t *blob = malloc(sc.size);
-    for (uint64_t i = 0; i < sc.size; i++) blob[i] = (uint8_t)test_rand_u64(&seed);
-    cr_assert_eq(write(fd, blob, sc.size), (ssize_t)sc.size);
-    close(fd);
-    char err[256];
-    nawal_ws_config scfg = {0};
-    scfg.insecure_plaintext = 1;
-    scfg.bind_addr = "127.0.0.1";
+    srv_ctx sc;
+    memset(&sc, 0, sizeof sc);
+    uint8_t *blob = file_make(&sc, &seed, (48u << 20) + 7);
     wt_server ws = {0};
-    ws.srv = nawal_ws_server_new(&scfg, NULL, err, sizeof err);
-    cr_assert(ws.srv, "server: %s", err);
-    nawal_ws_server_set_http(ws.srv, handler, &sc);
-    int port = nawal_ws_server_port(ws.srv);
-    cr_assert_eq(wt_server_start(&ws), 0);
-    nawal_ws_config ccfg = {0};
-    ccfg.insecure_plaintext = 1;
-    nawal_ws_client *cl = nawal_ws_client_new(&ccfg, NULL, err, sizeof err);
-    cr_assert(cl, "client: %s", err);
+    int port;
+    nawal_ws_client *cl = pair_start(&sc, NULL, &ws, &port);
     fetch_state st = {0};
     st.data = calloc(1, sc.size);
     st.slow_us = 30000; /* ~7 MB/s at most: the body takes over 6 s */
