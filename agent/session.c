@@ -178,7 +178,8 @@ typedef struct {
     int http_off;               /* an HTTP download failed this session: BlobRequest from now on */
     nawal_ws_fetch *http_f;     /* the download's GET in flight (NULL: none, or it goes over BlobRequest) */
     uint64_t http_pos, http_total;
-    int rx_http;                /* the download in hand came over HTTP (for the progress line) */
+    int rx_http;                /* the download in hand goes over HTTP (progress line; Errors never answer it) */
+    int http_status;            /* the GET's response status (0 before its head) */
     int stopping;               /* the client is being freed: fetch handlers do nothing */
 } session;
 
@@ -441,7 +442,17 @@ static const patch_hint *patch_usable(session *s, const uint8_t cid[32]) {
 }
 
 static void rx_result(session *s, int rc, char *err, size_t errlen);
-static int rx_request(session *s);
+static int rx_request(session *s, int allow_http);
+
+/* Ends the download in hand (its GET too, if any); the .part file stays for a later resume. */
+static void rx_drop(session *s) {
+    if (s->http_f) {
+        nawal_ws_fetch_cancel(s->http_f, "download dropped");
+        s->http_f = NULL;
+    }
+    nawal_blob_receiver_free(s->rx);
+    s->rx = NULL;
+}
 
 /* The blob the download in hand fetches: rx_cid, or the patch of it. */
 static const uint8_t *rx_blob(const session *s) { return s->rx_patch ? s->rx_hint.patch : s->rx_cid; }
@@ -449,7 +460,7 @@ static const uint8_t *rx_blob(const session *s) { return s->rx_patch ? s->rx_hin
 static int http_head(nawal_ws_fetch *f, int status, uint64_t first, uint64_t total, void *user) {
     session *s = user;
     if (s->stopping || f != s->http_f || !s->rx) return -1;
-    (void)status; /* the transport fails anything but 200 / 206 after this */
+    s->http_status = status; /* the transport fails anything but 200 / 206 after this */
     s->http_pos = first;
     s->http_total = total;
     return 0;
@@ -461,9 +472,9 @@ static int http_data(nawal_ws_fetch *f, const uint8_t *data, size_t len, void *u
     char err[512] = "";
     int rc = nawal_blob_receiver_write(s->rx, s->http_pos, data, len, s->http_total, err, sizeof err);
     s->http_pos += len;
+    s->ag->bytes_down += len;
     if (rc == 0) return 0;
-    s->http_f = NULL; /* done with, whatever its on_done says */
-    if (rc < 0) s->http_off = 1;
+    s->http_f = NULL; /* done with, whatever its on_done says; a bad blob is retried (rx_result), over HTTP too */
     rx_result(s, rc, err, sizeof err);
     return rc > 0 ? 0 : -1;
 }
@@ -474,28 +485,38 @@ static void http_done(nawal_ws_fetch *f, int ok, const char *reason, void *user)
     (void)ok;
     if (s->stopping || f != s->http_f) return; /* replaced, completed (http_data), or shutting down */
     s->http_f = NULL;
-    s->http_off = 1;
+    /* 416: the .part holds the whole blob already (a crash before its check): BlobRequest finishes it;
+     * anything else, and the GETs are given up for this session */
+    if (s->http_status != 416) s->http_off = 1;
     fprintf(stderr, "warning: round %llu: HTTP download failed (%s); continuing over BlobRequest\n", R(s), reason);
-    if (s->rx) rx_request(s);
+    if (s->rx) rx_request(s, 0);
 }
 
-/* Asks for the rest of the download in hand: a GET of /blobs/<cid> when the coordinator gave a
- * blob token (and no GET failed this session), else a BlobRequest. 0, or -1 (fatal, or the
+/* Asks for the rest of the download in hand: a GET of /blobs/<cid> when allowed, the coordinator
+ * gave a blob token and no GET failed this session; else a BlobRequest. 0, or -1 (fatal, or the
  * connection is gone). */
-static int rx_request(session *s) {
-    char err[512], path[80], hex[NAWAL_CID_HEX_BYTES];
+static int rx_request(session *s, int allow_http) {
+    char err[512], path[400], hex[NAWAL_CID_HEX_BYTES];
+    s->http_status = 0;
     if (s->http_f) {
         nawal_ws_fetch_cancel(s->http_f, "replaced by another download");
         s->http_f = NULL;
     }
     uint64_t off = nawal_blob_receiver_offset(s->rx);
-    if (s->blob_auth[0] && !s->http_off) {
+    if (allow_http && s->blob_auth[0] && !s->http_off) {
         nawal_cid_to_hex(hex, rx_blob(s));
-        snprintf(path, sizeof path, "/blobs/%s", hex);
+        /* under the coordinator URL's path, when it has one (a reverse proxy's prefix) */
+        const char *pre = s->ag->path[0] && strcmp(s->ag->path, "/") ? s->ag->path : "";
+        size_t pl = strlen(pre);
+        while (pl && pre[pl - 1] == '/') pl--;
+        snprintf(path, sizeof path, "%.*s/blobs/%s", (int)(pl < 300 ? pl : 300), pre, hex);
         nawal_ws_fetch_handlers h = {http_head, http_data, http_done, s};
         s->http_f = nawal_ws_client_fetch(s->cl, s->ag->host, s->ag->port, path, s->blob_auth, off, &h, err, sizeof err);
         s->rx_http = s->http_f != NULL;
-        if (s->http_f) return 0;
+        if (s->http_f) {
+            s->rx_seq = UINT64_MAX; /* no BlobRequest outstanding */
+            return 0;
+        }
         s->http_off = 1;
         fprintf(stderr, "warning: round %llu: %s; downloading over BlobRequest\n", R(s), err);
     }
@@ -510,8 +531,7 @@ static int rx_request(session *s) {
  * when the coordinator named one: 0, or -1 (fatal, or the connection is gone). */
 static int fetch_start(session *s, const uint8_t cid[32], uint64_t max_size, int *resuming) {
     char err[512], path[4096];
-    nawal_blob_receiver_free(s->rx);
-    s->rx = NULL;
+    rx_drop(s);
     memmove(s->rx_cid, cid, 32); /* cid may be s->rx_cid (a retry) */
     s->rx_max = max_size;
     const patch_hint *h = patch_usable(s, s->rx_cid);
@@ -526,7 +546,7 @@ static int fetch_start(session *s, const uint8_t cid[32], uint64_t max_size, int
     }
     s->rx_t0 = nawal_monotonic_s();
     *resuming = nawal_blob_receiver_offset(s->rx) > 0;
-    return rx_request(s);
+    return rx_request(s, 1);
 }
 
 static void human_bytes(char out[32], uint64_t n) {
@@ -631,8 +651,7 @@ static void on_chunk(session *s, const uint8_t *payload, size_t len) {
 
 /* The download in hand ended (BlobChunk or HTTP body): rc 1 complete, -1 failed (err). */
 static void rx_result(session *s, int rc, char *err, size_t errlen) {
-    nawal_blob_receiver_free(s->rx);
-    s->rx = NULL;
+    rx_drop(s);
     int base = s->ph == PH_DOWNLOADING; /* the round waits for this model */
     if (s->rx_patch && (rc < 0 || patch_apply(s, base, err, errlen))) {
         patch_fallback(s, err);
@@ -760,10 +779,7 @@ static void on_result(session *s, const Nawal__RoundResult *rr) {
     printf("round %llu: %s: new model %.16s, %zu updates accepted (ours %s), reward %llu planck\n",
            (unsigned long long)rr->round_id, rr->new_model_cid.len ? "closed" : "failed", hex, rr->n_accepted,
            ours ? "included" : "not included", (unsigned long long)paid);
-    if ((s->ph == PH_DOWNLOADING || s->ph == PH_TRAIN) && !(s->rx && eval_fetching(s, s->rx_cid))) {
-        nawal_blob_receiver_free(s->rx);
-        s->rx = NULL;
-    }
+    if ((s->ph == PH_DOWNLOADING || s->ph == PH_TRAIN) && !(s->rx && eval_fetching(s, s->rx_cid))) rx_drop(s);
     nawal_agent_worker *t = s->ag->worker;
     if (t && !t->eval && t->plan.round_id <= rr->round_id && !t->closed) {
         t->closed = 1;
@@ -785,7 +801,8 @@ enum { ANSWERS_ROUND, ANSWERS_EVAL_RESULT, ANSWERS_EVAL_FETCH };
 static int error_answers(const session *s) {
     uint64_t round = s->ph == PH_JOINING ? s->join_seq : s->ph == PH_SUBMITTING ? s->submit_seq : UINT64_MAX;
     uint64_t result = s->n_eval_sent ? s->eval_sent[0] : UINT64_MAX;
-    uint64_t fetch = s->rx && s->ph != PH_DOWNLOADING && eval_fetching(s, s->rx_cid) ? s->rx_seq : UINT64_MAX;
+    /* only a BlobRequest is answered by an Error: a GET's refusal is the HTTP status */
+    uint64_t fetch = s->rx && !s->rx_http && s->ph != PH_DOWNLOADING && eval_fetching(s, s->rx_cid) ? s->rx_seq : UINT64_MAX;
     if (result < round && result <= fetch) return ANSWERS_EVAL_RESULT;
     if (fetch < round) return ANSWERS_EVAL_FETCH;
     return ANSWERS_ROUND;
@@ -814,8 +831,7 @@ static void on_error(session *s, const Nawal__Error *e) {
         return;
     }
     if (what == ANSWERS_EVAL_FETCH) { /* the model to evaluate cannot be had */
-        nawal_blob_receiver_free(s->rx);
-        s->rx = NULL;
+        rx_drop(s);
         char why[400];
         snprintf(why, sizeof why, "the coordinator cannot serve it: %s: %s", name, text);
         eval_fail(s, s->rx_cid, why);
@@ -1251,8 +1267,7 @@ nawal_session_status nawal_agent_session_run(nawal_agent *ag, int *authenticated
     }
     s->stopping = 1; /* a GET in flight ends inside the client's free: its handlers do nothing */
     nawal_blob_sender_free(s->tx);
-    nawal_blob_receiver_free(s->rx);
-    s->rx = NULL;
+    rx_drop(s);
     nawal_ws_client_free(s->cl);
     free(s);
     fflush(stdout);

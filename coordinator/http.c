@@ -176,13 +176,20 @@ static char *status_body(nawal_server *srv) {
     return body;
 }
 
-/* GET /blobs/<cid hex> with "Authorization: Nawal <token hex>" (a live
+static void count_sent(uint64_t bytes, void *user) {
+    nawal_server *srv = user;
+    nawal_metric_add(srv->m.reg, srv->m.bytes_out, NULL, (double)bytes);
+}
+
+/* GET [PREFIX]/blobs/<cid hex> with "Authorization: Nawal <token hex>" (a live
  * session's blob token, session.c) and optionally "Range: bytes=N-": the
  * blob, if any validator may download it (a global model or a model patch),
- * as a file range the transport streams. Counted in the bytes sent. */
+ * as a file range the transport streams, counted in the bytes sent as it
+ * goes out. PREFIX: whatever a reverse proxy put before it. */
 static int blob_reply(nawal_server *srv, const nawal_ws_http_request *rq, nawal_ws_http_reply *r) {
     uint8_t cid[32], token[32];
-    const char *hex = rq->path + 7, *auth = rq->authorization;
+    const char *hex = strstr(rq->path, "/blobs/") + 7, *auth = rq->authorization;
+    for (const char *n; (n = strstr(hex, "/blobs/"));) hex = n + 7; /* the last one */
     char err[128], path[4096];
     if (strcmp(rq->method, "GET") && strcmp(rq->method, "HEAD"))
         return reply_text(r, 405, CT_TEXT, strdup("method not allowed: GET only\n"));
@@ -215,7 +222,8 @@ static int blob_reply(nawal_server *srv, const nawal_ws_http_request *rq, nawal_
     r->file_off = off;
     r->file_len = size - off;
     r->file_total = size;
-    if (!strcmp(rq->method, "GET")) nawal_metric_add(srv->m.reg, srv->m.bytes_out, NULL, (double)r->file_len);
+    r->on_sent = count_sent;
+    r->sent_user = srv;
     nawal_log(NAWAL_LOG_DEBUG, "blob_http", "cid=%.16s offset=%llu bytes=%llu", hex, (unsigned long long)off,
               (unsigned long long)r->file_len);
     return 0;
@@ -224,7 +232,7 @@ static int blob_reply(nawal_server *srv, const nawal_ws_http_request *rq, nawal_
 int nawal_http_handle(const nawal_ws_http_request *rq, nawal_ws_http_reply *reply, void *user) {
     nawal_server *srv = user;
     const char *method = rq->method, *path = rq->path;
-    if (!strncmp(path, "/blobs/", 7)) return blob_reply(srv, rq, reply);
+    if (strstr(path, "/blobs/")) return blob_reply(srv, rq, reply); /* behind a proxy, under its prefix */
     int known = !strcmp(path, "/metrics") || !strcmp(path, "/status");
     nawal_log(NAWAL_LOG_DEBUG, "http_request", "method=%s path_known=%d", method, known);
     if (!known) return reply_text(reply, 404, CT_TEXT, strdup("not found: try /metrics or /status\n"));

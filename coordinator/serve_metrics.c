@@ -38,7 +38,7 @@ int nawal_serve_metrics_init(nawal_serve_metrics *m) {
         "validation data (0 while nawal_federated_val_results is 0)");
     DEF(fed_val_results, "nawal_federated_val_results", G, "Evaluation results recorded for the latest closed round");
     DEF(bytes_in, "nawal_received_bytes_total", C, "WebSocket message bytes received");
-    DEF(bytes_out, "nawal_sent_bytes_total", C, "WebSocket message bytes queued for sending");
+    DEF(bytes_out, "nawal_sent_bytes_total", C, "bytes sent: WebSocket messages queued, model blobs written as HTTP bodies");
     DEF(messages_in, "nawal_messages_received_total", C, "Envelopes received and accepted, by message type");
     DEF(errors_sent, "nawal_errors_sent_total", C, "Error messages sent, by error code");
     DEF(updates_accepted, "nawal_updates_accepted_total", C, "Updates accepted (committed) from agents");

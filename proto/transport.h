@@ -100,6 +100,8 @@ typedef struct nawal_ws_http_reply {
     size_t body_len;
     int file_fd;              /* -1 (as the transport passes it): no file */
     uint64_t file_off, file_len, file_total;
+    void (*on_sent)(uint64_t bytes, void *user); /* optional: each block of the file written */
+    void *sent_user;
 } nawal_ws_http_reply;
 typedef int (*nawal_ws_http_fn)(const nawal_ws_http_request *rq, nawal_ws_http_reply *reply, void *user);
 

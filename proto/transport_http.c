@@ -24,6 +24,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -88,6 +89,8 @@ int ws_http_request(ws_ep *ep, struct lws *wsi, void *pss, const char *path) {
         st->fd_plus1 = r.file_fd + 1;
         st->off = r.file_off;
         st->left = r.file_len;
+        st->on_sent = r.on_sent;
+        st->sent_user = r.sent_user;
         lws_callback_on_writable(wsi);
         return 0;
     }
@@ -111,6 +114,7 @@ int ws_http_writeable(ws_ep *ep, struct lws *wsi, void *pss) {
         st->left -= (uint64_t)got;
         if (lws_write(wsi, ep->io_buf + LWS_PRE, (size_t)got, st->left ? LWS_WRITE_HTTP : LWS_WRITE_HTTP_FINAL) < 0)
             return -1;
+        if (st->on_sent) st->on_sent((uint64_t)got, st->sent_user);
         if (lws_send_pipe_choked(wsi)) break;
     }
     if (st->left) {
@@ -130,6 +134,18 @@ void ws_http_drop(void *pss) {
 }
 
 /* ---- client --------------------------------------------------------------------- */
+
+/* all digits, no overflow */
+static int parse_u64(const char *t, uint64_t *out) {
+    uint64_t v = 0;
+    if (!*t) return 0;
+    for (; *t; t++) {
+        if (*t < '0' || *t > '9' || v > (UINT64_MAX - (uint64_t)(*t - '0')) / 10) return 0;
+        v = v * 10 + (uint64_t)(*t - '0');
+    }
+    *out = v;
+    return 1;
+}
 
 struct nawal_ws_fetch {
     unsigned kind; /* WS_KIND_FETCH */
@@ -183,12 +199,24 @@ int ws_fetch_callback(nawal_ws_fetch *f, struct lws *wsi, enum lws_callback_reas
     }
     case LWS_CALLBACK_ESTABLISHED_CLIENT_HTTP: {
         if (f->cancelled) return -1;
+        /* a body that stops flowing for dead_secs is given up (lws has no timeout once the head is in) */
+        lws_set_timeout(wsi, PENDING_TIMEOUT_HTTP_CONTENT, f->ep->cfg.dead_secs);
         int status = (int)lws_http_client_http_response(wsi);
-        char cl[32] = "";
+        char cl[32] = "", cr[96] = "";
         uint64_t clen = 0;
         if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH) > 0 &&
-            lws_hdr_copy(wsi, cl, sizeof cl, WSI_TOKEN_HTTP_CONTENT_LENGTH) > 0)
-            clen = strtoull(cl, NULL, 10);
+            lws_hdr_copy(wsi, cl, sizeof cl, WSI_TOKEN_HTTP_CONTENT_LENGTH) > 0 &&
+            !parse_u64(cl, &clen))
+            return fetch_fail(f, "bad Content-Length '%.30s'", cl);
+        if (status == 206) { /* the range must be the one asked for, to the end */
+            uint64_t a, b, t;
+            if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_CONTENT_RANGE) <= 0 ||
+                lws_hdr_copy(wsi, cr, sizeof cr, WSI_TOKEN_HTTP_CONTENT_RANGE) <= 0 ||
+                sscanf(cr, "bytes %" SCNu64 "-%" SCNu64 "/%" SCNu64, &a, &b, &t) != 3 || a != f->asked ||
+                b + 1 != a + clen || t != b + 1)
+                return fetch_fail(f, "206 with Content-Range '%.60s' for bytes=%llu- of %llu bytes", cr,
+                                  (unsigned long long)f->asked, (unsigned long long)clen);
+        }
         uint64_t first = status == 206 ? f->asked : 0;
         f->expect = clen;
         f->headed = 1;
@@ -206,6 +234,7 @@ int ws_fetch_callback(nawal_ws_fetch *f, struct lws *wsi, enum lws_callback_reas
     }
     case LWS_CALLBACK_RECEIVE_CLIENT_HTTP_READ:
         if (f->cancelled || f->done) return -1;
+        lws_set_timeout(wsi, PENDING_TIMEOUT_HTTP_CONTENT, f->ep->cfg.dead_secs);
         if (len > f->expect - f->got) return fetch_fail(f, "the body is longer than its Content-Length");
         f->got += len;
         if (f->h.on_data && f->h.on_data(f, in, len, f->h.user)) return fetch_fail(f, "refused by the caller");
