@@ -17,6 +17,7 @@
 #include <ctype.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <sodium.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -176,16 +177,34 @@ static char *status_body(nawal_server *srv) {
     return body;
 }
 
-static void count_sent(uint64_t bytes, void *user) {
-    nawal_server *srv = user;
-    nawal_metric_add(srv->m.reg, srv->m.bytes_out, NULL, (double)bytes);
+#define BLOB_STREAMS_PER_SESSION 2
+
+/* one GET /blobs stream: counted on its session, which it does not outlive */
+typedef struct {
+    nawal_server *srv;
+    uint8_t token[32];
+} blob_stream;
+
+static int stream_sent(uint64_t bytes, void *user) {
+    blob_stream *b = user;
+    nawal_metric_add(b->srv->m.reg, b->srv->m.bytes_out, NULL, (double)bytes);
+    return nawal_session_blob_token_ok(b->srv, b->token) ? 0 : -1; /* the session ended: so does the stream */
+}
+
+static void stream_end(void *user) {
+    blob_stream *b = user;
+    nawal_session_blob_streams(b->srv, b->token, -1);
+    sodium_memzero(b->token, sizeof b->token);
+    free(b);
 }
 
 /* GET [PREFIX]/blobs/<cid hex> with "Authorization: Nawal <token hex>" (a live
  * session's blob token, session.c) and optionally "Range: bytes=N-": the
  * blob, if any validator may download it (a global model or a model patch),
  * as a file range the transport streams, counted in the bytes sent as it
- * goes out. PREFIX: whatever a reverse proxy put before it. */
+ * goes out, at most BLOB_STREAMS_PER_SESSION at once per session (429), each
+ * stopped when its session ends. PREFIX: whatever a reverse proxy put
+ * before it. */
 static int blob_reply(nawal_server *srv, const nawal_ws_http_request *rq, nawal_ws_http_reply *r) {
     uint8_t cid[32], token[32];
     const char *hex = strstr(rq->path, "/blobs/") + 7, *auth = rq->authorization;
@@ -198,6 +217,8 @@ static int blob_reply(nawal_server *srv, const nawal_ws_http_request *rq, nawal_
         nawal_log(NAWAL_LOG_INFO, "blob_http_refused", "reason=token");
         return reply_text(r, 401, CT_TEXT, strdup("a live session's blob token is required (Authorization: Nawal <hex>)\n"));
     }
+    if (nawal_session_blob_streams(srv, token, 0) >= BLOB_STREAMS_PER_SESSION)
+        return reply_text(r, 429, CT_TEXT, strdup("too many downloads at once for this session\n"));
     if (strlen(hex) != 64 || nawal_cid_from_hex(cid, hex, err, sizeof err) || !nawal_serve_is_public_model(srv, cid) ||
         nawal_blobstore_path(srv->store, cid, path, sizeof path))
         return reply_text(r, 404, CT_TEXT, strdup("no such model\n"));
@@ -222,8 +243,17 @@ static int blob_reply(nawal_server *srv, const nawal_ws_http_request *rq, nawal_
     r->file_off = off;
     r->file_len = size - off;
     r->file_total = size;
-    r->on_sent = count_sent;
-    r->sent_user = srv;
+    blob_stream *b = malloc(sizeof *b);
+    if (!b) {
+        close(fd);
+        return -1;
+    }
+    b->srv = srv;
+    memcpy(b->token, token, sizeof token);
+    nawal_session_blob_streams(srv, token, +1); /* the cap was checked above */
+    r->on_sent = stream_sent;
+    r->on_end = stream_end;
+    r->stream_user = b;
     nawal_log(NAWAL_LOG_DEBUG, "blob_http", "cid=%.16s offset=%llu bytes=%llu", hex, (unsigned long long)off,
               (unsigned long long)r->file_len);
     return 0;

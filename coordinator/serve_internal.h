@@ -69,6 +69,9 @@ int nawal_http_handle(const nawal_ws_http_request *rq, nawal_ws_http_reply *repl
 /* ---- session.c, for http.c ---- */
 /* 1 when token (32 bytes) is the blob token of a live authenticated session. */
 int nawal_session_blob_token_ok(nawal_server *srv, const uint8_t token[32]);
+/* Adds delta to the count of GET /blobs streams of token's live session; the new count, or -1
+ * when no live session has the token. */
+int nawal_session_blob_streams(nawal_server *srv, const uint8_t token[32], int delta);
 /* 1 if cid is a global model (a round's base or result, or the initial model) or a model patch of one:
  * what any authenticated validator may download. */
 int nawal_serve_is_public_model(nawal_server *srv, const uint8_t cid[32]);

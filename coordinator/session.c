@@ -65,6 +65,7 @@ struct nawal_session {
     int64_t eval_round;
     uint8_t blob_token[32]; /* GET /blobs/<cid>'s bearer token, once authenticated (and blob_http) */
     int has_blob_token;
+    int blob_streams;       /* GETs of this token being streamed */
 };
 
 /* ---- sending ---------------------------------------------------------------- */
@@ -678,10 +679,20 @@ void nawal_session_sweep(nawal_server *srv, int64_t now_ms) {
         }
 }
 
-int nawal_session_blob_token_ok(nawal_server *srv, const uint8_t token[32]) {
+static nawal_session *session_of_token(nawal_server *srv, const uint8_t token[32]) {
     for (nawal_session *s = srv->sessions; s; s = s->next)
         if (s->state == SESS_AUTHED && !s->closing && s->has_blob_token &&
             sodium_memcmp(s->blob_token, token, sizeof s->blob_token) == 0)
-            return 1;
-    return 0;
+            return s;
+    return NULL;
+}
+
+int nawal_session_blob_token_ok(nawal_server *srv, const uint8_t token[32]) { return session_of_token(srv, token) != NULL; }
+
+int nawal_session_blob_streams(nawal_server *srv, const uint8_t token[32], int delta) {
+    nawal_session *s = session_of_token(srv, token);
+    if (!s) return -1;
+    s->blob_streams += delta;
+    if (s->blob_streams < 0) s->blob_streams = 0;
+    return s->blob_streams;
 }

@@ -100,8 +100,12 @@ typedef struct nawal_ws_http_reply {
     size_t body_len;
     int file_fd;              /* -1 (as the transport passes it): no file */
     uint64_t file_off, file_len, file_total;
-    void (*on_sent)(uint64_t bytes, void *user); /* optional: each block of the file written */
-    void *sent_user;
+    /* optional, for a file: on_sent after each block written (nonzero: stop, the peer gets a short
+     * body), on_end once when the stream is over (whole, stopped or dropped; also when no block
+     * was ever written), both with stream_user */
+    int (*on_sent)(uint64_t bytes, void *user);
+    void (*on_end)(void *user);
+    void *stream_user;
 } nawal_ws_http_reply;
 typedef int (*nawal_ws_http_fn)(const nawal_ws_http_request *rq, nawal_ws_http_reply *reply, void *user);
 

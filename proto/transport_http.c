@@ -50,12 +50,15 @@ int ws_http_request(ws_ep *ep, struct lws *wsi, void *pss, const char *path) {
         path ? path : "/", auth, range};
     nawal_ws_http_reply r = {0};
     r.file_fd = -1;
-    if (ep->http_fn(&rq, &r, ep->http_user)) {
+    int hrc = ep->http_fn(&rq, &r, ep->http_user);
+    int file = r.file_fd >= 0;
+    if (hrc) {
         free(r.body);
-        if (r.file_fd >= 0) close(r.file_fd);
+        if (file) close(r.file_fd);
+        if (file && r.on_end) r.on_end(r.stream_user);
         return -1;
     }
-    int head = !strcmp(rq.method, "HEAD"), file = r.file_fd >= 0;
+    int head = !strcmp(rq.method, "HEAD");
     uint64_t len = file ? r.file_len : r.body_len;
     unsigned char hdr[LWS_PRE + 768], *start = hdr + LWS_PRE, *p = start, *end = hdr + sizeof hdr;
     int rc = lws_add_http_common_headers(wsi, (unsigned int)r.status, r.content_type ? r.content_type : "text/plain",
@@ -90,11 +93,15 @@ int ws_http_request(ws_ep *ep, struct lws *wsi, void *pss, const char *path) {
         st->off = r.file_off;
         st->left = r.file_len;
         st->on_sent = r.on_sent;
-        st->sent_user = r.sent_user;
+        st->on_end = r.on_end;
+        st->stream_user = r.stream_user;
         lws_callback_on_writable(wsi);
         return 0;
     }
-    if (file) close(r.file_fd);
+    if (file) {
+        close(r.file_fd);
+        if (r.on_end) r.on_end(r.stream_user);
+    }
     if (rc) return -1;
     return lws_http_transaction_completed(wsi) ? -1 : 0;
 }
@@ -114,7 +121,7 @@ int ws_http_writeable(ws_ep *ep, struct lws *wsi, void *pss) {
         st->left -= (uint64_t)got;
         if (lws_write(wsi, ep->io_buf + LWS_PRE, (size_t)got, st->left ? LWS_WRITE_HTTP : LWS_WRITE_HTTP_FINAL) < 0)
             return -1;
-        if (st->on_sent) st->on_sent((uint64_t)got, st->sent_user);
+        if (st->on_sent && st->on_sent((uint64_t)got, st->stream_user)) return -1; /* ws_http_drop ends it */
         if (lws_send_pipe_choked(wsi)) break;
     }
     if (st->left) {
@@ -131,6 +138,10 @@ void ws_http_drop(void *pss) {
     close(st->fd_plus1 - 1);
     st->fd_plus1 = 0;
     st->left = 0;
+    void (*end)(void *) = st->on_end;
+    st->on_end = NULL;
+    st->on_sent = NULL;
+    if (end) end(st->stream_user);
 }
 
 /* ---- client --------------------------------------------------------------------- */

@@ -64,8 +64,9 @@ struct nawal_ws_conn {
 typedef struct {
     int fd_plus1;                /* the file's descriptor + 1; 0: none */
     uint64_t off, left;
-    void (*on_sent)(uint64_t bytes, void *user); /* the reply's */
-    void *sent_user;
+    int (*on_sent)(uint64_t bytes, void *user); /* the reply's */
+    void (*on_end)(void *user);
+    void *stream_user;
 } ws_http_stream;
 
 /* transport_http.c, called from the one callback */

@@ -19,7 +19,19 @@ typedef struct {
     char path[128];
     uint64_t size;
     atomic_int requests;
+    atomic_int files, ends;        /* file replies made, their on_end calls */
+    atomic_llong sent;             /* bytes on_sent reported */
+    atomic_llong stop_after;       /* on_sent stops a stream past this many bytes (0: never) */
 } srv_ctx;
+
+static int on_sent(uint64_t bytes, void *user) {
+    srv_ctx *s = user;
+    long long total = atomic_fetch_add(&s->sent, (long long)bytes) + (long long)bytes;
+    long long stop = atomic_load(&s->stop_after);
+    return stop && total > stop ? -1 : 0;
+}
+
+static void on_end(void *user) { atomic_fetch_add(&((srv_ctx *)user)->ends, 1); }
 
 /* "/blob": the file, with "Authorization: AUTH" only, whole or from "bytes=N-"; "/small": a body */
 static int handler(const nawal_ws_http_request *rq, nawal_ws_http_reply *r, void *user) {
@@ -52,6 +64,10 @@ static int handler(const nawal_ws_http_request *rq, nawal_ws_http_reply *r, void
     }
     r->file_fd = open(s->path, O_RDONLY | O_CLOEXEC);
     if (r->file_fd < 0) return -1;
+    atomic_fetch_add(&s->files, 1);
+    r->on_sent = on_sent;
+    r->on_end = on_end;
+    r->stream_user = s;
     r->status = off ? 206 : 200;
     r->file_off = off + (liar && off + 1 < s->size);
     r->file_len = s->size - r->file_off;
@@ -217,7 +233,18 @@ static void http_suite(int tls_on) {
         cr_assert(strstr(err, "cannot fetch /blob"), "%s", err);
         cr_assert_eq(dead.done, 0, "on_done ran for a fetch that never started");
     }
+    /* a stream the server stops (on_sent) gives the client a short body */
+    atomic_store(&sc.sent, 0);
+    atomic_store(&sc.stop_after, 1 << 20);
+    fetch_state stopped = {0};
+    run_fetch(cl, port, "/blob", AUTH, 0, &stopped);
+    cr_assert(!stopped.ok && stopped.got < sc.size, "a stopped stream came whole: %s", stopped.reason);
+    atomic_store(&sc.stop_after, 0);
     cr_assert_gt(atomic_load(&sc.requests), 8);
+    /* every file reply ended exactly once (whole, cancelled, stopped) */
+    for (double t0 = wt_now(); atomic_load(&sc.ends) < atomic_load(&sc.files) && wt_now() - t0 < 10;) usleep(10000);
+    cr_assert_eq(atomic_load(&sc.ends), atomic_load(&sc.files), "%d file replies, %d ends", atomic_load(&sc.files),
+                 atomic_load(&sc.ends));
 
     nawal_ws_client_free(cl);
     wt_server_stop(&ws);
