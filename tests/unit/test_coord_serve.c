@@ -856,3 +856,130 @@ Test(coord_serve, evaluations_requested_recorded_refused_and_kept) {
     agent_free(&d);
     serve_stop_clean(&sp);
 }
+
+/* ---- models as HTTP GETs (http.c's blob_reply) ------------------------------- */
+
+typedef struct {
+    int done, ok, status;
+    uint64_t first, total, got;
+    char reason[160];
+    FILE *out;
+} get_state;
+
+static int g_head(nawal_ws_fetch *f, int status, uint64_t first, uint64_t total, void *user) {
+    (void)f;
+    get_state *g = user;
+    g->status = status;
+    g->first = first;
+    g->total = total;
+    return 0;
+}
+static int g_data(nawal_ws_fetch *f, const uint8_t *d, size_t n, void *user) {
+    (void)f;
+    get_state *g = user;
+    g->got += n;
+    if (g->out) cr_assert_eq(fwrite(d, 1, n, g->out), n);
+    return 0;
+}
+static void g_done(nawal_ws_fetch *f, int ok, const char *reason, void *user) {
+    (void)f;
+    get_state *g = user;
+    g->done = 1;
+    g->ok = ok;
+    snprintf(g->reason, sizeof g->reason, "%s", reason);
+}
+
+/* GET path with "Authorization: auth" (NULL: none) from offset, on a's client; the body into out (may be NULL). */
+static get_state blob_get(agent *a, int port, const char *path, const char *auth, uint64_t offset, FILE *out) {
+    get_state g = {0};
+    g.out = out;
+    nawal_ws_fetch_handlers h = {g_head, g_data, g_done, &g};
+    char err[256];
+    cr_assert(nawal_ws_client_fetch(a->cl, "127.0.0.1", port, path, auth, offset, &h, err, sizeof err), "%s", err);
+    for (double t0 = wt_now(); !g.done && wt_now() - t0 < 20;) agent_service(a, 10);
+    cr_assert(g.done, "GET %s did not finish", path);
+    return g;
+}
+
+/* The token of the Ack of Auth fetches global models (whole, from an offset, under a proxy's
+ * prefix) but nothing else (a delta, an unknown CID), never without or with another token, and
+ * not once its session has closed; serve --no-blob-http gives no token. */
+Test(coord_serve, model_blobs_over_http_with_the_session_token) {
+    coord_setup(MODEL_SMALL, "", 2, 600);
+    serve_proc sp;
+    serve_start(&sp, "--insecure-plaintext");
+    agent a;
+    agent_connect(&a, 'A', sp.port, NULL, 0);
+    Nawal__RoundAnnounce *ra = handshake(&a, 1);
+    uint8_t base[32];
+    memcpy(base, ra->base_model_cid.data, 32);
+    uint64_t size = ra->base_model_size;
+    nawal_msg_free(&ra->base);
+    cr_assert(a.has_blob_token, "the Ack of Auth carries no blob token");
+    char tok[NAWAL_CID_HEX_BYTES], auth[80], bad_auth[80], hex[NAWAL_CID_HEX_BYTES], path[200], file[300], blob[4096];
+    nawal_cid_to_hex(tok, a.blob_token);
+    snprintf(auth, sizeof auth, "Nawal %s", tok);
+    tok[0] = tok[0] == '0' ? '1' : '0';
+    snprintf(bad_auth, sizeof bad_auth, "Nawal %s", tok);
+    nawal_cid_to_hex(hex, base);
+    snprintf(path, sizeof path, "/blobs/%s", hex);
+    nawal_store *s = coord_open(g_dir);
+    cr_assert_eq(nawal_blobstore_path(s, base, blob, sizeof blob), 0);
+
+    /* whole, byte for byte */
+    path_in_root(file, sizeof file, "got.safetensors");
+    FILE *out = fopen(file, "wb");
+    get_state g = blob_get(&a, sp.port, path, auth, 0, out);
+    fclose(out);
+    cr_assert(g.ok && g.status == 200 && g.got == size && g.total == size, "%d %s", g.status, g.reason);
+    size_t n1 = 0, n2 = 0;
+    char *x = coord_slurp(file, &n1), *y = coord_slurp(blob, &n2);
+    cr_assert(x && y && n1 == n2 && !memcmp(x, y, n1), "the body is not the blob");
+    /* from an offset; under a prefix */
+    uint64_t off = size / 3;
+    g = blob_get(&a, sp.port, path, auth, off, NULL);
+    cr_assert(g.ok && g.status == 206 && g.first == off && g.got == size - off, "%d %s", g.status, g.reason);
+    char pre[260];
+    snprintf(pre, sizeof pre, "/nawal/blobs/%s", hex);
+    g = blob_get(&a, sp.port, pre, auth, 0, NULL);
+    cr_assert(g.ok && g.got == size, "under a prefix: %d %s", g.status, g.reason);
+    /* refusals */
+    cr_assert_eq(blob_get(&a, sp.port, path, NULL, 0, NULL).status, 401);
+    cr_assert_eq(blob_get(&a, sp.port, path, bad_auth, 0, NULL).status, 401);
+    cr_assert_eq(blob_get(&a, sp.port, path, auth, size, NULL).status, 416);
+    char other[260];
+    snprintf(other, sizeof other, "/blobs/%064d", 7);
+    cr_assert_eq(blob_get(&a, sp.port, other, auth, 0, NULL).status, 404);
+    snprintf(other, sizeof other, "/blobs/%.10s", hex);
+    cr_assert_eq(blob_get(&a, sp.port, other, auth, 0, NULL).status, 404);
+    /* a blob that is not a global model (a validator's delta would be one): 404 */
+    uint8_t delta_cid[32];
+    path_in_root(file, sizeof file, "delta.safetensors");
+    make_delta(blob, file, 7, delta_cid);
+    char err[256];
+    cr_assert_eq(nawal_blobstore_put_file(s, file, delta_cid, NULL, err, sizeof err), 0, "%s", err);
+    nawal_cid_to_hex(hex, delta_cid);
+    snprintf(other, sizeof other, "/blobs/%s", hex);
+    cr_assert_eq(blob_get(&a, sp.port, other, auth, 0, NULL).status, 404);
+    nawal_store_close(s);
+    free(x);
+    free(y);
+
+    /* the token dies with its session */
+    agent b;
+    agent_connect(&b, 'B', sp.port, NULL, 0);
+    agent_free(&a);
+    for (double t0 = wt_now(); wt_now() - t0 < 1;) agent_service(&b, 10);
+    cr_assert_eq(blob_get(&b, sp.port, path, auth, 0, NULL).status, 401);
+    agent_free(&b);
+    serve_stop_clean(&sp);
+
+    /* --no-blob-http: no token */
+    serve_start(&sp, "--insecure-plaintext --no-blob-http");
+    agent_connect(&a, 'A', sp.port, NULL, 0);
+    ra = handshake(&a, 1);
+    nawal_msg_free(&ra->base);
+    cr_assert(!a.has_blob_token, "a token despite --no-blob-http");
+    agent_free(&a);
+    serve_stop_clean(&sp);
+}

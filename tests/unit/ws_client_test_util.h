@@ -53,6 +53,9 @@ typedef struct {
     nawal_blob_sender *tx;
     int up_requests;
     int refuse_upload;
+    /* the blob token the Ack of Auth gave (GET /blobs/<cid>) */
+    uint8_t blob_token[32];
+    int has_blob_token;
 } agent;
 
 static inline int coord_only(const uint8_t sender[32], void *ctx) { return !memcmp(sender, ((agent *)ctx)->coord_pk, 32); }
@@ -298,7 +301,13 @@ static inline Nawal__RoundAnnounce *handshake(agent *a, int want_announce) {
     uint64_t seq = agent_send(a, MSG(AUTH), &au.base);
     nawal_msg_free(&c->base);
     free(m.payload);
-    expect_ack(a, seq);
+    m = agent_next(a, MSG(ACK), 20);
+    Nawal__Ack *ack = unpack(&m);
+    cr_assert_eq(ack->sequence, seq, "the Ack of Auth names sequence %llu", (unsigned long long)ack->sequence);
+    a->has_blob_token = ack->blob_token.len == 32;
+    if (a->has_blob_token) memcpy(a->blob_token, ack->blob_token.data, 32);
+    nawal_msg_free(&ack->base);
+    free(m.payload);
     if (!want_announce) return NULL;
     m = agent_next(a, MSG(ROUND_ANNOUNCE), 10);
     Nawal__RoundAnnounce *ra = unpack(&m);
