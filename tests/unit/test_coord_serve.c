@@ -864,6 +864,7 @@ typedef struct {
     uint64_t first, total, got;
     char reason[160];
     FILE *out;
+    int slow_us; /* sleep in each on_data: a slow reader keeps its stream open */
 } get_state;
 
 static int g_head(nawal_ws_fetch *f, int status, uint64_t first, uint64_t total, void *user) {
@@ -879,6 +880,7 @@ static int g_data(nawal_ws_fetch *f, const uint8_t *d, size_t n, void *user) {
     get_state *g = user;
     g->got += n;
     if (g->out) cr_assert_eq(fwrite(d, 1, n, g->out), n);
+    if (g->slow_us) usleep((useconds_t)g->slow_us);
     return 0;
 }
 static void g_done(nawal_ws_fetch *f, int ok, const char *reason, void *user) {
@@ -981,5 +983,46 @@ Test(coord_serve, model_blobs_over_http_with_the_session_token) {
     nawal_msg_free(&ra->base);
     cr_assert(!a.has_blob_token, "a token despite --no-blob-http");
     agent_free(&a);
+    serve_stop_clean(&sp);
+}
+
+/* At most two GETs at once per session (429 for a third), and a session's streams stop when it
+ * ends: slow readers on another connection keep two streams of a ~10 MB model open. */
+Test(coord_serve, blob_gets_capped_and_bound_to_their_session) {
+    coord_setup("2,4,512,128,8192", "", 2, 600); /* ~42 MB: more than loopback socket buffers hold */
+    serve_proc sp;
+    serve_start(&sp, "--insecure-plaintext");
+    agent a, b;
+    agent_connect(&a, 'A', sp.port, NULL, 0);
+    Nawal__RoundAnnounce *ra = handshake(&a, 1);
+    char hex[NAWAL_CID_HEX_BYTES], tok[NAWAL_CID_HEX_BYTES], auth[80], path[200], err[256];
+    nawal_cid_to_hex(hex, ra->base_model_cid.data);
+    uint64_t size = ra->base_model_size;
+    nawal_msg_free(&ra->base);
+    cr_assert(a.has_blob_token && size > (32u << 20), "model of %llu bytes", (unsigned long long)size);
+    nawal_cid_to_hex(tok, a.blob_token);
+    snprintf(auth, sizeof auth, "Nawal %s", tok);
+    snprintf(path, sizeof path, "/blobs/%s", hex);
+    agent_connect(&b, 'B', sp.port, NULL, 0); /* a's token used from another connection */
+    get_state g[3] = {{0}};
+    nawal_ws_fetch_handlers h[3];
+    for (int i = 0; i < 2; i++) {
+        g[i].slow_us = 40000;
+        h[i] = (nawal_ws_fetch_handlers){g_head, g_data, g_done, &g[i]};
+        cr_assert(nawal_ws_client_fetch(b.cl, "127.0.0.1", sp.port, path, auth, 0, &h[i], err, sizeof err), "%s", err);
+    }
+    for (double t0 = wt_now(); wt_now() - t0 < 10 && !(g[0].got && g[1].got);) agent_service(&b, 10);
+    cr_assert(g[0].got && g[1].got && !g[0].done && !g[1].done, "two streams under way");
+    h[2] = (nawal_ws_fetch_handlers){g_head, g_data, g_done, &g[2]};
+    cr_assert(nawal_ws_client_fetch(b.cl, "127.0.0.1", sp.port, path, auth, 0, &h[2], err, sizeof err), "%s", err);
+    for (double t0 = wt_now(); wt_now() - t0 < 10 && !g[2].done;) agent_service(&b, 10);
+    cr_assert(g[2].done && !g[2].ok && g[2].status == 429, "a third GET: %d %s", g[2].status, g[2].reason);
+    /* a's session ends: both streams stop short */
+    agent_free(&a);
+    for (double t0 = wt_now(); wt_now() - t0 < 30 && !(g[0].done && g[1].done);) agent_service(&b, 10);
+    for (int i = 0; i < 2; i++)
+        cr_assert(g[i].done && !g[i].ok && g[i].got < size, "stream %d: %s after %llu of %llu bytes", i, g[i].reason,
+                  (unsigned long long)g[i].got, (unsigned long long)size);
+    agent_free(&b);
     serve_stop_clean(&sp);
 }
