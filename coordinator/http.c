@@ -10,11 +10,11 @@
 
 #include "cid.h"
 #include "error.h"
+#include "http_range.h"
 #include "log.h"
 #include "rounds.h"
 #include "store_internal.h"
 
-#include <ctype.h>
 #include <fcntl.h>
 #include <jansson.h>
 #include <sodium.h>
@@ -229,13 +229,9 @@ static int blob_reply(nawal_server *srv, const nawal_ws_http_request *rq, nawal_
         return reply_text(r, 404, CT_TEXT, strdup("no such model\n"));
     }
     uint64_t size = (uint64_t)sb.st_size, off = 0;
-    if (rq->range[0]) {
-        char *end;
-        if (strncmp(rq->range, "bytes=", 6) || !isdigit((unsigned char)rq->range[6]) ||
-            (off = strtoull(rq->range + 6, &end, 10), *end != '-' || end[1] != 0) || off >= size) {
-            close(fd);
-            return reply_text(r, 416, CT_TEXT, strdup("range not satisfiable: bytes=OFFSET- below the size only\n"));
-        }
+    if (rq->range[0] && nawal_http_range_parse(rq->range, size, &off)) {
+        close(fd);
+        return reply_text(r, 416, CT_TEXT, strdup("range not satisfiable: bytes=OFFSET- below the size only\n"));
     }
     r->status = off ? 206 : 200;
     r->content_type = "application/octet-stream";

@@ -20,6 +20,7 @@
 #include "transport_internal.h"
 
 #include "error.h"
+#include "http_range.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -146,18 +147,6 @@ void ws_http_drop(void *pss) {
 
 /* ---- client --------------------------------------------------------------------- */
 
-/* all digits, no overflow */
-static int parse_u64(const char *t, uint64_t *out) {
-    uint64_t v = 0;
-    if (!*t) return 0;
-    for (; *t; t++) {
-        if (*t < '0' || *t > '9' || v > (UINT64_MAX - (uint64_t)(*t - '0')) / 10) return 0;
-        v = v * 10 + (uint64_t)(*t - '0');
-    }
-    *out = v;
-    return 1;
-}
-
 struct nawal_ws_fetch {
     unsigned kind; /* WS_KIND_FETCH */
     ws_ep *ep;
@@ -217,14 +206,12 @@ int ws_fetch_callback(nawal_ws_fetch *f, struct lws *wsi, enum lws_callback_reas
         uint64_t clen = 0;
         if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH) > 0 &&
             lws_hdr_copy(wsi, cl, sizeof cl, WSI_TOKEN_HTTP_CONTENT_LENGTH) > 0 &&
-            !parse_u64(cl, &clen))
+            !nawal_http_u64(cl, &clen))
             return fetch_fail(f, "bad Content-Length '%.30s'", cl);
         if (status == 206) { /* the range must be the one asked for, to the end */
-            uint64_t a, b, t;
             if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_CONTENT_RANGE) <= 0 ||
                 lws_hdr_copy(wsi, cr, sizeof cr, WSI_TOKEN_HTTP_CONTENT_RANGE) <= 0 ||
-                sscanf(cr, "bytes %" SCNu64 "-%" SCNu64 "/%" SCNu64, &a, &b, &t) != 3 || a != f->asked ||
-                b + 1 != a + clen || t != b + 1)
+                !nawal_http_content_range_ok(cr, f->asked, clen))
                 return fetch_fail(f, "206 with Content-Range '%.60s' for bytes=%llu- of %llu bytes", cr,
                                   (unsigned long long)f->asked, (unsigned long long)clen);
         }

@@ -262,3 +262,13 @@ put("patch", "sparse_wide_gaps.bin", patch_of(4000, {3: b"abcd", 300: b"efgh", 9
 put("patch", "every_word.bin", patch_of(33, {w: bytes([w, w + 1, w + 2, w + 3]) for w in range(9)}))
 put("patch", "trailing_byte.bin", patch_of(10, {1: b"zzzz"}, b"\x00"))
 put("patch", "material.bin", bytes(range(64)) + bytes(range(1, 65)))
+
+# fuzz_http: byte 0 picks the reader (0 number, 1 Range, 2 Content-Range), bytes 1..8 a little-endian u64
+# (the size; for a Content-Range: asked in the low 40 bits, length - 1 above), then the header value
+def http_seed(sel, n, value):
+    return bytes([sel]) + struct.pack("<Q", n) + value
+
+
+put("http", "u64.bin", http_seed(0, 0, b"123456"))
+put("http", "range.bin", http_seed(1, 1000, b"bytes=5-"))
+put("http", "content_range.bin", http_seed(2, 5 | (9 << 40), b"bytes 5-14/15"))

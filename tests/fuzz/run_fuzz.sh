@@ -8,7 +8,7 @@
 # until the next run (which starts that folder afresh).
 #
 # usage: tests/fuzz/run_fuzz.sh BUILD_DIR [SECONDS_EACH [TARGET...]]
-#   TARGET: safetensors, tokenizer, corpus, config, envelope, messages, delta, patch
+#   TARGET: safetensors, tokenizer, corpus, config, envelope, messages, delta, patch, http
 #           (default: every one built)
 # Reproduce a finding: BUILD_DIR/fuzz/fuzz_<name> ARTIFACT
 set -euo pipefail
