@@ -1,5 +1,8 @@
 /* transport.h - the WebSocket transport between nawal-agent and
- * nawal-coordinator: a thin server and client layer over libwebsockets.
+ * nawal-coordinator: a thin server and client layer over libwebsockets,
+ * plus plain HTTP on the same endpoints for bulk downloads (a server
+ * streams a file range as a GET's body; a client's GET hands the body over
+ * in blocks: transport_http.c).
  *
  * Each endpoint (server or client) owns one libwebsockets context and one
  * event loop, driven by the caller with nawal_ws_{server,client}_service().
