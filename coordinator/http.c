@@ -183,11 +183,14 @@ static char *status_body(nawal_server *srv) {
 typedef struct {
     nawal_server *srv;
     uint8_t token[32];
+    uint64_t sent, cut; /* cut: NAWAL_SERVE_TEST_HTTP_CUT (0: none) */
 } blob_stream;
 
 static int stream_sent(uint64_t bytes, void *user) {
     blob_stream *b = user;
     nawal_metric_add(b->srv->m.reg, b->srv->m.bytes_out, NULL, (double)bytes);
+    b->sent += bytes;
+    if (b->cut && b->sent >= b->cut) return -1; /* test hook: a body cut short */
     return nawal_session_blob_token_ok(b->srv, b->token) ? 0 : -1; /* the session ended: so does the stream */
 }
 
@@ -204,7 +207,9 @@ static void stream_end(void *user) {
  * as a file range the transport streams, counted in the bytes sent as it
  * goes out, at most BLOB_STREAMS_PER_SESSION at once per session (429), each
  * stopped when its session ends. PREFIX: whatever a reverse proxy put
- * before it. */
+ * before it. Test hook: with NAWAL_SERVE_TEST_HTTP_CUT=N in the
+ * environment every body stops once N bytes or more were written (the
+ * agent's fall-back test). */
 static int blob_reply(nawal_server *srv, const nawal_ws_http_request *rq, nawal_ws_http_reply *r) {
     uint8_t cid[32], token[32];
     const char *hex = strstr(rq->path, "/blobs/") + 7, *auth = rq->authorization;
@@ -246,6 +251,9 @@ static int blob_reply(nawal_server *srv, const nawal_ws_http_request *rq, nawal_
     }
     b->srv = srv;
     memcpy(b->token, token, sizeof token);
+    b->sent = 0;
+    const char *cut = getenv("NAWAL_SERVE_TEST_HTTP_CUT"); /* test hook: stop every body after this many bytes */
+    b->cut = cut ? strtoull(cut, NULL, 10) : 0;
     nawal_session_blob_streams(srv, token, +1); /* the cap was checked above */
     r->on_sent = stream_sent;
     r->on_end = stream_end;

@@ -87,13 +87,13 @@ typedef struct {
     char log[200];
 } serve_proc;
 
-/* Starts `serve --dir dir --listen 127.0.0.1:0 EXTRA...` logging to log and waits for its port. */
-static inline void serve_start_at(serve_proc *p, const char *dir, const char *log, const char *extra) {
+/* Starts `serve --dir dir --listen 127.0.0.1:0 EXTRA...` with env (may be NULL) logging to log and waits for its port. */
+static inline void serve_start_env(serve_proc *p, const char *dir, const char *log, const char *extra, const char *env) {
     snprintf(p->log, sizeof p->log, "%s", log);
     char cmd[1024];
     snprintf(cmd, sizeof cmd, "exec %s serve --dir %s --listen 127.0.0.1:0 %s", NAWAL_COORDINATOR_BIN, dir,
              extra ? extra : "");
-    p->pid = coord_spawn(cmd, p->log, NULL);
+    p->pid = coord_spawn(cmd, p->log, env);
     p->port = 0;
     for (double t0 = wt_now(); wt_now() - t0 < 20 && !p->port;) {
         char *l = coord_slurp(p->log, NULL);
@@ -108,6 +108,10 @@ static inline void serve_start_at(serve_proc *p, const char *dir, const char *lo
         if (!p->port) usleep(20000);
     }
     cr_assert(p->port > 0, "serve did not report its port (log %s)", p->log);
+}
+
+static inline void serve_start_at(serve_proc *p, const char *dir, const char *log, const char *extra) {
+    serve_start_env(p, dir, log, extra, NULL);
 }
 
 /* Sends sig and waits for the exit (20 s); returns the wait status. */

@@ -402,3 +402,38 @@ Test(coord_agent_run, model_download_over_http_or_blob_request) {
     cr_assert(strstr(r2, "s (BlobRequest)\n") && !strstr(r2, "HTTP download failed"), "round 2 without tokens:\n%s", r2);
     free(a);
 }
+
+/* A GET cut mid-body (NAWAL_SERVE_TEST_HTTP_CUT) is resumed over BlobRequest from where it stopped,
+ * not from 0; the cached base is the coordinator's model byte for byte. */
+Test(coord_agent_run, model_download_cut_mid_body_resumes_over_blob_request) {
+    coord_sh(g_root, "%s init --dir %s --model-config 2,4,256,128,4096", NAWAL_COORDINATOR_BIN, g_dir); /* ~10 MB */
+    validator v[1];
+    validator_new(&v[0], "a", 61);
+    coord_sh(g_root, "%s round start --dir %s --pool-planck %llu --target 1 --min 1 --deadline-s 240 --join-window-s 120 "
+             "--steps 1 --batch 1", NAWAL_COORDINATOR_BIN, g_dir, POOL);
+    serve_proc sp;
+    char log[200];
+    snprintf(log, sizeof log, "%s/serve.log", g_root);
+    serve_start_env(&sp, g_dir, log, "--insecure-plaintext --log-level debug", "NAWAL_SERVE_TEST_HTTP_CUT=300000");
+    validator_start(&v[0], sp.port, STAKE, NULL, NULL);
+    validator_expect_exit(&v[0], 0, 240);
+    serve_stop_clean(&sp);
+    validator_log_has(&v[0], "HTTP download failed (connection closed after ");
+    validator_log_has(&v[0], "; continuing over BlobRequest");
+    validator_log_has(&v[0], " s (BlobRequest)\n");
+    /* the BlobRequest asked from where the body stopped */
+    char *slog = coord_slurp(sp.log, NULL);
+    const char *at = slog ? strstr(slog, "event=blob_request") : NULL;
+    cr_assert(at, "no blob_request in serve's log:\n%s", slog ? slog : "");
+    at = strstr(at, " offset=");
+    cr_assert(at && strtoull(at + 8, NULL, 10) >= 300000, "BlobRequest not resumed: %.80s", at ? at : "");
+    free(slog);
+    nawal_store *s = coord_open(g_dir);
+    char err[512] = "", mblob[4096], path[300];
+    nawal_round r1;
+    cr_assert_eq(nawal_store_round_get(s, 1, &r1, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(nawal_blobstore_path(s, r1.base_cid, mblob, sizeof mblob), 0);
+    nawal_store_close(s);
+    cached_model(&v[0], r1.base_cid, path, sizeof path);
+    same_bytes(path, mblob);
+}
