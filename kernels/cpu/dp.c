@@ -9,7 +9,9 @@
  * single-threaded, as in attention.c.
  *
  * Linear layers: ||A_b^T D_b||^2 either by the ghost form
- * sum_{s,t} (A_b A_b^T)_{st} (D_b D_b^T)_{st} (~2 T^2 (d + p) FLOPs) or by
+ * sum_{s,t} (A_b A_b^T)_{st} (D_b D_b^T)_{st} (~2 T^2 (d + p) FLOPs; the
+ * Grams' lower block triangle only, 3/4 of that: 5-15% off the op on the
+ * tiny config, 1 thread) or by
  * materialising A_b^T D_b in column tiles (~2 T d p FLOPs), whichever is
  * cheaper for the shape. The tied embedding / LM head groups an example's
  * positions by token, which gives E_b's rows directly (||E_b||^2 and the
@@ -60,6 +62,18 @@ static double sumsq_d(const float *x, size_t n) {
     return s;
 }
 
+/* sum a[i] b[i] in double, in 8 independent partial sums (the adds pipeline) */
+static double dot_d(const float *a, const float *b, size_t n) {
+    double acc[8] = {0};
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++) acc[l] += (double)a[i + l] * b[i + l];
+    double sum = 0.0;
+    for (; i < n; i++) sum += (double)a[i] * b[i];
+    for (int l = 0; l < 8; l++) sum += acc[l];
+    return sum;
+}
+
 /* the rule of ops.h (and of the CUDA backend): ghost when its two T x T
  * Gram matrices are smaller than the d x p gradient it avoids */
 int cpu_pe_ghost_cheaper(int T, int d, int p) {
@@ -70,13 +84,22 @@ int cpu_pe_ghost_cheaper(int T, int d, int p) {
 static double linear_example(const float *A, const float *D, int T, int d, int p, int ghost, dp_scratch *s) {
     if (T <= 0 || d <= 0 || p <= 0) return 0.0;
     if (ghost) {
-        size_t tt = (size_t)T * T;
-        float *ga = scratch_f(s, 2 * tt), *gd = ga + tt;
-        cpu_sgemm('N', 'T', T, T, d, 1.0f, A, d, A, d, 0.0f, ga, T);
-        cpu_sgemm('N', 'T', T, T, p, 1.0f, D, p, D, p, 0.0f, gd, T);
-        double sum = 0.0;
-        for (size_t i = 0; i < tt; i++) sum += (double)ga[i] * gd[i];
-        return sum;
+        /* the Gram matrices are symmetric: their lower block triangle (rows split in halves
+         * 1 and 2: G11, G21, G22) is 3/4 of the products, and
+         * sum(GA o GD) = sum(GA11 o GD11) + 2 sum(GA21 o GD21) + sum(GA22 o GD22) */
+        int h = T / 2, r = T - h;
+        size_t n11 = (size_t)h * h, n21 = (size_t)r * h, n22 = (size_t)r * r, nb = n11 + n21 + n22;
+        float *ga = scratch_f(s, 2 * nb), *gd = ga + nb;
+        const float *A2 = A + (size_t)h * d, *D2 = D + (size_t)h * p;
+        if (h) {
+            cpu_sgemm('N', 'T', h, h, d, 1.0f, A, d, A, d, 0.0f, ga, h);
+            cpu_sgemm('N', 'T', r, h, d, 1.0f, A2, d, A, d, 0.0f, ga + n11, h);
+            cpu_sgemm('N', 'T', h, h, p, 1.0f, D, p, D, p, 0.0f, gd, h);
+            cpu_sgemm('N', 'T', r, h, p, 1.0f, D2, p, D, p, 0.0f, gd + n11, h);
+        }
+        cpu_sgemm('N', 'T', r, r, d, 1.0f, A2, d, A2, d, 0.0f, ga + n11 + n21, r);
+        cpu_sgemm('N', 'T', r, r, p, 1.0f, D2, p, D2, p, 0.0f, gd + n11 + n21, r);
+        return dot_d(ga, gd, n11) + 2.0 * dot_d(ga + n11, gd + n11, n21) + dot_d(ga + n11 + n21, gd + n11 + n21, n22);
     }
     /* W = A^T D, [d][pt] column tiles of it at a time */
     size_t pt = PE_TILE_FLOATS / (size_t)d;
