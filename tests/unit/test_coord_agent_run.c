@@ -348,7 +348,7 @@ Test(coord_agent_run, unusable_model_patch_falls_back_to_the_whole_model) {
 /* ---- the model download's paths ------------------------------------------------ */
 
 /* An agent whose blob token is refused (NAWAL_AGENT_TEST_BAD_BLOB_TOKEN) says so and downloads the
- * base model over BlobRequest, resuming where the GET stopped; the other gets it over HTTP; both
+ * base model over BlobRequest (a GET cut mid-body: the next test); the other gets it over HTTP; both
  * caches hold the coordinator's model byte for byte. With serve --no-blob-http, BlobRequest only. */
 Test(coord_agent_run, model_download_over_http_or_blob_request) {
     coord_sh(g_root, "%s init --dir %s --model-config " MODEL, NAWAL_COORDINATOR_BIN, g_dir);
