@@ -414,6 +414,18 @@ static int print_round(nawal_store *s, const nawal_round *r) {
            (unsigned long long)rejected);
     printf("  config       %s\n", cfg);
     free(cfg);
+    nawal_submission *sub = NULL;
+    size_t n = 0;
+    if (nawal_store_submissions(s, r->id, &sub, &n, err, sizeof err)) return fail(err);
+    for (size_t i = 0; i < n; i++) { /* one line per update: the validator, its claims, the aggregation's verdict */
+        char fp[NAWAL_FINGERPRINT_SHORT_BYTES];
+        nawal_fingerprint_short(fp, sub[i].validator);
+        printf("  update       %s  %llu examples, quality %.4f: %s%s\n", fp, (unsigned long long)sub[i].num_examples,
+               sub[i].quality_ppm / 1e6,
+               sub[i].rejected ? "dropped: " : r->state == NAWAL_ROUND_CLOSED ? "used" : "received",
+               sub[i].rejected ? sub[i].reason : "");
+    }
+    free(sub);
     return 0;
 }
 

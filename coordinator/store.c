@@ -673,7 +673,7 @@ int nawal_store_submissions(nawal_store *s, int64_t round_id, nawal_submission *
     sqlite3_stmt *st;
     if (nawal_store_prepare(s, &st,
                             "SELECT validator, delta_cid, num_examples, quality_ppm, received_ms, stake_planck,"
-                            " rejected IS NOT NULL FROM submissions WHERE round_id = ?1 ORDER BY validator",
+                            " rejected IS NOT NULL, rejected FROM submissions WHERE round_id = ?1 ORDER BY validator",
                             err, errlen))
         return -1;
     sqlite3_bind_int64(st, 1, round_id);
@@ -702,6 +702,8 @@ int nawal_store_submissions(nawal_store *s, int64_t round_id, nawal_submission *
         x->received_ms = sqlite3_column_int64(st, 4);
         if ((rc = nawal_store_column_u64(st, 5, &x->stake_planck, err, errlen))) break;
         x->rejected = sqlite3_column_int(st, 6) != 0;
+        const unsigned char *why = sqlite3_column_text(st, 7);
+        if (why) snprintf(x->reason, sizeof x->reason, "%s", (const char *)why);
         cnt++;
     }
     if (rc == 0 && step != SQLITE_DONE) rc = nawal_store_sql_fail(s, err, errlen, "read submissions");

@@ -158,6 +158,7 @@ typedef struct {
     int64_t received_ms;
     uint64_t stake_planck;       /* filled from the registry at insert */
     int rejected;                /* set by the aggregation: dropped (not used, not paid) */
+    char reason[256];            /* why, when rejected (nawal_store_submissions fills it) */
 } nawal_submission;
 
 /* Records an accepted update. Refused (NAWAL_STORE_REFUSED, reason in err):

@@ -454,4 +454,22 @@ Test(coord_sim, byzantine_validator_dropped_by_krum) {
         free(subs);
     }
     nawal_store_close(s);
+    /* the operator's view: round status lists each update with its verdict */
+    char fp[NAWAL_FINGERPRINT_SHORT_BYTES], line[160];
+    nawal_fingerprint_short(fp, byz);
+    snprintf(cmd, sizeof cmd, "%s round status --dir %s --round 2 >%s 2>&1", NAWAL_COORDINATOR_BIN, coord, out_path);
+    cr_assert_eq(system(cmd), 0);
+    out = coord_slurp(out_path, NULL);
+    snprintf(line, sizeof line, "  update       %s  ", fp);
+    const char *at = out ? strstr(out, line) : NULL;
+    cr_assert(at && !strncmp(strchr(at, ':') + 2, "dropped: krum: not among the 3 of 4", 35), "round status:\n%s", out ? out : "");
+    int used = 0, updates = 0;
+    for (char *l = strtok(out, "\n"); l; l = strtok(NULL, "\n"))
+        if (!strncmp(l, "  update ", 9)) {
+            updates++;
+            size_t n = strlen(l);
+            used += n > 6 && !strcmp(l + n - 6, ": used");
+        }
+    cr_assert(updates == 4 && used == 3, "%d updates listed, %d used", updates, used);
+    free(out);
 }
