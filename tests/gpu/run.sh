@@ -10,12 +10,13 @@
 #            --quick      (skip GPT-2-small and torch.compile)
 #            --no-torch   (skip the PyTorch baselines)
 #            --profile    (nawal-bench --profile: per-op breakdown of each config)
+#            --no-stream  (skip issue 5's blob streaming figures on this host's CPUs)
 #            --out DIR    (logs; default build-gpu/results; when $OUT is set they
 #                          are also packed into $OUT/gpu-logs.tar.gz)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
-PREBUILT= DATA= QUICK=0 LOGDIR= TORCH=1 PROFILE=
+PREBUILT= DATA= QUICK=0 LOGDIR= TORCH=1 PROFILE= STREAM=1
 while [ $# -gt 0 ]; do
   case $1 in
     --prebuilt) PREBUILT=$2; shift 2 ;;
@@ -23,8 +24,9 @@ while [ $# -gt 0 ]; do
     --quick) QUICK=1; shift ;;
     --no-torch) TORCH=0; shift ;;
     --profile) PROFILE=--profile; shift ;;
+    --no-stream) STREAM=0; shift ;;
     --out) LOGDIR=$2; shift 2 ;;
-    -h|--help) sed -n 2,12p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,15p "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -117,6 +119,18 @@ if [ $QUICK = 0 ]; then
       cat "$LOGDIR/torch-matmul-$p.log"
       row "torch matmul gpt2s $p" "$(sed -n 's/.*weighted_tflops=//p' "$LOGDIR/torch-matmul-$p.log")" "TFLOP/s (FLOP-weighted)"
     fi
+  done
+fi
+# blob streaming over loopback on this host's CPUs (issue 5: the device host has 16 cores, the
+# development machines 2): uploads as BlobChunk messages, downloads as HTTP GETs, plain and TLS
+if [ $STREAM = 1 ]; then
+  for c in "plain up" "tls up" "plain down --http" "tls down --http"; do
+    set -- $c
+    name="stream 1GiB $1 $2${3:+ http}"
+    if "$BIN/nawal-bench" stream --size 1GiB --$1 --direction $2 ${3:-} --dir "${TMPDIR:-/tmp}" >"$LOGDIR/stream-$1-$2.log" 2>&1; then
+      row "$name" "$(awk '/^complete:/{print $4}' "$LOGDIR/stream-$1-$2.log")" \
+        "MB/s complete; $(awk '/^transfer:/{print $4}' "$LOGDIR/stream-$1-$2.log") MB/s transfer; goal plain 1000, TLS 600"
+    else row "$name" FAIL "$(tail -1 "$LOGDIR/stream-$1-$2.log")"; fi
   done
 fi
 if [ -n "$DATA" ]; then
