@@ -233,8 +233,8 @@ static int ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
     if (f) return ws_fetch_callback(f, wsi, reason, in, len);
 
     switch (reason) {
-    case LWS_CALLBACK_FILTER_NETWORK_CONNECTION: /* before TLS: refuse when full */
-        return !ep || ep->destroying || ep->nconn >= ep->cfg.max_connections;
+    case LWS_CALLBACK_FILTER_NETWORK_CONNECTION: /* before TLS: refuse when full (HTTP file bodies count) */
+        return !ep || ep->destroying || ep->nconn + ep->nstreams >= ep->cfg.max_connections;
     case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION: /* the upgrade request */
         return !ep || ep->destroying || ep->nconn >= ep->cfg.max_connections;
     case LWS_CALLBACK_ESTABLISHED:

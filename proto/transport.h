@@ -53,7 +53,8 @@ typedef struct nawal_ws_config {
     /* listening (server) */
     const char *bind_addr;   /* interface name or address to bind; NULL = all */
     int port;                /* 0 = an ephemeral port, see nawal_ws_server_port() */
-    int max_connections;     /* server: open connections beyond this are refused (default 64) */
+    int max_connections;     /* server: connections beyond this many WebSocket connections + HTTP file
+                                bodies being sent are refused (default 64) */
     /* limits */
     size_t max_message;      /* largest message received or sent, bytes (default 4 MiB) */
     size_t queue_msgs;       /* per-connection send queue, messages (default 64) */

@@ -11,7 +11,8 @@
  * writable callback, io_chunk bytes per pread into one buffer of the
  * endpoint, a few blocks per callback while the socket is not choked, the
  * descriptor kept in the wsi's per-session data and closed when the range
- * is out or the connection drops.
+ * is out or the connection drops. Streams in progress count against the
+ * endpoint's max_connections with its WebSocket connections.
  *
  * Client. A fetch is a client wsi of the endpoint's context whose opaque
  * user data is the nawal_ws_fetch (kind WS_KIND_FETCH); it is freed at
@@ -90,6 +91,8 @@ int ws_http_request(ws_ep *ep, struct lws *wsi, void *pss, const char *path) {
     free(r.body);
     if (rc == 0 && file && !head && r.file_len > 0) {
         ws_http_drop(st); /* a keep-alive connection's earlier stream, if any */
+        st->ep = ep;
+        ep->nstreams++;
         st->fd_plus1 = r.file_fd + 1;
         st->off = r.file_off;
         st->left = r.file_len;
@@ -139,6 +142,8 @@ void ws_http_drop(void *pss) {
     close(st->fd_plus1 - 1);
     st->fd_plus1 = 0;
     st->left = 0;
+    if (st->ep) st->ep->nstreams--;
+    st->ep = NULL;
     void (*end)(void *) = st->on_end;
     st->on_end = NULL;
     st->on_sent = NULL;

@@ -30,7 +30,8 @@ typedef struct ws_ep {
     nawal_ws_config cfg;
     nawal_ws_handlers h;
     int is_server;
-    int nconn;                   /* open connections */
+    int nconn;                   /* open WebSocket connections */
+    int nstreams;                /* server: HTTP file bodies being sent (count against max_connections too) */
     int destroying;
     int port;
     nawal_ws_http_fn http_fn;    /* server: plain HTTP requests (NULL: refused) */
@@ -62,6 +63,7 @@ struct nawal_ws_conn {
 
 /* A server wsi's per-session data: the file an HTTP reply is streaming. */
 typedef struct {
+    struct ws_ep *ep;            /* while fd_plus1 */
     int fd_plus1;                /* the file's descriptor + 1; 0: none */
     uint64_t off, left;
     int (*on_sent)(uint64_t bytes, void *user); /* the reply's */

@@ -148,9 +148,10 @@ static uint8_t *file_make(srv_ctx *sc, uint64_t *seed, uint64_t size) {
 }
 
 /* A server (handler over sc, on its thread) and a client, TLS with tls's certificate or plaintext. */
-static nawal_ws_client *pair_start(srv_ctx *sc, const wt_tls *tls, wt_server *ws, int *port) {
+static nawal_ws_client *pair_start_max(srv_ctx *sc, const wt_tls *tls, wt_server *ws, int *port, int max_conn) {
     char err[256];
     nawal_ws_config scfg = {0};
+    scfg.max_connections = max_conn;
     if (tls) {
         scfg.cert_file = tls->cert;
         scfg.key_file = tls->key;
@@ -167,6 +168,10 @@ static nawal_ws_client *pair_start(srv_ctx *sc, const wt_tls *tls, wt_server *ws
     nawal_ws_client *cl = nawal_ws_client_new(&ccfg, NULL, err, sizeof err);
     cr_assert(cl, "client: %s", err);
     return cl;
+}
+
+static nawal_ws_client *pair_start(srv_ctx *sc, const wt_tls *tls, wt_server *ws, int *port) {
+    return pair_start_max(sc, tls, ws, port, 0);
 }
 
 static void http_suite(int tls_on) {
@@ -272,6 +277,44 @@ Test(transport_http, slow_reader_gets_the_whole_body, .timeout = 120) {
     cr_assert(dt > 5.5, "the body came in %.1f s: not slower than lws's timeout, the test proves nothing", dt);
     cr_assert(!memcmp(st.data, blob, sc.size));
     free(st.data);
+    nawal_ws_client_free(cl);
+    wt_server_stop(&ws);
+    unlink(sc.path);
+    free(blob);
+}
+
+/* File bodies being sent count against max_connections: with two streams open (slow readers) a
+ * third connection is refused; once they are over, a new GET gets through. */
+Test(transport_http, streams_count_against_the_connection_limit, .timeout = 120) {
+    uint64_t seed = fresh_seed();
+    srv_ctx sc;
+    memset(&sc, 0, sizeof sc);
+    uint8_t *blob = file_make(&sc, &seed, 48u << 20);
+    wt_server ws = {0};
+    int port;
+    nawal_ws_client *cl = pair_start_max(&sc, NULL, &ws, &port, 2);
+    char err[256];
+    fetch_state st[3] = {{0}};
+    nawal_ws_fetch_handlers h[3];
+    for (int i = 0; i < 2; i++) {
+        st[i].slow_us = 20000;
+        h[i] = (nawal_ws_fetch_handlers){on_head, on_data, on_done, &st[i]};
+        cr_assert(nawal_ws_client_fetch(cl, "127.0.0.1", port, "/blob", AUTH, 0, &h[i], err, sizeof err), "%s", err);
+    }
+    for (double t0 = wt_now(); wt_now() - t0 < 10 && !(st[0].got && st[1].got);) nawal_ws_client_service(cl, 10);
+    cr_assert(st[0].got && st[1].got && !st[0].done && !st[1].done, "two streams under way");
+    h[2] = (nawal_ws_fetch_handlers){on_head, on_data, on_done, &st[2]};
+    nawal_ws_fetch *f = nawal_ws_client_fetch(cl, "127.0.0.1", port, "/small", NULL, 0, &h[2], err, sizeof err);
+    if (f) cr_assert(wt_client_until(cl, fetch_finished, &st[2], 20), "the third request hangs");
+    cr_assert(!f || (!st[2].ok && st[2].heads == 0), "a third connection was served: %s", st[2].reason);
+    for (int i = 0; i < 2; i++) {
+        st[i].slow_us = 0;
+        cr_assert(wt_client_until(cl, fetch_finished, &st[i], 60), "stream %d did not end", i);
+        cr_assert(st[i].ok, "stream %d: %s", i, st[i].reason);
+    }
+    fetch_state again = {0};
+    run_fetch(cl, port, "/small", NULL, 0, &again);
+    cr_assert(again.ok && again.got == 5, "after the streams: %s", again.reason);
     nawal_ws_client_free(cl);
     wt_server_stop(&ws);
     unlink(sc.path);
