@@ -266,7 +266,11 @@ static int blob_reply(nawal_server *srv, const nawal_ws_http_request *rq, nawal_
 int nawal_http_handle(const nawal_ws_http_request *rq, nawal_ws_http_reply *reply, void *user) {
     nawal_server *srv = user;
     const char *method = rq->method, *path = rq->path;
-    if (strstr(path, "/blobs/")) return blob_reply(srv, rq, reply); /* behind a proxy, under its prefix */
+    if (strstr(path, "/blobs/")) { /* behind a proxy, under its prefix */
+        int rc = blob_reply(srv, rq, reply);
+        if (rc == 0) nawal_serve_metrics_blob_get(&srv->m, reply->status);
+        return rc;
+    }
     int known = !strcmp(path, "/metrics") || !strcmp(path, "/status");
     nawal_log(NAWAL_LOG_DEBUG, "http_request", "method=%s path_known=%d", method, known);
     if (!known) return reply_text(reply, 404, CT_TEXT, strdup("not found: try /metrics or /status\n"));

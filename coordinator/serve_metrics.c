@@ -45,6 +45,7 @@ int nawal_serve_metrics_init(nawal_serve_metrics *m) {
     DEF(updates_rejected, "nawal_updates_rejected_total", C, "Updates refused or dropped, by reason");
     DEF(rounds_closed, "nawal_rounds_closed_total", C, "Rounds closed with a new model");
     DEF(rounds_failed, "nawal_rounds_failed_total", C, "Rounds that failed (too few joins, updates or usable updates)");
+    DEF(blob_gets, "nawal_blob_http_requests_total", C, "GET /blobs requests (agents' model downloads), by HTTP status");
     return 0;
 fail:
     nawal_metrics_free(m->reg);
@@ -61,6 +62,13 @@ void nawal_serve_metrics_error(nawal_serve_metrics *m, int code) {
     const char *name = nawal_error_code_name(code);
     const char *lab[] = { "code", name ? name : "ERR_UNSPECIFIED", NULL };
     nawal_metric_add(m->reg, m->errors_sent, lab, 1);
+}
+
+void nawal_serve_metrics_blob_get(nawal_serve_metrics *m, int status) {
+    char st[16];
+    snprintf(st, sizeof st, "%d", status);
+    const char *lab[] = { "status", st, NULL };
+    nawal_metric_add(m->reg, m->blob_gets, lab, 1);
 }
 
 void nawal_serve_metrics_rejected(nawal_serve_metrics *m, const char *reason, double n) {

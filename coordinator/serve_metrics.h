@@ -23,6 +23,7 @@ typedef struct {
     /* counters */
     int bytes_in, bytes_out, messages_in, errors_sent;
     int updates_accepted, updates_rejected, rounds_closed, rounds_failed;
+    int blob_gets;
 } nawal_serve_metrics;
 
 int nawal_serve_metrics_init(nawal_serve_metrics *m);
@@ -35,6 +36,8 @@ void nawal_serve_metrics_error(nawal_serve_metrics *m, int code);
  * ("aggregation" for updates the aggregation dropped, "bad_blob"). */
 void nawal_serve_metrics_rejected(nawal_serve_metrics *m, const char *reason, double n);
 void nawal_serve_metrics_rejected_code(nawal_serve_metrics *m, int code);
+/* One GET /blobs answered with this HTTP status (label status="200", "401", ...). */
+void nawal_serve_metrics_blob_get(nawal_serve_metrics *m, int status);
 /* One accepted envelope of this MsgType (label type="MSG_JOIN", ...). */
 void nawal_serve_metrics_message(nawal_serve_metrics *m, unsigned type);
 

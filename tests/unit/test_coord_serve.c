@@ -974,6 +974,16 @@ Test(coord_serve, model_blobs_over_http_with_the_session_token) {
     for (double t0 = wt_now(); wt_now() - t0 < 1;) agent_service(&b, 10);
     cr_assert_eq(blob_get(&b, sp.port, path, auth, 0, NULL).status, 401);
     agent_free(&b);
+    /* every answer counted by status in /metrics */
+    prom_page *pg = malloc(sizeof *pg);
+    metrics_get(sp.port, 0, pg);
+    static const struct { const char *status; double n; } counts[] = {
+        {"200", 2}, {"206", 1}, {"401", 3}, {"404", 3}, {"416", 1}};
+    for (size_t i = 0; i < sizeof counts / sizeof *counts; i++)
+        cr_assert_eq(metric(pg, "nawal_blob_http_requests_total", "status", counts[i].status), counts[i].n,
+                     "status %s", counts[i].status);
+    cr_assert(metric(pg, "nawal_sent_bytes_total", NULL, NULL) >= 2.0 * (double)size, "blob bytes counted as sent");
+    free(pg);
     serve_stop_clean(&sp);
 
     /* --no-blob-http: no token */
