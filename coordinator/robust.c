@@ -102,7 +102,8 @@ int nawal_robust_parse(const char *strategy, nawal_robust_options *o, char *err,
             char *e;
             errno = 0;
             double v = strtod(arg, &e);
-            if (errno || e == arg || *e || !(v >= 0.0 && v < 0.5))
+            int under = errno == ERANGE && fabs(v) < 1.0; /* underflow: a tiny fraction is still a fraction */
+            if ((errno && !under) || e == arg || *e || !(v >= 0.0 && v < 0.5))
                 return nawal_fail(err, errlen, "trimmed-mean:TRIM wants a fraction in [0, 0.5), got '%s'", arg);
             o->trim = v;
         }

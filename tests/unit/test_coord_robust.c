@@ -364,11 +364,12 @@ Test(coord_robust, nonfinite_update_dropped_result_as_without_it) {
 }
 
 Test(coord_robust, strategy_names_parsed_or_refused) {
-    static const char *const good[] = {"median", "trimmed-mean", "trimmed-mean:0", "trimmed-mean:0.49", "krum",
+    static const char *const good[] = {"median", "trimmed-mean", "trimmed-mean:0", "trimmed-mean:0.49",
+                                       "trimmed-mean:1e-320", "krum",
                                        "krum:0", "krum:2", "krum:1:1", "fedavg", "fedavg-sparse"};
     static const char *const bad[] = {"median:1", "trimmed-mean:0.5", "trimmed-mean:-0.1", "trimmed-mean:x",
                                       "trimmed-mean:", "krum:-1", "krum:1:0", "krum:a", "krum:1:2:3", "krum:",
-                                      "mediann", "Median", "krum1", ""};
+                                      "mediann", "Median", "krum1", "", "trimmed-mean:1e999", "trimmed-mean:nan"};
     char err[512];
     for (size_t i = 0; i < sizeof good / sizeof *good; i++)
         cr_assert_eq(nawal_aggregator_known(good[i], err, sizeof err), 0, "%s: %s", good[i], err);
