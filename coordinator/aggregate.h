@@ -265,6 +265,10 @@ typedef struct {
 
 int nawal_robust_create(nawal_aggregator **out, const nawal_robust_options *o, char *err, size_t errlen);
 
+/* Krum (o's krum_f, krum_m) over n updates: how many it averages, m (n - m
+ * are dropped every round); *f_out (may be NULL) gets the f it assumes. */
+size_t nawal_krum_kept(const nawal_robust_options *o, size_t n, long *f_out);
+
 /* "median", "trimmed-mean[:TRIM]" (default 0.2), "krum[:F[:M]]" into *o
  * (threads and spill_dir zeroed): 1 parsed; 0 not a robust rule's name; -1
  * a robust rule with a bad parameter (err says why). */

@@ -575,17 +575,23 @@ static int cmp_double(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
+size_t nawal_krum_kept(const nawal_robust_options *o, size_t n, long *f_out) {
+    long f = o->krum_f < 0 ? (n >= 3 ? ((long)n - 3) / 2 : 0) : o->krum_f;
+    size_t m = o->krum_m > 0 ? (size_t)o->krum_m : (f < (long)n ? n - (size_t)f : 1);
+    if (f_out) *f_out = f;
+    return m > n ? n : m;
+}
+
 /* Krum's choice among the live updates: the m with the lowest scores
  * (score = the sum of the squared distances to its nl - f - 2 nearest
  * others; ties by position). Marks the others rejected; *sel gets the
  * chosen positions in update order. */
 static int krum_select(robust *R, const size_t *live, size_t nl, const double *D, size_t *sel, size_t *n_sel) {
-    long f = R->o.krum_f < 0 ? (nl >= 3 ? ((long)nl - 3) / 2 : 0) : R->o.krum_f;
+    long f;
+    size_t m = nawal_krum_kept(&R->o, nl, &f);
     long fe = f; /* the f the scores can use: at least one neighbour each */
     if ((long)nl - fe - 2 < 1) fe = nl >= 3 ? (long)nl - 3 : 0;
     size_t neigh = nl >= 3 ? nl - (size_t)fe - 2 : 0;
-    size_t m = R->o.krum_m > 0 ? (size_t)R->o.krum_m : (f < (long)nl ? nl - (size_t)f : 1);
-    if (m > nl) m = nl;
     double *score = malloc(nl * sizeof *score), *row = malloc(nl * sizeof *row);
     size_t *order = malloc(nl * sizeof *order);
     if (!score || !row || !order) {

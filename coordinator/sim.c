@@ -600,8 +600,7 @@ static int run_sim(const sim_opts *o) {
         nawal_robust_options ro;
         char perr[256];
         if (nawal_robust_parse(o->strategy, &ro, perr, sizeof perr) == 1 && ro.rule == NAWAL_ROBUST_KRUM) {
-            int f = ro.krum_f >= 0 ? ro.krum_f : (o->validators >= 3 ? (o->validators - 3) / 2 : 0);
-            int m = ro.krum_m > 0 ? ro.krum_m : (f < o->validators ? o->validators - f : 1);
+            int m = (int)nawal_krum_kept(&ro, (size_t)o->validators, NULL);
             min = m < min ? m : min;
         }
         snprintf(nmin, sizeof nmin, "%d", min < 1 ? 1 : min);
