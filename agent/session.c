@@ -497,11 +497,7 @@ static void http_done(nawal_ws_fetch *f, int ok, const char *reason, void *user)
  * connection is gone). */
 static int rx_request(session *s, int allow_http) {
     char err[512], path[400], hex[NAWAL_CID_HEX_BYTES];
-    s->http_status = 0;
-    if (s->http_f) {
-        nawal_ws_fetch_cancel(s->http_f, "replaced by another download");
-        s->http_f = NULL;
-    }
+    s->http_status = 0; /* no GET in flight here: fetch_start dropped it, http_done ended it */
     uint64_t off = nawal_blob_receiver_offset(s->rx);
     if (allow_http && s->blob_auth[0] && !s->http_off) {
         nawal_cid_to_hex(hex, rx_blob(s));
@@ -512,11 +508,8 @@ static int rx_request(session *s, int allow_http) {
         snprintf(path, sizeof path, "%.*s/blobs/%s", (int)(pl < 300 ? pl : 300), pre, hex);
         nawal_ws_fetch_handlers h = {http_head, http_data, http_done, s};
         s->http_f = nawal_ws_client_fetch(s->cl, s->ag->host, s->ag->port, path, s->blob_auth, off, &h, err, sizeof err);
-        s->rx_http = s->http_f != NULL;
-        if (s->http_f) {
-            s->rx_seq = UINT64_MAX; /* no BlobRequest outstanding */
-            return 0;
-        }
+        s->rx_http = s->http_f != NULL; /* no BlobRequest outstanding: error_answers skips the download */
+        if (s->http_f) return 0;
         s->http_off = 1;
         fprintf(stderr, "warning: round %llu: %s; downloading over BlobRequest\n", R(s), err);
     }
@@ -537,7 +530,7 @@ static int fetch_start(session *s, const uint8_t cid[32], uint64_t max_size, int
     const patch_hint *h = patch_usable(s, s->rx_cid);
     s->rx_patch = h != NULL;
     if (h) s->rx_hint = *h;
-    const uint8_t *blob = h ? s->rx_hint.patch : s->rx_cid;
+    const uint8_t *blob = rx_blob(s);
     if (h) nawal_agent_patch_path(path, sizeof path, s->ag->state_dir, blob);
     else nawal_agent_model_path(path, sizeof path, s->ag->state_dir, blob);
     if (nawal_blob_receiver_open(&s->rx, path, blob, h ? h->size : max_size, err, sizeof err)) {
