@@ -217,12 +217,14 @@ static int blob_reply(nawal_server *srv, const nawal_ws_http_request *rq, nawal_
     char err[128], path[4096];
     if (strcmp(rq->method, "GET") && strcmp(rq->method, "HEAD"))
         return reply_text(r, 405, CT_TEXT, strdup("method not allowed: GET only\n"));
-    if (strncmp(auth, "Nawal ", 6) || strlen(auth + 6) != 64 || nawal_cid_from_hex(token, auth + 6, err, sizeof err) ||
-        !nawal_session_blob_token_ok(srv, token)) {
+    int streams = -1; /* the token's live session's streams; -1: no such session */
+    if (!strncmp(auth, "Nawal ", 6) && strlen(auth + 6) == 64 && nawal_cid_from_hex(token, auth + 6, err, sizeof err) == 0)
+        streams = nawal_session_blob_streams(srv, token, 0);
+    if (streams < 0) {
         nawal_log(NAWAL_LOG_INFO, "blob_http_refused", "reason=token");
         return reply_text(r, 401, CT_TEXT, strdup("a live session's blob token is required (Authorization: Nawal <hex>)\n"));
     }
-    if (nawal_session_blob_streams(srv, token, 0) >= BLOB_STREAMS_PER_SESSION)
+    if (streams >= BLOB_STREAMS_PER_SESSION)
         return reply_text(r, 429, CT_TEXT, strdup("too many downloads at once for this session\n"));
     if (strlen(hex) != 64 || nawal_cid_from_hex(cid, hex, err, sizeof err) || !nawal_serve_is_public_model(srv, cid) ||
         nawal_blobstore_path(srv->store, cid, path, sizeof path))
@@ -238,17 +240,17 @@ static int blob_reply(nawal_server *srv, const nawal_ws_http_request *rq, nawal_
         close(fd);
         return reply_text(r, 416, CT_TEXT, strdup("range not satisfiable: bytes=OFFSET- below the size only\n"));
     }
+    blob_stream *b = malloc(sizeof *b);
+    if (!b) {
+        close(fd);
+        return -1;
+    }
     r->status = off ? 206 : 200;
     r->content_type = "application/octet-stream";
     r->file_fd = fd;
     r->file_off = off;
     r->file_len = size - off;
     r->file_total = size;
-    blob_stream *b = malloc(sizeof *b);
-    if (!b) {
-        close(fd);
-        return -1;
-    }
     b->srv = srv;
     memcpy(b->token, token, sizeof token);
     b->sent = 0;

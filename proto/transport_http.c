@@ -39,6 +39,12 @@ static void hdr_copy(struct lws *wsi, char *out, size_t cap, enum lws_token_inde
     if (lws_hdr_total_length(wsi, tok) > 0 && lws_hdr_copy(wsi, out, (int)cap, tok) < 0) out[0] = 0;
 }
 
+/* A file reply that will not be streamed: its descriptor closed, its on_end run. */
+static void reply_file_end(nawal_ws_http_reply *r) {
+    close(r->file_fd);
+    if (r->on_end) r->on_end(r->stream_user);
+}
+
 int ws_http_request(ws_ep *ep, struct lws *wsi, void *pss, const char *path) {
     ws_http_stream *st = pss;
     char auth[256], range[128];
@@ -56,8 +62,7 @@ int ws_http_request(ws_ep *ep, struct lws *wsi, void *pss, const char *path) {
     int file = r.file_fd >= 0;
     if (hrc) {
         free(r.body);
-        if (file) close(r.file_fd);
-        if (file && r.on_end) r.on_end(r.stream_user);
+        if (file) reply_file_end(&r);
         return -1;
     }
     int head = !strcmp(rq.method, "HEAD");
@@ -102,10 +107,7 @@ int ws_http_request(ws_ep *ep, struct lws *wsi, void *pss, const char *path) {
         lws_callback_on_writable(wsi);
         return 0;
     }
-    if (file) {
-        close(r.file_fd);
-        if (r.on_end) r.on_end(r.stream_user);
-    }
+    if (file) reply_file_end(&r);
     if (rc) return -1;
     return lws_http_transaction_completed(wsi) ? -1 : 0;
 }
