@@ -2,6 +2,8 @@
 #include "codec_util.h"
 #include "error.h"
 
+#include <string.h>
+
 #include <stdlib.h>
 #include <zstd.h>
 
@@ -60,5 +62,15 @@ int nawal_zstd_frame_decode(const uint8_t *z, size_t zlen, size_t lo, size_t hi,
     }
     *out = buf;
     *out_len = got;
+    return 0;
+}
+
+int nawal_frame_head_check(const uint8_t *f, size_t len, const uint8_t magic[4], size_t head, unsigned version,
+                           const char *what, char *err, size_t errlen) {
+    if (!f || len < head)
+        return nawal_fail(err, errlen, "%s truncated: %zu bytes, the header alone is %zu", what, f ? len : 0, head);
+    if (memcmp(f, magic, 4)) return nawal_fail(err, errlen, "not a nawal %s (bad magic)", what);
+    if (f[4] != version)
+        return nawal_fail(err, errlen, "%s version %u not supported (this build reads version %u)", what, f[4], version);
     return 0;
 }

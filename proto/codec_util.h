@@ -37,6 +37,13 @@ int nawal_varint_get(const uint8_t **p, const uint8_t *end, uint64_t *v, const c
  * the frame's header announces, named in the message); then *out (malloc'ed, to free) holds
  * the *out_len decompressed bytes. Messages start with `what` ("delta
  * frame", "model patch"). 0, or -1 with a message and *out NULL. */
+/* The first checks of a frame's header: at least head bytes, its 4-byte
+ * magic, its version byte (f[4]) equal to version. 0, or -1 with "WHAT
+ * truncated ...", "not a nawal WHAT (bad magic)" or "WHAT version ... not
+ * supported ...". */
+int nawal_frame_head_check(const uint8_t *f, size_t len, const uint8_t magic[4], size_t head, unsigned version,
+                           const char *what, char *err, size_t errlen);
+
 int nawal_zstd_frame_decode(const uint8_t *z, size_t zlen, size_t lo, size_t hi, uint64_t k, const char *what, uint8_t **out,
                             size_t *out_len, char *err, size_t errlen);
 

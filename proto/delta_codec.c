@@ -125,13 +125,9 @@ void nawal_delta_params_default(nawal_delta_params *p) {
 int nawal_delta_is_frame(const uint8_t *buf, size_t len) { return buf && len >= 4 && !memcmp(buf, MAGIC, 4); }
 
 int nawal_delta_info_read(nawal_delta_info *info, const uint8_t *f, size_t len, char *err, size_t errlen) {
-    if (!f || len < NAWAL_DELTA_HEADER_BYTES)
-        return nawal_fail(err, errlen, "delta frame truncated: %zu bytes, the header alone is %d", f ? len : 0,
-                          NAWAL_DELTA_HEADER_BYTES);
-    if (memcmp(f, MAGIC, 4)) return nawal_fail(err, errlen, "not a nawal delta frame (bad magic)");
-    if (f[4] != NAWAL_DELTA_VERSION)
-        return nawal_fail(err, errlen, "delta frame version %u not supported (this build reads version %d)", f[4],
-                          NAWAL_DELTA_VERSION);
+    if (nawal_frame_head_check(f, len, MAGIC, NAWAL_DELTA_HEADER_BYTES, NAWAL_DELTA_VERSION, "delta frame", err,
+                               errlen))
+        return -1;
     if (f[5] > NAWAL_DELTA_TOPK) return nawal_fail(err, errlen, "delta frame: unknown mode %u", f[5]);
     if (f[6] > NAWAL_DELTA_I8) return nawal_fail(err, errlen, "delta frame: unknown value encoding %u", f[6]);
     if (f[7]) return nawal_fail(err, errlen, "delta frame: reserved header byte is %u, not 0", f[7]);

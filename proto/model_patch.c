@@ -44,13 +44,9 @@ static void payload_bounds(uint64_t k, uint64_t words, size_t *lo, size_t *hi) {
 int nawal_model_patch_is_frame(const uint8_t *buf, size_t len) { return buf && len >= 4 && !memcmp(buf, MAGIC, 4); }
 
 int nawal_model_patch_info_read(nawal_patch_info *info, const uint8_t *f, size_t len, char *err, size_t errlen) {
-    if (!f || len < NAWAL_PATCH_HEADER_BYTES)
-        return nawal_fail(err, errlen, "model patch truncated: %zu bytes, the header alone is %d", f ? len : 0,
-                          NAWAL_PATCH_HEADER_BYTES);
-    if (memcmp(f, MAGIC, 4)) return nawal_fail(err, errlen, "not a nawal model patch (bad magic)");
-    if (f[4] != NAWAL_PATCH_VERSION)
-        return nawal_fail(err, errlen, "model patch version %u not supported (this build reads version %d)", f[4],
-                          NAWAL_PATCH_VERSION);
+    if (nawal_frame_head_check(f, len, MAGIC, NAWAL_PATCH_HEADER_BYTES, NAWAL_PATCH_VERSION, "model patch", err,
+                               errlen))
+        return -1;
     if (f[5] || f[6] || f[7]) return nawal_fail(err, errlen, "model patch: reserved header bytes are not 0");
     nawal_patch_info h;
     h.file_len = nawal_le64_get(f + 8);
