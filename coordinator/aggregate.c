@@ -62,6 +62,18 @@ size_t nawal_agg_first_nonfinite(const float *x, size_t n) {
     return n;
 }
 
+const float *nawal_agg_window(nawal_tensor_source *src, size_t t, size_t first, size_t count, int no_view, float *buf,
+                              int *viewed, char *e, size_t elen) {
+    const float *x = no_view || !src->view ? NULL : src->view(src, t, first, count);
+    *viewed = x != NULL;
+    if (x) return x;
+    return src->read(src, t, first, count, buf, e, elen) ? NULL : buf;
+}
+
+void nawal_agg_nonfinite_reason(char *out, size_t cap, const char *name, size_t first, size_t p, float v) {
+    snprintf(out, cap, "tensor '%.80s' element %zu is %g (not finite)", name, first + p, (double)v);
+}
+
 static void *alloc_aligned(size_t bytes) {
     void *p = NULL;
     return posix_memalign(&p, 64, bytes ? bytes : 64) == 0 ? p : NULL;
@@ -636,20 +648,16 @@ static int fedavg_pass(fedavg *f, const size_t *live, size_t nl, const float *c,
         for (size_t q = 0; q < nl && !fault; q++) {
             member *m = &f->members[live[q]];
             size_t ti = m->map[w->t];
-            const float *x = f->no_view || !m->src->view ? NULL : m->src->view(m->src, ti, w->first, n);
-            int viewed = x != NULL;
+            int viewed;
+            const float *x = nawal_agg_window(m->src, ti, w->first, n, f->no_view, buf, &viewed, e, sizeof e);
             if (!x) {
-                if (m->src->read(m->src, ti, w->first, n, buf, e, sizeof e)) {
-                    fault = -1;
-                    break;
-                }
-                x = buf;
+                fault = -1;
+                break;
             }
             if (combine_check(acc, x, n, c[q], q == 0 && !acc_set) >= 0x7f800000u) {
                 size_t p = nawal_agg_first_nonfinite(x, n);
                 fault = 1;
-                snprintf(e, sizeof e, "tensor '%.80s' element %zu is %g (not finite)", f->base->tensors[w->t].name,
-                         w->first + p, (double)x[p]);
+                nawal_agg_nonfinite_reason(e, sizeof e, f->base->tensors[w->t].name, w->first, p, x[p]);
                 #pragma omp critical(nawal_agg_msg)
                 {
                     if (!bad[q]) {

@@ -26,6 +26,15 @@ int nawal_agg_check_update(nawal_tensor_source *base, size_t n_floats, const naw
 /* Index of the first NaN or +-Inf in x[0..n), n if none. */
 size_t nawal_agg_first_nonfinite(const float *x, size_t n);
 
+/* Elements [first, first + count) of src's tensor t, viewed in place
+ * (*viewed = 1: release them after) unless no_view or the source cannot,
+ * else read into buf (*viewed = 0). NULL on a read error (why in e). */
+const float *nawal_agg_window(nawal_tensor_source *src, size_t t, size_t first, size_t count, int no_view, float *buf,
+                              int *viewed, char *e, size_t elen);
+
+/* The reason an update with x[p] not finite is dropped, for base tensor name at element first + p. */
+void nawal_agg_nonfinite_reason(char *out, size_t cap, const char *name, size_t first, size_t p, float v);
+
 /* base + delta (flat, tensor t at tensor_off[t]) as safetensors into sink:
  * base's tensors, order and metadata. NAWAL_AGG_REJECTED if a sum is not
  * finite. */

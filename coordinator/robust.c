@@ -469,24 +469,19 @@ static int robust_pass(robust *R, pass_kind kind, const size_t *live, size_t nl,
                 viewed[q] = 0;
                 if (m->flat) x[q] = m->flat + R->tensor_off[w->t] + w->first;
                 else {
-                    size_t ti = m->map[w->t];
-                    x[q] = m->src->view ? m->src->view(m->src, ti, w->first, n) : NULL;
-                    viewed[q] = x[q] != NULL;
+                    int v;
+                    x[q] = nawal_agg_window(m->src, m->map[w->t], w->first, n, 0, tb + q * maxw, &v, e, sizeof e);
+                    viewed[q] = (unsigned char)v;
                     if (!x[q]) {
-                        float *buf = tb + q * maxw;
-                        if (m->src->read(m->src, ti, w->first, n, buf, e, sizeof e)) {
-                            fault = -1;
-                            break;
-                        }
-                        x[q] = buf;
+                        fault = -1;
+                        break;
                     }
                 }
                 size_t p = nawal_agg_first_nonfinite(x[q], n);
                 if (p < n) { /* keep checking the others: every bad update is found in one pass */
                     bad_here = 1;
                     char why[NAWAL_AGG_REASON_BYTES];
-                    snprintf(why, sizeof why, "tensor '%.80s' element %zu is %g (not finite)",
-                             R->base->tensors[w->t].name, w->first + p, (double)x[q][p]);
+                    nawal_agg_nonfinite_reason(why, sizeof why, R->base->tensors[w->t].name, w->first, p, x[q][p]);
                     #pragma omp critical(nawal_robust_msg)
                     {
                         if (!bad[q]) {
