@@ -82,7 +82,7 @@ int nawal_cmd_train(int argc, char **argv) {
         { "grad-clip", NAWAL_FLAG_FLOAT, &tc.grad_clip, "global gradient-norm clip (0 = off)", 0, 1e9, 0, 0 },
         { "seed", NAWAL_FLAG_U64, &tc.seed, "seed for initialisation and batch sampling", 0, -1, 0, 0 },
         { "device", NAWAL_FLAG_STR, &device, "auto|cpu|cuda", 0, -1, 0, 0 },
-        { "precision", NAWAL_FLAG_STR, &precision, "matmul precision fp32|tf32|bf16 (tf32/bf16: GPU only)", 0, -1, 0, 0 },
+        { "precision", NAWAL_FLAG_STR, &precision, "matmul precision fp32|tf32|bf16 (tf32: GPU only; bf16: GPU, or a CPU with AMX / AVX512-BF16)", 0, -1, 0, 0 },
         { "threads", NAWAL_FLAG_INT, &threads, "CPU threads (0 = all cores)", 0, 4096, 0, 0 },
         { "tokenizer", NAWAL_FLAG_STR, &tokfile, "BPE tokenizer file (default: byte-level)", 0, -1, 0, 0 },
         { "log-every", NAWAL_FLAG_INT, &tc.log_every, "progress line every N steps", 0, 1 << 30, 0, 0 },

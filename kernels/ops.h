@@ -27,8 +27,8 @@ extern "C" { /* the CUDA backend includes this from C++ (.cu) */
 typedef enum { NAWAL_W_IN_OUT = 0, NAWAL_W_OUT_IN = 1 } nawal_wlayout;
 
 /* Matmul arithmetic. Weights, gradients and optimizer state stay fp32 in
- * every mode; tf32/bf16 round the matmul operands for the tensor cores and
- * accumulate in fp32. */
+ * every mode; tf32/bf16 round the matmul operands for the tensor cores (or
+ * a CPU's AMX / AVX512-BF16 units) and accumulate in fp32. */
 typedef enum { NAWAL_PREC_FP32 = 0, NAWAL_PREC_TF32 = 1, NAWAL_PREC_BF16 = 2 } nawal_precision;
 
 typedef struct nawal_ops nawal_ops;
@@ -142,8 +142,11 @@ struct nawal_ops {
 
     /* ---- execution ---- */
     /* Selects the matmul precision; 0, or -1 with a message when the
-     * backend cannot run it (the CPU backend runs fp32 only). */
+     * backend cannot run it (the CPU backend: fp32, and bf16 where the CPU
+     * has bf16 matmul units; CUDA: all three). */
     int (*set_precision)(const nawal_ops *o, nawal_precision p, char *err, size_t errlen);
+    /* The matmul precision in force. */
+    nawal_precision (*get_precision)(const nawal_ops *o);
     /* How many independent shards of a batch are worth running at once
      * (CPU: its thread count; a GPU backend: 1). */
     int (*parallel_width)(const nawal_ops *o);

@@ -158,6 +158,7 @@ static int p_set_precision(const nawal_ops *o, nawal_precision p, char *err, siz
     (void)o;
     return inner->set_precision(inner, p, err, errlen);
 }
+static nawal_precision p_get_precision(const nawal_ops *o) { (void)o; return inner->get_precision(inner); }
 static int p_parallel_width(const nawal_ops *o) { (void)o; return inner->parallel_width(inner); }
 static size_t p_topk(const nawal_ops *o, uint32_t *idx, const float *x, size_t n, size_t k) { /* not a step op: untimed */
     (void)o;
@@ -178,7 +179,7 @@ const nawal_ops *nawal_ops_profiled(const nawal_ops *in) {
         .matmul_fwd = p_matmul_fwd, .matmul_bwd = p_matmul_bwd, .layernorm_fwd = p_ln_fwd, .layernorm_bwd = p_ln_bwd,
         .attention_fwd = p_att_fwd, .attention_bwd = p_att_bwd, .gelu_fwd = p_gelu_fwd, .gelu_bwd = p_gelu_bwd,
         .residual_fwd = p_residual, .embedding_fwd = p_emb_fwd, .embedding_bwd = p_emb_bwd, .softmax_xent = p_xent,
-        .adamw = p_adamw, .sgd = p_sgd, .set_precision = p_set_precision,
+        .adamw = p_adamw, .sgd = p_sgd, .set_precision = p_set_precision, .get_precision = p_get_precision,
         .pe_norm_linear = p_pe_linear, .pe_norm_bias = p_pe_bias, .pe_norm_layernorm = p_pe_ln, .pe_norm_rows = p_pe_rows,
         .pe_norm_tied = p_pe_tied, .scale_examples = p_scale_ex, .add_noise = p_noise, .parallel_width = p_parallel_width,
         .run_parallel = p_run_parallel, .topk_select = p_topk,

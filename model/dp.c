@@ -11,7 +11,14 @@
  * dp_store per layer holds, for the max batch: D of mlp.c_proj [N][C], of
  * mlp.c_fc [N][4C], of ln_2 [N][C], of attn.c_proj [N][C], of attn.c_attn
  * [N][3C], of ln_1 [N][C]; then D of ln_f [N][C]. The embedding's D is the
- * residual gradient left in scratch by pass 1; the LM head's D is dlogits. */
+ * residual gradient left in scratch by pass 1; the LM head's D is dlogits.
+ *
+ * Precision: pass 2 always runs its products in fp32. In tf32/bf16 modes a
+ * weight gradient formed from rounded operands differs from the one whose
+ * norm pass 1 measured by ~1e-3 relative, so a clipped example would add
+ * up to C (1 + 1e-3) to the sum: more than the sensitivity the accountant
+ * assumes. With fp32 the contribution is C to fp32 precision; the forward
+ * and pass 1 keep the faster precision (they only decide what g is). */
 #include "dp.h"
 #include "gpt_internal.h"
 #include <math.h>
@@ -179,9 +186,12 @@ int nawal_gpt_dp_accumulate(nawal_gpt *m, const int32_t *inputs, const int32_t *
         h[b] = fminf(1.0f, max_grad_norm / (nrm + 1e-6f));
     }
     o->upload(o, m->dp_scales, h, (size_t)B * sizeof(float));
+    nawal_precision prec = o->get_precision(o);
+    if (prec != NAWAL_PREC_FP32 && o->set_precision(o, NAWAL_PREC_FP32, err, errlen)) { free(h); return -1; }
     gpt_shard_grads_begin(m, &j);
     gpt_run_shards(m, &j, dp_pass2);
     gpt_shard_grads_end(m, &j);
+    if (prec != NAWAL_PREC_FP32 && o->set_precision(o, prec, err, errlen)) { free(h); return -1; }
     m->has_grad_logits = 0;
     free(h);
     return 0;

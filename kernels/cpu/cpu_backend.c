@@ -84,11 +84,30 @@ static void cpu_run_parallel(const nawal_ops *o, int n, void (*fn)(void *ctx, in
     for (int i = 0; i < n; i++) fn(ctx, i);
 }
 
+/* The one CPU table's state: the precision is process-wide. */
+static cpu_state g_cpu_state = { .precision = NAWAL_PREC_FP32 };
+
+nawal_precision cpu_precision(const nawal_ops *o) { return ((const cpu_state *)o->impl)->precision; }
+static nawal_precision cpu_get_precision(const nawal_ops *o) { return cpu_precision(o); }
+
 static int cpu_set_precision(const nawal_ops *o, nawal_precision p, char *err, size_t errlen) {
-    (void)o;
-    if (p == NAWAL_PREC_FP32) return 0;
-    snprintf(err, errlen, "the CPU backend runs fp32 matmuls only (asked for %s)", nawal_precision_name(p));
-    return -1;
+    cpu_state *s = o->impl;
+    const char *impl;
+    switch (p) {
+    case NAWAL_PREC_FP32: s->precision = p; return 0;
+    case NAWAL_PREC_BF16:
+        if (!cpu_bf16_supported(&impl)) {
+            snprintf(err, errlen, "this CPU has no bf16 matmul units (oneDNN offers %s for bf16; isa %s): use fp32", impl,
+                     cpu_isa_name());
+            return -1;
+        }
+        s->precision = p;
+        return 0;
+    default:
+        snprintf(err, errlen, "the CPU backend runs fp32 or bf16 matmuls (asked for %s: a GPU precision)",
+                 nawal_precision_name(p));
+        return -1;
+    }
 }
 
 static nawal_ops cpu_table = {
@@ -105,7 +124,9 @@ static nawal_ops cpu_table = {
     .pe_norm_linear = cpu_pe_norm_linear, .pe_norm_bias = cpu_pe_norm_bias, .pe_norm_layernorm = cpu_pe_norm_layernorm,
     .pe_norm_rows = cpu_pe_norm_rows, .pe_norm_tied = cpu_pe_norm_tied,
     .scale_examples = cpu_scale_examples, .add_noise = cpu_add_noise,
-    .set_precision = cpu_set_precision, .parallel_width = cpu_parallel_width, .run_parallel = cpu_run_parallel,
+    .set_precision = cpu_set_precision, .get_precision = cpu_get_precision, .parallel_width = cpu_parallel_width,
+    .run_parallel = cpu_run_parallel,
+    .impl = &g_cpu_state,
 };
 
 const nawal_ops *nawal_ops_cpu(int threads) {
@@ -116,8 +137,8 @@ const nawal_ops *nawal_ops_cpu(int threads) {
     return &cpu_table;
 }
 
-static const char *isa_name(dnnl_cpu_isa_t isa) {
-    switch (isa) {
+const char *cpu_isa_name(void) {
+    switch (dnnl_get_effective_cpu_isa()) {
     case dnnl_cpu_isa_avx512_core_amx: return "avx512_core_amx";
     case dnnl_cpu_isa_avx512_core_bf16: return "avx512_core_bf16";
     case dnnl_cpu_isa_avx512_core_vnni: return "avx512_core_vnni";
@@ -130,7 +151,6 @@ static const char *isa_name(dnnl_cpu_isa_t isa) {
 const char *nawal_ops_cpu_blas_name(void) {
     static char buf[96];
     const dnnl_version_t *v = dnnl_version();
-    snprintf(buf, sizeof buf, "oneDNN %d.%d.%d sgemm (isa %s)", v->major, v->minor, v->patch,
-             isa_name(dnnl_get_effective_cpu_isa()));
+    snprintf(buf, sizeof buf, "oneDNN %d.%d.%d sgemm (isa %s)", v->major, v->minor, v->patch, cpu_isa_name());
     return buf;
 }

@@ -19,6 +19,19 @@ static inline void cpu_thread_range(size_t n, size_t *lo, size_t *hi) {
     *hi = b < n ? b : n;
 }
 
+/* The CPU backend's state (nawal_ops.impl of its one table). */
+typedef struct { nawal_precision precision; } cpu_state;
+nawal_precision cpu_precision(const nawal_ops *o);
+const char *cpu_isa_name(void); /* oneDNN's effective ISA, e.g. "avx512_core_amx" */
+
+/* bf16 GEMMs (matmul_bf16.c): C = op(A) op(B) + beta C (beta 0 or 1) with
+ * both operands rounded to bf16 and fp32 accumulation, on the CPU's bf16
+ * units; cpu_bf16_supported says whether it has them (impl: oneDNN's kernel). */
+void cpu_bf16_gemm(char ta, char tb, int M, int N, int K, const float *A, int lda, const float *B, int ldb,
+                   float beta, float *Cm, int ldc);
+int cpu_bf16_supported(const char **impl);
+float cpu_bf16_round(float f); /* fp32 -> nearest bf16 (ties to even), as a float */
+
 /* row-major C = alpha op(A) op(B) + beta C through oneDNN (aborts on a
  * library error, which only invalid shapes can cause) */
 void cpu_sgemm(char ta, char tb, int M, int N, int K, float alpha, const float *A, int lda,

@@ -1,8 +1,10 @@
-/* matmul.c - CPU matmul forward/backward through oneDNN's sgemm.
+/* matmul.c - CPU matmul forward/backward through oneDNN.
  *
- * oneDNN picks its JIT kernel for the CPU it finds (AVX-512 on these hosts;
- * nawal_ops_cpu_blas_name() reports which); bias is fused by seeding the
- * output rows with it and running the GEMM with beta = 1. */
+ * fp32: oneDNN's sgemm, whose JIT kernel is picked for the CPU it finds
+ * (AVX-512 on these hosts; nawal_ops_cpu_blas_name() reports which).
+ * bf16: matmul_bf16.c (operands rounded to bf16, fp32 accumulation, on
+ * AMX / AVX512-BF16). Bias is fused by seeding the output rows with it and
+ * running the GEMM with beta = 1. */
 #include "cpu_ops.h"
 #include <dnnl.h>
 #include <stdio.h>
@@ -18,34 +20,34 @@ void cpu_sgemm(char ta, char tb, int M, int N, int K, float alpha, const float *
     }
 }
 
-static void sgemm(char ta, char tb, int M, int N, int K, const float *A, int lda,
-                  const float *B, int ldb, float beta, float *Cm, int ldc) {
-    cpu_sgemm(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, beta, Cm, ldc);
+/* the layer's product in the backend's precision */
+static void gemm(const nawal_ops *o, char ta, char tb, int M, int N, int K, const float *A, int lda,
+                 const float *B, int ldb, float beta, float *Cm, int ldc) {
+    if (cpu_precision(o) == NAWAL_PREC_BF16) cpu_bf16_gemm(ta, tb, M, N, K, A, lda, B, ldb, beta, Cm, ldc);
+    else cpu_sgemm(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, beta, Cm, ldc);
 }
 
 void cpu_matmul_fwd(const nawal_ops *o, float *out, const float *inp, const float *w,
                     const float *bias, int N, int C, int OC, nawal_wlayout layout) {
-    (void)o;
     float beta = 0.0f;
     if (bias) {
         #pragma omp parallel for
         for (int n = 0; n < N; n++) memcpy(out + (size_t)n * OC, bias, (size_t)OC * sizeof(float));
         beta = 1.0f;
     }
-    if (layout == NAWAL_W_IN_OUT) sgemm('N', 'N', N, OC, C, inp, C, w, OC, beta, out, OC);
-    else sgemm('N', 'T', N, OC, C, inp, C, w, C, beta, out, OC);
+    if (layout == NAWAL_W_IN_OUT) gemm(o, 'N', 'N', N, OC, C, inp, C, w, OC, beta, out, OC);
+    else gemm(o, 'N', 'T', N, OC, C, inp, C, w, C, beta, out, OC);
 }
 
 void cpu_matmul_bwd(const nawal_ops *o, float *dinp, float *dw, float *dbias,
                     const float *dout, const float *inp, const float *w,
                     int N, int C, int OC, nawal_wlayout layout) {
-    (void)o;
     if (dinp) {
-        if (layout == NAWAL_W_IN_OUT) sgemm('N', 'T', N, C, OC, dout, OC, w, OC, 0.0f, dinp, C);
-        else sgemm('N', 'N', N, C, OC, dout, OC, w, C, 0.0f, dinp, C);
+        if (layout == NAWAL_W_IN_OUT) gemm(o, 'N', 'T', N, C, OC, dout, OC, w, OC, 0.0f, dinp, C);
+        else gemm(o, 'N', 'N', N, C, OC, dout, OC, w, C, 0.0f, dinp, C);
     }
-    if (dw && layout == NAWAL_W_IN_OUT) sgemm('T', 'N', C, OC, N, inp, C, dout, OC, 1.0f, dw, OC);
-    else if (dw) sgemm('T', 'N', OC, C, N, dout, OC, inp, C, 1.0f, dw, C);
+    if (dw && layout == NAWAL_W_IN_OUT) gemm(o, 'T', 'N', C, OC, N, inp, C, dout, OC, 1.0f, dw, OC);
+    else if (dw) gemm(o, 'T', 'N', OC, C, N, dout, OC, inp, C, 1.0f, dw, C);
     if (dbias) {
         /* column sums in blocks of 64 columns: deterministic, rows summed in order */
         int nblk = (OC + 63) / 64;

@@ -84,6 +84,7 @@ void *cuda_scratch(const nawal_ops *o, size_t bytes) {
 }
 
 static int cu_parallel_width(const nawal_ops *o) { (void)o; return 1; }
+static nawal_precision cu_get_precision(const nawal_ops *o) { return CUDA_STATE(o)->precision; }
 
 /* one GPU stream: shards run one after another (parallel_width is 1) */
 static void cu_run_parallel(const nawal_ops *o, int n, void (*fn)(void *ctx, int i), void *ctx) {
@@ -191,6 +192,7 @@ extern "C" __attribute__((visibility("default"))) int nawal_ops_cuda_open(const 
     t->sgd = cuda_sgd;
     t->topk_select = cuda_topk_select;
     t->set_precision = cu_set_precision;
+    t->get_precision = cu_get_precision;
     t->parallel_width = cu_parallel_width;
     t->run_parallel = cu_run_parallel;
     t->impl = s;

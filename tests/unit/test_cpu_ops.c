@@ -298,34 +298,64 @@ Test(cpu_ops, references_match_finite_differences) {
  * matmul
  * ====================================================================== */
 
-Test(cpu_ops, matmul_fwd_bwd) {
-    start("cpu_ops/matmul");
+/* x rounded to bf16 (8 significant bits, ties to even), by frexp/nearbyint:
+ * independent of the backend's bit trick. Normal numbers only (the inputs
+ * here are N(0,1)-scaled, never subnormal). */
+static float ref_bf16(float x) {
+    if (x == 0.0f || !isfinite(x)) return x;
+    int e;
+    double m = frexp(x, &e);
+    return (float)ldexp(nearbyint(m * 256.0) / 256.0, e);
+}
+
+static float *bf16_copy(const float *x, size_t n) {
+    float *r = hf(n);
+    for (size_t i = 0; i < n; i++) r[i] = ref_bf16(x[i]);
+    return r;
+}
+
+/* The three products against double references. bf16: the references use
+ * operands rounded to bf16 (ref_bf16); the products of two bf16 values are
+ * exact in fp32 and accumulate in fp32, so the fp32 tolerance applies, while
+ * an op that skipped the rounding (or truncated) is ~2^-9 off. Biases and
+ * the "+=" targets are never rounded. */
+static void matmul_case(nawal_precision prec) {
+    char perr[200];
+    if (O->set_precision(O, prec, perr, sizeof perr) != 0) {
+        cr_assert(prec == NAWAL_PREC_BF16, "%s", perr);
+        cr_skip_test("%s", perr); /* a CPU without bf16 matmul units */
+        return;
+    }
+    int bf = prec == NAWAL_PREC_BF16;
     int shapes[10][3] = { { 37, 29, 53 }, { 1, 1, 1 }, { 1, 67, 131 }, { 13, 3, 1 }, { 64, 65, 63 }, { 129, 257, 383 } };
     for (int s = 6; s < 10; s++) { shapes[s][0] = rnd(1, 100); shapes[s][1] = rnd(1, 300); shapes[s][2] = rnd(1, 300); }
     for (int s = 0; s < 10; s++) {
         int N = shapes[s][0], C = shapes[s][1], OC = shapes[s][2];
         size_t nin = (size_t)N * C, nw = (size_t)C * OC, nout = (size_t)N * OC;
         float *inp = hrandn(nin, 1.0f), *wl = hrandn(nw, 0.5f), *bias = hrandn(OC, 1.0f), *dout = hrandn(nout, 1.0f);
+        /* the operands the products see */
+        float *ri = bf ? bf16_copy(inp, nin) : inp, *rw = bf ? bf16_copy(wl, nw) : wl, *rd = bf ? bf16_copy(dout, nout) : dout;
         /* logical W(c,o) = wl[c*OC+o]; references in double */
         double *out = hd(nout), *dinp = hd(nin), *dwl = hd(nw), *dbias = hd(OC);
         for (int n = 0; n < N; n++)
             for (int o = 0; o < OC; o++) {
                 double acc = 0.0;
-                for (int c = 0; c < C; c++) acc += (double)inp[(size_t)n * C + c] * wl[(size_t)c * OC + o];
+                for (int c = 0; c < C; c++) acc += (double)ri[(size_t)n * C + c] * rw[(size_t)c * OC + o];
                 out[(size_t)n * OC + o] = acc;
             }
         for (int n = 0; n < N; n++)
             for (int c = 0; c < C; c++) {
                 double acc = 0.0;
-                for (int o = 0; o < OC; o++) acc += (double)dout[(size_t)n * OC + o] * wl[(size_t)c * OC + o];
+                for (int o = 0; o < OC; o++) acc += (double)rd[(size_t)n * OC + o] * rw[(size_t)c * OC + o];
                 dinp[(size_t)n * C + c] = acc;
             }
         for (int c = 0; c < C; c++)
             for (int o = 0; o < OC; o++) {
                 double acc = 0.0;
-                for (int n = 0; n < N; n++) acc += (double)inp[(size_t)n * C + c] * dout[(size_t)n * OC + o];
+                for (int n = 0; n < N; n++) acc += (double)ri[(size_t)n * C + c] * rd[(size_t)n * OC + o];
                 dwl[(size_t)c * OC + o] = acc;
             }
+        if (bf) { free(ri); free(rw); free(rd); }
         for (int o = 0; o < OC; o++)
             for (int n = 0; n < N; n++) dbias[o] += dout[(size_t)n * OC + o];
         double *outb = hd(nout);
@@ -347,7 +377,8 @@ Test(cpu_ops, matmul_fwd_bwd) {
                 float *d_out = dnew(NULL, nout);
                 O->matmul_fwd(O, d_out, d_inp, d_w, wb ? d_b : NULL, N, C, OC, lay);
                 dget(got, d_out, nout);
-                snprintf(what, sizeof what, "matmul_fwd N=%d C=%d OC=%d layout=%s bias=%d", N, C, OC, l ? "OUT_IN" : "IN_OUT", wb);
+                snprintf(what, sizeof what, "%s matmul_fwd N=%d C=%d OC=%d layout=%s bias=%d", nawal_precision_name(prec), N,
+                         C, OC, l ? "OUT_IN" : "IN_OUT", wb);
                 check_rel(what, got, wb ? outb : out, nout, TOL);
                 ddone(d_out, nout, what);
             }
@@ -356,8 +387,8 @@ Test(cpu_ops, matmul_fwd_bwd) {
                     float *dw_pre = hrandn(nw, 1.0f), *db_pre = hrandn(OC, 1.0f);
                     float *d_dinp = wi ? dnew(NULL, nin) : NULL, *d_dw = dnew(dw_pre, nw), *d_db = wb ? dnew(db_pre, OC) : NULL;
                     O->matmul_bwd(O, d_dinp, d_dw, d_db, d_dout, d_inp, d_w, N, C, OC, lay);
-                    snprintf(what, sizeof what, "matmul_bwd N=%d C=%d OC=%d layout=%s dinp=%d dbias=%d", N, C, OC,
-                             l ? "OUT_IN" : "IN_OUT", wi, wb);
+                    snprintf(what, sizeof what, "%s matmul_bwd N=%d C=%d OC=%d layout=%s dinp=%d dbias=%d",
+                             nawal_precision_name(prec), N, C, OC, l ? "OUT_IN" : "IN_OUT", wi, wb);
                     char w2[200];
                     if (wi) {
                         dget(got, d_dinp, nin);
@@ -383,6 +414,26 @@ Test(cpu_ops, matmul_fwd_bwd) {
         }
         free(inp); free(wl); free(bias); free(dout); free(out); free(outb); free(dinp); free(dwl); free(dbias);
     }
+    cr_assert(O->set_precision(O, NAWAL_PREC_FP32, perr, sizeof perr) == 0, "%s", perr);
+}
+
+Test(cpu_ops, matmul_fwd_bwd) {
+    start("cpu_ops/matmul");
+    matmul_case(NAWAL_PREC_FP32);
+}
+
+Test(cpu_ops, matmul_bf16) {
+    start("cpu_ops/matmul_bf16");
+    matmul_case(NAWAL_PREC_BF16);
+}
+
+/* the CPU refuses tf32 (no such arithmetic) with a message, and keeps fp32 */
+Test(cpu_ops, precision_refused) {
+    start("cpu_ops/precision");
+    char perr[200] = "";
+    cr_expect(O->set_precision(O, NAWAL_PREC_TF32, perr, sizeof perr) == -1);
+    cr_expect(strstr(perr, "tf32") != NULL, "message: %s", perr);
+    cr_expect(O->get_precision(O) == NAWAL_PREC_FP32);
 }
 
 /* ======================================================================

@@ -11,7 +11,13 @@
  * nothing, and the noise finish step matches add_noise + scale.
  *
  * Tolerance 1e-4 (norm-wise relative): both sides run the same fp32 ops in
- * a different association (per-example GEMMs vs batched), ~1e-6 apart. */
+ * a different association (per-example GEMMs vs batched), ~1e-6 apart.
+ *
+ * bf16 (CPUs with bf16 matmul units): the brute force rounds its weight-
+ * gradient operands to bf16 while the DP step forms the clipped sum in fp32
+ * (model/dp.c), so norms and sums agree to 1e-2; but a clipped example's
+ * contribution must have norm C to fp32 precision, which a bf16 clipped
+ * sum (~1e-3 off either way) would miss. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <string.h>
@@ -21,11 +27,17 @@
 
 #define MAXB 5
 
-static void run_case(int T, const char *tag) {
+static void run_case(int T, const char *tag, nawal_precision prec) {
     uint64_t seed = test_seed(tag), rs = seed;
     char err[256];
     nawal_gpt_config cfg = { 2, 2, 16, T, 11 };
     const nawal_ops *o = nawal_ops_cpu(0);
+    if (o->set_precision(o, prec, err, sizeof err) != 0) {
+        cr_assert(prec == NAWAL_PREC_BF16, "%s", err);
+        cr_skip_test("%s", err); /* a CPU without bf16 matmul units */
+        return;
+    }
+    double tol = prec == NAWAL_PREC_BF16 ? 1e-2 : 1e-4;
     nawal_gpt *m;
     cr_assert(nawal_gpt_create(&m, o, &cfg, MAXB, err, sizeof err) == 0, "%s", err);
     nawal_gpt_init_params(m, seed);
@@ -71,19 +83,24 @@ static void run_case(int T, const char *tag) {
     nawal_gpt_zero_grad(m);
     cr_assert(nawal_gpt_dp_accumulate(m, in, tg, B, T, C, norms, &loss, err, sizeof err) == 0, "%s", err);
     for (int b = 0; b < B; b++)
-        cr_expect(fabs(norms[b] - nb[b]) <= 1e-4 * fmax(nb[b], 1e-3), "%s: example %d norm %.7g, brute force %.7g (seed %llu)",
+        cr_expect(fabs(norms[b] - nb[b]) <= tol * fmax(nb[b], 1e-3), "%s: example %d norm %.7g, brute force %.7g (seed %llu)",
                   tag, b, norms[b], nb[b], (unsigned long long)seed);
     o->download(o, g, m->grads, n * sizeof(float));
     double num = 0.0, den = 0.0;
     for (size_t i = 0; i < n; i++) { num += (g[i] - ref[i]) * (g[i] - ref[i]); den += ref[i] * ref[i]; }
-    cr_expect(sqrt(num / den) <= 1e-4, "%s: clipped sum relative error %.3g (seed %llu)", tag, sqrt(num / den),
+    cr_expect(sqrt(num / den) <= tol, "%s: clipped sum relative error %.3g (seed %llu)", tag, sqrt(num / den),
               (unsigned long long)seed);
-    /* each clipped contribution alone has norm <= C */
+    /* each clipped contribution alone has norm <= C, and exactly C (to fp32
+     * precision) when it was clipped */
     for (int b = 0; b < B; b++) {
+        float nb1;
         nawal_gpt_zero_grad(m);
-        cr_assert(nawal_gpt_dp_accumulate(m, in + b * T, tg + b * T, 1, T, C, NULL, &loss, err, sizeof err) == 0, "%s", err);
+        cr_assert(nawal_gpt_dp_accumulate(m, in + b * T, tg + b * T, 1, T, C, &nb1, &loss, err, sizeof err) == 0, "%s", err);
         double s = sqrt(o->sumsq(o, m->grads, n));
         cr_expect(s <= C + 1e-5, "%s: example %d clipped contribution has norm %.7g > C %.7g", tag, b, s, C);
+        if (nb1 > C)
+            cr_expect(fabs(s - C) <= 1e-5 * C, "%s: example %d (norm %.7g) clipped to %.7g, not C %.7g (seed %llu)", tag, b,
+                      nb1, s, C, (unsigned long long)seed);
     }
     /* finish = add_noise(std) then / expected batch */
     float *before = malloc(n * sizeof(float)), *after = malloc(n * sizeof(float));
@@ -99,7 +116,10 @@ static void run_case(int T, const char *tag) {
     free(before); free(after); free(noise);
     free(gb); free(g); free(ref); free(p);
     nawal_gpt_free(m);
+    cr_assert(o->set_precision(o, NAWAL_PREC_FP32, err, sizeof err) == 0, "%s", err);
 }
 
-Test(dp, ghost_norms_and_clipped_sum) { run_case(9, "dp.ghost"); }
-Test(dp, materialised_norms_and_clipped_sum) { run_case(33, "dp.materialised"); }
+Test(dp, ghost_norms_and_clipped_sum) { run_case(9, "dp.ghost", NAWAL_PREC_FP32); }
+Test(dp, materialised_norms_and_clipped_sum) { run_case(33, "dp.materialised", NAWAL_PREC_FP32); }
+Test(dp, bf16_ghost) { run_case(9, "dp.bf16_ghost", NAWAL_PREC_BF16); }
+Test(dp, bf16_materialised) { run_case(33, "dp.bf16_materialised", NAWAL_PREC_BF16); }
