@@ -87,7 +87,8 @@ How to run it next to nawal on the CPU (same machine, back to back):
     --heads --width --context --vocab --batch --steps --warmup-steps
     --repeats).
 
-On a GPU machine (tests/gpu/run.sh; not wired in there yet): the device image
+On a GPU machine (tests/gpu/run.sh runs the two lines below itself when the
+wheel is there, and prints the ratios in its table): the device image
 has torch 2.x, numpy, scipy and opt-einsum but no Opacus, so carry the
 pure-python wheel (/.whl/ is git-ignored via .git/info/exclude; the device
 tool's run needs carry: [".whl"]):

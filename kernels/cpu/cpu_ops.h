@@ -24,11 +24,24 @@ typedef struct { nawal_precision precision; } cpu_state;
 nawal_precision cpu_precision(const nawal_ops *o);
 const char *cpu_isa_name(void); /* oneDNN's effective ISA, e.g. "avx512_core_amx" */
 
-/* bf16 GEMMs (matmul_bf16.c): C = op(A) op(B) + beta C (beta 0 or 1) with
- * both operands rounded to bf16 and fp32 accumulation, on the CPU's bf16
- * units; cpu_bf16_supported says whether it has them (impl: oneDNN's kernel). */
-void cpu_bf16_gemm(char ta, char tb, int M, int N, int K, const float *A, int lda, const float *B, int ldb,
-                   float beta, float *Cm, int ldc);
+/* One row-major product C = op(A) op(B) + beta C, BLAS-style arguments. */
+typedef struct {
+    char ta, tb;
+    int M, N, K;
+    const float *A;
+    int lda;
+    const float *B;
+    int ldb;
+    float beta;
+    float *C;
+    int ldc;
+} cpu_gemm_args;
+
+/* bf16 GEMMs (matmul_bf16.c): the n products in order, with both operands
+ * rounded to bf16 and fp32 accumulation (beta 0 or 1), on the CPU's bf16
+ * units; an operand two of them read is cast once. cpu_bf16_supported says
+ * whether the CPU has those units (impl: oneDNN's kernel for them). */
+void cpu_bf16_gemms(const cpu_gemm_args *g, int n);
 int cpu_bf16_supported(const char **impl);
 float cpu_bf16_round(float f); /* fp32 -> nearest bf16 (ties to even), as a float */
 

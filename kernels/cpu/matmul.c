@@ -20,11 +20,15 @@ void cpu_sgemm(char ta, char tb, int M, int N, int K, float alpha, const float *
     }
 }
 
-/* the layer's product in the backend's precision */
-static void gemm(const nawal_ops *o, char ta, char tb, int M, int N, int K, const float *A, int lda,
-                 const float *B, int ldb, float beta, float *Cm, int ldc) {
-    if (cpu_precision(o) == NAWAL_PREC_BF16) cpu_bf16_gemm(ta, tb, M, N, K, A, lda, B, ldb, beta, Cm, ldc);
-    else cpu_sgemm(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, beta, Cm, ldc);
+/* the layer's products, in order, in the backend's precision */
+static void gemms(const nawal_ops *o, const cpu_gemm_args *g, int n) {
+    if (cpu_precision(o) == NAWAL_PREC_BF16) {
+        cpu_bf16_gemms(g, n);
+        return;
+    }
+    for (int i = 0; i < n; i++)
+        cpu_sgemm(g[i].ta, g[i].tb, g[i].M, g[i].N, g[i].K, 1.0f, g[i].A, g[i].lda, g[i].B, g[i].ldb, g[i].beta, g[i].C,
+                  g[i].ldc);
 }
 
 void cpu_matmul_fwd(const nawal_ops *o, float *out, const float *inp, const float *w,
@@ -35,19 +39,25 @@ void cpu_matmul_fwd(const nawal_ops *o, float *out, const float *inp, const floa
         for (int n = 0; n < N; n++) memcpy(out + (size_t)n * OC, bias, (size_t)OC * sizeof(float));
         beta = 1.0f;
     }
-    if (layout == NAWAL_W_IN_OUT) gemm(o, 'N', 'N', N, OC, C, inp, C, w, OC, beta, out, OC);
-    else gemm(o, 'N', 'T', N, OC, C, inp, C, w, C, beta, out, OC);
+    cpu_gemm_args g = layout == NAWAL_W_IN_OUT
+                          ? (cpu_gemm_args){ 'N', 'N', N, OC, C, inp, C, w, OC, beta, out, OC }
+                          : (cpu_gemm_args){ 'N', 'T', N, OC, C, inp, C, w, C, beta, out, OC };
+    gemms(o, &g, 1);
 }
 
+/* dinp = dout w^T and dw += inp^T dout: both read dout (cast once in bf16) */
 void cpu_matmul_bwd(const nawal_ops *o, float *dinp, float *dw, float *dbias,
                     const float *dout, const float *inp, const float *w,
                     int N, int C, int OC, nawal_wlayout layout) {
-    if (dinp) {
-        if (layout == NAWAL_W_IN_OUT) gemm(o, 'N', 'T', N, C, OC, dout, OC, w, OC, 0.0f, dinp, C);
-        else gemm(o, 'N', 'N', N, C, OC, dout, OC, w, C, 0.0f, dinp, C);
-    }
-    if (dw && layout == NAWAL_W_IN_OUT) gemm(o, 'T', 'N', C, OC, N, inp, C, dout, OC, 1.0f, dw, OC);
-    else if (dw) gemm(o, 'T', 'N', OC, C, N, dout, OC, inp, C, 1.0f, dw, C);
+    cpu_gemm_args g[2];
+    int count = 0;
+    if (dinp)
+        g[count++] = layout == NAWAL_W_IN_OUT ? (cpu_gemm_args){ 'N', 'T', N, C, OC, dout, OC, w, OC, 0.0f, dinp, C }
+                                          : (cpu_gemm_args){ 'N', 'N', N, C, OC, dout, OC, w, C, 0.0f, dinp, C };
+    if (dw)
+        g[count++] = layout == NAWAL_W_IN_OUT ? (cpu_gemm_args){ 'T', 'N', C, OC, N, inp, C, dout, OC, 1.0f, dw, OC }
+                                          : (cpu_gemm_args){ 'T', 'N', OC, C, N, dout, OC, inp, C, 1.0f, dw, C };
+    gemms(o, g, count);
     if (dbias) {
         /* column sums in blocks of 64 columns: deterministic, rows summed in order */
         int nblk = (OC + 63) / 64;

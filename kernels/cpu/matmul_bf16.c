@@ -1,4 +1,4 @@
-/* matmul_bf16.c - the CPU backend's bf16 GEMM (--precision bf16).
+/* matmul_bf16.c - the CPU backend's bf16 GEMMs (--precision bf16).
  *
  * The same arithmetic as the CUDA backend's bf16 mode: both operands are
  * rounded to bf16 (round to nearest even), the products accumulate in fp32
@@ -6,12 +6,15 @@
  * AVX512-BF16 where the CPU has them (brgemm kernels); cpu_bf16_supported
  * refuses the mode where oneDNN would fall back to its reference kernel.
  *
- * op(A) and op(B) are cast (transposed where asked) into contiguous
- * row-major bf16 copies, so every product is one plain M x K by K x N
- * matmul. Primitives are created once per (M, N, K, ldc, beta) and kept.
- * A call borrows a workspace (CPU stream, cast buffers, scratchpad) from a
- * small pool, so the concurrent calls of run_parallel's threads never share
- * one; the casts run on the calling team's OpenMP threads. */
+ * Each operand is cast into a dense bf16 copy in its stored layout (a
+ * transposed operand is described to oneDNN by its strides, not
+ * transposed here); the products of one call that read the same operand
+ * (matmul_bwd's dout) share one copy. The casts are memory-bound and cost
+ * about as much as the AMX products on the tiny model, so each operand is
+ * read once. Primitives are created once per shape, layout and beta and
+ * kept. A call borrows a workspace (CPU stream, cast buffers, scratchpad)
+ * from a small pool, so the concurrent calls of run_parallel's threads
+ * never share one; the casts run on the calling team's OpenMP threads. */
 #include "cpu_ops.h"
 #include <dnnl.h>
 #include <pthread.h>
@@ -56,7 +59,7 @@ static dnnl_engine_t engine(void) {
  * stays valid for concurrent callers while others are added. */
 typedef struct bf16_plan {
     long M, N, K, ldc;
-    int beta_one;
+    int ta, tb, beta_one;
     dnnl_primitive_t prim;
     dnnl_memory_desc_t a, b, c, scratch;
     struct bf16_plan *next;
@@ -65,13 +68,15 @@ typedef struct bf16_plan {
 static bf16_plan *g_plans;
 static pthread_mutex_t g_plan_lock = PTHREAD_MUTEX_INITIALIZER;
 
-/* primitive descriptor of C (M x N, ldc, fp32) [+]= A (M x K) B (K x N), bf16 row-major;
- * NULL with *st set when oneDNN cannot create one */
-static dnnl_primitive_desc_t plan_pd(long M, long N, long K, long ldc, int beta_one, dnnl_status_t *st) {
+/* primitive descriptor of C (M x N, ldc, fp32) [+]= op(A) (M x K) op(B) (K x N)
+ * with A, B dense bf16 in their stored layout (ta: A stored K x M; tb: B
+ * stored N x K); NULL with *st set when oneDNN cannot create one */
+static dnnl_primitive_desc_t plan_pd(long M, long N, long K, int ta, int tb, long ldc, int beta_one, dnnl_status_t *st) {
     dnnl_memory_desc_t a, b, c;
     dnnl_dims_t da = { M, K }, db = { K, N }, dc = { M, N }, sc = { ldc, 1 };
-    DNNL_CHECK("memory_desc (A)", dnnl_memory_desc_init_by_tag(&a, 2, da, dnnl_bf16, dnnl_ab));
-    DNNL_CHECK("memory_desc (B)", dnnl_memory_desc_init_by_tag(&b, 2, db, dnnl_bf16, dnnl_ab));
+    dnnl_dims_t sa = { ta ? 1 : K, ta ? M : 1 }, sb = { tb ? 1 : N, tb ? K : 1 };
+    DNNL_CHECK("memory_desc (A)", dnnl_memory_desc_init_by_strides(&a, 2, da, dnnl_bf16, sa));
+    DNNL_CHECK("memory_desc (B)", dnnl_memory_desc_init_by_strides(&b, 2, db, dnnl_bf16, sb));
     DNNL_CHECK("memory_desc (C)", dnnl_memory_desc_init_by_strides(&c, 2, dc, dnnl_f32, sc));
     dnnl_matmul_desc_t md;
     DNNL_CHECK("matmul_desc", dnnl_matmul_desc_init(&md, &a, &b, NULL, &c));
@@ -91,17 +96,19 @@ static dnnl_primitive_desc_t plan_pd(long M, long N, long K, long ldc, int beta_
     return *st == dnnl_success ? pd : NULL;
 }
 
-static const bf16_plan *get_plan(long M, long N, long K, long ldc, int beta_one) {
+static const bf16_plan *get_plan(long M, long N, long K, int ta, int tb, long ldc, int beta_one) {
     pthread_mutex_lock(&g_plan_lock);
     bf16_plan *p = g_plans;
-    while (p && !(p->M == M && p->N == N && p->K == K && p->ldc == ldc && p->beta_one == beta_one)) p = p->next;
+    while (p && !(p->M == M && p->N == N && p->K == K && p->ta == ta && p->tb == tb && p->ldc == ldc &&
+                  p->beta_one == beta_one))
+        p = p->next;
     if (!p) {
         dnnl_status_t st;
-        dnnl_primitive_desc_t pd = plan_pd(M, N, K, ldc, beta_one, &st);
+        dnnl_primitive_desc_t pd = plan_pd(M, N, K, ta, tb, ldc, beta_one, &st);
         if (!pd) dnnl_fail("bf16 matmul primitive_desc_create", st);
         p = calloc(1, sizeof *p);
         if (!p) { fprintf(stderr, "nawal: out of memory for a bf16 matmul plan\n"); abort(); }
-        *p = (bf16_plan){ .M = M, .N = N, .K = K, .ldc = ldc, .beta_one = beta_one, .next = g_plans };
+        *p = (bf16_plan){ .M = M, .N = N, .K = K, .ldc = ldc, .ta = ta, .tb = tb, .beta_one = beta_one, .next = g_plans };
         p->a = *dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0);
         p->b = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
         p->c = *dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
@@ -115,11 +122,18 @@ static const bf16_plan *get_plan(long M, long N, long K, long ldc, int beta_one)
 }
 
 /* ---- workspaces ---- */
+#define MAX_CASTS 4 /* operands of one call: two products, two each */
+typedef struct {
+    const float *src;        /* what was cast, its stored shape and ld */
+    long rows, cols, ld;
+    uint16_t *buf;
+    size_t cap;              /* elements */
+} bf16_cast;
+
 typedef struct {
     int busy;
     dnnl_stream_t stream;
-    uint16_t *a, *b;
-    size_t a_cap, b_cap;     /* elements */
+    bf16_cast cast[MAX_CASTS];
     void *scratch;
     size_t scratch_cap;      /* bytes */
 } bf16_ws;
@@ -145,6 +159,7 @@ static bf16_ws *ws_take(void) {
 }
 
 static void ws_give(bf16_ws *w) {
+    for (int i = 0; i < MAX_CASTS; i++) w->cast[i].src = NULL;
     pthread_mutex_lock(&g_ws_lock);
     w->busy = 0;
     pthread_mutex_unlock(&g_ws_lock);
@@ -167,53 +182,45 @@ static void cast_run(uint16_t *restrict d, const float *restrict s, long n) {
     for (long i = 0; i < n; i++) d[i] = bf16_round(s[i]);
 }
 
-/* dst (rows x cols, row-major, bf16) = bf16(src), src row-major with ld;
- * trans: dst[r][c] = src[c * ld + r] (src is cols x rows) */
-static void cast_rows(uint16_t *dst, const float *src, long rows, long cols, long ld, int trans) {
-    if (!trans) {
-        #pragma omp parallel for
-        for (long r = 0; r < rows; r++) cast_run(dst + r * cols, src + r * ld, cols);
-        return;
+/* the dense bf16 copy of src (rows x cols, row-major with ld): one cast per
+ * call, shared by the products that read the same operand */
+static const uint16_t *operand(bf16_ws *w, const float *src, long rows, long cols, long ld) {
+    int i = 0;
+    for (; i < MAX_CASTS && w->cast[i].src; i++) {
+        bf16_cast *c = &w->cast[i];
+        if (c->src == src && c->rows == rows && c->cols == cols && c->ld == ld) return c->buf;
     }
-    /* 32 x 32 tiles: each source row's run is cast contiguously into a tile,
-     * then the tile is written out transposed, whole cache lines both ways */
-    long rt = (rows + 31) / 32, ct = (cols + 31) / 32;
+    if (i == MAX_CASTS) { fprintf(stderr, "nawal: more than %d bf16 operands in one call\n", MAX_CASTS); abort(); }
+    bf16_cast *c = &w->cast[i];
+    c->buf = grow(c->buf, &c->cap, (size_t)rows * cols, sizeof(uint16_t));
+    uint16_t *dst = c->buf;
     #pragma omp parallel for
-    for (long t = 0; t < rt * ct; t++) {
-        long r0 = t / ct * 32, c0 = t % ct * 32;
-        long nr = rows - r0 < 32 ? rows - r0 : 32, nc = cols - c0 < 32 ? cols - c0 : 32;
-        uint16_t tile[32][32];
-        for (long c = 0; c < nc; c++) cast_run(tile[c], src + (c0 + c) * ld + r0, nr);
-        for (long r = 0; r < nr; r++)
-            for (long c = 0; c < nc; c++) dst[(r0 + r) * cols + c0 + c] = tile[c][r];
-    }
+    for (long r = 0; r < rows; r++) cast_run(dst + r * cols, src + r * ld, cols);
+    *c = (bf16_cast){ .src = src, .rows = rows, .cols = cols, .ld = ld, .buf = dst, .cap = c->cap };
+    return dst;
 }
 
-void cpu_bf16_gemm(char ta, char tb, int M, int N, int K, const float *A, int lda, const float *B, int ldb,
-                   float beta, float *Cm, int ldc) {
-    if (M <= 0 || N <= 0) return;
-    if (K <= 0) { /* an empty sum: C = beta C */
-        if (beta == 0.0f)
-            for (int i = 0; i < M; i++) memset(Cm + (size_t)i * ldc, 0, (size_t)N * sizeof(float));
+static void run_one(bf16_ws *w, const cpu_gemm_args *g) {
+    if (g->M <= 0 || g->N <= 0) return;
+    if (g->K <= 0) { /* an empty sum: C = beta C */
+        if (g->beta == 0.0f)
+            for (int i = 0; i < g->M; i++) memset(g->C + (size_t)i * g->ldc, 0, (size_t)g->N * sizeof(float));
         return;
     }
-    if (beta != 0.0f && beta != 1.0f) {
-        fprintf(stderr, "nawal: bf16 matmul supports beta 0 or 1 (got %g)\n", beta);
+    if (g->beta != 0.0f && g->beta != 1.0f) {
+        fprintf(stderr, "nawal: bf16 matmul supports beta 0 or 1 (got %g)\n", g->beta);
         abort();
     }
-    const bf16_plan *p = get_plan(M, N, K, ldc, beta == 1.0f);
-    bf16_ws *w = ws_take();
-    w->a = grow(w->a, &w->a_cap, (size_t)M * K, sizeof(uint16_t));
-    w->b = grow(w->b, &w->b_cap, (size_t)K * N, sizeof(uint16_t));
-    size_t sbytes = dnnl_memory_desc_get_size(&p->scratch);
-    w->scratch = grow(w->scratch, &w->scratch_cap, sbytes, 1);
-    cast_rows(w->a, A, M, K, lda, ta == 'T' || ta == 't');
-    cast_rows(w->b, B, K, N, ldb, tb == 'T' || tb == 't');
+    int ta = g->ta == 'T' || g->ta == 't', tb = g->tb == 'T' || g->tb == 't';
+    const bf16_plan *p = get_plan(g->M, g->N, g->K, ta, tb, g->ldc, g->beta == 1.0f);
+    const uint16_t *a = operand(w, g->A, ta ? g->K : g->M, ta ? g->M : g->K, g->lda);
+    const uint16_t *b = operand(w, g->B, tb ? g->N : g->K, tb ? g->K : g->N, g->ldb);
+    w->scratch = grow(w->scratch, &w->scratch_cap, dnnl_memory_desc_get_size(&p->scratch), 1);
     dnnl_memory_t am, bm, cm, sm;
     dnnl_engine_t e = engine();
-    DNNL_CHECK("memory_create (A)", dnnl_memory_create(&am, &p->a, e, w->a));
-    DNNL_CHECK("memory_create (B)", dnnl_memory_create(&bm, &p->b, e, w->b));
-    DNNL_CHECK("memory_create (C)", dnnl_memory_create(&cm, &p->c, e, Cm));
+    DNNL_CHECK("memory_create (A)", dnnl_memory_create(&am, &p->a, e, (void *)a));
+    DNNL_CHECK("memory_create (B)", dnnl_memory_create(&bm, &p->b, e, (void *)b));
+    DNNL_CHECK("memory_create (C)", dnnl_memory_create(&cm, &p->c, e, g->C));
     DNNL_CHECK("memory_create (scratchpad)", dnnl_memory_create(&sm, &p->scratch, e, w->scratch));
     dnnl_exec_arg_t args[4] = {
         { DNNL_ARG_SRC, am }, { DNNL_ARG_WEIGHTS, bm }, { DNNL_ARG_DST, cm }, { DNNL_ARG_SCRATCHPAD, sm },
@@ -224,6 +231,17 @@ void cpu_bf16_gemm(char ta, char tb, int M, int N, int K, const float *A, int ld
     dnnl_memory_destroy(bm);
     dnnl_memory_destroy(cm);
     dnnl_memory_destroy(sm);
+}
+
+void cpu_bf16_gemms(const cpu_gemm_args *g, int n) {
+    bf16_ws *w = ws_take();
+    for (int i = 0; i < n; i++) {
+        /* a product that writes what an earlier one read would leave a stale
+         * copy behind: the callers never do, but a copy must not outlive it */
+        run_one(w, &g[i]);
+        for (int j = 0; j < MAX_CASTS; j++)
+            if (w->cast[j].src == g[i].C) w->cast[j].src = NULL;
+    }
     ws_give(w);
 }
 
@@ -234,7 +252,7 @@ static char g_impl[96];
 static pthread_once_t g_probe_once = PTHREAD_ONCE_INIT;
 static void probe(void) {
     dnnl_status_t st;
-    dnnl_primitive_desc_t pd = plan_pd(64, 64, 64, 64, 0, &st);
+    dnnl_primitive_desc_t pd = plan_pd(64, 64, 64, 0, 0, 64, 0, &st);
     if (!pd) {
         snprintf(g_impl, sizeof g_impl, "none (status %d)", (int)st);
         g_supported = 0;

@@ -11,12 +11,16 @@
 #            --no-torch   (skip the PyTorch baselines)
 #            --profile    (nawal-bench --profile: per-op breakdown of each config)
 #            --no-stream  (skip issue 5's blob streaming figures on this host's CPUs)
+#            --no-opacus  (skip Opacus; it runs when .whl/opacus-*.whl is present:
+#                          the device image has torch but no Opacus, so fetch the
+#                          pure-python wheel here and carry ".whl", see
+#                          bench/compare/opacus_dp.py)
 #            --out DIR    (logs; default build-gpu/results; when $OUT is set they
 #                          are also packed into $OUT/gpu-logs.tar.gz)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
-PREBUILT= DATA= QUICK=0 LOGDIR= TORCH=1 PROFILE= STREAM=1
+PREBUILT= DATA= QUICK=0 LOGDIR= TORCH=1 PROFILE= STREAM=1 OPACUS=1
 while [ $# -gt 0 ]; do
   case $1 in
     --prebuilt) PREBUILT=$2; shift 2 ;;
@@ -25,8 +29,9 @@ while [ $# -gt 0 ]; do
     --no-torch) TORCH=0; shift ;;
     --profile) PROFILE=--profile; shift ;;
     --no-stream) STREAM=0; shift ;;
+    --no-opacus) OPACUS=0; shift ;;
     --out) LOGDIR=$2; shift 2 ;;
-    -h|--help) sed -n 2,15p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,19p "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -99,6 +104,29 @@ if [ $QUICK = 0 ]; then
   bench gpt2s-tf32 --preset gpt2-small --precision tf32
   bench gpt2s-bf16 --preset gpt2-small --precision bf16 --dp
   torchb gpt2s-bf16 --preset gpt2-small --precision bf16 --compile both
+fi
+# Opacus (issue 4: nawal DP >= 3x Opacus), same GPU, same presets and precisions as the DP rows
+opacusb() { # name, nawal log holding dp_train_tokens_per_s, args...
+  local name=$1 nlog=$2; shift 2
+  local ndp; ndp=$(awk '/^dp_train_tokens_per_s/{print $2}' "$nlog" 2>/dev/null)
+  if PYTHONUNBUFFERED=1 timeout 300 python3 bench/compare/opacus_dp.py --device cuda --mode both "$@" \
+       >"$LOGDIR/opacus-$name.log" 2>&1; then
+    while read -r line; do
+      local m t
+      m=$(sed -n 's/.* mode=\([a-z]*\).*/\1/p' <<<"$line"); t=$(sed -n 's/.*tokens_per_s=\([0-9]*\).*/\1/p' <<<"$line")
+      [ -n "$t" ] || { row "opacus $name $m" skipped "$(sed 's/.*skipped: //' <<<"$line")"; continue; }
+      row "opacus $name $m" "$t" "tokens/s; nawal DP ${ndp:-?} = $(awk -v a="${ndp:-0}" -v b="$t" 'BEGIN{printf "%.2f", a/b}')x (goal 3x)"
+      echo "opacus $name $m: $t tokens/s"
+    done < <(grep -E '^opacus mode=' "$LOGDIR/opacus-$name.log")
+  else
+    row "opacus $name" FAIL "$(tail -1 "$LOGDIR/opacus-$name.log")"; tail -5 "$LOGDIR/opacus-$name.log"
+  fi
+}
+if [ $TORCH = 1 ] && [ $OPACUS = 1 ] && ls .whl/opacus-*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/opacus-site .whl/opacus-*.whl \
+    >"$LOGDIR/opacus-install.log" 2>&1 && export PYTHONPATH=/tmp/opacus-site${PYTHONPATH:+:$PYTHONPATH}
+  opacusb tiny-fp32 "$LOGDIR/tiny-fp32.log" --preset tiny --precision fp32
+  [ $QUICK = 0 ] && opacusb gpt2s-bf16 "$LOGDIR/gpt2s-bf16.log" --preset gpt2-small --precision bf16 --repeats 3
 fi
 # delta codec at 124M, 1% top-k: selection on the GPU, then on the CPU of the same host
 for dev in cuda cpu; do
