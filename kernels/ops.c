@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 typedef int (*cuda_open_fn)(const nawal_ops **out, char *err, size_t errlen);
+typedef int (*cuda_abi_fn)(void);
 
 #define PLUGIN "libnawal_cuda.so"
 
@@ -49,6 +50,13 @@ static int open_cuda(const nawal_ops **out, char *err, size_t errlen) {
     void *h = load_plugin(why, sizeof why);
     if (!h) {
         snprintf(err, errlen, "CUDA backend unavailable: cannot load %s (%s)", PLUGIN, why);
+        return -1;
+    }
+    cuda_abi_fn abi = (cuda_abi_fn)(uintptr_t)dlsym(h, "nawal_ops_cuda_abi");
+    int got = abi ? abi() : 1; /* plugins from before the ABI number had layout 1 */
+    if (got != NAWAL_OPS_ABI) {
+        snprintf(err, errlen, "CUDA backend unavailable: %s was built for ops ABI %d, this program uses %d (rebuild it)",
+                 PLUGIN, got, NAWAL_OPS_ABI);
         return -1;
     }
     cuda_open_fn fn = (cuda_open_fn)(uintptr_t)dlsym(h, "nawal_ops_cuda_open");

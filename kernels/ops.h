@@ -31,6 +31,11 @@ typedef enum { NAWAL_W_IN_OUT = 0, NAWAL_W_OUT_IN = 1 } nawal_wlayout;
  * a CPU's AMX / AVX512-BF16 units) and accumulate in fp32. */
 typedef enum { NAWAL_PREC_FP32 = 0, NAWAL_PREC_TF32 = 1, NAWAL_PREC_BF16 = 2 } nawal_precision;
 
+/* The layout of nawal_ops below: bumped whenever a member is added, moved or
+ * changes its signature, so a CUDA plugin built from another ops.h is
+ * refused at load instead of being called through the wrong slots. */
+#define NAWAL_OPS_ABI 2
+
 typedef struct nawal_ops nawal_ops;
 struct nawal_ops {
     const char *name;                 /* "cpu", "cuda" */

@@ -43,7 +43,6 @@ typedef struct {
  * whether the CPU has those units (impl: oneDNN's kernel for them). */
 void cpu_bf16_gemms(const cpu_gemm_args *g, int n);
 int cpu_bf16_supported(const char **impl);
-float cpu_bf16_round(float f); /* fp32 -> nearest bf16 (ties to even), as a float */
 
 /* row-major C = alpha op(A) op(B) + beta C through oneDNN (aborts on a
  * library error, which only invalid shapes can cause) */

@@ -1,8 +1,9 @@
 /* matmul_bf16.c - the CPU backend's bf16 GEMMs (--precision bf16).
  *
- * The same arithmetic as the CUDA backend's bf16 mode: both operands are
- * rounded to bf16 (round to nearest even), the products accumulate in fp32
- * and the output is fp32. oneDNN's matmul primitive runs them on AMX or
+ * The same arithmetic as the CUDA backend's bf16 matmuls: both operands
+ * are rounded to bf16 (round to nearest even), the products accumulate in
+ * fp32 and the output is fp32. (Only matmul_fwd/bwd: the CPU's attention
+ * products stay fp32 where CUDA's bf16 mode runs them in tf32.) oneDNN's matmul primitive runs them on AMX or
  * AVX512-BF16 where the CPU has them (brgemm kernels); cpu_bf16_supported
  * refuses the mode where oneDNN would fall back to its reference kernel.
  *
@@ -23,20 +24,14 @@
 #include <string.h>
 
 /* fp32 -> bf16, round to nearest even (subnormals too, as CUDA's
- * __float2bfloat16_rn); a NaN stays a quiet NaN. Branch-free, so the cast
- * loops vectorise. */
+ * __float2bfloat16_rn; the AMX / AVX512-BF16 units then read subnormal bf16
+ * inputs as zero); a NaN stays a quiet NaN, keeping its payload where CUDA
+ * returns the canonical one. Branch-free, so the cast loops vectorise. */
 static inline uint16_t bf16_round(float f) {
     uint32_t u;
     memcpy(&u, &f, sizeof u);
     uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16, quiet = (u >> 16) | 0x0040u;
     return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? quiet : rounded);
-}
-
-float cpu_bf16_round(float f) {
-    uint32_t u = (uint32_t)bf16_round(f) << 16;
-    float r;
-    memcpy(&r, &u, sizeof r);
-    return r;
 }
 
 static void dnnl_fail(const char *what, dnnl_status_t st) {
@@ -113,6 +108,14 @@ static const bf16_plan *get_plan(long M, long N, long K, int ta, int tb, long ld
         p->b = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
         p->c = *dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
         p->scratch = *dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+        const char *impl = NULL;
+        if (dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success && impl &&
+            !strncmp(impl, "ref", 3)) { /* the probe's shape got a bf16 kernel; this one did not */
+            static int warned;
+            if (!warned++)
+                fprintf(stderr, "nawal: warning: oneDNN runs the bf16 product %ldx%ldx%ld (ta %d tb %d) with its slow "
+                                "reference kernel %s\n", M, N, K, ta, tb, impl);
+        }
         DNNL_CHECK("primitive_create", dnnl_primitive_create(&p->prim, pd));
         dnnl_primitive_desc_destroy(pd);
         g_plans = p;
@@ -138,30 +141,34 @@ typedef struct {
     size_t scratch_cap;      /* bytes */
 } bf16_ws;
 
+/* more than the threads that can call at once (run_parallel's shards);
+ * a caller beyond that waits for a free one */
 #define MAX_WS 64
 static bf16_ws g_ws[MAX_WS];
 static pthread_mutex_t g_ws_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t g_ws_free = PTHREAD_COND_INITIALIZER;
 
 static bf16_ws *ws_take(void) {
     pthread_mutex_lock(&g_ws_lock);
-    for (int i = 0; i < MAX_WS; i++) {
-        if (!g_ws[i].busy) {
-            g_ws[i].busy = 1;
-            pthread_mutex_unlock(&g_ws_lock);
-            if (!g_ws[i].stream)
-                DNNL_CHECK("stream_create", dnnl_stream_create(&g_ws[i].stream, engine(), dnnl_stream_default_flags));
-            return &g_ws[i];
+    for (;;) {
+        for (int i = 0; i < MAX_WS; i++) {
+            if (!g_ws[i].busy) {
+                g_ws[i].busy = 1;
+                pthread_mutex_unlock(&g_ws_lock);
+                if (!g_ws[i].stream)
+                    DNNL_CHECK("stream_create", dnnl_stream_create(&g_ws[i].stream, engine(), dnnl_stream_default_flags));
+                return &g_ws[i];
+            }
         }
+        pthread_cond_wait(&g_ws_free, &g_ws_lock);
     }
-    pthread_mutex_unlock(&g_ws_lock);
-    fprintf(stderr, "nawal: more than %d concurrent bf16 matmuls\n", MAX_WS);
-    abort();
 }
 
 static void ws_give(bf16_ws *w) {
     for (int i = 0; i < MAX_CASTS; i++) w->cast[i].src = NULL;
     pthread_mutex_lock(&g_ws_lock);
     w->busy = 0;
+    pthread_cond_signal(&g_ws_free);
     pthread_mutex_unlock(&g_ws_lock);
 }
 
@@ -236,11 +243,17 @@ static void run_one(bf16_ws *w, const cpu_gemm_args *g) {
 void cpu_bf16_gemms(const cpu_gemm_args *g, int n) {
     bf16_ws *w = ws_take();
     for (int i = 0; i < n; i++) {
-        /* a product that writes what an earlier one read would leave a stale
-         * copy behind: the callers never do, but a copy must not outlive it */
         run_one(w, &g[i]);
-        for (int j = 0; j < MAX_CASTS; j++)
-            if (w->cast[j].src == g[i].C) w->cast[j].src = NULL;
+        /* a product that writes what a later one reads would leave a stale
+         * copy behind (no caller does): drop every copy whose source
+         * overlaps the rows just written */
+        const char *c0 = (const char *)g[i].C, *c1 = c0 + ((size_t)(g[i].M > 0 ? g[i].M - 1 : 0) * g[i].ldc + g[i].N) * 4;
+        for (int j = 0; j < MAX_CASTS; j++) {
+            bf16_cast *c = &w->cast[j];
+            if (!c->src) continue;
+            const char *s0 = (const char *)c->src, *s1 = s0 + ((size_t)(c->rows - 1) * c->ld + c->cols) * 4;
+            if (s0 < c1 && c0 < s1) c->src = NULL;
+        }
     }
     ws_give(w);
 }

@@ -8,8 +8,9 @@
  * warp-per-row kernel applies the causal softmax (forward) or its backward,
  * with the shared nawal_expf. att[B][NH][T][T] keeps the probabilities with
  * the upper triangle zero, as the CPU backend does. Like the CPU path it
- * computes the full T x T square; a fused causal (flash-style) kernel is the
- * next step. */
+ * computes the full T x T square. NAWAL_CUDA_ATTENTION=flash sends head
+ * sizes up to 64 to the fused kernels of attention_flash.cu instead (att and
+ * datt then hold per-row statistics, not probabilities). */
 #include "cuda_common.h"
 #include "cuda_reduce.cuh"
 #include "elementwise.h"
@@ -123,6 +124,10 @@ static void spec_set(att_ptr_spec *sp, int g, int j, const float *base, long lon
 void cuda_attention_fwd(const nawal_ops *o, float *out, float *att, const float *qkv,
                         int B, int T, int C, int NH) {
     int hs = C / NH, C3 = 3 * C, P = B * NH;
+    if (cuda_flash_attention_on(hs)) {
+        cuda_flash_attention_fwd(o, out, att, qkv, B, T, C, NH);
+        return;
+    }
     float scale = 1.0f / sqrtf((float)hs);
     long long TT = (long long)T * T, bq = (long long)T * C3;
     att_ptr_spec sp;
@@ -146,6 +151,10 @@ void cuda_attention_fwd(const nawal_ops *o, float *out, float *att, const float 
 void cuda_attention_bwd(const nawal_ops *o, float *dqkv, float *datt, const float *dout,
                         const float *qkv, const float *att, int B, int T, int C, int NH) {
     int hs = C / NH, C3 = 3 * C, P = B * NH;
+    if (cuda_flash_attention_on(hs)) {
+        cuda_flash_attention_bwd(o, dqkv, datt, dout, qkv, att, B, T, C, NH);
+        return;
+    }
     float scale = 1.0f / sqrtf((float)hs);
     long long TT = (long long)T * T, bq = (long long)T * C3, bo = (long long)T * C;
     att_ptr_spec sp;

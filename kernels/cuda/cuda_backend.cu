@@ -1,8 +1,9 @@
 /* cuda_backend.cu - the CUDA backend plugin's entry point: device selection,
  * memory, the stream, cuBLAS/cuBLASLt handles, and the nawal_ops table.
  *
- * libnawal_cuda.so exports one symbol, nawal_ops_cuda_open, which
- * kernels/ops.c looks up with dlopen. Everything runs on one non-blocking
+ * libnawal_cuda.so exports two symbols, nawal_ops_cuda_abi (the ops.h
+ * layout it was built for) and nawal_ops_cuda_open, which kernels/ops.c
+ * looks up with dlopen. Everything runs on one non-blocking
  * stream in issue order; download and sumsq synchronise it because the host
  * reads their results. All ops are deterministic (no atomics anywhere), so
  * a rerun on the same GPU reproduces results bit for bit. */
@@ -118,6 +119,9 @@ static int g_open;
 #define LT_WORKSPACE_BYTES ((size_t)32 << 20)
 #define BLAS_WORKSPACE_BYTES ((size_t)32 << 20)
 
+/* the ops.h layout this plugin was built against (ops.c refuses a mismatch) */
+extern "C" __attribute__((visibility("default"))) int nawal_ops_cuda_abi(void) { return NAWAL_OPS_ABI; }
+
 extern "C" __attribute__((visibility("default"))) int nawal_ops_cuda_open(const nawal_ops **out, char *err,
                                                                           size_t errlen) {
     if (g_open) { *out = &g_table; return 0; }
@@ -135,6 +139,11 @@ extern "C" __attribute__((visibility("default"))) int nawal_ops_cuda_open(const 
     s->device = env ? atoi(env) : 0;
     if (s->device < 0 || s->device >= count) {
         snprintf(err, errlen, "NAWAL_CUDA_DEVICE=%s but only %d CUDA device(s)", env, count);
+        return -1;
+    }
+    const char *att = getenv("NAWAL_CUDA_ATTENTION");
+    if (att && strcmp(att, "flash") && strcmp(att, "gemm")) {
+        snprintf(err, errlen, "NAWAL_CUDA_ATTENTION=%s: expected flash or gemm", att);
         return -1;
     }
     CUDA_CHECK("open", cudaSetDevice(s->device));

@@ -98,6 +98,15 @@ void cuda_attention_fwd(const nawal_ops *o, float *out, float *att, const float 
                         int B, int T, int C, int NH);
 void cuda_attention_bwd(const nawal_ops *o, float *dqkv, float *datt, const float *dout,
                         const float *qkv, const float *att, int B, int T, int C, int NH);
+/* attention_flash.cu: the same op without the T x T matrices (att keeps the
+ * rows' log-sum-exp, datt their D). cuda_flash_attention_on: whether a call
+ * with head size hs takes it (NAWAL_CUDA_ATTENTION=flash, read at every
+ * call, so a test can switch it; hs <= 64). */
+int cuda_flash_attention_on(int hs);
+void cuda_flash_attention_fwd(const nawal_ops *o, float *out, float *att, const float *qkv, int B, int T, int C,
+                              int NH);
+void cuda_flash_attention_bwd(const nawal_ops *o, float *dqkv, float *datt, const float *dout, const float *qkv,
+                              const float *att, int B, int T, int C, int NH);
 void cuda_gelu_fwd(const nawal_ops *o, float *out, const float *inp, size_t n);
 void cuda_gelu_bwd(const nawal_ops *o, float *dinp, const float *inp, const float *dout, size_t n);
 void cuda_residual_fwd(const nawal_ops *o, float *out, const float *a, const float *b, size_t n);

@@ -62,6 +62,12 @@ for t in test_gpu_ops test_gpu_model test_gpu_dp test_gpu_topk; do
   row "$t" "$r" "$(grep Synthesis "$LOGDIR/$t.log" | sed 's/.*Synthesis: //')"
 done
 
+# the fused attention kernels (attention_flash.cu, not yet the default): the whole step again with them
+if NAWAL_CUDA_ATTENTION=flash "$BIN/test_gpu_model" --jobs 1 --verbose >"$LOGDIR/test_gpu_model-flash.log" 2>&1; then r=pass; else r=FAIL; fi
+grep -E "Synthesis|relative error" "$LOGDIR/test_gpu_model-flash.log"
+[ $r = FAIL ] && grep -E "FAIL|fail|error" "$LOGDIR/test_gpu_model-flash.log" | head -20
+row "test_gpu_model (flash attention)" "$r" "$(grep Synthesis "$LOGDIR/test_gpu_model-flash.log" | sed 's/.*Synthesis: //')"
+
 # ---- benchmarks ----
 bench() { # name, args...
   local name=$1; shift
@@ -97,12 +103,14 @@ torchb() { # name, args...
 }
 bench tiny-fp32 --precision fp32 --dp
 bench tiny-bf16 --precision bf16
+NAWAL_CUDA_ATTENTION=flash bench tiny-fp32-flash --precision fp32
 torchb tiny-fp32 --preset tiny --precision fp32 --compile off
 torchb tiny-bf16 --preset tiny --precision bf16 --compile $([ $QUICK = 1 ] && echo off || echo both)
 if [ $QUICK = 0 ]; then
   bench gpt2s-fp32 --preset gpt2-small --precision fp32 --steps 3 --repeats 3
   bench gpt2s-tf32 --preset gpt2-small --precision tf32
   bench gpt2s-bf16 --preset gpt2-small --precision bf16 --dp
+  NAWAL_CUDA_ATTENTION=flash bench gpt2s-bf16-flash --preset gpt2-small --precision bf16 --dp
   torchb gpt2s-bf16 --preset gpt2-small --precision bf16 --compile both
 fi
 # Opacus (issue 4: nawal DP >= 3x Opacus), same GPU, same presets and precisions as the DP rows

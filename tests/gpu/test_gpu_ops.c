@@ -100,29 +100,63 @@ Test(gpu_ops, layernorm_fwd_bwd) {
     }
 }
 
-Test(gpu_ops, attention_fwd_bwd) {
-    gpu_start("gpu_ops.attention");
-    for (int r = 0; r < 4; r++) {
-        int NH = rnd(1, 5), hs = rnd(1, 40), B = rnd(1, 3), T = rnd(1, 77), C = NH * hs;
+/* flash (NAWAL_CUDA_ATTENTION=flash, attention_flash.cu): head sizes up to
+ * 64 (both kernel instances), T across several 64-row blocks and 32-row
+ * tiles; att and datt then hold per-row statistics, so only out and dqkv
+ * are compared, plus a bitwise rerun (each output has one writer) */
+static void attention_case(int flash) {
+    if (flash) setenv("NAWAL_CUDA_ATTENTION", "flash", 1);
+    else unsetenv("NAWAL_CUDA_ATTENTION");
+    for (int r = 0; r < (flash ? 6 : 4); r++) {
+        int NH = rnd(1, 5), hs = rnd(1, flash ? 64 : 40), B = rnd(1, 3), T = rnd(1, flash ? 200 : 77);
         if (r == 0) T = 1;
+        if (flash && r == 1) { hs = 64; T = 129; }
+        if (flash && r == 2) { hs = 33; T = 64; }
+        int C = NH * hs;
         dual qkv = drandn((size_t)B * T * 3 * C, 1.0f);
         dual out = dnew(NULL, (size_t)B * T * C), att = dnew(NULL, (size_t)B * NH * T * T);
         CPU->attention_fwd(CPU, out.c, att.c, qkv.c, B, T, C, NH);
         GPU->attention_fwd(GPU, out.g, att.g, qkv.g, B, T, C, NH);
         char what[128];
-        snprintf(what, sizeof what, "attention_fwd out B=%d T=%d NH=%d hs=%d", B, T, NH, hs);
+        snprintf(what, sizeof what, "%s attention_fwd out B=%d T=%d NH=%d hs=%d", flash ? "flash" : "gemm", B, T, NH, hs);
         dcheck(what, out, 2e-5);
-        snprintf(what, sizeof what, "attention_fwd att B=%d T=%d NH=%d hs=%d", B, T, NH, hs);
-        dcheck(what, att, 2e-5);
+        if (!flash) {
+            snprintf(what, sizeof what, "attention_fwd att B=%d T=%d NH=%d hs=%d", B, T, NH, hs);
+            dcheck(what, att, 2e-5);
+        }
         dual dout = drandn((size_t)B * T * C, 1.0f), dqkv = dnew(NULL, (size_t)B * T * 3 * C);
         dual datt = dnew(NULL, (size_t)B * NH * T * T);
         CPU->attention_bwd(CPU, dqkv.c, datt.c, dout.c, qkv.c, att.c, B, T, C, NH);
         GPU->attention_bwd(GPU, dqkv.g, datt.g, dout.g, qkv.g, att.g, B, T, C, NH);
-        snprintf(what, sizeof what, "attention_bwd dqkv B=%d T=%d NH=%d hs=%d", B, T, NH, hs);
+        snprintf(what, sizeof what, "%s attention_bwd dqkv B=%d T=%d NH=%d hs=%d", flash ? "flash" : "gemm", B, T, NH, hs);
         dcheck(what, dqkv, 2e-5);
+        if (flash) {
+            size_t no = (size_t)B * T * C, nq = 3 * no;
+            float *o1 = hf(no), *o2 = hf(no), *g1 = hf(nq), *g2 = hf(nq);
+            GPU->download(GPU, o1, out.g, no * sizeof(float));
+            GPU->download(GPU, g1, dqkv.g, nq * sizeof(float));
+            GPU->attention_fwd(GPU, out.g, att.g, qkv.g, B, T, C, NH);
+            GPU->attention_bwd(GPU, dqkv.g, datt.g, dout.g, qkv.g, att.g, B, T, C, NH);
+            GPU->download(GPU, o2, out.g, no * sizeof(float));
+            GPU->download(GPU, g2, dqkv.g, nq * sizeof(float));
+            cr_expect(memcmp(o1, o2, no * sizeof(float)) == 0 && memcmp(g1, g2, nq * sizeof(float)) == 0,
+                      "flash attention rerun not bitwise identical (B=%d T=%d NH=%d hs=%d, seed %llu)", B, T, NH, hs, SEED);
+            free(o1); free(o2); free(g1); free(g2);
+        }
         dual all[] = { qkv, out, att, dout, dqkv, datt };
         for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) dfree(all[i]);
     }
+    unsetenv("NAWAL_CUDA_ATTENTION");
+}
+
+Test(gpu_ops, attention_fwd_bwd) {
+    gpu_start("gpu_ops.attention");
+    attention_case(0);
+}
+
+Test(gpu_ops, attention_flash) {
+    gpu_start("gpu_ops.attention_flash");
+    attention_case(1);
 }
 
 Test(gpu_ops, elementwise) {

@@ -323,7 +323,7 @@ static void matmul_case(nawal_precision prec) {
     char perr[200];
     if (O->set_precision(O, prec, perr, sizeof perr) != 0) {
         cr_assert(prec == NAWAL_PREC_BF16, "%s", perr);
-        cr_skip_test("%s", perr); /* a CPU without bf16 matmul units */
+        TEST_SKIP_WITHOUT_BF16(perr);
         return;
     }
     int bf = prec == NAWAL_PREC_BF16;

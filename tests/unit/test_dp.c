@@ -34,7 +34,7 @@ static void run_case(int T, const char *tag, nawal_precision prec) {
     const nawal_ops *o = nawal_ops_cpu(0);
     if (o->set_precision(o, prec, err, sizeof err) != 0) {
         cr_assert(prec == NAWAL_PREC_BF16, "%s", err);
-        cr_skip_test("%s", err); /* a CPU without bf16 matmul units */
+        TEST_SKIP_WITHOUT_BF16(err);
         return;
     }
     double tol = prec == NAWAL_PREC_BF16 ? 1e-2 : 1e-4;

@@ -17,6 +17,7 @@
 #include "gpt.h"
 #include "optim.h"
 #include "safetensors.h"
+#include "test_util.h"
 
 #define FIXTURE NAWAL_FIXTURE_DIR "/gpt2_tiny.safetensors"
 
@@ -61,6 +62,8 @@ static void setup(void) {
 }
 
 static void teardown(void) {
+    char err[128];
+    m->ops->set_precision(m->ops, NAWAL_PREC_FP32, err, sizeof err); /* the bf16 test's */
     nawal_gpt_free(m);
     nawal_st_free(fx);
 }
@@ -97,7 +100,7 @@ Test(fixture, logits_loss_and_gradients_match_pytorch) { check_forward_backward(
  * within 2e-2, the limit the GPU's bf16 whole-step test uses */
 Test(fixture, bf16_matmuls_stay_near_pytorch_fp32) {
     char err[512];
-    if (m->ops->set_precision(m->ops, NAWAL_PREC_BF16, err, sizeof err)) cr_skip_test("%s", err);
+    if (m->ops->set_precision(m->ops, NAWAL_PREC_BF16, err, sizeof err)) TEST_SKIP_WITHOUT_BF16(err);
     check_forward_backward(2e-2, "bf16");
 }
 

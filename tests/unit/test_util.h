@@ -25,6 +25,15 @@ static inline uint64_t test_seed(const char *who) {
     return s;
 }
 
+/* A bf16 test on a CPU without bf16 matmul units is skipped with why, or
+ * failed where NAWAL_REQUIRE_BF16 is set (on hosts known to have them, so
+ * the tests cannot pass by skipping). Include after criterion.h. */
+#define TEST_SKIP_WITHOUT_BF16(why)                                                                  \
+    do {                                                                                             \
+        if (getenv("NAWAL_REQUIRE_BF16")) cr_assert_fail("NAWAL_REQUIRE_BF16 is set but: %s", (why)); \
+        cr_skip_test("%s", (why));                                                                   \
+    } while (0)
+
 static inline uint64_t test_rand_u64(uint64_t *s) {
     uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
