@@ -12,6 +12,7 @@
 #include "gpu_test_util.h"
 #include "gpt.h"
 #include "optim.h"
+#include "dp.h"
 
 static const nawal_gpt_config CFG = { 2, 3, 48, 37, 101 };
 #define TB 3
@@ -129,4 +130,73 @@ Test(gpu_model, reruns_are_bitwise_identical) {
         free_result(&a);
         free_result(&b);
     }
+}
+
+/* DP-SGD (model/dp.c) on the GPU: per-example norms and the clipped sum
+ * against the CPU's DP step (fp32: 1e-4; bf16: against the CPU in bf16 where
+ * it has bf16 units, else in fp32, 2e-2), and, in every precision, a clipped
+ * example adds exactly C (to 1e-5): pass 2 forms the clipped sum in fp32. */
+typedef struct {
+    float norms[TB];
+    float *grads;
+    size_t n;
+} dp_result;
+
+static dp_result run_dp(const nawal_ops *o, const int32_t *in, const int32_t *tg, nawal_precision prec, float C,
+                        int check_each) {
+    char err[256];
+    nawal_gpt *m;
+    cr_assert(o->set_precision(o, prec, err, sizeof err) == 0, "%s", err);
+    cr_assert(nawal_gpt_create(&m, o, &CFG, TB, err, sizeof err) == 0, "%s", err);
+    nawal_gpt_init_params(m, 1234);
+    dp_result r = { .n = m->n_params };
+    r.grads = hf(r.n);
+    nawal_gpt_zero_grad(m);
+    cr_assert(nawal_gpt_dp_accumulate(m, in, tg, TB, CFG.n_ctx, C, r.norms, NULL, err, sizeof err) == 0, "%s", err);
+    o->download(o, r.grads, m->grads, r.n * sizeof(float));
+    for (int b = 0; check_each && b < TB; b++) {
+        float nb;
+        nawal_gpt_zero_grad(m);
+        cr_assert(nawal_gpt_dp_accumulate(m, in + b * CFG.n_ctx, tg + b * CFG.n_ctx, 1, CFG.n_ctx, C, &nb, NULL, err,
+                                          sizeof err) == 0, "%s", err);
+        double s = sqrt(o->sumsq(o, m->grads, r.n));
+        if (nb > C)
+            cr_expect(fabs(s - C) <= 1e-5 * C, "%s: example %d (norm %.7g) adds %.7g, not C = %.7g (seed %llu)",
+                      nawal_precision_name(prec), b, nb, s, C, SEED);
+    }
+    cr_expect(o->get_precision(o) == prec, "the DP step did not restore the precision");
+    nawal_gpt_free(m);
+    o->set_precision(o, NAWAL_PREC_FP32, err, sizeof err);
+    return r;
+}
+
+static void dp_parity(nawal_precision prec, double tol) {
+    int32_t in[TB * 37], tg[TB * 37];
+    make_batch(in, tg);
+    char err[256];
+    /* the CPU in the same precision where it can, for the reference norms */
+    nawal_precision cprec = CPU->set_precision(CPU, prec, err, sizeof err) == 0 ? prec : NAWAL_PREC_FP32;
+    CPU->set_precision(CPU, NAWAL_PREC_FP32, err, sizeof err);
+    dp_result probe = run_dp(CPU, in, tg, cprec, 1e9f, 0);
+    float lo = probe.norms[0];
+    for (int b = 1; b < TB; b++) lo = fminf(lo, probe.norms[b]);
+    float C = 0.7f * lo; /* every example with targets gets clipped */
+    free(probe.grads);
+    dp_result c = run_dp(CPU, in, tg, cprec, C, 0), g = run_dp(GPU, in, tg, prec, C, 1);
+    for (int b = 0; b < TB; b++)
+        cr_expect(fabsf(g.norms[b] - c.norms[b]) <= tol * fmaxf(c.norms[b], 1e-3f), "%s: example %d norm gpu %.7g cpu %.7g (seed %llu)",
+                  nawal_precision_name(prec), b, g.norms[b], c.norms[b], SEED);
+    compare(prec == NAWAL_PREC_FP32 ? "DP clipped sum fp32" : "DP clipped sum bf16", g.grads, c.grads, tol, 1);
+    free(c.grads);
+    free(g.grads);
+}
+
+Test(gpu_model, dp_step_matches_cpu_fp32) {
+    gpu_start("gpu_model.dp_fp32");
+    dp_parity(NAWAL_PREC_FP32, 1e-4);
+}
+
+Test(gpu_model, dp_step_bf16_clips_exactly) {
+    gpu_start("gpu_model.dp_bf16");
+    dp_parity(NAWAL_PREC_BF16, 2e-2);
 }
