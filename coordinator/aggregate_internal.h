@@ -8,6 +8,11 @@
 
 #include "aggregate.h"
 
+/* Krum (robust.c) holds the pair distances of at most this many windows at
+ * once; a model with more windows goes through several batches (the tests
+ * size a model past it to cover that path). */
+#define NAWAL_KRUM_BATCH 256
+
 /* Checks that every base tensor is F32 and gives each tensor's first float
  * in the flat model (*tensor_off, malloc'ed) and the model's length. */
 int nawal_agg_base_layout(const nawal_tensor_source *base, size_t **tensor_off, size_t *total, char *err,

@@ -238,6 +238,7 @@ static int blob_reply(nawal_server *srv, const nawal_ws_http_request *rq, nawal_
     uint64_t size = (uint64_t)sb.st_size, off = 0;
     if (rq->range[0] && nawal_http_range_parse(rq->range, size, &off)) {
         close(fd);
+        r->file_total = size; /* the size the transport puts in the 416's Content-Range */
         return reply_text(r, 416, CT_TEXT, strdup("range not satisfiable: bytes=OFFSET- below the size only\n"));
     }
     blob_stream *b = malloc(sizeof *b);

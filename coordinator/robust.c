@@ -38,7 +38,6 @@
 #define WINDOW_VALUES ((size_t)1 << 20) /* values of one window across the live updates (4 MiB) */
 #define WINDOW_MIN ((size_t)1024)
 #define WINDOW_MAX ((size_t)1 << 18)
-#define KRUM_BATCH 256 /* windows whose pair distances are held at once */
 
 typedef struct {
     nawal_tensor_source *src; /* a dense update (NULL once closed) */
@@ -541,9 +540,9 @@ static int robust_pass(robust *R, pass_kind kind, const size_t *live, size_t nl,
  * summed over windows in window order. 0 (check bad), -1. */
 static int krum_distances(robust *R, const size_t *live, size_t nl, unsigned char *bad, double *D, char *err,
                           size_t errlen) {
-    /* windows whose distances are held at once: at most KRUM_BATCH and 64 MiB, at least one per thread */
+    /* windows whose distances are held at once: at most NAWAL_KRUM_BATCH and 64 MiB, at least one per thread */
     size_t per = nl * nl * sizeof(double), batch = ((size_t)64 << 20) / (per ? per : 1);
-    batch = batch > KRUM_BATCH ? KRUM_BATCH : batch;
+    batch = batch > NAWAL_KRUM_BATCH ? NAWAL_KRUM_BATCH : batch;
     batch = batch < (size_t)R->o.threads ? (size_t)R->o.threads : batch;
     batch = batch > R->n_win ? R->n_win : batch;
     batch = batch ? batch : 1;

@@ -9,6 +9,7 @@
 #include "checkpoint.h"
 #include "cid.h"
 #include "error.h"
+#include "fileio.h"
 #include "genesis.h"
 #include "cli.h"
 #include "identity.h"
@@ -171,35 +172,6 @@ static int run_step(const char *log, char *const argv[]) {
 }
 
 /* ---- corpus ------------------------------------------------------------------------ */
-
-static char *read_file(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        fprintf(stderr, "error: --data %s: %s\n", path, strerror(errno));
-        return NULL;
-    }
-    char *buf = NULL;
-    size_t cap = 0, n = 0;
-    for (;;) {
-        if (n == cap) {
-            char *b = realloc(buf, cap = cap ? 2 * cap : 1 << 16);
-            if (!b) break;
-            buf = b;
-        }
-        size_t got = fread(buf + n, 1, cap - n, f);
-        n += got;
-        if (got == 0) break;
-    }
-    int bad = ferror(f) || !buf;
-    fclose(f);
-    if (bad) {
-        fprintf(stderr, "error: --data %s: read failed\n", path);
-        free(buf);
-        return NULL;
-    }
-    *len = n;
-    return buf;
-}
 
 /* The first newline at or after pos (its end), or pos when there is none within reach. */
 static size_t cut_at_line(const char *buf, size_t len, size_t pos, size_t limit) {
@@ -523,9 +495,12 @@ static int run_sim(const sim_opts *o) {
         fprintf(stderr, "error: --model-config: %s\n", err);
         return 2;
     }
-    size_t len = 0;
-    char *corpus = read_file(o->data, &len);
-    if (!corpus) return 1;
+    uint8_t *corpus;
+    size_t len;
+    if (nawal_file_read_all(o->data, UINT64_MAX, &corpus, &len, err, sizeof err)) { /* held whole, any size */
+        fprintf(stderr, "error: --data %s\n", err);
+        return 1;
+    }
     if (make_dir(o, dir, sizeof dir)) {
         free(corpus);
         return 1;
@@ -543,7 +518,8 @@ static int run_sim(const sim_opts *o) {
     }
     /* each shard: a validation split and a few training windows (agent corpus: last 10% = validation) */
     size_t smallest = 0;
-    rc = split_corpus(dir, corpus, len, o->validators, (size_t)mcfg.n_ctx * 20, val_path, sizeof val_path, &smallest);
+    rc = split_corpus(dir, (const char *)corpus, len, o->validators, (size_t)mcfg.n_ctx * 20, val_path,
+                      sizeof val_path, &smallest);
     free(corpus);
     if (rc) return 1;
 
@@ -624,11 +600,17 @@ static int run_sim(const sim_opts *o) {
     /* the held-out tail, tokenised once (byte-level, as the agents) */
     evaluator ev = {nawal_ops_cpu(o->threads), NULL, 0};
     nawal_tokenizer *tok = NULL;
-    size_t vlen = 0;
-    char *vtext = read_file(val_path, &vlen);
-    if (!vtext || nawal_tokenizer_new_byte(&tok) ||
-        nawal_tokenizer_encode(tok, (const uint8_t *)vtext, vlen, &ev.toks, &ev.n, err, sizeof err) || ev.n < 2) {
-        fprintf(stderr, "error: validation text %s: %s\n", val_path, vtext ? err : "unreadable");
+    uint8_t *vtext;
+    size_t vlen;
+    if (nawal_file_read_all(val_path, VAL_MAX_BYTES, &vtext, &vlen, err, sizeof err)) {
+        fprintf(stderr, "error: validation text %s\n", err);
+        return 1;
+    }
+    err[0] = 0;
+    if (nawal_tokenizer_new_byte(&tok) || nawal_tokenizer_encode(tok, vtext, vlen, &ev.toks, &ev.n, err, sizeof err) ||
+        ev.n < 2) {
+        fprintf(stderr, "error: validation text %s: %s\n", val_path,
+                err[0] ? err : !tok ? "out of memory" : "fewer than 2 tokens");
         free(vtext);
         nawal_tokenizer_free(tok);
         free(ev.toks);

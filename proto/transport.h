@@ -88,8 +88,10 @@ typedef struct nawal_ws_handlers {
  * file (file_fd >= 0, owned and closed by the transport, also on error):
  * file_len bytes from file_off, read and written io_chunk at a time as the
  * socket takes them, so a file of any size costs no memory; status 206
- * adds Content-Range "bytes file_off-(file_off+file_len-1)/file_total". A
- * HEAD reply sends the headers only. Without a handler (the default) every
+ * adds Content-Range "bytes file_off-(file_off+file_len-1)/file_total",
+ * status 416 (with or without a file) "bytes *\/file_total", file_total
+ * then being the size of the resource the range missed. A HEAD reply
+ * sends the headers only. Without a handler (the default) every
  * plain HTTP request drops its connection. */
 typedef struct nawal_ws_http_request {
     const char *method;        /* "GET", "HEAD", "POST" or "OTHER" */
@@ -103,7 +105,7 @@ typedef struct nawal_ws_http_reply {
     char *body;
     size_t body_len;
     int file_fd;              /* -1 (as the transport passes it): no file */
-    uint64_t file_off, file_len, file_total;
+    uint64_t file_off, file_len, file_total; /* file_total: also a 416's resource size */
     /* optional, for a file: on_sent after each block written (nonzero: stop, the peer gets a short
      * body), on_end once when the stream is over (whole, stopped or dropped; also when no block
      * was ever written), both with stream_user */

@@ -45,6 +45,20 @@ static void reply_file_end(nawal_ws_http_reply *r) {
     if (r->on_end) r->on_end(r->stream_user);
 }
 
+/* Content-Range of a 206 of a file (the range sent) or of any 416 ("bytes
+ * *\/file_total", RFC 7233 4.4); none for other replies. 0, -1. */
+static int add_content_range(struct lws *wsi, const nawal_ws_http_reply *r, int file, unsigned char **p,
+                             unsigned char *end) {
+    char cr[96];
+    int n;
+    if (file && r->status == 206)
+        n = snprintf(cr, sizeof cr, "bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64, r->file_off,
+                     r->file_off + r->file_len - (r->file_len > 0), r->file_total);
+    else if (r->status == 416) n = snprintf(cr, sizeof cr, "bytes */%" PRIu64, r->file_total);
+    else return 0;
+    return lws_add_http_header_by_token(wsi, WSI_TOKEN_HTTP_CONTENT_RANGE, (unsigned char *)cr, n, p, end) ? -1 : 0;
+}
+
 int ws_http_request(ws_ep *ep, struct lws *wsi, void *pss, const char *path) {
     ws_http_stream *st = pss;
     char auth[256], range[128];
@@ -73,18 +87,12 @@ int ws_http_request(ws_ep *ep, struct lws *wsi, void *pss, const char *path) {
                  ? -1
                  : 0;
     if (rc == 0 && file) {
-        char cr[96];
         static const char ar[] = "bytes";
         if (lws_add_http_header_by_token(wsi, WSI_TOKEN_HTTP_ACCEPT_RANGES, (const unsigned char *)ar,
                                          (int)sizeof ar - 1, &p, end))
             rc = -1;
-        if (rc == 0 && r.status == 206) {
-            int n = snprintf(cr, sizeof cr, "bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64, r.file_off,
-                             r.file_off + r.file_len - (r.file_len > 0), r.file_total);
-            if (lws_add_http_header_by_token(wsi, WSI_TOKEN_HTTP_CONTENT_RANGE, (unsigned char *)cr, n, &p, end))
-                rc = -1;
-        }
     }
+    if (rc == 0) rc = add_content_range(wsi, &r, file, &p, end);
     if (rc == 0 && lws_finalize_write_http_header(wsi, start, &p, end)) rc = -1;
     if (rc == 0 && !file && r.body_len && !head) {
         unsigned char *buf = malloc(LWS_PRE + r.body_len);

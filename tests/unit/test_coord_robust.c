@@ -2,7 +2,8 @@
  * coordinate-wise median and trimmed mean against a brute-force version
  * (every element's values sorted in double) on random deltas with ties,
  * bit-identical across thread counts; (multi-)Krum's choice and result
- * against brute-force scores; the robustness property itself (Byzantine
+ * against brute-force scores, also on a model of so many tensors that its
+ * pair distances are summed in several batches of windows; the robustness property itself (Byzantine
  * updates of any size leave the median and trimmed mean inside the range
  * of the honest values and are never chosen by Krum, while FedAvg is
  * dragged away by the same updates); codec frames decoded (unsent entries
@@ -11,6 +12,7 @@
  * driver with a robust rule over a store holding both kinds of update. */
 #include "agg_test_util.h"
 #include "coord_test_util.h"
+#include "aggregate_internal.h"
 
 #include <dirent.h>
 
@@ -117,14 +119,15 @@ Test(coord_robust, median_and_trimmed_mean_match_brute_force) {
     }
 }
 
-/* Krum by brute force: scores in double, the m lowest (ties: earlier). */
-static void brute_krum(const fixture *f, long fopt, long mopt, int *chosen, double *score_out) {
-    size_t k = f->k, n = agg_total();
+/* Krum by brute force over k updates d[i] of n values: scores in double,
+ * the m lowest chosen (ties: earlier). */
+static void brute_krum(float *const *d, size_t k, size_t n, long fopt, long mopt, int *chosen, double *score_out) {
     double *D = calloc(k * k, sizeof *D), *row = malloc(k * sizeof *row), *score = malloc(k * sizeof *score);
+    cr_assert(D && row && score);
     for (size_t i = 0; i < k; i++)
         for (size_t j = 0; j < k; j++)
             for (size_t e = 0; e < n; e++) {
-                double x = (double)f->d[i][e] - (double)f->d[j][e];
+                double x = (double)d[i][e] - (double)d[j][e];
                 D[i * k + j] += x * x;
             }
     long fv = fopt < 0 ? (k >= 3 ? ((long)k - 3) / 2 : 0) : fopt;
@@ -153,6 +156,57 @@ static void brute_krum(const fixture *f, long fopt, long mopt, int *chosen, doub
     free(score);
 }
 
+/* "krum", "krum:F" or "krum:F:M" (fo < 0: F defaulted; mo == 0: M defaulted) */
+static void krum_name(char *name, size_t len, long fo, long mo) {
+    if (fo < 0) snprintf(name, len, "krum");
+    else if (mo == 0) snprintf(name, len, "krum:%ld", fo);
+    else snprintf(name, len, "krum:%ld:%ld", fo, mo);
+}
+
+/* Krum's verdicts why[0..k) ("" for a chosen update, else a reason giving
+ * its score to 6 digits) and its result got (base + the mean of the chosen
+ * deltas, n values each) against brute_krum's. */
+static void check_krum(const char *name, long fo, long mo, const float *base, float *const *d, size_t k, size_t n,
+                       char (*why)[NAWAL_AGG_REASON_BYTES], const float *got, uint64_t seed) {
+    int *chosen = malloc(k * sizeof *chosen);
+    double *score = malloc(k * sizeof *score);
+    cr_assert(chosen && score);
+    brute_krum(d, k, n, fo, mo, chosen, score);
+    size_t m = 0;
+    for (size_t i = 0; i < k; i++) {
+        cr_assert_eq(why[i][0] == 0, chosen[i], "%s: update %zu %s by Krum, brute force says %s (seed %llu): %s",
+                     name, i, why[i][0] ? "dropped" : "chosen", chosen[i] ? "chosen" : "dropped",
+                     (unsigned long long)seed, why[i]);
+        m += (size_t)chosen[i];
+        if (chosen[i]) continue;
+        const char *sp = strstr(why[i], "score ");
+        cr_assert(strstr(why[i], "krum: not among") && sp, "%s", why[i]);
+        double got_score = strtod(sp + 6, NULL);
+        cr_assert(fabs(got_score - score[i]) <= 1e-5 * score[i],
+                  "%s: update %zu scores %.9g, brute force %.9g (seed %llu)", name, i, got_score, score[i],
+                  (unsigned long long)seed);
+    }
+    for (size_t e = 0; e < n; e++) {
+        double s = 0;
+        for (size_t i = 0; i < k; i++)
+            if (chosen[i]) s += d[i][e];
+        float want = base[e] + (float)(s / (double)m);
+        double tol = ldexp(1.0, -23) * (fabs(base[e]) + 2 * fabs(s / (double)m)) + 1e-300;
+        cr_assert(fabs(got[e] - want) <= tol, "%s element %zu: got %.9g want %.9g (seed %llu)", name, e, got[e],
+                  want, (unsigned long long)seed);
+    }
+    free(chosen);
+    free(score);
+}
+
+/* Two runs' outputs and verdicts identical (the scores to the digits printed). */
+static void check_same_run(const char *name, const agg_membuf *a, const agg_membuf *b,
+                           char (*why)[NAWAL_AGG_REASON_BYTES], char (*why2)[NAWAL_AGG_REASON_BYTES], size_t k) {
+    cr_assert(a->len == b->len && memcmp(a->p, b->p, a->len) == 0, "%s depends on the thread count", name);
+    for (size_t i = 0; i < k; i++)
+        cr_assert_str_eq(why[i], why2[i], "%s: update %zu's verdict depends on the thread count", name, i);
+}
+
 Test(coord_robust, krum_matches_brute_force) {
     uint64_t seed0 = fresh_seed(), seed = seed0;
     for (int trial = 0; trial < 8; trial++) {
@@ -162,50 +216,158 @@ Test(coord_robust, krum_matches_brute_force) {
         long fo = trial % 3 == 0 ? -1 : (long)(test_rand_u64(&seed) % 4);
         long mo = trial % 2 || fo < 0 ? 0 : 1 + (long)(test_rand_u64(&seed) % k);
         char name[64];
-        if (fo < 0) snprintf(name, sizeof name, "krum");
-        else if (mo == 0) snprintf(name, sizeof name, "krum:%ld", fo);
-        else snprintf(name, sizeof name, "krum:%ld:%ld", fo, mo);
-        int chosen[16];
-        double score[16];
-        brute_krum(&f, fo, mo, chosen, score);
+        krum_name(name, sizeof name, fo, mo);
         char (*why)[NAWAL_AGG_REASON_BYTES] = calloc(k, sizeof *why);
+        char (*why2)[NAWAL_AGG_REASON_BYTES] = calloc(k, sizeof *why2);
         agg_membuf out, out2;
         cr_assert_eq(run_named(name, 1 + trial % 2, &f, &out, why), 0);
-        for (size_t i = 0; i < k; i++) {
-            cr_assert_eq(why[i][0] == 0, chosen[i], "%s: update %zu %s by Krum, brute force says %s (seed %llu): %s",
-                         name, i, why[i][0] ? "dropped" : "chosen", chosen[i] ? "chosen" : "dropped",
-                         (unsigned long long)seed0, why[i]);
-            if (chosen[i]) continue;
-            /* a dropped update's reason gives its score (6 digits) */
-            const char *sp = strstr(why[i], "score ");
-            cr_assert(strstr(why[i], "krum: not among") && sp, "%s", why[i]);
-            double got_score = strtod(sp + 6, NULL);
-            cr_assert(fabs(got_score - score[i]) <= 1e-5 * score[i], "%s: update %zu scores %.9g, brute force %.9g",
-                      name, i, got_score, score[i]);
-        }
         float *got = agg_parse(&out);
-        size_t m = 0;
-        for (size_t i = 0; i < k; i++) m += (size_t)chosen[i];
-        for (size_t e = 0; e < agg_total(); e++) {
-            double s = 0;
-            for (size_t i = 0; i < k; i++)
-                if (chosen[i]) s += f.d[i][e];
-            float want = f.base[e] + (float)(s / (double)m);
-            double tol = ldexp(1.0, -23) * (fabs(f.base[e]) + 2 * fabs(s / (double)m)) + 1e-300;
-            cr_assert(fabs(got[e] - want) <= tol, "%s element %zu: got %.9g want %.9g (seed %llu)", name, e, got[e],
-                      want, (unsigned long long)seed0);
-        }
-        char (*why2)[NAWAL_AGG_REASON_BYTES] = calloc(k, sizeof *why2);
+        check_krum(name, fo, mo, f.base, f.d, k, agg_total(), why, got, seed0);
         cr_assert_eq(run_named(name, 3 - (1 + trial % 2), &f, &out2, why2), 0);
-        cr_assert(out.len == out2.len && memcmp(out.p, out2.p, out.len) == 0, "%s depends on the thread count", name);
-        for (size_t i = 0; i < k; i++) /* the scores too, to the digits printed */
-            cr_assert_str_eq(why[i], why2[i], "%s: update %zu's verdict depends on the thread count", name, i);
+        check_same_run(name, &out, &out2, why, why2, k);
         free(why2);
         free(got);
         free(out.p);
         free(out2.p);
         free(why);
         fixture_free(&f);
+    }
+}
+
+/* ---- Krum over many windows ------------------------------------------------
+ * krum_distances holds the pair distances of at most NAWAL_KRUM_BATCH (256)
+ * windows at once and goes through the model batch after batch. Every
+ * tensor is at least one window (and one of at most 1024 values exactly
+ * one), so a model of more than 512 small tensors takes three batches or
+ * more (the last one partial) with small updates. */
+#define MANY_BATCH NAWAL_KRUM_BATCH
+#define MANY_MIN_TENSORS (2 * MANY_BATCH + 1)
+
+typedef struct {
+    size_t nt, n;       /* tensors, floats in all */
+    size_t *numel;
+    char (*names)[16];
+} many_layout;
+
+/* nt in [MANY_MIN_TENSORS, +64) tensors of 1..300 values (so some hold a
+ * whole float block of 256 and a tail) */
+static void many_layout_make(many_layout *L, uint64_t *seed) {
+    L->nt = MANY_MIN_TENSORS + test_rand_u64(seed) % 64;
+    L->numel = malloc(L->nt * sizeof *L->numel);
+    L->names = malloc(L->nt * sizeof *L->names);
+    cr_assert(L->numel && L->names);
+    L->n = 0;
+    for (size_t t = 0; t < L->nt; t++) {
+        L->numel[t] = 1 + test_rand_u64(seed) % 300;
+        snprintf(L->names[t], sizeof L->names[t], "w%zu", t);
+        L->n += L->numel[t];
+    }
+}
+
+static void many_layout_free(many_layout *L) {
+    free(L->numel);
+    free(L->names);
+}
+
+/* values (L->n floats) as a safetensors file, one 1-d tensor each */
+static void many_write(const char *path, const many_layout *L, const float *values) {
+    nawal_st_tensor *ts = calloc(L->nt, sizeof *ts);
+    cr_assert(ts);
+    size_t off = 0;
+    for (size_t t = 0; t < L->nt; t++) {
+        ts[t] = (nawal_st_tensor){.name = L->names[t], .dtype = NAWAL_ST_F32, .ndim = 1,
+                                  .shape = {(int64_t)L->numel[t]}, .nbytes = L->numel[t] * 4, .data = values + off};
+        off += L->numel[t];
+    }
+    char err[512] = "";
+    cr_assert_eq(nawal_st_write(path, ts, L->nt, NULL, err, sizeof err), 0, "write %s: %s", path, err);
+    free(ts);
+}
+
+/* the floats of a serialized model in L's layout */
+static float *many_parse(const agg_membuf *m, const many_layout *L) {
+    nawal_st_file *f;
+    char err[512] = "";
+    cr_assert_eq(nawal_st_parse(&f, m->p, m->len, "aggregate", err, sizeof err), 0, "%s", err);
+    cr_assert_eq(nawal_st_count(f), L->nt);
+    float *v = malloc(L->n * 4);
+    cr_assert(v);
+    size_t off = 0;
+    for (size_t t = 0; t < L->nt; t++) {
+        const nawal_st_tensor *x = nawal_st_at(f, t);
+        cr_assert_str_eq(x->name, L->names[t]);
+        cr_assert_eq(x->nbytes, L->numel[t] * 4);
+        memcpy(v + off, x->data, x->nbytes);
+        off += L->numel[t];
+    }
+    nawal_st_free(f);
+    return v;
+}
+
+/* Krum over a model of more than two batches of windows: the choice, the
+ * dropped updates' scores and the result as brute force gives them, the
+ * same for 1 and 3 threads; and an update with a non-finite value in the
+ * last batch dropped, the verdicts and result those of the others alone. */
+Test(coord_robust, krum_multi_batch_matches_brute_force) {
+    uint64_t seed0 = test_seed("coord_robust.krum_multi_batch"), seed = seed0;
+    for (int trial = 0; trial < 4; trial++) {
+        many_layout L;
+        many_layout_make(&L, &seed);
+        size_t k = 4 + test_rand_u64(&seed) % 6;
+        fixture f; /* only its arrays: the layout is L's */
+        agg_fixture_make(&f, &seed, k, g_root);
+        for (size_t i = 0; i < k; i++) {
+            f.d[i] = realloc(f.d[i], L.n * 4);
+            cr_assert(f.d[i]);
+            agg_random(&seed, f.d[i], L.n, (float)ldexp(1.0, (int)(test_rand_u64(&seed) % 8) - 6));
+            snprintf(f.paths[i], sizeof f.paths[i], "%s/many%zu.safetensors", g_root, i);
+            many_write(f.paths[i], &L, f.d[i]);
+        }
+        f.base = realloc(f.base, L.n * 4);
+        cr_assert(f.base);
+        agg_random(&seed, f.base, L.n, 1.0f);
+        many_write(f.base_path, &L, f.base);
+        /* at least one update dropped (also when one is bad), so that a score is printed */
+        long fo = trial == 0 ? -1 : (long)(test_rand_u64(&seed) % (k - 2));
+        long mo = trial == 0 ? 0 : 1 + (long)(test_rand_u64(&seed) % (k - 2));
+        if (trial == 0 && k < 5) fo = 1; /* the default f is 0 below 5 updates: none dropped */
+        char name[64];
+        krum_name(name, sizeof name, fo, mo);
+        size_t bad = SIZE_MAX;
+        if (trial == 3) { /* a NaN in a tensor of the last batch */
+            bad = test_rand_u64(&seed) % k;
+            size_t t = 2 * MANY_BATCH + test_rand_u64(&seed) % (L.nt - 2 * MANY_BATCH), e = 0;
+            for (size_t q = 0; q < t; q++) e += L.numel[q];
+            float keep = f.d[bad][e];
+            f.d[bad][e] = NAN;
+            many_write(f.paths[bad], &L, f.d[bad]);
+            f.d[bad][e] = keep;
+        }
+        char (*why)[NAWAL_AGG_REASON_BYTES] = calloc(k, sizeof *why);
+        char (*why2)[NAWAL_AGG_REASON_BYTES] = calloc(k, sizeof *why2);
+        agg_membuf out, out2;
+        cr_assert_eq(run_named(name, 1, &f, &out, why), 0);
+        cr_assert_eq(run_named(name, 3, &f, &out2, why2), 0);
+        check_same_run(name, &out, &out2, why, why2, k);
+        if (bad != SIZE_MAX) { /* the others, in their order */
+            cr_assert(strstr(why[bad], "not finite"), "%s: update %zu: %s (seed %llu)", name, bad, why[bad],
+                      (unsigned long long)seed0);
+            float *tmp = f.d[bad];
+            for (size_t i = bad; i + 1 < k; i++) {
+                f.d[i] = f.d[i + 1];
+                memcpy(why[i], why[i + 1], sizeof why[i]);
+            }
+            f.d[k - 1] = tmp;
+        }
+        float *got = many_parse(&out, &L);
+        check_krum(name, fo, mo, f.base, f.d, bad != SIZE_MAX ? k - 1 : k, L.n, why, got, seed0);
+        free(got);
+        free(out.p);
+        free(out2.p);
+        free(why);
+        free(why2);
+        fixture_free(&f);
+        many_layout_free(&L);
     }
 }
 

@@ -60,6 +60,7 @@ static int handler(const nawal_ws_http_request *rq, nawal_ws_http_reply *r, void
     }
     if (off >= s->size) {
         r->status = 416;
+        r->file_total = s->size;
         return 0;
     }
     r->file_fd = open(s->path, O_RDONLY | O_CLOEXEC);
