@@ -8,12 +8,14 @@
  * B*NH*T floats of datt. Selected by NAWAL_CUDA_ATTENTION=flash for head
  * sizes up to 64 (the variable is checked at open and read at every call);
  * everything else takes attention.cu's batched-GEMM path. Not yet the
- * default: written without a GPU at hand, it waits for tests/gpu/run.sh. Pair p = b * NH + h; scores s_tj = (q_t . k_j) / sqrt(hs), j <= t.
+ * default: written without a GPU at hand (checked on the CPU by
+ * tests/emu/test_flash_emu.cpp), it waits for tests/gpu/run.sh's verdict and
+ * timing. Pair p = b * NH + h; scores s_tj = (q_t . k_j) / sqrt(hs), j <= t.
  *
  * One thread owns one row (a query row in the forward and the dQ kernel, a
  * key row in the dK/dV kernel), keeps its accumulators in registers and its
- * own q / do / k / v rows in shared memory (row stride HS + 1, so the 64
- * threads of a block read 64 different banks); the other operand streams
+ * own q / do / k / v rows in shared memory (row stride HS + 4, read as
+ * float4 without bank conflicts); the other operand streams
  * through shared memory in tiles of FA_TILE rows that every thread reads at
  * the same address (broadcast). Head dimensions above hs up to HS are zero.
  * Each output element is written by one thread and summed in a fixed order:
@@ -26,16 +28,31 @@
  *   dkv kernel grid over key rows: for every query i >= j,
  *              dv_j += p_ij do_i, dk_j += p_ij (do_i . v_j - D_i) scale q_i.
  * p_tj = exp(s_tj - lse_t) with the shared nawal_expf (the CPU's formula).
- * The kernels live in attention_flash.cuh; this file launches them. */
+ * The kernels live in attention_flash.cuh; this file launches them.
+ *
+ * Expected speed (a review's estimate, not measured): these run on the fp32
+ * units and are bound by shared-memory loads, so on GPT-2 small (T 1024,
+ * hs 64) they are likely slower than the batched-GEMM path's tensor cores
+ * (~5.5 + 9.9 ms per step on an H200), the backward most. The way to the
+ * goal is a tensor-core version (mma.sync on 16-row warp tiles, cp.async
+ * double buffering, P in registers) keeping this book-keeping and these
+ * tests; D_t = dO_t . O_t from the forward's output would drop the dq
+ * kernel's first pass. */
 #include "cuda_common.h"
 #include "attention_flash.cuh"
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+/* the switch is read at the first attention call and kept for the
+ * process: a forward and its backward must agree on what att holds */
 int cuda_flash_attention_on(int hs) {
-    const char *e = getenv("NAWAL_CUDA_ATTENTION");
-    return e && !strcmp(e, "flash") && hs >= 1 && hs <= 64;
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("NAWAL_CUDA_ATTENTION");
+        on = e && !strcmp(e, "flash");
+    }
+    return on && hs >= 1 && hs <= 64;
 }
 
 /* launches the HS instance of the three kernels, with the dynamic shared
@@ -48,18 +65,21 @@ static void launch(const nawal_ops *o, const char *op, int which, float *a, floa
     float scale = 1.0f / sqrtf((float)hs);
     dim3 grid(fa_grid_x(T), (unsigned)(B * NH));
     if (grid.y > 65535u) cuda_fatal(op, "launch", "B * NH above 65535", __FILE__, __LINE__);
-    static int opted[3];
+    static int opted[3]; /* per instance; the backend drives one device from one host thread */
     size_t bytes = fa_smem_bytes(which, HS);
     if (which == 0) {
-        if (!opted[0]++) CUDA_CHECK(op, cudaFuncSetAttribute(flash_fwd_kernel<HS>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+        if (!opted[0]) CUDA_CHECK(op, cudaFuncSetAttribute(flash_fwd_kernel<HS>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+        opted[0] = 1;
         flash_fwd_kernel<HS><<<grid, FA_ROWS, bytes, s->stream>>>(a, b2, c1, T, C, NH, hs, scale);
         LAUNCH_CHECK(op, "flash_fwd_kernel");
     } else if (which == 1) {
-        if (!opted[1]++) CUDA_CHECK(op, cudaFuncSetAttribute(flash_dq_kernel<HS>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+        if (!opted[1]) CUDA_CHECK(op, cudaFuncSetAttribute(flash_dq_kernel<HS>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+        opted[1] = 1;
         flash_dq_kernel<HS><<<grid, FA_ROWS, bytes, s->stream>>>(a, b2, c1, c2, c3, T, C, NH, hs, scale);
         LAUNCH_CHECK(op, "flash_dq_kernel");
     } else {
-        if (!opted[2]++) CUDA_CHECK(op, cudaFuncSetAttribute(flash_dkv_kernel<HS>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+        if (!opted[2]) CUDA_CHECK(op, cudaFuncSetAttribute(flash_dkv_kernel<HS>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+        opted[2] = 1;
         flash_dkv_kernel<HS><<<grid, FA_ROWS, bytes, s->stream>>>(a, c1, c2, c3, b2, T, C, NH, hs, scale);
         LAUNCH_CHECK(op, "flash_dkv_kernel");
     }

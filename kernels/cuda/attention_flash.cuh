@@ -16,6 +16,9 @@
 
 #define FA_ROWS 64 /* threads per block, one owned row each */
 #define FA_TILE 32 /* rows of the streamed operand per shared-memory tile */
+/* owned rows are padded to HS + 4 floats: 16-byte aligned for float4 reads,
+ * and the 8 threads of a quarter warp then cover all 32 banks once */
+#define FA_STRIDE(HS) ((HS) + 4)
 
 /* Launch geometry shared by the launcher and the emulation: every kernel
  * runs FA_ROWS threads per block on a grid of ceil(T / FA_ROWS) x (B*NH)
@@ -23,7 +26,7 @@
  * (0 forward, 1 dq, 2 dk/dv) for the instance HS. */
 static inline unsigned fa_grid_x(int T) { return (unsigned)((T + FA_ROWS - 1) / FA_ROWS); }
 static inline size_t fa_smem_bytes(int which, int HS) {
-    size_t own = (size_t)FA_ROWS * (HS + 1) * sizeof(float), tile = (size_t)FA_TILE * HS * sizeof(float);
+    size_t own = (size_t)FA_ROWS * FA_STRIDE(HS) * sizeof(float), tile = (size_t)FA_TILE * HS * sizeof(float);
     return which == 0 ? own + 2 * tile : which == 1 ? 2 * own + 2 * tile : 2 * own + 2 * tile + 2 * FA_TILE * sizeof(float);
 }
 
@@ -38,20 +41,37 @@ __device__ static void load_rows(float *dst, int stride, const float *src, size_
     }
 }
 
-/* the block's owned rows (FA_ROWS x (HS + 1) in sm) out to [T][ld], coalesced */
+/* the block's owned rows (FA_ROWS x FA_STRIDE(HS) in sm) out to [T][ld], coalesced */
 template <int HS>
 __device__ static void store_rows(float *dst, size_t ld, const float *sm, int r0, int T, int hs) {
     for (int e = threadIdx.x; e < FA_ROWS * HS; e += blockDim.x) {
         int r = e / HS, d = e % HS, t = r0 + r;
-        if (t < T && d < hs) dst[(size_t)t * ld + d] = sm[r * (HS + 1) + d];
+        if (t < T && d < hs) dst[(size_t)t * ld + d] = sm[r * FA_STRIDE(HS) + d];
     }
 }
 
+/* the k and v rows [k0, k0 + FA_TILE) of a head (base: its q columns in
+ * qkv[T][3C]) into two FA_TILE x HS tiles */
+template <int HS>
+__device__ static void load_kv_tile(float *ks, float *vs, const float *base, int C, int k0, int T, int hs) {
+    load_rows<HS>(ks, HS, base + C, 3 * (size_t)C, k0, FA_TILE, T, hs, 1.0f);
+    load_rows<HS>(vs, HS, base + 2 * C, 3 * (size_t)C, k0, FA_TILE, T, hs, 1.0f);
+}
+
+/* own . tile_row over HS floats, both 16-byte aligned, read as float4 (one
+ * shared load per 4 FMAs on each side; the tile row is a broadcast) */
 template <int HS>
 __device__ static float dot_own(const float *own, const float *tile_row) {
+    const float4 *a = reinterpret_cast<const float4 *>(own), *b = reinterpret_cast<const float4 *>(tile_row);
     float acc = 0.0f;
-#pragma unroll 16 /* partial: a full unroll hoists HS loads into registers next to the accumulators */
-    for (int d = 0; d < HS; d++) acc += own[d] * tile_row[d];
+#pragma unroll 4 /* partial: a full unroll hoists HS loads into registers next to the accumulators */
+    for (int i = 0; i < HS / 4; i++) {
+        float4 x = a[i], y = b[i];
+        acc += x.x * y.x;
+        acc += x.y * y.y;
+        acc += x.z * y.z;
+        acc += x.w * y.w;
+    }
     return acc;
 }
 
@@ -60,13 +80,13 @@ template <int HS>
 __global__ __launch_bounds__(FA_ROWS) static void flash_fwd_kernel(float *out, float *lse, const float *qkv, int T,
                                                                    int C, int NH, int hs, float scale) {
     FA_SHARED(sm);
-    float *qs = sm, *ks = qs + FA_ROWS * (HS + 1), *vs = ks + FA_TILE * HS;
+    float *qs = sm, *ks = qs + FA_ROWS * FA_STRIDE(HS), *vs = ks + FA_TILE * HS;
     int pair = blockIdx.y, b = pair / NH, h = pair % NH;
-    int q0 = blockIdx.x * FA_ROWS, t = q0 + threadIdx.x;
+    int q0 = (gridDim.x - 1 - blockIdx.x) * FA_ROWS, t = q0 + threadIdx.x; /* longest rows first */
     size_t C3 = 3 * (size_t)C;
     const float *base = qkv + (size_t)b * T * C3 + (size_t)h * hs;
-    load_rows<HS>(qs, HS + 1, base, C3, q0, FA_ROWS, T, hs, scale);
-    const float *qr = qs + threadIdx.x * (HS + 1);
+    load_rows<HS>(qs, FA_STRIDE(HS), base, C3, q0, FA_ROWS, T, hs, scale);
+    const float *qr = qs + threadIdx.x * FA_STRIDE(HS);
     float o[HS];
 #pragma unroll
     for (int d = 0; d < HS; d++) o[d] = 0.0f;
@@ -74,8 +94,7 @@ __global__ __launch_bounds__(FA_ROWS) static void flash_fwd_kernel(float *out, f
     int kend = min(T, q0 + FA_ROWS);
     for (int k0 = 0; k0 < kend; k0 += FA_TILE) {
         __syncthreads();
-        load_rows<HS>(ks, HS, base + C, C3, k0, FA_TILE, T, hs, 1.0f);
-        load_rows<HS>(vs, HS, base + 2 * C, C3, k0, FA_TILE, T, hs, 1.0f);
+        load_kv_tile<HS>(ks, vs, base, C, k0, T, hs);
         __syncthreads();
         if (t >= T || k0 > t) continue; /* nothing of this tile for this row (no barrier below) */
         float s[FA_TILE], tmax = -INFINITY;
@@ -101,7 +120,7 @@ __global__ __launch_bounds__(FA_ROWS) static void flash_fwd_kernel(float *out, f
     __syncthreads(); /* qs is reused for the output rows */
     if (t < T) {
         float inv = 1.0f / l;
-        float *orow = qs + threadIdx.x * (HS + 1);
+        float *orow = qs + threadIdx.x * FA_STRIDE(HS);
 #pragma unroll
         for (int d = 0; d < HS; d++) orow[d] = o[d] * inv;
         lse[(size_t)pair * T + t] = m + logf(l);
@@ -116,20 +135,19 @@ __global__ __launch_bounds__(FA_ROWS) static void flash_dq_kernel(float *dqkv, f
                                                                   const float *qkv, const float *lse, int T, int C,
                                                                   int NH, int hs, float scale) {
     FA_SHARED(sm);
-    float *qs = sm, *dos = qs + FA_ROWS * (HS + 1), *ks = dos + FA_ROWS * (HS + 1), *vs = ks + FA_TILE * HS;
+    float *qs = sm, *dos = qs + FA_ROWS * FA_STRIDE(HS), *ks = dos + FA_ROWS * FA_STRIDE(HS), *vs = ks + FA_TILE * HS;
     int pair = blockIdx.y, b = pair / NH, h = pair % NH;
-    int q0 = blockIdx.x * FA_ROWS, t = q0 + threadIdx.x;
+    int q0 = (gridDim.x - 1 - blockIdx.x) * FA_ROWS, t = q0 + threadIdx.x; /* longest rows first */
     size_t C3 = 3 * (size_t)C;
     const float *base = qkv + (size_t)b * T * C3 + (size_t)h * hs;
-    load_rows<HS>(qs, HS + 1, base, C3, q0, FA_ROWS, T, hs, scale);
-    load_rows<HS>(dos, HS + 1, dout + (size_t)b * T * C + (size_t)h * hs, C, q0, FA_ROWS, T, hs, 1.0f);
-    const float *qr = qs + threadIdx.x * (HS + 1), *dor = dos + threadIdx.x * (HS + 1);
+    load_rows<HS>(qs, FA_STRIDE(HS), base, C3, q0, FA_ROWS, T, hs, scale);
+    load_rows<HS>(dos, FA_STRIDE(HS), dout + (size_t)b * T * C + (size_t)h * hs, C, q0, FA_ROWS, T, hs, 1.0f);
+    const float *qr = qs + threadIdx.x * FA_STRIDE(HS), *dor = dos + threadIdx.x * FA_STRIDE(HS);
     float L = t < T ? lse[(size_t)pair * T + t] : 0.0f, D = 0.0f;
     int kend = min(T, q0 + FA_ROWS);
     for (int k0 = 0; k0 < kend; k0 += FA_TILE) { /* pass 1: D */
         __syncthreads();
-        load_rows<HS>(ks, HS, base + C, C3, k0, FA_TILE, T, hs, 1.0f);
-        load_rows<HS>(vs, HS, base + 2 * C, C3, k0, FA_TILE, T, hs, 1.0f);
+        load_kv_tile<HS>(ks, vs, base, C, k0, T, hs);
         __syncthreads();
         if (t >= T || k0 > t) continue;
         for (int j = 0; j < FA_TILE && k0 + j <= t; j++)
@@ -140,8 +158,7 @@ __global__ __launch_bounds__(FA_ROWS) static void flash_dq_kernel(float *dqkv, f
     for (int d = 0; d < HS; d++) dq[d] = 0.0f;
     for (int k0 = 0; k0 < kend; k0 += FA_TILE) { /* pass 2: dq */
         __syncthreads();
-        load_rows<HS>(ks, HS, base + C, C3, k0, FA_TILE, T, hs, 1.0f);
-        load_rows<HS>(vs, HS, base + 2 * C, C3, k0, FA_TILE, T, hs, 1.0f);
+        load_kv_tile<HS>(ks, vs, base, C, k0, T, hs);
         __syncthreads();
         if (t >= T || k0 > t) continue;
         for (int j = 0; j < FA_TILE && k0 + j <= t; j++) {
@@ -154,7 +171,7 @@ __global__ __launch_bounds__(FA_ROWS) static void flash_dq_kernel(float *dqkv, f
     __syncthreads(); /* qs is reused for the output rows */
     if (t < T) {
         Dsum[(size_t)pair * T + t] = D;
-        float *row = qs + threadIdx.x * (HS + 1);
+        float *row = qs + threadIdx.x * FA_STRIDE(HS);
 #pragma unroll
         for (int d = 0; d < HS; d++) row[d] = dq[d] * scale;
     }
@@ -169,15 +186,15 @@ __global__ __launch_bounds__(FA_ROWS) static void flash_dkv_kernel(float *dqkv, 
                                                                    const float *lse, const float *Dsum, int T, int C,
                                                                    int NH, int hs, float scale) {
     FA_SHARED(sm);
-    float *kso = sm, *vso = kso + FA_ROWS * (HS + 1), *qt = vso + FA_ROWS * (HS + 1), *dot = qt + FA_TILE * HS;
+    float *kso = sm, *vso = kso + FA_ROWS * FA_STRIDE(HS), *qt = vso + FA_ROWS * FA_STRIDE(HS), *dot = qt + FA_TILE * HS;
     float *lt = dot + FA_TILE * HS, *Dt = lt + FA_TILE;
     int pair = blockIdx.y, b = pair / NH, h = pair % NH;
     int j0 = blockIdx.x * FA_ROWS, j = j0 + threadIdx.x;
     size_t C3 = 3 * (size_t)C;
     const float *base = qkv + (size_t)b * T * C3 + (size_t)h * hs, *dbase = dout + (size_t)b * T * C + (size_t)h * hs;
-    load_rows<HS>(kso, HS + 1, base + C, C3, j0, FA_ROWS, T, hs, 1.0f);
-    load_rows<HS>(vso, HS + 1, base + 2 * C, C3, j0, FA_ROWS, T, hs, 1.0f);
-    const float *kr = kso + threadIdx.x * (HS + 1), *vr = vso + threadIdx.x * (HS + 1);
+    load_rows<HS>(kso, FA_STRIDE(HS), base + C, C3, j0, FA_ROWS, T, hs, 1.0f);
+    load_rows<HS>(vso, FA_STRIDE(HS), base + 2 * C, C3, j0, FA_ROWS, T, hs, 1.0f);
+    const float *kr = kso + threadIdx.x * FA_STRIDE(HS), *vr = vso + threadIdx.x * FA_STRIDE(HS);
     float dk[HS], dv[HS];
 #pragma unroll
     for (int d = 0; d < HS; d++) dk[d] = dv[d] = 0.0f;
@@ -207,7 +224,7 @@ __global__ __launch_bounds__(FA_ROWS) static void flash_dkv_kernel(float *dqkv, 
     }
     __syncthreads(); /* kso / vso are reused for the output rows */
     if (j < T) {
-        float *kw = kso + threadIdx.x * (HS + 1), *vw = vso + threadIdx.x * (HS + 1);
+        float *kw = kso + threadIdx.x * FA_STRIDE(HS), *vw = vso + threadIdx.x * FA_STRIDE(HS);
 #pragma unroll
         for (int d = 0; d < HS; d++) {
             kw[d] = dk[d];
