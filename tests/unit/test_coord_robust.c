@@ -259,7 +259,7 @@ static void many_layout_make(many_layout *L, uint64_t *seed) {
     L->n = 0;
     for (size_t t = 0; t < L->nt; t++) {
         L->numel[t] = 1 + test_rand_u64(seed) % 300;
-        snprintf(L->names[t], sizeof L->names[t], "w%zu", t);
+        snprintf(L->names[t], sizeof L->names[t], "w%u", (unsigned)t);
         L->n += L->numel[t];
     }
 }
