@@ -37,6 +37,25 @@ typedef struct {
     int ldc;
 } cpu_gemm_args;
 
+/* oneDNN matmul primitives (dnnl_matmul.c): C[i] = A[i] B[i] (+ C[i] when
+ * beta_one) for i < batch, C[i] M x N fp32, A[i] M x K and B[i] K x N in
+ * bf16 or fp32, each given by its element strides (batch, row, column), so
+ * a transposed operand is just other strides. All members are long: the
+ * plan cache compares shapes bytewise. */
+typedef struct {
+    long bf16;               /* A and B are bf16 (uint16_t), else fp32 */
+    long batch, M, N, K;     /* batch 1: plain 2-D matrices */
+    long sa[3], sb[3], sc[3];
+    long beta_one;
+} cpu_mm_shape;
+#define CPU_MM_BUFFERS 4     /* operand buffers per workspace */
+typedef struct cpu_mm_ws cpu_mm_ws;
+cpu_mm_ws *cpu_mm_take(void);              /* a free workspace (waits when all are busy) */
+void cpu_mm_give(cpu_mm_ws *w);
+void *cpu_mm_buffer(cpu_mm_ws *w, int slot, size_t bytes); /* the workspace's operand buffer slot, grown */
+void cpu_mm_run(cpu_mm_ws *w, const cpu_mm_shape *s, const void *A, const void *B, float *C);
+const char *cpu_mm_impl(const cpu_mm_shape *s, char *buf, size_t len); /* oneDNN's kernel for s */
+
 /* bf16 GEMMs (matmul_bf16.c): the n products in order, with both operands
  * rounded to bf16 and fp32 accumulation (beta 0 or 1), on the CPU's bf16
  * units; an operand two of them read is cast once. cpu_bf16_supported says
