@@ -3,19 +3,19 @@
  * The same arithmetic as the CUDA backend's bf16 matmuls: both operands
  * are rounded to bf16 (round to nearest even), the products accumulate in
  * fp32 and the output is fp32. (Only matmul_fwd/bwd: the CPU's attention
- * products stay fp32 where CUDA's bf16 mode runs them in tf32.) oneDNN's matmul primitive runs them on AMX or
- * AVX512-BF16 where the CPU has them (brgemm kernels); cpu_bf16_supported
- * refuses the mode where oneDNN would fall back to its reference kernel.
+ * products stay fp32 where CUDA's bf16 mode runs them in tf32.) oneDNN's
+ * matmul primitive runs them on AMX or AVX512-BF16 where the CPU has them
+ * (brgemm kernels); cpu_bf16_supported refuses the mode where oneDNN would
+ * fall back to its reference kernel.
  *
  * Each operand is cast into a dense bf16 copy in its stored layout (a
  * transposed operand is described to oneDNN by its strides, not
  * transposed here); the products of one call that read the same operand
  * (matmul_bwd's dout) share one copy. The casts are memory-bound and cost
  * about as much as the AMX products on the tiny model, so each operand is
- * read once. Primitives are created once per shape, layout and beta and
- * kept. A call borrows a workspace (CPU stream, cast buffers, scratchpad)
- * from a small pool, so the concurrent calls of run_parallel's threads
- * never share one; the casts run on the calling team's OpenMP threads. */
+ * read once. Primitives and workspaces (stream, scratchpad, the cast
+ * buffers) come from dnnl_matmul.c; the casts run on the calling team's
+ * OpenMP threads. */
 #include "cpu_ops.h"
 #include <pthread.h>
 #include <stdio.h>
