@@ -5,6 +5,7 @@
  * getline, plain text read whole. */
 #include "error.h"
 #include "corpus.h"
+#include "fileio.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -45,34 +46,6 @@ static int vec_append(vec *v, const void *src, size_t count, size_t elem) {
 }
 
 /* Reads a whole file. */
-static int read_all(const char *path, uint8_t **out, size_t *len, char *err, size_t errlen) {
-    *out = NULL;
-    *len = 0;
-    FILE *f = fopen(path, "rb");
-    if (!f) return nawal_fail(err, errlen, "%s: cannot open: %s", path, strerror(errno));
-    vec v = {0};
-    uint8_t chunk[65536];
-    size_t got;
-    while ((got = fread(chunk, 1, sizeof chunk, f)) > 0) {
-        if (vec_append(&v, chunk, got, 1)) {
-            free(v.p);
-            fclose(f);
-            return nawal_fail(err, errlen, "%s: out of memory after %zu bytes", path, v.n);
-        }
-    }
-    int bad = ferror(f);
-    int e = errno;
-    fclose(f);
-    if (bad) {
-        free(v.p);
-        return nawal_fail(err, errlen, "%s: read error: %s", path, strerror(e));
-    }
-    if (!v.p && !(v.p = malloc(1))) return nawal_fail(err, errlen, "%s: out of memory", path);
-    *out = v.p;
-    *len = v.n;
-    return 0;
-}
-
 typedef int (*doc_fn)(void *ctx, const char *text, size_t len, char *err, size_t errlen);
 
 static int blank_line(const char *s, size_t n) {
@@ -154,7 +127,7 @@ int nawal_corpus_read_text(const char *path, int skip_bad_lines, uint8_t **bytes
     *len = 0;
     size_t docs = 0, skipped = 0;
     if (!nawal_corpus_is_jsonl(path)) {
-        if (read_all(path, bytes, len, err, errlen)) return -1;
+        if (nawal_file_read_all(path, UINT64_MAX, bytes, len, err, errlen)) return -1;
         docs = 1;
     } else {
         vec v = {0};
@@ -217,7 +190,7 @@ int nawal_corpus_load(nawal_corpus *c, const char *path, const nawal_tokenizer *
     } else {
         uint8_t *bytes;
         size_t len;
-        if (read_all(path, &bytes, &len, err, errlen)) return -1;
+        if (nawal_file_read_all(path, UINT64_MAX, &bytes, &len, err, errlen)) return -1;
         char inner[256] = "";
         int r = nawal_tokenizer_encode(tok, bytes, len, &c->tokens, &c->n_tokens, inner,
                                        sizeof inner);
