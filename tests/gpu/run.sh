@@ -17,10 +17,14 @@
 #                          bench/compare/opacus_dp.py)
 #            --out DIR    (logs; default build-gpu/results; when $OUT is set they
 #                          are also packed into $OUT/gpu-logs.tar.gz)
+#            --budget S   (seconds; default 480: optional sections that would start
+#                          later are skipped, so the call stays inside the device
+#                          tool's 600 s limit; every row is also appended to
+#                          $LOGDIR/rows.txt and $OUT/rows.txt as it comes)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
-PREBUILT= DATA= QUICK=0 LOGDIR= TORCH=1 PROFILE= STREAM=1 OPACUS=1
+PREBUILT= DATA= QUICK=0 LOGDIR= TORCH=1 PROFILE= STREAM=1 OPACUS=1 BUDGET=480
 while [ $# -gt 0 ]; do
   case $1 in
     --prebuilt) PREBUILT=$2; shift 2 ;;
@@ -31,14 +35,28 @@ while [ $# -gt 0 ]; do
     --no-stream) STREAM=0; shift ;;
     --no-opacus) OPACUS=0; shift ;;
     --out) LOGDIR=$2; shift 2 ;;
-    -h|--help) sed -n 2,19p "$0"; exit 0 ;;
+    --budget) BUDGET=$2; shift 2 ;;
+    -h|--help) sed -n 2,23p "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
 LOGDIR=${LOGDIR:-$ROOT/build-gpu/results}
 mkdir -p "$LOGDIR"
 ROWS=()
-row() { ROWS+=("$(printf '%-34s %-14s %s' "$1" "$2" "$3")"); }
+: >"$LOGDIR/rows.txt"
+row() {
+  local line; line=$(printf '%-34s %-14s %s' "$1" "$2" "$3")
+  ROWS+=("$line")
+  echo "$line" >>"$LOGDIR/rows.txt"
+  [ -n "${OUT:-}" ] && echo "$line" >>"$OUT/rows.txt"
+  return 0
+}
+# optional sections start only while there is time left for them
+within() { # name, seconds it may take
+  if [ $((SECONDS + $2)) -le "$BUDGET" ]; then return 0; fi
+  row "$1" skipped "time budget (${SECONDS}s of ${BUDGET}s used; --budget to change)"
+  return 1
+}
 
 # ---- binaries ----
 if [ -n "$PREBUILT" ]; then
@@ -101,17 +119,23 @@ torchb() { # name, args...
     row "$name" FAIL "$(tail -1 "$LOGDIR/$name.log")"; tail -5 "$LOGDIR/$name.log"
   fi
 }
+# in order of what matters most; each optional block only if its guess of
+# seconds still fits the budget
 bench tiny-fp32 --precision fp32 --dp
 bench tiny-bf16 --precision bf16
-NAWAL_CUDA_ATTENTION=flash bench tiny-fp32-flash --precision fp32
 torchb tiny-fp32 --preset tiny --precision fp32 --compile off
 torchb tiny-bf16 --preset tiny --precision bf16 --compile $([ $QUICK = 1 ] && echo off || echo both)
 if [ $QUICK = 0 ]; then
+  within "nawal gpt2s-bf16" 60 && bench gpt2s-bf16 --preset gpt2-small --precision bf16 --dp
+  within "torch gpt2s-bf16" 150 && torchb gpt2s-bf16 --preset gpt2-small --precision bf16 --compile both
+fi
+if within "flash attention benches" 60; then
+  NAWAL_CUDA_ATTENTION=flash bench tiny-fp32-flash --precision fp32
+  [ $QUICK = 0 ] && NAWAL_CUDA_ATTENTION=flash bench gpt2s-bf16-flash --preset gpt2-small --precision bf16 --dp
+fi
+if [ $QUICK = 0 ] && within "nawal gpt2s fp32/tf32" 60; then
   bench gpt2s-fp32 --preset gpt2-small --precision fp32 --steps 3 --repeats 3
   bench gpt2s-tf32 --preset gpt2-small --precision tf32
-  bench gpt2s-bf16 --preset gpt2-small --precision bf16 --dp
-  NAWAL_CUDA_ATTENTION=flash bench gpt2s-bf16-flash --preset gpt2-small --precision bf16 --dp
-  torchb gpt2s-bf16 --preset gpt2-small --precision bf16 --compile both
 fi
 # Opacus (issue 4: nawal DP >= 3x Opacus), same GPU, same presets and precisions as the DP rows
 opacusb() { # name, nawal log holding dp_train_tokens_per_s, args...
@@ -130,21 +154,22 @@ opacusb() { # name, nawal log holding dp_train_tokens_per_s, args...
     row "opacus $name" FAIL "$(tail -1 "$LOGDIR/opacus-$name.log")"; tail -5 "$LOGDIR/opacus-$name.log"
   fi
 }
-if [ $TORCH = 1 ] && [ $OPACUS = 1 ] && ls .whl/opacus-*.whl >/dev/null 2>&1; then
+if [ $TORCH = 1 ] && [ $OPACUS = 1 ] && ls .whl/opacus-*.whl >/dev/null 2>&1 && within "opacus" 120; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/opacus-site .whl/opacus-*.whl \
     >"$LOGDIR/opacus-install.log" 2>&1 && export PYTHONPATH=/tmp/opacus-site${PYTHONPATH:+:$PYTHONPATH}
   opacusb tiny-fp32 "$LOGDIR/tiny-fp32.log" --preset tiny --precision fp32
-  [ $QUICK = 0 ] && opacusb gpt2s-bf16 "$LOGDIR/gpt2s-bf16.log" --preset gpt2-small --precision bf16 --repeats 3
+  [ $QUICK = 0 ] && within "opacus gpt2s-bf16" 90 && opacusb gpt2s-bf16 "$LOGDIR/gpt2s-bf16.log" --preset gpt2-small --precision bf16 --repeats 3
 fi
 # delta codec at 124M, 1% top-k: selection on the GPU, then on the CPU of the same host
 for dev in cuda cpu; do
+  within "nawal compress ($dev)" 20 || continue
   if "$BIN/nawal-bench" compress --device $dev --params 124M --ratio 0.01 --repeats 3 >"$LOGDIR/compress-$dev.log" 2>&1; then
     row "nawal compress 124M 1% ($dev)" "$(awk '/^encode_gbps/{print $2}' "$LOGDIR/compress-$dev.log")" \
       "encode GB/s; $(awk '/^ratio_vs_dense_fp32/{print $2}' "$LOGDIR/compress-$dev.log") smaller than fp32"
   else row "nawal compress 124M 1% ($dev)" FAIL "$(tail -1 "$LOGDIR/compress-$dev.log")"; fi
 done
 # GEMM speed on GPT-2-small's linear-layer shapes, nawal (cuBLASLt) vs torch.matmul
-if [ $QUICK = 0 ]; then
+if [ $QUICK = 0 ] && within "matmul gpt2s shapes" 40; then
   for p in tf32 bf16; do
     "$BIN/nawal-bench" matmul --device cuda --preset gpt2-small --precision $p >"$LOGDIR/matmul-$p.log" 2>&1
     g=$(awk '/^matmul_gflops/{printf "%.1f", $2/1000}' "$LOGDIR/matmul-$p.log")
@@ -163,13 +188,14 @@ if [ $STREAM = 1 ]; then
   for c in "plain up" "tls up" "plain down --http" "tls down --http"; do
     set -- $c
     name="stream 1GiB $1 $2${3:+ http}"
+    within "$name" 20 || continue
     if "$BIN/nawal-bench" stream --size 1GiB --$1 --direction $2 ${3:-} --dir "${TMPDIR:-/tmp}" >"$LOGDIR/stream-$1-$2.log" 2>&1; then
       row "$name" "$(awk '/^complete:/{print $4}' "$LOGDIR/stream-$1-$2.log")" \
         "MB/s complete; $(awk '/^transfer:/{print $4}' "$LOGDIR/stream-$1-$2.log") MB/s transfer; goal plain 1000, TLS 600"
     else row "$name" FAIL "$(tail -1 "$LOGDIR/stream-$1-$2.log")"; fi
   done
 fi
-if [ -n "$DATA" ]; then
+if [ -n "$DATA" ] && within "quality tiny-shakespeare (cuda)" 90; then
   if "$BIN/nawal-agent" train --device cuda --data "$DATA" --log-every 500 >"$LOGDIR/quality.log" 2>&1; then
     row "quality tiny-shakespeare (cuda)" "$(awk '/val_loss/{for(i=1;i<=NF;i++) if($i=="val_loss") v=$(i+1)} END{print v}' "$LOGDIR/quality.log")" "val_loss (CPU run: 1.8771)"
   else row "quality tiny-shakespeare (cuda)" FAIL "$(tail -1 "$LOGDIR/quality.log")"; fi
@@ -178,5 +204,5 @@ fi
 
 [ -n "${OUT:-}" ] && tar czf "$OUT/gpu-logs.tar.gz" -C "$LOGDIR" .
 echo
-echo "== nawal GPU results: $GPU, commit $COMMIT, $(date -u +%Y-%m-%d) =="
+echo "== nawal GPU results: $GPU, commit $COMMIT, $(date -u +%Y-%m-%d), ${SECONDS}s =="
 printf '%s\n' "${ROWS[@]}"
