@@ -34,7 +34,7 @@ typedef enum { NAWAL_PREC_FP32 = 0, NAWAL_PREC_TF32 = 1, NAWAL_PREC_BF16 = 2 } n
 /* The layout of nawal_ops below: bumped whenever a member is added, moved or
  * changes its signature, so a CUDA plugin built from another ops.h is
  * refused at load instead of being called through the wrong slots. */
-#define NAWAL_OPS_ABI 2
+#define NAWAL_OPS_ABI 3
 
 typedef struct nawal_ops nawal_ops;
 struct nawal_ops {
@@ -107,6 +107,12 @@ struct nawal_ops {
      * linear layer, without materialising it where the ghost form
      * sum_{s,t} (A_b A_b^T)_{st} (D_b D_b^T)_{st} is cheaper (2 T^2 < d p) */
     void (*pe_norm_linear)(const nawal_ops *o, float *norms, const float *A, const float *D, int B, int T, int d, int p);
+    /* bounds[b] += (sum_t ||A_b[t]|| ||D_b[t]||)^2, A[B*T][d], D[B*T][p]: with
+     * operands rounded to unit roundoff u, example b's weight gradient of
+     * the linear layer moves by at most (2u + u^2) sum_t ||A_b[t]|| ||D_b[t]||
+     * (Frobenius), the margin that keeps reduced-precision clipped sums
+     * within C (model/dp.c). Row norms and their products in double. */
+    void (*pe_bound_linear)(const nawal_ops *o, float *bounds, const float *A, const float *D, int B, int T, int d, int p);
     /* norms[b] += ||sum_t D_b[t]||^2 (a bias's per-example gradient), D[B*T][p] */
     void (*pe_norm_bias)(const nawal_ops *o, float *norms, const float *D, int B, int T, int p);
     /* norms[b] += ||sum_t D_b[t] * xhat_b[t]||^2 + ||sum_t D_b[t]||^2 with

@@ -14,13 +14,13 @@
 enum {
     P_FILL, P_COPY, P_AXPY, P_SCALE, P_SUMSQ, P_MATMUL_FWD, P_MATMUL_BWD, P_LN_FWD, P_LN_BWD, P_ATT_FWD, P_ATT_BWD,
     P_GELU_FWD, P_GELU_BWD, P_RESIDUAL, P_EMB_FWD, P_EMB_BWD, P_XENT, P_ADAMW, P_SGD, P_UPLOAD, P_DOWNLOAD,
-    P_PE_LINEAR, P_PE_BIAS, P_PE_LN, P_PE_ROWS, P_PE_TIED, P_SCALE_EX, P_NOISE, P_N
+    P_PE_LINEAR, P_PE_BOUND, P_PE_BIAS, P_PE_LN, P_PE_ROWS, P_PE_TIED, P_SCALE_EX, P_NOISE, P_N
 };
 static const char *const names[P_N] = {
     "fill", "copy", "axpy", "scale", "sumsq", "matmul_fwd", "matmul_bwd", "layernorm_fwd", "layernorm_bwd",
     "attention_fwd", "attention_bwd", "gelu_fwd", "gelu_bwd", "residual_fwd", "embedding_fwd", "embedding_bwd",
     "softmax_xent", "adamw", "sgd", "upload", "download",
-    "pe_norm_linear", "pe_norm_bias", "pe_norm_layernorm", "pe_norm_rows", "pe_norm_tied", "scale_examples", "add_noise",
+    "pe_norm_linear", "pe_bound_linear", "pe_norm_bias", "pe_norm_layernorm", "pe_norm_rows", "pe_norm_tied", "scale_examples", "add_noise",
 };
 
 static const nawal_ops *inner;
@@ -128,6 +128,10 @@ static void p_pe_linear(const nawal_ops *o, float *nr, const float *A, const flo
     (void)o;
     T(P_PE_LINEAR, inner->pe_norm_linear(inner, nr, A, D, B, Tn, d, p));
 }
+static void p_pe_bound(const nawal_ops *o, float *bd, const float *A, const float *D, int B, int Tn, int d, int p) {
+    (void)o;
+    T(P_PE_BOUND, inner->pe_bound_linear(inner, bd, A, D, B, Tn, d, p));
+}
 static void p_pe_bias(const nawal_ops *o, float *nr, const float *D, int B, int Tn, int p) {
     (void)o;
     T(P_PE_BIAS, inner->pe_norm_bias(inner, nr, D, B, Tn, p));
@@ -180,7 +184,7 @@ const nawal_ops *nawal_ops_profiled(const nawal_ops *in) {
         .attention_fwd = p_att_fwd, .attention_bwd = p_att_bwd, .gelu_fwd = p_gelu_fwd, .gelu_bwd = p_gelu_bwd,
         .residual_fwd = p_residual, .embedding_fwd = p_emb_fwd, .embedding_bwd = p_emb_bwd, .softmax_xent = p_xent,
         .adamw = p_adamw, .sgd = p_sgd, .set_precision = p_set_precision, .get_precision = p_get_precision,
-        .pe_norm_linear = p_pe_linear, .pe_norm_bias = p_pe_bias, .pe_norm_layernorm = p_pe_ln, .pe_norm_rows = p_pe_rows,
+        .pe_norm_linear = p_pe_linear, .pe_bound_linear = p_pe_bound, .pe_norm_bias = p_pe_bias, .pe_norm_layernorm = p_pe_ln, .pe_norm_rows = p_pe_rows,
         .pe_norm_tied = p_pe_tied, .scale_examples = p_scale_ex, .add_noise = p_noise, .parallel_width = p_parallel_width,
         .run_parallel = p_run_parallel, .topk_select = p_topk,
     };

@@ -18,10 +18,13 @@
  * norm pass 1 measured by up to ~1e-3 relative (3e-4 seen in test_dp), so
  * a clipped example would add more than C to the sum: more than the sensitivity the accountant
  * assumes. With fp32 the contribution is C to fp32 precision; the forward
- * and pass 1 keep the faster precision (they only decide what g is). The
- * price on a GPU: pass 2's GEMMs leave the tensor cores (not measured yet;
- * a rigorous rounding margin, or split-bf16 products, would bring them
- * back). */
+ * and pass 1 keep the faster precision (they only decide what g is). On a
+ * GPU fp32 products would leave the tensor cores, so there pass 2 runs in
+ * tf32 by default and pays for it with a rigorous margin instead: pass 1
+ * also adds up each example's sum_t ||a_t|| ||d_t|| per linear layer (ops
+ * pe_bound_linear), which bounds how far rounding the operands can move
+ * its contribution, and the clip factor divides by ||g_b|| + that margin
+ * (nawal_gpt_dp_set_pass2 in dp.h has the bound). */
 #include "dp.h"
 #include "gpt_internal.h"
 #include <math.h>
@@ -54,7 +57,8 @@ static int ensure_buffers(nawal_gpt *m, char *err, size_t errlen) {
     if (!m->dp_store) m->dp_store = o->alloc(o, ((size_t)m->cfg.n_layer * STORE_WIDTH_PER_LAYER + 1) * N * C * sizeof(float));
     if (!m->dp_norms) m->dp_norms = o->alloc(o, (size_t)m->max_batch * sizeof(float));
     if (!m->dp_scales) m->dp_scales = o->alloc(o, (size_t)m->max_batch * sizeof(float));
-    if (!m->dp_store || !m->dp_norms || !m->dp_scales) {
+    if (!m->dp_bounds) m->dp_bounds = o->alloc(o, (size_t)m->max_batch * sizeof(float));
+    if (!m->dp_store || !m->dp_norms || !m->dp_scales || !m->dp_bounds) {
         snprintf(err, errlen, "out of memory for DP-SGD book-keeping (%zu floats) on %s",
                  ((size_t)m->cfg.n_layer * STORE_WIDTH_PER_LAYER + 1) * N * C, o->name);
         return -1;
@@ -68,13 +72,23 @@ static void dp_pass1(void *ctx, int k) {
     nawal_gpt *m = v.m;
     const nawal_ops *o = v.o;
     int B = v.B, T = v.T, N = v.N, C = v.C, NH = v.NH, V = v.V, L = m->cfg.n_layer;
-    float *P = m->params, *norms = m->dp_norms + v.b0;
+    float *P = m->params, *norms = m->dp_norms + v.b0, *bounds = j->ext ? m->dp_bounds + v.b0 : NULL;
     top_acts ta = v.ta;
     scratch_bufs s = v.s;
     float *res_last = gpt_layer_acts(m, L - 1, v.b0, T).res3;
     float *d_lnf = layer_slots(m, L, v.r0).ln1;
+/* a linear layer's norm, and its rounding bound when pass 2 runs in reduced precision */
+#define LINEAR(A_, D_, d_, p_)                                                  \
+    do {                                                                        \
+        o->pe_norm_linear(o, norms, (A_), (D_), B, T, (d_), (p_));              \
+        if (bounds) o->pe_bound_linear(o, bounds, (A_), (D_), B, T, (d_), (p_)); \
+    } while (0)
 
     o->fill(o, norms, 0.0f, (size_t)B);
+    if (bounds) {
+        o->fill(o, bounds, 0.0f, (size_t)B);
+        o->pe_bound_linear(o, bounds, ta.lnf, ta.logits, B, T, C, V); /* the LM head's share of the tied matrix */
+    }
     o->fill(o, s.dres, 0.0f, (size_t)N * C);
     o->matmul_bwd(o, d_lnf, NULL, NULL, ta.logits, ta.lnf, gpt_wte(m, P), N, C, V, NAWAL_W_OUT_IN);
     o->pe_norm_layernorm(o, norms, d_lnf, res_last, ta.lnf_mean, ta.lnf_rstd, B, T, C);
@@ -85,22 +99,22 @@ static void dp_pass1(void *ctx, int k) {
         kept_grads d = layer_slots(m, l, v.r0);
         /* MLP branch */
         o->copy(o, d.fcproj, s.dres, (size_t)N * C);
-        o->pe_norm_linear(o, norms, a.fch_gelu, d.fcproj, B, T, 4 * C, C);
+        LINEAR(a.fch_gelu, d.fcproj, 4 * C, C);
         o->pe_norm_bias(o, norms, d.fcproj, B, T, C);
         o->matmul_bwd(o, d.fc, NULL, NULL, d.fcproj, a.fch_gelu, gpt_lp(m, P, l, NAWAL_P_FCPROJ_W), N, 4 * C, C, NAWAL_W_IN_OUT);
         o->gelu_bwd(o, d.fc, a.fch, d.fc, (size_t)N * 4 * C);
-        o->pe_norm_linear(o, norms, a.ln2, d.fc, B, T, C, 4 * C);
+        LINEAR(a.ln2, d.fc, C, 4 * C);
         o->pe_norm_bias(o, norms, d.fc, B, T, 4 * C);
         o->matmul_bwd(o, d.ln2, NULL, NULL, d.fc, a.ln2, gpt_lp(m, P, l, NAWAL_P_FC_W), N, C, 4 * C, NAWAL_W_IN_OUT);
         o->pe_norm_layernorm(o, norms, d.ln2, a.res2, a.ln2_mean, a.ln2_rstd, B, T, C);
         o->layernorm_bwd(o, s.dres, NULL, NULL, d.ln2, a.res2, gpt_lp(m, P, l, NAWAL_P_LN2_W), a.ln2_mean, a.ln2_rstd, N, C);
         /* attention branch */
         o->copy(o, d.attproj, s.dres, (size_t)N * C);
-        o->pe_norm_linear(o, norms, a.atty, d.attproj, B, T, C, C);
+        LINEAR(a.atty, d.attproj, C, C);
         o->pe_norm_bias(o, norms, d.attproj, B, T, C);
         o->matmul_bwd(o, s.dsmall, NULL, NULL, d.attproj, a.atty, gpt_lp(m, P, l, NAWAL_P_ATTPROJ_W), N, C, C, NAWAL_W_IN_OUT);
         o->attention_bwd(o, d.qkv, s.datt, s.dsmall, a.qkv, a.att, B, T, C, NH);
-        o->pe_norm_linear(o, norms, a.ln1, d.qkv, B, T, C, 3 * C);
+        LINEAR(a.ln1, d.qkv, C, 3 * C);
         o->pe_norm_bias(o, norms, d.qkv, B, T, 3 * C);
         o->matmul_bwd(o, d.ln1, NULL, NULL, d.qkv, a.ln1, gpt_lp(m, P, l, NAWAL_P_QKV_W), N, C, 3 * C, NAWAL_W_IN_OUT);
         o->pe_norm_layernorm(o, norms, d.ln1, res_in, a.ln1_mean, a.ln1_rstd, B, T, C);
@@ -108,6 +122,7 @@ static void dp_pass1(void *ctx, int k) {
     }
     o->pe_norm_rows(o, norms, s.dres, B, T, C);
     o->pe_norm_tied(o, norms, s.dres, m->d_inputs + v.r0, ta.lnf, ta.logits, B, T, C, V);
+#undef LINEAR
 }
 
 static void dp_pass2(void *ctx, int k) {
@@ -168,9 +183,9 @@ int nawal_gpt_dp_accumulate(nawal_gpt *m, const int32_t *inputs, const int32_t *
     if (isnan(loss)) return -1;
     if (loss_out) *loss_out = loss;
     /* dlogits hold (p - onehot) / valid: rescale example b's rows to / valid_b */
-    float *h = malloc((size_t)B * sizeof(float) * 2);
+    float *h = malloc((size_t)B * sizeof(float) * 3);
     if (!h) { snprintf(err, errlen, "out of memory"); return -1; }
-    float *norms = h + B;
+    float *norms = h + B, *bounds = h + 2 * B;
     for (int b = 0; b < B; b++) {
         size_t vb = 0;
         for (int t = 0; t < T; t++) vb += targets[(size_t)b * T + t] >= 0;
@@ -180,23 +195,31 @@ int nawal_gpt_dp_accumulate(nawal_gpt *m, const int32_t *inputs, const int32_t *
     top_acts ta = gpt_top_acts(m, 0, T);
     o->scale_examples(o, ta.logits, m->dp_scales, B, (size_t)T * m->cfg.vocab);
 
-    shard_job j = { .m = m, .B = B, .T = T, .S = gpt_shard_count(m, B) };
+    /* pass 2's precision: fp32 when the backend runs fp32, else the model's
+     * choice (nawal_gpt_dp_set_pass2), which in tf32/bf16 needs the bounds */
+    nawal_precision prec = o->get_precision(o), p2 = prec == NAWAL_PREC_FP32 ? NAWAL_PREC_FP32 : m->dp_pass2;
+    int bounding = p2 != NAWAL_PREC_FP32;
+    shard_job j = { .m = m, .B = B, .T = T, .S = gpt_shard_count(m, B), .ext = bounding ? &bounding : NULL };
     gpt_run_shards(m, &j, dp_pass1);
     o->download(o, norms, m->dp_norms, (size_t)B * sizeof(float));
+    if (bounding) o->download(o, bounds, m->dp_bounds, (size_t)B * sizeof(float));
+    /* operand rounding's unit roundoff: tf32 keeps 10 stored mantissa bits
+     * (2^-10 covers truncation as well as rounding), bf16 rounds to 8 bits */
+    double u = p2 == NAWAL_PREC_TF32 ? 0x1p-10 : 0x1p-8, grow = 2.0 * u + u * u;
     for (int b = 0; b < B; b++) {
         float nrm = sqrtf(norms[b] > 0.0f ? norms[b] : 0.0f);
         if (norms_out) norms_out[b] = nrm;
-        h[b] = fminf(1.0f, max_grad_norm / (nrm + 1e-6f));
+        double margin = bounding ? grow * sqrt(bounds[b] > 0.0f ? (double)bounds[b] : 0.0) : 0.0;
+        h[b] = (float)fmin(1.0, (double)max_grad_norm / ((double)nrm + margin + 1e-6));
     }
     o->upload(o, m->dp_scales, h, (size_t)B * sizeof(float));
     /* the precision is the backend's (process-wide on the CPU): nothing else
      * runs ops while this call does, and it is restored before returning */
-    nawal_precision prec = o->get_precision(o);
-    if (prec != NAWAL_PREC_FP32 && o->set_precision(o, NAWAL_PREC_FP32, err, errlen)) { free(h); return -1; }
+    if (p2 != prec && o->set_precision(o, p2, err, errlen)) { free(h); return -1; }
     gpt_shard_grads_begin(m, &j);
     gpt_run_shards(m, &j, dp_pass2);
     gpt_shard_grads_end(m, &j);
-    if (prec != NAWAL_PREC_FP32) {
+    if (p2 != prec) {
         /* it was in force a moment ago, so this cannot fail; the gradients
          * are already accumulated, so an error here must not fail the call */
         char e2[128];
@@ -204,6 +227,18 @@ int nawal_gpt_dp_accumulate(nawal_gpt *m, const int32_t *inputs, const int32_t *
     }
     m->has_grad_logits = 0;
     free(h);
+    return 0;
+}
+
+int nawal_gpt_dp_set_pass2(nawal_gpt *m, nawal_precision p, char *err, size_t errlen) {
+    const nawal_ops *o = m->ops;
+    if (p != NAWAL_PREC_FP32) { /* can the backend run it at all? */
+        nawal_precision cur = o->get_precision(o);
+        if (o->set_precision(o, p, err, errlen)) return -1;
+        char e2[128];
+        if (o->set_precision(o, cur, e2, sizeof e2)) fprintf(stderr, "nawal: restoring the precision: %s\n", e2);
+    }
+    m->dp_pass2 = p;
     return 0;
 }
 

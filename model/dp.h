@@ -18,15 +18,29 @@
 
 #include "gpt.h"
 
-/* Adds to m->grads sum_b min(1, C / (||g_b|| + 1e-6)) g_b over the B
+/* Adds to m->grads sum_b min(1, C / (||g_b|| + margin_b + 1e-6)) g_b over the B
  * examples inputs/targets[B][T] (host, as nawal_gpt_forward takes them),
  * g_b = the gradient of example b's mean token loss w.r.t. all parameters
  * (the tied token-embedding / LM-head matrix counted once, with its cross
- * term). norms_out[B] (host, may be NULL) receives ||g_b||; *loss_out the
+ * term; margin_b: 0 unless pass 2 runs in reduced precision, see
+ * nawal_gpt_dp_set_pass2). norms_out[B] (host, may be NULL) receives ||g_b||; *loss_out the
  * batch's mean token loss. Returns 0, or -1 with a message (bad tokens,
  * out of memory). */
 int nawal_gpt_dp_accumulate(nawal_gpt *m, const int32_t *inputs, const int32_t *targets, int B, int T,
                             float max_grad_norm, float *norms_out, float *loss_out, char *err, size_t errlen);
+
+/* The precision of the clipped sum's weight-gradient products (DP pass 2)
+ * when the backend's matmul precision is not fp32 (in fp32 everything is
+ * fp32). NAWAL_PREC_FP32: exact, each clipped example adds C to fp32
+ * precision. TF32 / BF16: faster on tensor cores; rounding the operands
+ * (unit roundoff u: 2^-10 for tf32, covering truncation, 2^-8 for bf16)
+ * moves example b's contribution by at most (2u + u^2) M_b, M_b^2 = the sum
+ * over linear layers of (sum_t ||a_t|| ||d_t||)^2 (ops pe_bound_linear),
+ * so the clip factor becomes min(1, C / (||g_b|| + (2u + u^2) M_b + 1e-6))
+ * and a clipped example adds at most C (a few % less than C: the margin
+ * grows like sqrt(T) u). Default: fp32 on the CPU, tf32 on CUDA. 0, or -1
+ * with a message for a precision the backend cannot run. */
+int nawal_gpt_dp_set_pass2(nawal_gpt *m, nawal_precision p, char *err, size_t errlen);
 
 /* m->grads += N(0, noise_std^2) per element from Philox stream `stream` of
  * `key` (the same numbers on every backend), then m->grads /= expected_batch. */

@@ -137,6 +137,10 @@ int nawal_gpt_create(nawal_gpt **out, const nawal_ops *ops, const nawal_gpt_conf
     if (!m) { snprintf(err, errlen, "out of memory"); return -1; }
     m->cfg = *cfg;
     m->ops = ops;
+    /* DP pass 2: exact fp32 on the CPU (bf16's margin would clip ~6% harder
+     * at T 64 and fp32 costs the CPU little); tf32 with its margin on a GPU,
+     * where fp32 products leave the tensor cores (model/dp.c) */
+    m->dp_pass2 = strcmp(ops->name, "cuda") == 0 ? NAWAL_PREC_TF32 : NAWAL_PREC_FP32;
     m->max_batch = max_batch;
     m->tensors = calloc((size_t)cfg->n_layer * NAWAL_P_PER_LAYER + 4, sizeof *m->tensors);
     if (!m->tensors) { free(m); snprintf(err, errlen, "out of memory"); return -1; }
@@ -166,7 +170,7 @@ void nawal_gpt_free(nawal_gpt *m) {
     if (!m) return;
     const nawal_ops *o = m->ops;
     void *bufs[] = { m->params, m->grads, m->opt_m, m->opt_v, m->acts, m->scratch, m->d_inputs, m->d_targets,
-                     m->dp_store, m->dp_norms, m->dp_scales };
+                     m->dp_store, m->dp_norms, m->dp_scales, m->dp_bounds };
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) if (bufs[i]) o->free(o, bufs[i]);
     for (int k = 0; k < NAWAL_GPT_MAX_SHARDS - 1; k++) if (m->shard_grads[k]) o->free(o, m->shard_grads[k]);
     free(m->h_losses);

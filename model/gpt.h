@@ -52,7 +52,8 @@ typedef struct nawal_gpt {
     int cur_B, cur_T, has_grad_logits;
     float *shard_grads[NAWAL_GPT_MAX_SHARDS - 1]; /* per-thread gradients, allocated on use */
     size_t n_act_floats, n_scratch_floats;
-    float *dp_store, *dp_norms, *dp_scales; /* DP-SGD book-keeping (dp.c), allocated on first use */
+    float *dp_store, *dp_norms, *dp_scales, *dp_bounds; /* DP-SGD book-keeping (dp.c), allocated on first use */
+    nawal_precision dp_pass2;     /* the clipped sum's products (dp.h: nawal_gpt_dp_set_pass2) */
 } nawal_gpt;
 
 /* Checks a config (positive sizes, width divisible by heads, caps). */

@@ -121,7 +121,7 @@ static nawal_ops cpu_table = {
     .embedding_fwd = cpu_embedding_fwd, .embedding_bwd = cpu_embedding_bwd,
     .softmax_xent = cpu_softmax_xent, .adamw = cpu_adamw, .sgd = cpu_sgd,
     .topk_select = cpu_topk_select,
-    .pe_norm_linear = cpu_pe_norm_linear, .pe_norm_bias = cpu_pe_norm_bias, .pe_norm_layernorm = cpu_pe_norm_layernorm,
+    .pe_norm_linear = cpu_pe_norm_linear, .pe_bound_linear = cpu_pe_bound_linear, .pe_norm_bias = cpu_pe_norm_bias, .pe_norm_layernorm = cpu_pe_norm_layernorm,
     .pe_norm_rows = cpu_pe_norm_rows, .pe_norm_tied = cpu_pe_norm_tied,
     .scale_examples = cpu_scale_examples, .add_noise = cpu_add_noise,
     .set_precision = cpu_set_precision, .get_precision = cpu_get_precision, .parallel_width = cpu_parallel_width,

@@ -104,6 +104,7 @@ size_t cpu_topk_select(const nawal_ops *o, uint32_t *idx_out, const float *x, si
 /* DP-SGD per-example ops (dp.c) */
 void cpu_pe_norm_linear(const nawal_ops *o, float *norms, const float *A, const float *D, int B, int T, int d, int p);
 void cpu_pe_norm_bias(const nawal_ops *o, float *norms, const float *D, int B, int T, int p);
+void cpu_pe_bound_linear(const nawal_ops *o, float *bounds, const float *A, const float *D, int B, int T, int d, int p);
 void cpu_pe_norm_layernorm(const nawal_ops *o, float *norms, const float *D, const float *inp,
                            const float *mean, const float *rstd, int B, int T, int C);
 void cpu_pe_norm_rows(const nawal_ops *o, float *norms, const float *D, int B, int T, int C);

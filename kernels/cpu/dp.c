@@ -22,6 +22,7 @@
  * ||H_b||^2. */
 #include "cpu_ops.h"
 #include "philox.h"
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -154,6 +155,20 @@ void cpu_pe_norm_linear_path(float *norms, const float *A, const float *D, int B
     linear_sums(sums, A, D, B, T, d, p, ghost);
     for (int b = 0; b < B; b++) add_norm(norms, b, sums[b]);
     free(sums);
+}
+
+/* (sum_t ||A_b[t]|| ||D_b[t]||)^2 per example, rows in order, in double */
+void cpu_pe_bound_linear(const nawal_ops *o, float *bounds, const float *A, const float *D, int B, int T, int d, int p) {
+    (void)o;
+    #pragma omp parallel for schedule(static, 1)
+    for (int b = 0; b < B; b++) {
+        double s = 0.0;
+        for (int t = 0; t < T; t++) {
+            size_t r = (size_t)b * T + t;
+            s += sqrt(sumsq_d(A + r * d, (size_t)d)) * sqrt(sumsq_d(D + r * p, (size_t)p));
+        }
+        add_norm(bounds, b, s * s);
+    }
 }
 
 void cpu_pe_norm_linear(const nawal_ops *o, float *norms, const float *A, const float *D, int B, int T, int d, int p) {

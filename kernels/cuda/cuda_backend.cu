@@ -192,6 +192,7 @@ extern "C" __attribute__((visibility("default"))) int nawal_ops_cuda_open(const 
     t->softmax_xent = cuda_softmax_xent;
     t->pe_norm_linear = cuda_pe_norm_linear;
     t->pe_norm_bias = cuda_pe_norm_bias;
+    t->pe_bound_linear = cuda_pe_bound_linear;
     t->pe_norm_layernorm = cuda_pe_norm_layernorm;
     t->pe_norm_rows = cuda_pe_norm_rows;
     t->pe_norm_tied = cuda_pe_norm_tied;

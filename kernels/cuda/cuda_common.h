@@ -118,6 +118,7 @@ void cuda_softmax_xent(const nawal_ops *o, float *logits, float *losses, const i
                        int N, int V, float grad_scale);
 void cuda_pe_norm_linear(const nawal_ops *o, float *norms, const float *A, const float *D, int B, int T, int d, int p);
 void cuda_pe_norm_bias(const nawal_ops *o, float *norms, const float *D, int B, int T, int p);
+void cuda_pe_bound_linear(const nawal_ops *o, float *bounds, const float *A, const float *D, int B, int T, int d, int p);
 void cuda_pe_norm_layernorm(const nawal_ops *o, float *norms, const float *D, const float *inp,
                             const float *mean, const float *rstd, int B, int T, int C);
 void cuda_pe_norm_rows(const nawal_ops *o, float *norms, const float *D, int B, int T, int C);

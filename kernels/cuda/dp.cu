@@ -201,6 +201,29 @@ static void dp_colsq(const nawal_ops *o, const char *op, float *norms, const flo
     dp_finish(o, op, norms, part, B, tiles);
 }
 
+/* One block per example: each thread takes rows t = tid, tid + blockDim, ...
+ * (||A_b[t]|| ||D_b[t]|| in double), the block sums them by a fixed tree,
+ * bounds[b] += sum^2: deterministic. */
+__global__ static void dp_bound_kernel(float *bounds, const float *A, const float *D, int T, int d, int p) {
+    size_t b = blockIdx.x;
+    double acc = 0.0;
+    for (int t = threadIdx.x; t < T; t += blockDim.x) {
+        const float *a = A + (b * T + t) * (size_t)d, *g = D + (b * T + t) * (size_t)p;
+        double sa = 0.0, sd = 0.0;
+        for (int i = 0; i < d; i++) sa += (double)a[i] * a[i];
+        for (int i = 0; i < p; i++) sd += (double)g[i] * g[i];
+        acc += sqrt(sa) * sqrt(sd);
+    }
+    acc = block_sum_double(acc);
+    if (threadIdx.x == 0) bounds[b] = (float)((double)bounds[b] + acc * acc);
+}
+
+void cuda_pe_bound_linear(const nawal_ops *o, float *bounds, const float *A, const float *D, int B, int T, int d, int p) {
+    if (B <= 0 || T <= 0) return;
+    dp_bound_kernel<<<(unsigned)B, DP_THREADS, 0, CUDA_STATE(o)->stream>>>(bounds, A, D, T, d, p);
+    LAUNCH_CHECK("pe_bound_linear", "dp_bound_kernel");
+}
+
 void cuda_pe_norm_bias(const nawal_ops *o, float *norms, const float *D, int B, int T, int p) {
     dp_colsq(o, "pe_norm_bias", norms, D, NULL, NULL, NULL, B, T, p);
 }

@@ -128,6 +128,26 @@ Test(gpu_dp, pe_norm_linear) {
     linear_case(2, 200, 33, 65, false); /* long sequence, narrow layer: materialised */
 }
 
+/* pe_bound_linear: (sum_t ||A_b[t]|| ||D_b[t]||)^2 against the CPU's, rows
+ * over several of the kernel's 256-thread strides */
+Test(gpu_dp, pe_bound_linear) {
+    gpu_start("gpu_dp.bound");
+    cr_assert(CPU->pe_bound_linear && GPU->pe_bound_linear, "a backend has no pe_bound_linear");
+    for (int r = 0; r < 5; r++) {
+        int B = rnd(1, 5), T = r == 0 ? 1 : rnd(1, 700), d = rnd(1, 200), p = rnd(1, 200);
+        char what[128];
+        snprintf(what, sizeof what, "pe_bound_linear B=%d T=%d d=%d p=%d", B, T, d, p);
+        dual A = drows((size_t)B * T, d, 1.0f), D = drows((size_t)B * T, p, 0.5f);
+        float *pre = hf(B);
+        dual nm = norms_new(B, pre);
+        CPU->pe_bound_linear(CPU, nm.c, A.c, D.c, B, T, d, p);
+        GPU->pe_bound_linear(GPU, nm.g, A.g, D.g, B, T, d, p);
+        ncheck(what, nm, pre, NULL);
+        free(pre);
+        dfree(A); dfree(D); dfree(nm);
+    }
+}
+
 Test(gpu_dp, pe_norm_bias_layernorm_rows) {
     gpu_start("gpu_dp.small");
     need_cpu_dp();

@@ -154,6 +154,62 @@ Test(cpu_dp_ops, pe_norm_linear) {
 }
 
 /* ======================================================================
+ * pe_bound_linear: (sum_t ||A_b[t]|| ||D_b[t]||)^2, and that it bounds how
+ * far rounding the operands moves the weight gradient
+ * ====================================================================== */
+
+Test(cpu_dp_ops, pe_bound_linear) {
+    start("cpu_dp_ops/pe_bound_linear");
+    for (int s = 0; s < 6; s++) {
+        int B = rnd(1, 5), T = rnd(1, 40), d = rnd(1, 90), p = rnd(1, 90);
+        if (s == 0) B = T = d = p = 1;
+        float *A = hrows((size_t)B * T, (size_t)d), *D = hrows((size_t)B * T, (size_t)p);
+        double *ref = hd((size_t)B), *S = hd((size_t)B);
+        for (int b = 0; b < B; b++) {
+            double sum = 0.0, sa = 0.0;
+            for (int t = 0; t < T; t++) {
+                double na = 0.0, nd = 0.0;
+                for (int i = 0; i < d; i++) na += (double)A[((size_t)b * T + t) * d + i] * A[((size_t)b * T + t) * d + i];
+                for (int i = 0; i < p; i++) nd += (double)D[((size_t)b * T + t) * p + i] * D[((size_t)b * T + t) * p + i];
+                sum += sqrt(na) * sqrt(nd);
+                sa += sqrt(na) * sqrt(nd);
+            }
+            ref[b] = sum * sum;
+            S[b] = sa * sa;
+        }
+        float *dA = dnew(A, (size_t)B * T * d), *dD = dnew(D, (size_t)B * T * p), *pre = prefill(B, ref);
+        char what[96];
+        snprintf(what, sizeof what, "pe_bound_linear B=%d T=%d d=%d p=%d", B, T, d, p);
+        RUN_NORM_OP(what, B, pre, ref, S, O->pe_bound_linear(O, norms, dA, dD, B, T, d, p));
+        /* the property it is for: rounding every entry of A and D by at most
+         * a factor (1 +- u) moves ||A_b^T D_b|| by at most (2u + u^2) sqrt(bound) */
+        double u = 0x1p-8, *w = hd((size_t)d * p), *wr = hd((size_t)d * p);
+        for (int b = 0; b < B; b++) {
+            memset(w, 0, (size_t)d * p * sizeof(double));
+            memset(wr, 0, (size_t)d * p * sizeof(double));
+            for (int t = 0; t < T; t++) {
+                const float *a = A + ((size_t)b * T + t) * d, *g = D + ((size_t)b * T + t) * p;
+                for (int i = 0; i < d; i++)
+                    for (int j = 0; j < p; j++) {
+                        /* the worst case per entry: both factors pushed up by u */
+                        w[(size_t)i * p + j] += (double)a[i] * g[j];
+                        wr[(size_t)i * p + j] += (double)a[i] * (1.0 + u * (i % 2 ? 1 : -1)) * g[j] * (1.0 + u * (j % 3 ? 1 : -1));
+                    }
+            }
+            double diff = 0.0;
+            for (size_t k = 0; k < (size_t)d * p; k++) diff += (w[k] - wr[k]) * (w[k] - wr[k]);
+            cr_expect(sqrt(diff) <= (2 * u + u * u) * sqrt(ref[b]) * (1 + 1e-12),
+                      "%s: a rounding moved example %d by %.6g > bound %.6g (seed %llu)", what, b, sqrt(diff),
+                      (2 * u + u * u) * sqrt(ref[b]), SEED);
+        }
+        free(w); free(wr);
+        ddone(dA, (size_t)B * T * d, "pe_bound_linear (A untouched)");
+        ddone(dD, (size_t)B * T * p, "pe_bound_linear (D untouched)");
+        free(A); free(D); free(ref); free(S); free(pre);
+    }
+}
+
+/* ======================================================================
  * pe_norm_bias, pe_norm_layernorm, pe_norm_rows
  * ====================================================================== */
 
