@@ -28,7 +28,7 @@
 typedef struct {
     nawal_gpt_config cfg;
     int batch, steps, warmup_steps, repeats, threads, profile, dp;
-    const char *device, *precision, *preset;
+    const char *device, *precision, *preset, *dp_pass2;
     float peak_tflops;
 } bench_opts;
 
@@ -126,6 +126,15 @@ static int bench_train(const nawal_ops *o, const bench_opts *b) {
     nawal_gpt *m;
     if (nawal_gpt_create(&m, o, &b->cfg, b->batch, err, sizeof err)) { fprintf(stderr, "error: %s\n", err); return 1; }
     nawal_gpt_init_params(m, 1);
+    if (b->dp_pass2) {
+        nawal_precision p2;
+        if (nawal_precision_parse(b->dp_pass2, &p2) || nawal_gpt_dp_set_pass2(m, p2, err, sizeof err)) {
+            fprintf(stderr, "error: --dp-pass2 %s: %s\n", b->dp_pass2, nawal_precision_parse(b->dp_pass2, &p2) ? "expected fp32, tf32 or bf16" : err);
+            nawal_gpt_free(m);
+            return 2;
+        }
+    }
+    if (b->dp) printf("dp pass 2 (clipped sums): %s\n", nawal_precision_name(m->dp_pass2));
     int N = b->batch * b->cfg.n_ctx;
     int32_t *in = malloc((size_t)N * sizeof(int32_t)), *tg = malloc((size_t)N * sizeof(int32_t));
     uint64_t s = 42;
@@ -221,6 +230,7 @@ int main(int argc, char **argv) {
         { "precision", NAWAL_FLAG_STR, &b.precision, "matmul precision fp32|tf32|bf16", 0, -1, 0, 0 },
         { "preset", NAWAL_FLAG_STR, &b.preset, "tiny (default) | gpt2-small (12x12x768, ctx 1024, vocab 50257, batch 8); later flags override", 0, -1, 0, 0 },
         { "dp", NAWAL_FLAG_BOOL, &b.dp, "also time DP-SGD steps (per-example clipping + noise) and print the ratio", 0, -1, 0, 0 },
+        { "dp-pass2", NAWAL_FLAG_STR, &b.dp_pass2, "DP clipped sums' precision when matmuls are tf32/bf16: fp32 (exact) | tf32 | bf16 (with a rounding margin); default fp32 on the CPU, tf32 on CUDA", 0, -1, 0, 0 },
         { "profile", NAWAL_FLAG_BOOL, &b.profile, "also print a per-op time breakdown of a step", 0, -1, 0, 0 },
         { "peak-tflops", NAWAL_FLAG_FLOAT, &b.peak_tflops, "device peak for the MFU line (default: datasheet table)", 0, 1e9, 0, 0 },
     };

@@ -129,6 +129,9 @@ if [ $QUICK = 0 ]; then
   within "nawal gpt2s-bf16" 60 && bench gpt2s-bf16 --preset gpt2-small --precision bf16 --dp
   within "torch gpt2s-bf16" 150 && torchb gpt2s-bf16 --preset gpt2-small --precision bf16 --compile both
 fi
+# DP's clipped sums in exact fp32 instead of the default tf32 + rounding margin: what exactness costs
+[ $QUICK = 0 ] && within "nawal gpt2s-bf16 DP, fp32 clipped sums" 60 &&
+  bench gpt2s-bf16-dpexact --preset gpt2-small --precision bf16 --dp --dp-pass2 fp32
 if within "flash attention benches" 60; then
   NAWAL_CUDA_ATTENTION=flash bench tiny-fp32-flash --precision fp32
   [ $QUICK = 0 ] && NAWAL_CUDA_ATTENTION=flash bench gpt2s-bf16-flash --preset gpt2-small --precision bf16 --dp
