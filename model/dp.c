@@ -4,7 +4,9 @@
  *           gradients), keeping every parameterised op's output gradient D
  *           in dp_store and adding each parameter tensor's per-example
  *           squared gradient norm into dp_norms (ops pe_norm_*);
- *   host:   clip factors c_b = min(1, C / (||g_b|| + 1e-6));
+ *   host:   clip factors c_b = min(1, C / (||g_b|| + margin_b + 1e-6)),
+ *           margin_b 0 unless pass 2 rounds its operands (below), c_b
+ *           rounded down to float;
  *   pass 2: each kept D scaled row-wise by its example's c_b, then the
  *           weight and bias gradients from it (matmul_bwd / layernorm_bwd /
  *           embedding_bwd with the input gradient skipped).
@@ -13,18 +15,21 @@
  * [N][3C], of ln_1 [N][C]; then D of ln_f [N][C]. The embedding's D is the
  * residual gradient left in scratch by pass 1; the LM head's D is dlogits.
  *
- * Precision: pass 2 always runs its products in fp32. In tf32/bf16 modes a
- * weight gradient formed from rounded operands differs from the one whose
- * norm pass 1 measured by up to ~1e-3 relative (3e-4 seen in test_dp), so
- * a clipped example would add more than C to the sum: more than the sensitivity the accountant
- * assumes. With fp32 the contribution is C to fp32 precision; the forward
- * and pass 1 keep the faster precision (they only decide what g is). On a
- * GPU fp32 products would leave the tensor cores, so there pass 2 runs in
- * tf32 by default and pays for it with a rigorous margin instead: pass 1
- * also adds up each example's sum_t ||a_t|| ||d_t|| per linear layer (ops
- * pe_bound_linear), which bounds how far rounding the operands can move
- * its contribution, and the clip factor divides by ||g_b|| + that margin
- * (nawal_gpt_dp_set_pass2 in dp.h has the bound). */
+ * Precision. In tf32/bf16 modes a weight gradient formed from rounded
+ * operands differs from the one whose norm pass 1 measured by up to ~1e-3
+ * relative (3e-4 seen in test_dp), so a clipped example would add more
+ * than C to the sum: more than the sensitivity the accountant assumes. So
+ * either pass 2 runs its products in fp32 (the CPU's default): the
+ * contribution is C to fp32 precision, as in an all-fp32 step; or (the
+ * GPU's default, where fp32 products would leave the tensor cores) in
+ * tf32/bf16 with a margin: pass 1 also adds up each example's
+ * sum_t ||a_t|| ||d_t|| per linear layer (ops pe_bound_linear), which
+ * bounds how far rounding the operands can move its contribution, and the
+ * clip factor divides by ||g_b|| + that margin (nawal_gpt_dp_set_pass2 in
+ * dp.h has the bound). The margin covers what reduced precision adds, the
+ * operands' rounding; fp32 accumulation inside the GEMMs and the fp32
+ * norms are treated as in the fp32 path (to fp32 precision). The forward
+ * and pass 1 keep the faster precision: they only decide what g is. */
 #include "dp.h"
 #include "gpt_internal.h"
 #include <math.h>
@@ -172,7 +177,7 @@ static void dp_pass2(void *ctx, int k) {
 int nawal_gpt_dp_accumulate(nawal_gpt *m, const int32_t *inputs, const int32_t *targets, int B, int T,
                             float max_grad_norm, float *norms_out, float *loss_out, char *err, size_t errlen) {
     const nawal_ops *o = m->ops;
-    if (!o->pe_norm_linear || !o->pe_norm_tied || !o->scale_examples) {
+    if (!o->pe_norm_linear || !o->pe_norm_tied || !o->scale_examples || !o->pe_bound_linear) {
         snprintf(err, errlen, "the %s backend has no DP-SGD ops", o->name);
         return -1;
     }
@@ -204,13 +209,23 @@ int nawal_gpt_dp_accumulate(nawal_gpt *m, const int32_t *inputs, const int32_t *
     o->download(o, norms, m->dp_norms, (size_t)B * sizeof(float));
     if (bounding) o->download(o, bounds, m->dp_bounds, (size_t)B * sizeof(float));
     /* operand rounding's unit roundoff: tf32 keeps 10 stored mantissa bits
-     * (2^-10 covers truncation as well as rounding), bf16 rounds to 8 bits */
-    double u = p2 == NAWAL_PREC_TF32 ? 0x1p-10 : 0x1p-8, grow = 2.0 * u + u * u;
+     * (2^-10 covers truncation as well as rounding), bf16 casts round to
+     * nearest even on 8 bits */
+    double u = 0.0;
+    switch (p2) {
+    case NAWAL_PREC_TF32: u = 0x1p-10; break;
+    case NAWAL_PREC_BF16: u = 0x1p-8; break;
+    case NAWAL_PREC_FP32: break;
+    }
+    double grow = 2.0 * u + u * u;
     for (int b = 0; b < B; b++) {
         float nrm = sqrtf(norms[b] > 0.0f ? norms[b] : 0.0f);
         if (norms_out) norms_out[b] = nrm;
-        double margin = bounding ? grow * sqrt(bounds[b] > 0.0f ? (double)bounds[b] : 0.0) : 0.0;
-        h[b] = (float)fmin(1.0, (double)max_grad_norm / ((double)nrm + margin + 1e-6));
+        /* a bound that is not a number clips the example to nothing */
+        double margin = !bounding ? 0.0 : bounds[b] >= 0.0f ? grow * sqrt((double)bounds[b]) : INFINITY;
+        double c = fmin(1.0, (double)max_grad_norm / ((double)nrm + margin + 1e-6));
+        float cf = (float)c;
+        h[b] = (double)cf > c ? nextafterf(cf, 0.0f) : cf; /* never above the factor computed */
     }
     o->upload(o, m->dp_scales, h, (size_t)B * sizeof(float));
     /* the precision is the backend's (process-wide on the CPU): nothing else

@@ -37,9 +37,12 @@ int nawal_gpt_dp_accumulate(nawal_gpt *m, const int32_t *inputs, const int32_t *
  * moves example b's contribution by at most (2u + u^2) M_b, M_b^2 = the sum
  * over linear layers of (sum_t ||a_t|| ||d_t||)^2 (ops pe_bound_linear),
  * so the clip factor becomes min(1, C / (||g_b|| + (2u + u^2) M_b + 1e-6))
- * and a clipped example adds at most C (a few % less than C: the margin
- * grows like sqrt(T) u). Default: fp32 on the CPU, tf32 on CUDA. 0, or -1
- * with a message for a precision the backend cannot run. */
+ * and a clipped example adds at most C, up to the fp32 rounding an all-fp32
+ * step has too (accumulation inside the GEMMs, the fp32 norms). The price
+ * is utility: the margin grows like sqrt(T) u, so clipped examples add a
+ * few % less than C (an estimate: ~6% at T 1024 in tf32, not measured).
+ * Default: fp32 on the CPU, tf32 on CUDA. 0, or -1 with a message for a
+ * precision the backend cannot run. */
 int nawal_gpt_dp_set_pass2(nawal_gpt *m, nawal_precision p, char *err, size_t errlen);
 
 /* m->grads += N(0, noise_std^2) per element from Philox stream `stream` of

@@ -201,27 +201,39 @@ static void dp_colsq(const nawal_ops *o, const char *op, float *norms, const flo
     dp_finish(o, op, norms, part, B, tiles);
 }
 
-/* One block per example: each thread takes rows t = tid, tid + blockDim, ...
- * (||A_b[t]|| ||D_b[t]|| in double), the block sums them by a fixed tree,
- * bounds[b] += sum^2: deterministic. */
-__global__ static void dp_bound_kernel(float *bounds, const float *A, const float *D, int T, int d, int p) {
+/* pe_bound_linear in two deterministic stages: one block per row r of the
+ * B*T rows (coalesced, both squared norms by the block's fixed tree):
+ * rowprod[r] = ||A[r]|| ||D[r]||; then one block per example sums its T
+ * row products in a fixed order and does bounds[b] += sum^2. */
+__global__ static void dp_rowprod_kernel(double *rowprod, const float *A, const float *D, int d, int p) {
+    size_t r = blockIdx.x;
+    const float *a = A + r * (size_t)d, *g = D + r * (size_t)p;
+    double sa = 0.0, sd = 0.0;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) sa += (double)a[i] * a[i];
+    for (int i = threadIdx.x; i < p; i += blockDim.x) sd += (double)g[i] * g[i];
+    sa = block_sum_double(sa);
+    sd = block_sum_double(sd);
+    if (threadIdx.x == 0) rowprod[r] = sqrt(sa) * sqrt(sd);
+}
+
+__global__ static void dp_bound_finish_kernel(float *bounds, const double *rowprod, int T) {
     size_t b = blockIdx.x;
     double acc = 0.0;
-    for (int t = threadIdx.x; t < T; t += blockDim.x) {
-        const float *a = A + (b * T + t) * (size_t)d, *g = D + (b * T + t) * (size_t)p;
-        double sa = 0.0, sd = 0.0;
-        for (int i = 0; i < d; i++) sa += (double)a[i] * a[i];
-        for (int i = 0; i < p; i++) sd += (double)g[i] * g[i];
-        acc += sqrt(sa) * sqrt(sd);
-    }
+    for (int t = threadIdx.x; t < T; t += blockDim.x) acc += rowprod[b * T + t];
     acc = block_sum_double(acc);
     if (threadIdx.x == 0) bounds[b] = (float)((double)bounds[b] + acc * acc);
 }
 
 void cuda_pe_bound_linear(const nawal_ops *o, float *bounds, const float *A, const float *D, int B, int T, int d, int p) {
     if (B <= 0 || T <= 0) return;
-    dp_bound_kernel<<<(unsigned)B, DP_THREADS, 0, CUDA_STATE(o)->stream>>>(bounds, A, D, T, d, p);
-    LAUNCH_CHECK("pe_bound_linear", "dp_bound_kernel");
+    size_t rows = (size_t)B * T;
+    if (rows > 0x7fffffffu) cuda_fatal("pe_bound_linear", "launch", "more than 2^31 rows", __FILE__, __LINE__);
+    double *rowprod = (double *)cuda_scratch(o, rows * sizeof(double));
+    cudaStream_t st = CUDA_STATE(o)->stream;
+    dp_rowprod_kernel<<<(unsigned)rows, DP_THREADS, 0, st>>>(rowprod, A, D, d, p);
+    LAUNCH_CHECK("pe_bound_linear", "dp_rowprod_kernel");
+    dp_bound_finish_kernel<<<(unsigned)B, DP_FINISH_THREADS, 0, st>>>(bounds, rowprod, T);
+    LAUNCH_CHECK("pe_bound_linear", "dp_bound_finish_kernel");
 }
 
 void cuda_pe_norm_bias(const nawal_ops *o, float *norms, const float *D, int B, int T, int p) {

@@ -191,7 +191,7 @@ Test(cpu_dp_ops, pe_bound_linear) {
                 const float *a = A + ((size_t)b * T + t) * d, *g = D + ((size_t)b * T + t) * p;
                 for (int i = 0; i < d; i++)
                     for (int j = 0; j < p; j++) {
-                        /* the worst case per entry: both factors pushed up by u */
+                        /* each factor moved by u, the sign varying with i and j */
                         w[(size_t)i * p + j] += (double)a[i] * g[j];
                         wr[(size_t)i * p + j] += (double)a[i] * (1.0 + u * (i % 2 ? 1 : -1)) * g[j] * (1.0 + u * (j % 3 ? 1 : -1));
                     }
