@@ -121,6 +121,28 @@ static int train_step(nawal_gpt *m, const int32_t *in, const int32_t *tg, const 
     return nawal_gpt_adamw_step(m, &ac, 1e-4f) ? (snprintf(err, errlen, "out of memory"), -1) : 0;
 }
 
+/* after a DP step whose clipped sums carried the rounding margin: its size
+ * relative to ||g_b||, the median over the batch (how much harder clipped
+ * examples were clipped for the speed of reduced-precision products) */
+static void print_dp_margin(const nawal_gpt *m) {
+    const nawal_ops *o = m->ops;
+    nawal_precision p2 = o->get_precision(o) == NAWAL_PREC_FP32 ? NAWAL_PREC_FP32 : m->dp_pass2;
+    double f = nawal_gpt_dp_margin_factor(p2);
+    if (f == 0.0 || !m->dp_bounds || m->cur_B <= 0) return;
+    int B = m->cur_B, n = 0;
+    float *h = malloc((size_t)B * 2 * sizeof(float));
+    double *r = malloc((size_t)B * sizeof(double));
+    if (!h || !r) { free(h); free(r); return; }
+    o->download(o, h, m->dp_norms, (size_t)B * sizeof(float));
+    o->download(o, h + B, m->dp_bounds, (size_t)B * sizeof(float));
+    for (int b = 0; b < B; b++)
+        if (h[b] > 0.0f) r[n++] = f * sqrt((double)h[B + b]) / sqrt((double)h[b]);
+    if (n) printf("dp_margin_pct %.2f  (clipped sums in %s: rounding margin / ||g_b||, median of the batch)\n",
+                  100.0 * bench_median(r, n), nawal_precision_name(p2));
+    free(h);
+    free(r);
+}
+
 static int bench_train(const nawal_ops *o, const bench_opts *b) {
     char err[512];
     nawal_gpt *m;
@@ -175,6 +197,7 @@ static int bench_train(const nawal_ops *o, const bench_opts *b) {
         double dtps = bench_median(per_rep_dp, reps);
         printf("dp_train_tokens_per_s %.0f  (DP-SGD: per-example clip 1.0, noise multiplier 1.0, same batch)\n", dtps);
         printf("dp_step_time_ratio %.3f  (DP step time / plain step time, medians)\n", tps / dtps);
+        print_dp_margin(m);
     }
     double flops = nawal_gpt_train_flops_per_token(&b->cfg, b->cfg.n_ctx) * tps;
     double mm = bench_matmul(o, b, 0);

@@ -208,16 +208,7 @@ int nawal_gpt_dp_accumulate(nawal_gpt *m, const int32_t *inputs, const int32_t *
     gpt_run_shards(m, &j, dp_pass1);
     o->download(o, norms, m->dp_norms, (size_t)B * sizeof(float));
     if (bounding) o->download(o, bounds, m->dp_bounds, (size_t)B * sizeof(float));
-    /* operand rounding's unit roundoff: tf32 keeps 10 stored mantissa bits
-     * (2^-10 covers truncation as well as rounding), bf16 casts round to
-     * nearest even on 8 bits */
-    double u = 0.0;
-    switch (p2) {
-    case NAWAL_PREC_TF32: u = 0x1p-10; break;
-    case NAWAL_PREC_BF16: u = 0x1p-8; break;
-    case NAWAL_PREC_FP32: break;
-    }
-    double grow = 2.0 * u + u * u;
+    double grow = nawal_gpt_dp_margin_factor(p2);
     for (int b = 0; b < B; b++) {
         float nrm = sqrtf(norms[b] > 0.0f ? norms[b] : 0.0f);
         if (norms_out) norms_out[b] = nrm;
@@ -243,6 +234,19 @@ int nawal_gpt_dp_accumulate(nawal_gpt *m, const int32_t *inputs, const int32_t *
     m->has_grad_logits = 0;
     free(h);
     return 0;
+}
+
+double nawal_gpt_dp_margin_factor(nawal_precision p) {
+    /* operand rounding's unit roundoff: tf32 keeps 10 stored mantissa bits
+     * (2^-10 covers truncation as well as rounding), bf16 casts round to
+     * nearest even on 8 bits */
+    double u = 0.0;
+    switch (p) {
+    case NAWAL_PREC_TF32: u = 0x1p-10; break;
+    case NAWAL_PREC_BF16: u = 0x1p-8; break;
+    case NAWAL_PREC_FP32: break;
+    }
+    return 2.0 * u + u * u;
 }
 
 int nawal_gpt_dp_set_pass2(nawal_gpt *m, nawal_precision p, char *err, size_t errlen) {

@@ -47,6 +47,11 @@ int nawal_gpt_dp_accumulate(nawal_gpt *m, const int32_t *inputs, const int32_t *
  * precision the backend cannot run. */
 int nawal_gpt_dp_set_pass2(nawal_gpt *m, nawal_precision p, char *err, size_t errlen);
 
+/* 2u + u^2 for clipped sums in precision p (0 for fp32): margin_b is this
+ * times M_b, the square root of m->dp_bounds[b] after a DP step that used
+ * the margin (m->dp_norms[b] then holds ||g_b||^2). */
+double nawal_gpt_dp_margin_factor(nawal_precision p);
+
 /* m->grads += N(0, noise_std^2) per element from Philox stream `stream` of
  * `key` (the same numbers on every backend), then m->grads /= expected_batch. */
 void nawal_gpt_dp_finish(nawal_gpt *m, float noise_std, double expected_batch, uint64_t key, uint64_t stream);

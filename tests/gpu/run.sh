@@ -97,7 +97,7 @@ bench() { # name, args...
     echo "nawal $name: $tps tokens/s, MFU $mfu"
     if grep -q '^dp_train_tokens_per_s' "$LOGDIR/$name.log"; then
       row "nawal $name DP-SGD" "$(awk '/^dp_train_tokens_per_s/{print $2}' "$LOGDIR/$name.log")" \
-        "tokens/s, DP/plain step time $(awk '/^dp_step_time_ratio/{print $2}' "$LOGDIR/$name.log")"
+        "tokens/s, DP/plain step time $(awk '/^dp_step_time_ratio/{print $2}' "$LOGDIR/$name.log")$(awk '/^dp_margin_pct/{printf ", margin %s%% of ||g||", $2}' "$LOGDIR/$name.log")"
     fi
     [ -n "$PROFILE" ] && sed -n '/^profile/,/^  total/p' "$LOGDIR/$name.log"
   else
