@@ -200,7 +200,9 @@ static void dp_parity(nawal_precision prec, double tol) {
     for (int b = 0; b < TB; b++)
         cr_expect(fabsf(g.norms[b] - c.norms[b]) <= tol * fmaxf(c.norms[b], 1e-3f), "%s: example %d norm gpu %.7g cpu %.7g (seed %llu)",
                   nawal_precision_name(prec), b, g.norms[b], c.norms[b], SEED);
-    compare(prec == NAWAL_PREC_FP32 ? "DP clipped sum fp32" : "DP clipped sum bf16", g.grads, c.grads, tol, 1);
+    char what[48];
+    snprintf(what, sizeof what, "DP clipped sum %s", nawal_precision_name(prec));
+    compare(what, g.grads, c.grads, tol, 1);
     free(c.grads);
     free(g.grads);
 }
@@ -213,4 +215,11 @@ Test(gpu_model, dp_step_matches_cpu_fp32) {
 Test(gpu_model, dp_step_bf16_clips_exactly) {
     gpu_start("gpu_model.dp_bf16");
     dp_parity(NAWAL_PREC_BF16, 2e-2);
+}
+
+/* tf32 matmuls: the margin path without a precision switch (pass 2 already
+ * runs in the backend's tf32), and exact fp32 clipped sums from tf32 */
+Test(gpu_model, dp_step_tf32) {
+    gpu_start("gpu_model.dp_tf32");
+    dp_parity(NAWAL_PREC_TF32, 5e-3);
 }
