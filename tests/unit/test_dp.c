@@ -119,7 +119,9 @@ static void run_case(int T, const char *tag, nawal_precision prec, nawal_precisi
             if (margin && k == 0) {
                 float b1;
                 o->download(o, &b1, m->dp_bounds, sizeof b1);
-                cr_expect(fabsf(b1 - bb[b]) <= 1e-5f * bb[b] && (bb[b] > 0.0f) == (nb[b] > 0.0),
+                /* 1e-3: the bf16 forward of a batch and of one example round
+                 * differently (2.6e-5 seen); another example's bound is ~1e-1 off */
+                cr_expect(fabsf(b1 - bb[b]) <= 1e-3f * bb[b] && (bb[b] > 0.0f) == (nb[b] > 0.0),
                           "%s: example %d's margin bound %.7g in the batch, %.7g alone (seed %llu)", tag, b, bb[b], b1,
                           (unsigned long long)seed);
             }
