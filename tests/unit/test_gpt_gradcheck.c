@@ -7,11 +7,12 @@
  * (-L(+2h) + 8 L(+h) - 8 L(-h) + L(-2h)) / 12h.
  * Tolerance argument (fp32): the loss is ~log(V) ~ 2.4 and is evaluated with
  * ~1e-7 relative rounding per op, so each L carries ~1e-6 absolute noise;
- * the stencil's weights (18 in all) over 12h with h = 1e-2 give <= ~2e-4
- * absolute error. The truncation error is O(h^4 * fifth derivative), well
- * below that (a second-order stencil was measured to leave 2% here, since
- * random O(0.3) weights make the loss sharply curved). Directional derivatives are
- * O(0.1..1), so |fd - g.v| <= 1e-3 + 1e-2 |g.v| is tight enough to catch any
+ * the stencil's weights (18 in all) over 12h with h = 5e-3 give <= ~3e-4
+ * absolute error. The truncation error is O(h^4 * fifth derivative): with
+ * h = 1e-2 it left 1.2% on some draws (seed 17573139525992657: 4.0569 vs
+ * 4.1068; h = 5e-3 and 2.5e-3 agree), since random O(0.3) weights make the
+ * loss sharply curved (a second-order stencil left 2%). Directional
+ * derivatives are O(0.1..1), so |fd - g.v| <= 5e-4 + 1e-2 |g.v| is tight enough to catch any
  * missing term (a wrong sign, a dropped branch or a transposed weight changes
  * the result by O(1) relative), and we also require |g.v| to be well above
  * the noise so the check is never vacuous. */
@@ -28,7 +29,7 @@ static float loss_at(nawal_gpt *m, const int32_t *in, const int32_t *tg, int B, 
 }
 
 Test(gpt, gradient_matches_finite_differences) {
-    uint64_t seed = test_seed("gradcheck");
+    uint64_t seed = test_seed("gradcheck"), seed0 = seed;
     nawal_gpt_config cfg = { .n_layer = 2, .n_head = 2, .n_embd = 8, .n_ctx = 7, .vocab = 11 };
     const nawal_ops *ops = nawal_ops_cpu(0);
     nawal_gpt *m;
@@ -52,7 +53,7 @@ Test(gpt, gradient_matches_finite_differences) {
     cr_assert_eq(nv, (size_t)(B * T - 1));
     nawal_gpt_backward(m);
 
-    const float h = 1e-2f;
+    const float h = 5e-3f;
     float *v = malloc(m->n_params * sizeof(float)), *saved = malloc(m->n_params * sizeof(float));
     memcpy(saved, p, m->n_params * sizeof(float));
     for (int ti = 0; ti < m->n_tensors; ti++) {
@@ -76,7 +77,8 @@ Test(gpt, gradient_matches_finite_differences) {
         memcpy(p + t->offset, saved + t->offset, t->numel * sizeof(float));
         fd /= 12.0 * h;
         cr_expect(fabs(an) > 5e-3, "%s: directional derivative %g too small for a meaningful check", t->name, an);
-        cr_expect(fabs(fd - an) <= 2e-4 + 1e-2 * fabs(an), "%s: analytic %.6f vs finite difference %.6f", t->name, an, fd);
+        cr_expect(fabs(fd - an) <= 5e-4 + 1e-2 * fabs(an), "%s: analytic %.6f vs finite difference %.6f (seed %llu)", t->name, an, fd,
+                  (unsigned long long)seed0);
     }
     free(v);
     free(saved);
