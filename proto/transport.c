@@ -460,6 +460,22 @@ nawal_ws_client *nawal_ws_client_new(const nawal_ws_config *cfg, const nawal_ws_
     return cl;
 }
 
+void ws_client_info(ws_ep *ep, struct lws_client_connect_info *ci, const char *host, int port, const char *path,
+                    void *user) {
+    memset(ci, 0, sizeof *ci);
+    ci->context = ep->ctx;
+    ci->address = host;
+    ci->port = port;
+    ci->path = path;
+    ci->host = host;
+    ci->origin = host;
+    ci->alpn = "http/1.1";
+    if (!ep->cfg.insecure_plaintext)
+        ci->ssl_connection = LCCSCF_USE_SSL | (ep->cfg.allow_self_signed ? LCCSCF_ALLOW_SELFSIGNED : 0);
+    ci->opaque_user_data = user;
+    ci->retry_and_idle_policy = &ep->retry;
+}
+
 nawal_ws_conn *nawal_ws_client_connect(nawal_ws_client *cl, const char *host, int port, const char *path,
                                        char *err, size_t errlen) {
     ws_ep *ep = &cl->ep;
@@ -478,19 +494,8 @@ nawal_ws_conn *nawal_ws_client_connect(nawal_ws_client *cl, const char *host, in
     }
     snprintf(c->peer, sizeof c->peer, "%s:%d", host, port);
     struct lws_client_connect_info ci;
-    memset(&ci, 0, sizeof ci);
-    ci.context = ep->ctx;
-    ci.address = host;
-    ci.port = port;
-    ci.path = path ? path : "/";
-    ci.host = host;
-    ci.origin = host;
+    ws_client_info(ep, &ci, host, port, path ? path : "/", c);
     ci.protocol = NAWAL_WS_SUBPROTOCOL;
-    ci.alpn = "http/1.1";
-    if (!ep->cfg.insecure_plaintext)
-        ci.ssl_connection = LCCSCF_USE_SSL | (ep->cfg.allow_self_signed ? LCCSCF_ALLOW_SELFSIGNED : 0);
-    ci.opaque_user_data = c;
-    ci.retry_and_idle_policy = &ep->retry;
     c->in_connect = 1;
     struct lws *wsi = lws_client_connect_via_info(&ci);
     c->in_connect = 0;

@@ -309,21 +309,10 @@ nawal_ws_fetch *nawal_ws_client_fetch(nawal_ws_client *cl, const char *host, int
     f->asked = offset;
     if (offset) snprintf(f->range, sizeof f->range, "bytes=%" PRIu64 "-", offset);
     struct lws_client_connect_info ci;
-    memset(&ci, 0, sizeof ci);
-    ci.context = ep->ctx;
-    ci.address = host;
-    ci.port = port;
-    ci.path = path;
-    ci.host = host;
-    ci.origin = host;
+    ws_client_info(ep, &ci, host, port, path, f);
     ci.method = "GET";
-    ci.alpn = "http/1.1";
     ci.local_protocol_name = NAWAL_WS_SUBPROTOCOL; /* bound to our callback: without it lws swallows the body */
-    ci.ssl_connection = LCCSCF_HTTP_NO_FOLLOW_REDIRECT;
-    if (!ep->cfg.insecure_plaintext)
-        ci.ssl_connection |= LCCSCF_USE_SSL | (ep->cfg.allow_self_signed ? LCCSCF_ALLOW_SELFSIGNED : 0);
-    ci.opaque_user_data = f;
-    ci.retry_and_idle_policy = &ep->retry;
+    ci.ssl_connection |= LCCSCF_HTTP_NO_FOLLOW_REDIRECT;
     f->in_connect = 1;
     struct lws *wsi = lws_client_connect_via_info(&ci);
     f->in_connect = 0;

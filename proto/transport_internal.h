@@ -71,6 +71,13 @@ typedef struct {
     void *stream_user;
 } ws_http_stream;
 
+/* A client connection's lws info for host:port and path on ep: HTTP/1.1,
+ * TLS unless the endpoint is plaintext (self-signed accepted when
+ * configured), ep's retry policy, opaque user data `user`. The caller adds
+ * what differs: the WebSocket subprotocol, or an HTTP method. (transport.c) */
+void ws_client_info(ws_ep *ep, struct lws_client_connect_info *ci, const char *host, int port, const char *path,
+                    void *user);
+
 /* transport_http.c, called from the one callback */
 int ws_http_request(ws_ep *ep, struct lws *wsi, void *pss, const char *path);
 int ws_http_writeable(ws_ep *ep, struct lws *wsi, void *pss);
