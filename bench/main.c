@@ -126,7 +126,7 @@ static int train_step(nawal_gpt *m, const int32_t *in, const int32_t *tg, const 
  * examples were clipped for the speed of reduced-precision products) */
 static void print_dp_margin(const nawal_gpt *m) {
     const nawal_ops *o = m->ops;
-    nawal_precision p2 = o->get_precision(o) == NAWAL_PREC_FP32 ? NAWAL_PREC_FP32 : m->dp_pass2;
+    nawal_precision p2 = nawal_gpt_dp_pass2_in_force(m);
     double f = nawal_gpt_dp_margin_factor(p2);
     if (f == 0.0 || !m->dp_bounds || m->cur_B <= 0) return;
     int B = m->cur_B, n = 0;

@@ -56,6 +56,13 @@ static kept_grads layer_slots(const nawal_gpt *m, int l, size_t r0) {
     return (kept_grads){ s[D_FCPROJ], s[D_FC], s[D_LN2], s[D_ATTPROJ], s[D_QKV], s[D_LN1] };
 }
 
+/* back to precision p, which was in force a moment ago: cannot fail, and
+ * its callers must not fail after changing state, so an error is only said */
+static void restore_precision(const nawal_ops *o, nawal_precision p) {
+    char e[128];
+    if (o->set_precision(o, p, e, sizeof e)) fprintf(stderr, "nawal: restoring the precision: %s\n", e);
+}
+
 static int ensure_buffers(nawal_gpt *m, char *err, size_t errlen) {
     const nawal_ops *o = m->ops;
     size_t N = (size_t)m->max_batch * m->cfg.n_ctx, C = m->cfg.n_embd;
@@ -200,9 +207,8 @@ int nawal_gpt_dp_accumulate(nawal_gpt *m, const int32_t *inputs, const int32_t *
     top_acts ta = gpt_top_acts(m, 0, T);
     o->scale_examples(o, ta.logits, m->dp_scales, B, (size_t)T * m->cfg.vocab);
 
-    /* pass 2's precision: fp32 when the backend runs fp32, else the model's
-     * choice (nawal_gpt_dp_set_pass2), which in tf32/bf16 needs the bounds */
-    nawal_precision prec = o->get_precision(o), p2 = prec == NAWAL_PREC_FP32 ? NAWAL_PREC_FP32 : m->dp_pass2;
+    /* pass 2 in tf32/bf16 needs the bounds */
+    nawal_precision prec = o->get_precision(o), p2 = nawal_gpt_dp_pass2_in_force(m);
     int bounding = p2 != NAWAL_PREC_FP32;
     shard_job j = { .m = m, .B = B, .T = T, .S = gpt_shard_count(m, B), .ext = bounding ? &bounding : NULL };
     gpt_run_shards(m, &j, dp_pass1);
@@ -225,12 +231,7 @@ int nawal_gpt_dp_accumulate(nawal_gpt *m, const int32_t *inputs, const int32_t *
     gpt_shard_grads_begin(m, &j);
     gpt_run_shards(m, &j, dp_pass2);
     gpt_shard_grads_end(m, &j);
-    if (p2 != prec) {
-        /* it was in force a moment ago, so this cannot fail; the gradients
-         * are already accumulated, so an error here must not fail the call */
-        char e2[128];
-        if (o->set_precision(o, prec, e2, sizeof e2)) fprintf(stderr, "nawal: restoring the precision: %s\n", e2);
-    }
+    if (p2 != prec) restore_precision(o, prec); /* the gradients are in: this must not fail the call */
     m->has_grad_logits = 0;
     free(h);
     return 0;
@@ -254,11 +255,15 @@ int nawal_gpt_dp_set_pass2(nawal_gpt *m, nawal_precision p, char *err, size_t er
     if (p != NAWAL_PREC_FP32) { /* can the backend run it at all? */
         nawal_precision cur = o->get_precision(o);
         if (o->set_precision(o, p, err, errlen)) return -1;
-        char e2[128];
-        if (o->set_precision(o, cur, e2, sizeof e2)) fprintf(stderr, "nawal: restoring the precision: %s\n", e2);
+        restore_precision(o, cur);
     }
     m->dp_pass2 = p;
     return 0;
+}
+
+nawal_precision nawal_gpt_dp_pass2_in_force(const nawal_gpt *m) {
+    const nawal_ops *o = m->ops;
+    return o->get_precision(o) == NAWAL_PREC_FP32 ? NAWAL_PREC_FP32 : m->dp_pass2;
 }
 
 void nawal_gpt_dp_finish(nawal_gpt *m, float noise_std, double expected_batch, uint64_t key, uint64_t stream) {

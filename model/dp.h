@@ -47,6 +47,10 @@ int nawal_gpt_dp_accumulate(nawal_gpt *m, const int32_t *inputs, const int32_t *
  * precision the backend cannot run. */
 int nawal_gpt_dp_set_pass2(nawal_gpt *m, nawal_precision p, char *err, size_t errlen);
 
+/* The precision the next DP step's clipped sums run in: fp32 while the
+ * backend runs fp32 matmuls, else m's choice (nawal_gpt_dp_set_pass2). */
+nawal_precision nawal_gpt_dp_pass2_in_force(const nawal_gpt *m);
+
 /* 2u + u^2 for clipped sums in precision p (0 for fp32): margin_b is this
  * times M_b, the square root of m->dp_bounds[b] after a DP step that used
  * the margin (m->dp_norms[b] then holds ||g_b||^2). */

@@ -88,7 +88,6 @@ static void cpu_run_parallel(const nawal_ops *o, int n, void (*fn)(void *ctx, in
 static cpu_state g_cpu_state = { .precision = NAWAL_PREC_FP32 };
 
 nawal_precision cpu_precision(const nawal_ops *o) { return ((const cpu_state *)o->impl)->precision; }
-static nawal_precision cpu_get_precision(const nawal_ops *o) { return cpu_precision(o); }
 
 static int cpu_set_precision(const nawal_ops *o, nawal_precision p, char *err, size_t errlen) {
     cpu_state *s = o->impl;
@@ -124,7 +123,7 @@ static nawal_ops cpu_table = {
     .pe_norm_linear = cpu_pe_norm_linear, .pe_bound_linear = cpu_pe_bound_linear, .pe_norm_bias = cpu_pe_norm_bias, .pe_norm_layernorm = cpu_pe_norm_layernorm,
     .pe_norm_rows = cpu_pe_norm_rows, .pe_norm_tied = cpu_pe_norm_tied,
     .scale_examples = cpu_scale_examples, .add_noise = cpu_add_noise,
-    .set_precision = cpu_set_precision, .get_precision = cpu_get_precision, .parallel_width = cpu_parallel_width,
+    .set_precision = cpu_set_precision, .get_precision = cpu_precision, .parallel_width = cpu_parallel_width,
     .run_parallel = cpu_run_parallel,
     .impl = &g_cpu_state,
 };
