@@ -117,15 +117,21 @@ Test(coord_agent_run, three_agents_one_round) {
 
 /* ---- an agent killed and restarted ------------------------------------------- */
 
-/* A round for validators a and b (v[0], v[1]) started with ROUND_FLAGS, serve
- * up, and b run with CRASH in its environment until it exits 3. */
-static void round_with_crash(validator v[2], serve_proc *sp, uint64_t seed, const char *round_flags, const char *crash) {
+/* A fresh coordinator with a round for validators a and b (v[0], v[1],
+ * keys from seed and seed + 1) started with ROUND_FLAGS, and serve up;
+ * no validator runs yet. */
+static void two_validator_round(validator v[2], serve_proc *sp, uint64_t seed, const char *round_flags) {
     coord_sh(g_root, "%s init --dir %s --model-config " MODEL, NAWAL_COORDINATOR_BIN, g_dir);
     validator_new(&v[0], "a", seed);
     validator_new(&v[1], "b", seed + 1);
     coord_sh(g_root, "%s round start --dir %s --pool-planck %llu --target 2 --min 2 --deadline-s 240 --join-window-s 120 %s",
              NAWAL_COORDINATOR_BIN, g_dir, POOL, round_flags);
     serve_start(sp);
+}
+
+/* two_validator_round, then b run with CRASH in its environment until it exits 3. */
+static void round_with_crash(validator v[2], serve_proc *sp, uint64_t seed, const char *round_flags, const char *crash) {
+    two_validator_round(v, sp, seed, round_flags);
     validator_start(&v[1], sp->port, STAKE, NULL, crash);
     validator_expect_exit(&v[1], 3, 180);
 }
@@ -259,14 +265,9 @@ static void validator_log_lacks(const validator *v, const char *text) {
 }
 
 Test(coord_agent_run, unusable_model_patch_falls_back_to_the_whole_model) {
-    coord_sh(g_root, "%s init --dir %s --model-config " MODEL, NAWAL_COORDINATOR_BIN, g_dir);
     validator v[2];
-    validator_new(&v[0], "a", 41);
-    validator_new(&v[1], "b", 42);
-    coord_sh(g_root, "%s round start --dir %s --pool-planck %llu --target 2 --min 2 --deadline-s 240 --join-window-s 120 "
-             "--steps 6 --batch 4 --topk 0.01", NAWAL_COORDINATOR_BIN, g_dir, POOL);
     serve_proc sp;
-    serve_start(&sp);
+    two_validator_round(v, &sp, 41, "--steps 6 --batch 4 --topk 0.01");
     for (int i = 0; i < 2; i++) validator_start(&v[i], sp.port, STAKE, NULL, NULL);
     for (int i = 0; i < 2; i++) validator_expect_exit(&v[i], 0, 180);
 
@@ -351,14 +352,9 @@ Test(coord_agent_run, unusable_model_patch_falls_back_to_the_whole_model) {
  * base model over BlobRequest (a GET cut mid-body: the next test); the other gets it over HTTP; both
  * caches hold the coordinator's model byte for byte. With serve --no-blob-http, BlobRequest only. */
 Test(coord_agent_run, model_download_over_http_or_blob_request) {
-    coord_sh(g_root, "%s init --dir %s --model-config " MODEL, NAWAL_COORDINATOR_BIN, g_dir);
     validator v[2];
-    validator_new(&v[0], "a", 51);
-    validator_new(&v[1], "b", 52);
-    coord_sh(g_root, "%s round start --dir %s --pool-planck %llu --target 2 --min 2 --deadline-s 240 --join-window-s 120 "
-             "--steps 4 --batch 4", NAWAL_COORDINATOR_BIN, g_dir, POOL);
     serve_proc sp;
-    serve_start(&sp);
+    two_validator_round(v, &sp, 51, "--steps 4 --batch 4");
     validator_start(&v[0], sp.port, STAKE, NULL, NULL);
     validator_start(&v[1], sp.port, STAKE, NULL, "NAWAL_AGENT_TEST_BAD_BLOB_TOKEN=1");
     for (int i = 0; i < 2; i++) validator_expect_exit(&v[i], 0, 180);
