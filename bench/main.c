@@ -28,7 +28,7 @@
 typedef struct {
     nawal_gpt_config cfg;
     int batch, steps, warmup_steps, repeats, threads, profile, dp;
-    const char *device, *precision, *preset, *dp_pass2;
+    const char *device, *precision, *preset, *dp_pass2, *dp_method;
     float peak_tflops;
 } bench_opts;
 
@@ -156,7 +156,20 @@ static int bench_train(const nawal_ops *o, const bench_opts *b) {
             return 2;
         }
     }
-    if (b->dp) printf("dp pass 2 (clipped sums): %s\n", nawal_precision_name(m->dp_pass2));
+    if (b->dp_method) {
+        nawal_dp_method dm;
+        if (nawal_dp_method_parse(b->dp_method, &dm) || nawal_gpt_dp_set_method(m, dm, err, sizeof err)) {
+            fprintf(stderr, "error: --dp-method %s: expected auto, bookkeeping or per-example\n", b->dp_method);
+            nawal_gpt_free(m);
+            return 2;
+        }
+    }
+    if (b->dp) {
+        nawal_dp_method dm = nawal_gpt_dp_method_in_force(m);
+        printf("dp method: %s", nawal_dp_method_name(dm));
+        if (dm == NAWAL_DP_BOOKKEEPING) printf(", pass 2 (clipped sums): %s", nawal_precision_name(m->dp_pass2));
+        printf("\n");
+    }
     int N = b->batch * b->cfg.n_ctx;
     int32_t *in = malloc((size_t)N * sizeof(int32_t)), *tg = malloc((size_t)N * sizeof(int32_t));
     uint64_t s = 42;
@@ -254,6 +267,7 @@ int main(int argc, char **argv) {
         { "preset", NAWAL_FLAG_STR, &b.preset, "tiny (default) | gpt2-small (12x12x768, ctx 1024, vocab 50257, batch 8); later flags override", 0, -1, 0, 0 },
         { "dp", NAWAL_FLAG_BOOL, &b.dp, "also time DP-SGD steps (per-example clipping + noise) and print the ratio", 0, -1, 0, 0 },
         { "dp-pass2", NAWAL_FLAG_STR, &b.dp_pass2, "DP clipped sums' precision when matmuls are tf32/bf16: fp32 (exact) | tf32 | bf16 (with a rounding margin); default fp32 on the CPU, tf32 on CUDA", 0, -1, 0, 0 },
+        { "dp-method", NAWAL_FLAG_STR, &b.dp_method, "DP per-example gradients: auto | bookkeeping (ghost norms + a second pass) | per-example (materialised: exact C in every precision); default per-example on CUDA, bookkeeping on the CPU", 0, -1, 0, 0 },
         { "profile", NAWAL_FLAG_BOOL, &b.profile, "also print a per-op time breakdown of a step", 0, -1, 0, 0 },
         { "peak-tflops", NAWAL_FLAG_FLOAT, &b.peak_tflops, "device peak for the MFU line (default: datasheet table)", 0, 1e9, 0, 0 },
     };

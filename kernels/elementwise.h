@@ -8,6 +8,7 @@
 
 #include "hd.h"
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define NAWAL_GELU_SCALE 0.7978845608028654f /* sqrt(2/pi) */
@@ -68,5 +69,10 @@ NAWAL_HD void nawal_sgd_elem(float *p, float g, float *buf, float lr, float mu, 
     *buf = b;
     *p -= lr * b;
 }
+
+/* pe_sum's element: y + (((0 + s_0 x_0) + s_1 x_1) + ...), the examples in
+ * order, products and sums rounded separately (no FMA contraction: the
+ * CUDA file that uses it is built with --fmad=false). One term: */
+NAWAL_HD float nawal_pe_sum_term(float acc, float scale, float x) { return acc + scale * x; }
 
 #endif

@@ -34,7 +34,7 @@ typedef enum { NAWAL_PREC_FP32 = 0, NAWAL_PREC_TF32 = 1, NAWAL_PREC_BF16 = 2 } n
 /* The layout of nawal_ops below: bumped whenever a member is added, moved or
  * changes its signature, so a CUDA plugin built from another ops.h is
  * refused at load instead of being called through the wrong slots. */
-#define NAWAL_OPS_ABI 3
+#define NAWAL_OPS_ABI 4
 
 typedef struct nawal_ops nawal_ops;
 struct nawal_ops {
@@ -128,6 +128,21 @@ struct nawal_ops {
      * term 2<E_b, H_b> included. dres, lnf [B*T][C]; dlogits [B*T][V] */
     void (*pe_norm_tied)(const nawal_ops *o, float *norms, const float *dres, const int32_t *tok, const float *lnf,
                          const float *dlogits, int B, int T, int C, int V);
+    /* ---- per-example gradients, materialised (DP-SGD's per-example
+     * method, model/dp.c): example b's tensors start b * stride floats
+     * after the output pointers, and these ops overwrite (=) them ---- */
+    /* dw_b = A_b^T D_b in w's layout (IN_OUT [C][OC], OUT_IN [OC][C]) and,
+     * if dbias, dbias_b[j] = sum_t D_b[t][j], for b < B; A = inp[B*T][C],
+     * D = dout[B*T][OC]; the products in the backend's matmul precision */
+    void (*pe_grad_linear)(const nawal_ops *o, float *dw, float *dbias, size_t stride, const float *dout,
+                           const float *inp, int B, int T, int C, int OC, nawal_wlayout layout);
+    /* dw_b[c] = sum_t D_b[t][c] xhat_b[t][c], db_b[c] = sum_t D_b[t][c], for
+     * b < B, xhat = (inp - mean) * rstd: layernorm's weight and bias */
+    void (*pe_grad_layernorm)(const nawal_ops *o, float *dw, float *db, size_t stride, const float *dout,
+                              const float *inp, const float *mean, const float *rstd, int B, int T, int C);
+    /* y[i] += sum_b scales[b] X[b * stride + i] for i < n, the examples
+     * summed in order, then added to y (nawal_pe_sum_term, elementwise.h) */
+    void (*pe_sum)(const nawal_ops *o, float *y, const float *X, size_t stride, const float *scales, int B, size_t n);
     /* x[b][0..n) *= scales[b] for each example b (x is [B][n]; scales a device buffer) */
     void (*scale_examples)(const nawal_ops *o, float *x, const float *scales, int B, size_t n);
     /* x[i] += std * z_i for i in [0, n): z_i standard normal, element i of

@@ -14,13 +14,14 @@
 enum {
     P_FILL, P_COPY, P_AXPY, P_SCALE, P_SUMSQ, P_MATMUL_FWD, P_MATMUL_BWD, P_LN_FWD, P_LN_BWD, P_ATT_FWD, P_ATT_BWD,
     P_GELU_FWD, P_GELU_BWD, P_RESIDUAL, P_EMB_FWD, P_EMB_BWD, P_XENT, P_ADAMW, P_SGD, P_UPLOAD, P_DOWNLOAD,
-    P_PE_LINEAR, P_PE_BOUND, P_PE_BIAS, P_PE_LN, P_PE_ROWS, P_PE_TIED, P_SCALE_EX, P_NOISE, P_N
+    P_PE_LINEAR, P_PE_BOUND, P_PE_BIAS, P_PE_LN, P_PE_ROWS, P_PE_TIED, P_PE_GRAD_LINEAR, P_PE_GRAD_LN, P_PE_SUM, P_SCALE_EX, P_NOISE, P_N
 };
 static const char *const names[P_N] = {
     "fill", "copy", "axpy", "scale", "sumsq", "matmul_fwd", "matmul_bwd", "layernorm_fwd", "layernorm_bwd",
     "attention_fwd", "attention_bwd", "gelu_fwd", "gelu_bwd", "residual_fwd", "embedding_fwd", "embedding_bwd",
     "softmax_xent", "adamw", "sgd", "upload", "download",
-    "pe_norm_linear", "pe_bound_linear", "pe_norm_bias", "pe_norm_layernorm", "pe_norm_rows", "pe_norm_tied", "scale_examples", "add_noise",
+    "pe_norm_linear", "pe_bound_linear", "pe_norm_bias", "pe_norm_layernorm", "pe_norm_rows", "pe_norm_tied", "pe_grad_linear", "pe_grad_layernorm", "pe_sum",
+    "scale_examples", "add_noise",
 };
 
 static const nawal_ops *inner;
@@ -150,6 +151,20 @@ static void p_pe_tied(const nawal_ops *o, float *nr, const float *dres, const in
     (void)o;
     T(P_PE_TIED, inner->pe_norm_tied(inner, nr, dres, tok, lnf_, dlogits, B, Tn, C, V));
 }
+static void p_pe_grad_linear(const nawal_ops *o, float *dw, float *db, size_t st, const float *dout, const float *inp,
+                             int B, int Tn, int C, int OC, nawal_wlayout l) {
+    (void)o;
+    T(P_PE_GRAD_LINEAR, inner->pe_grad_linear(inner, dw, db, st, dout, inp, B, Tn, C, OC, l));
+}
+static void p_pe_grad_ln(const nawal_ops *o, float *dw, float *db, size_t st, const float *dout, const float *inp,
+                         const float *mean, const float *rstd, int B, int Tn, int C) {
+    (void)o;
+    T(P_PE_GRAD_LN, inner->pe_grad_layernorm(inner, dw, db, st, dout, inp, mean, rstd, B, Tn, C));
+}
+static void p_pe_sum(const nawal_ops *o, float *y, const float *X, size_t st, const float *sc, int B, size_t n) {
+    (void)o;
+    T(P_PE_SUM, inner->pe_sum(inner, y, X, st, sc, B, n));
+}
 static void p_scale_ex(const nawal_ops *o, float *x, const float *sc, int B, size_t n) {
     (void)o;
     T(P_SCALE_EX, inner->scale_examples(inner, x, sc, B, n));
@@ -185,7 +200,8 @@ const nawal_ops *nawal_ops_profiled(const nawal_ops *in) {
         .residual_fwd = p_residual, .embedding_fwd = p_emb_fwd, .embedding_bwd = p_emb_bwd, .softmax_xent = p_xent,
         .adamw = p_adamw, .sgd = p_sgd, .set_precision = p_set_precision, .get_precision = p_get_precision,
         .pe_norm_linear = p_pe_linear, .pe_bound_linear = p_pe_bound, .pe_norm_bias = p_pe_bias, .pe_norm_layernorm = p_pe_ln, .pe_norm_rows = p_pe_rows,
-        .pe_norm_tied = p_pe_tied, .scale_examples = p_scale_ex, .add_noise = p_noise, .parallel_width = p_parallel_width,
+        .pe_norm_tied = p_pe_tied, .pe_grad_linear = p_pe_grad_linear, .pe_grad_layernorm = p_pe_grad_ln,
+        .pe_sum = p_pe_sum, .scale_examples = p_scale_ex, .add_noise = p_noise, .parallel_width = p_parallel_width,
         .run_parallel = p_run_parallel, .topk_select = p_topk,
     };
     table.name = in->name;

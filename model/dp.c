@@ -1,5 +1,11 @@
-/* dp.c - see dp.h. The DP backward runs in two passes over each shard of
- * the batch, with the host between them:
+/* dp.c - see dp.h. The per-example method: pass 1 below writes each
+ * example's whole gradient (pe_grad_* ops) where the book-keeping method
+ * measures norms, the norms are those of the stored gradients
+ * (pe_norm_rows over each example's padded slot), and the clipped sum is
+ * pe_sum over the same values: no pass 2, no margin.
+ *
+ * The book-keeping method's DP backward runs in two passes over each
+ * shard of the batch, with the host between them:
  *   pass 1: the usual backward chain for the input gradients only (no weight
  *           gradients), keeping every parameterised op's output gradient D
  *           in dp_store and adding each parameter tensor's per-example
@@ -63,6 +69,65 @@ static void restore_precision(const nawal_ops *o, nawal_precision p) {
     if (o->set_precision(o, p, e, sizeof e)) fprintf(stderr, "nawal: restoring the precision: %s\n", e);
 }
 
+/* per-example method: each example's gradient is n_params floats padded
+ * to a multiple of 64 (zeros, written once), so pe_norm_rows takes it as
+ * stride / 64 rows of 64 */
+#define PE_ALIGN 64
+
+nawal_dp_method nawal_gpt_dp_method_in_force(const nawal_gpt *m) {
+    if (m->dp_method != NAWAL_DP_AUTO) return (nawal_dp_method)m->dp_method;
+    return strcmp(m->ops->name, "cuda") == 0 ? NAWAL_DP_PER_EXAMPLE : NAWAL_DP_BOOKKEEPING;
+}
+
+int nawal_gpt_dp_set_method(nawal_gpt *m, nawal_dp_method method, char *err, size_t errlen) {
+    if (method != NAWAL_DP_AUTO && method != NAWAL_DP_BOOKKEEPING && method != NAWAL_DP_PER_EXAMPLE) {
+        snprintf(err, errlen, "unknown DP method %d", (int)method);
+        return -1;
+    }
+    m->dp_method = method;
+    return 0;
+}
+
+static const char *const method_names[] = { "auto", "bookkeeping", "per-example" };
+
+int nawal_dp_method_parse(const char *s, nawal_dp_method *out) {
+    for (int i = 0; i < 3; i++)
+        if (s && strcmp(s, method_names[i]) == 0) { *out = (nawal_dp_method)i; return 0; }
+    return -1;
+}
+
+const char *nawal_dp_method_name(nawal_dp_method method) {
+    return (unsigned)method < 3 ? method_names[method] : "?";
+}
+
+/* the per-example gradients for max_batch examples: 0; -1 with a message,
+ * or, when AUTO picked the method, the book-keeping method from now on */
+static int ensure_pe_buffer(nawal_gpt *m, char *err, size_t errlen) {
+    const nawal_ops *o = m->ops;
+    if (m->dp_pe) return 0;
+    size_t stride = (m->n_params + PE_ALIGN - 1) / PE_ALIGN * PE_ALIGN, n = (size_t)m->max_batch * stride;
+    if (stride / PE_ALIGN > 0x7fffffffu) {
+        snprintf(err, errlen, "per-example DP gradients: %zu parameters is more than the norm op takes", m->n_params);
+        return -1;
+    }
+    m->dp_pe = o->alloc(o, n * sizeof(float));
+    if (!m->dp_pe) {
+        double gib = (double)n * sizeof(float) / (1 << 30);
+        if (m->dp_method == NAWAL_DP_AUTO) {
+            fprintf(stderr, "nawal: per-example DP gradients (%.2f GiB for batch %d) do not fit on %s: "
+                    "using the book-keeping method\n", gib, m->max_batch, o->name);
+            m->dp_method = NAWAL_DP_BOOKKEEPING;
+            return 0;
+        }
+        snprintf(err, errlen, "out of memory for per-example DP gradients (%.2f GiB for batch %d) on %s: "
+                 "use a smaller batch or the book-keeping method", gib, m->max_batch, o->name);
+        return -1;
+    }
+    o->fill(o, m->dp_pe, 0.0f, n); /* the padding stays zero: the ops write only the tensors */
+    m->dp_pe_stride = stride;
+    return 0;
+}
+
 static int ensure_buffers(nawal_gpt *m, char *err, size_t errlen) {
     const nawal_ops *o = m->ops;
     size_t N = (size_t)m->max_batch * m->cfg.n_ctx, C = m->cfg.n_embd;
@@ -75,8 +140,16 @@ static int ensure_buffers(nawal_gpt *m, char *err, size_t errlen) {
                  ((size_t)m->cfg.n_layer * STORE_WIDTH_PER_LAYER + 1) * N * C, o->name);
         return -1;
     }
-    return 0;
+    return nawal_gpt_dp_method_in_force(m) == NAWAL_DP_PER_EXAMPLE ? ensure_pe_buffer(m, err, errlen) : 0;
 }
+
+/* what pass 1 does besides the input gradients: the book-keeping method's
+ * norms (and, with bounds, the rounding margin's bounds), or the
+ * per-example method's gradients into pe (this shard's first example's) */
+typedef struct {
+    int bounding;
+    int per_example;
+} pass1_opts;
 
 static void dp_pass1(void *ctx, int k) {
     shard_job *j = ctx;
@@ -84,26 +157,44 @@ static void dp_pass1(void *ctx, int k) {
     nawal_gpt *m = v.m;
     const nawal_ops *o = v.o;
     int B = v.B, T = v.T, N = v.N, C = v.C, NH = v.NH, V = v.V, L = m->cfg.n_layer;
-    float *P = m->params, *norms = m->dp_norms + v.b0, *bounds = j->ext ? m->dp_bounds + v.b0 : NULL;
+    const pass1_opts *opt = j->ext;
+    float *P = m->params, *norms = m->dp_norms + v.b0, *bounds = opt->bounding ? m->dp_bounds + v.b0 : NULL;
+    size_t st = m->dp_pe_stride;
+    float *pe = opt->per_example ? m->dp_pe + (size_t)v.b0 * st : NULL;
     top_acts ta = v.ta;
     scratch_bufs s = v.s;
     float *res_last = gpt_layer_acts(m, L - 1, v.b0, T).res3;
     float *d_lnf = layer_slots(m, L, v.r0).ln1;
-/* a linear layer's norm, and its rounding bound when pass 2 runs in reduced precision */
-#define LINEAR(A_, D_, d_, p_)                                                  \
-    do {                                                                        \
-        o->pe_norm_linear(o, norms, (A_), (D_), B, T, (d_), (p_));              \
-        if (bounds) o->pe_bound_linear(o, bounds, (A_), (D_), B, T, (d_), (p_)); \
+/* a linear layer of layer l_ (tensors W_, B_): per example, its gradient,
+ * or its weight's and bias's norms and the weight's rounding bound */
+#define LINEAR(A_, D_, d_, p_, l_, W_, B_)                                                                   \
+    do {                                                                                                     \
+        if (pe) {                                                                                            \
+            o->pe_grad_linear(o, gpt_lp(m, pe, (l_), (W_)), gpt_lp(m, pe, (l_), (B_)), st, (D_), (A_), B, T, \
+                              (d_), (p_), NAWAL_W_IN_OUT);                                                   \
+            break;                                                                                           \
+        }                                                                                                    \
+        o->pe_norm_linear(o, norms, (A_), (D_), B, T, (d_), (p_));                                           \
+        if (bounds) o->pe_bound_linear(o, bounds, (A_), (D_), B, T, (d_), (p_));                             \
+        o->pe_norm_bias(o, norms, (D_), B, T, (p_));                                                         \
+    } while (0)
+/* a layernorm (weight w_, bias b_ inside a params-shaped buffer): per example, its gradients, or their norm */
+#define LAYERNORM(D_, X_, mean_, rstd_, w_, b_)                                                          \
+    do {                                                                                                 \
+        if (pe) o->pe_grad_layernorm(o, (w_), (b_), st, (D_), (X_), (mean_), (rstd_), B, T, C);          \
+        else o->pe_norm_layernorm(o, norms, (D_), (X_), (mean_), (rstd_), B, T, C);                      \
     } while (0)
 
     o->fill(o, norms, 0.0f, (size_t)B);
+    if (pe) /* the LM head's share of the tied matrix; the embedding's is added at the end */
+        o->pe_grad_linear(o, gpt_wte(m, pe), NULL, st, ta.logits, ta.lnf, B, T, C, V, NAWAL_W_OUT_IN);
     if (bounds) {
         o->fill(o, bounds, 0.0f, (size_t)B);
         o->pe_bound_linear(o, bounds, ta.lnf, ta.logits, B, T, C, V); /* the LM head's share of the tied matrix */
     }
     o->fill(o, s.dres, 0.0f, (size_t)N * C);
     o->matmul_bwd(o, d_lnf, NULL, NULL, ta.logits, ta.lnf, gpt_wte(m, P), N, C, V, NAWAL_W_OUT_IN);
-    o->pe_norm_layernorm(o, norms, d_lnf, res_last, ta.lnf_mean, ta.lnf_rstd, B, T, C);
+    LAYERNORM(d_lnf, res_last, ta.lnf_mean, ta.lnf_rstd, pe ? gpt_lnf(m, pe, 0) : NULL, pe ? gpt_lnf(m, pe, 1) : NULL);
     o->layernorm_bwd(o, s.dres, NULL, NULL, d_lnf, res_last, gpt_lnf(m, P, 0), ta.lnf_mean, ta.lnf_rstd, N, C);
     for (int l = L - 1; l >= 0; l--) {
         layer_acts a = gpt_layer_acts(m, l, v.b0, T);
@@ -111,30 +202,41 @@ static void dp_pass1(void *ctx, int k) {
         kept_grads d = layer_slots(m, l, v.r0);
         /* MLP branch */
         o->copy(o, d.fcproj, s.dres, (size_t)N * C);
-        LINEAR(a.fch_gelu, d.fcproj, 4 * C, C);
-        o->pe_norm_bias(o, norms, d.fcproj, B, T, C);
+        LINEAR(a.fch_gelu, d.fcproj, 4 * C, C, l, NAWAL_P_FCPROJ_W, NAWAL_P_FCPROJ_B);
         o->matmul_bwd(o, d.fc, NULL, NULL, d.fcproj, a.fch_gelu, gpt_lp(m, P, l, NAWAL_P_FCPROJ_W), N, 4 * C, C, NAWAL_W_IN_OUT);
         o->gelu_bwd(o, d.fc, a.fch, d.fc, (size_t)N * 4 * C);
-        LINEAR(a.ln2, d.fc, C, 4 * C);
-        o->pe_norm_bias(o, norms, d.fc, B, T, 4 * C);
+        LINEAR(a.ln2, d.fc, C, 4 * C, l, NAWAL_P_FC_W, NAWAL_P_FC_B);
         o->matmul_bwd(o, d.ln2, NULL, NULL, d.fc, a.ln2, gpt_lp(m, P, l, NAWAL_P_FC_W), N, C, 4 * C, NAWAL_W_IN_OUT);
-        o->pe_norm_layernorm(o, norms, d.ln2, a.res2, a.ln2_mean, a.ln2_rstd, B, T, C);
+        LAYERNORM(d.ln2, a.res2, a.ln2_mean, a.ln2_rstd, pe ? gpt_lp(m, pe, l, NAWAL_P_LN2_W) : NULL,
+                  pe ? gpt_lp(m, pe, l, NAWAL_P_LN2_B) : NULL);
         o->layernorm_bwd(o, s.dres, NULL, NULL, d.ln2, a.res2, gpt_lp(m, P, l, NAWAL_P_LN2_W), a.ln2_mean, a.ln2_rstd, N, C);
         /* attention branch */
         o->copy(o, d.attproj, s.dres, (size_t)N * C);
-        LINEAR(a.atty, d.attproj, C, C);
-        o->pe_norm_bias(o, norms, d.attproj, B, T, C);
+        LINEAR(a.atty, d.attproj, C, C, l, NAWAL_P_ATTPROJ_W, NAWAL_P_ATTPROJ_B);
         o->matmul_bwd(o, s.dsmall, NULL, NULL, d.attproj, a.atty, gpt_lp(m, P, l, NAWAL_P_ATTPROJ_W), N, C, C, NAWAL_W_IN_OUT);
         o->attention_bwd(o, d.qkv, s.datt, s.dsmall, a.qkv, a.att, B, T, C, NH);
-        LINEAR(a.ln1, d.qkv, C, 3 * C);
-        o->pe_norm_bias(o, norms, d.qkv, B, T, 3 * C);
+        LINEAR(a.ln1, d.qkv, C, 3 * C, l, NAWAL_P_QKV_W, NAWAL_P_QKV_B);
         o->matmul_bwd(o, d.ln1, NULL, NULL, d.qkv, a.ln1, gpt_lp(m, P, l, NAWAL_P_QKV_W), N, C, 3 * C, NAWAL_W_IN_OUT);
-        o->pe_norm_layernorm(o, norms, d.ln1, res_in, a.ln1_mean, a.ln1_rstd, B, T, C);
+        LAYERNORM(d.ln1, res_in, a.ln1_mean, a.ln1_rstd, pe ? gpt_lp(m, pe, l, NAWAL_P_LN1_W) : NULL,
+                  pe ? gpt_lp(m, pe, l, NAWAL_P_LN1_B) : NULL);
         o->layernorm_bwd(o, s.dres, NULL, NULL, d.ln1, res_in, gpt_lp(m, P, l, NAWAL_P_LN1_W), a.ln1_mean, a.ln1_rstd, N, C);
     }
-    o->pe_norm_rows(o, norms, s.dres, B, T, C);
-    o->pe_norm_tied(o, norms, s.dres, m->d_inputs + v.r0, ta.lnf, ta.logits, B, T, C, V);
+    if (pe) {
+        /* the embeddings, example by example: wte += the lookup's rows (the
+         * head's share is already there), wpe = the position rows (zero past T) */
+        for (int b = 0; b < B; b++) {
+            float *g = pe + (size_t)b * st;
+            o->fill(o, gpt_wpe(m, g), 0.0f, (size_t)m->cfg.n_ctx * C);
+            o->embedding_bwd(o, gpt_wte(m, g), gpt_wpe(m, g), s.dres + (size_t)b * T * C, m->d_inputs + v.r0 + (size_t)b * T,
+                             1, T, C);
+        }
+        o->pe_norm_rows(o, norms, pe, B, (int)(st / PE_ALIGN), PE_ALIGN);
+    } else {
+        o->pe_norm_rows(o, norms, s.dres, B, T, C);
+        o->pe_norm_tied(o, norms, s.dres, m->d_inputs + v.r0, ta.lnf, ta.logits, B, T, C, V);
+    }
 #undef LINEAR
+#undef LAYERNORM
 }
 
 static void dp_pass2(void *ctx, int k) {
@@ -184,7 +286,8 @@ static void dp_pass2(void *ctx, int k) {
 int nawal_gpt_dp_accumulate(nawal_gpt *m, const int32_t *inputs, const int32_t *targets, int B, int T,
                             float max_grad_norm, float *norms_out, float *loss_out, char *err, size_t errlen) {
     const nawal_ops *o = m->ops;
-    if (!o->pe_norm_linear || !o->pe_norm_tied || !o->scale_examples || !o->pe_bound_linear) {
+    if (!o->pe_norm_linear || !o->pe_norm_tied || !o->scale_examples || !o->pe_bound_linear || !o->pe_grad_linear ||
+        !o->pe_grad_layernorm || !o->pe_sum) {
         snprintf(err, errlen, "the %s backend has no DP-SGD ops", o->name);
         return -1;
     }
@@ -209,8 +312,10 @@ int nawal_gpt_dp_accumulate(nawal_gpt *m, const int32_t *inputs, const int32_t *
 
     /* pass 2 in tf32/bf16 needs the bounds */
     nawal_precision prec = o->get_precision(o), p2 = nawal_gpt_dp_pass2_in_force(m);
-    int bounding = p2 != NAWAL_PREC_FP32;
-    shard_job j = { .m = m, .B = B, .T = T, .S = gpt_shard_count(m, B), .ext = bounding ? &bounding : NULL };
+    pass1_opts opt = { .bounding = p2 != NAWAL_PREC_FP32,
+                       .per_example = nawal_gpt_dp_method_in_force(m) == NAWAL_DP_PER_EXAMPLE };
+    int bounding = opt.bounding;
+    shard_job j = { .m = m, .B = B, .T = T, .S = gpt_shard_count(m, B), .ext = &opt };
     gpt_run_shards(m, &j, dp_pass1);
     o->download(o, norms, m->dp_norms, (size_t)B * sizeof(float));
     if (bounding) o->download(o, bounds, m->dp_bounds, (size_t)B * sizeof(float));
@@ -225,6 +330,12 @@ int nawal_gpt_dp_accumulate(nawal_gpt *m, const int32_t *inputs, const int32_t *
         h[b] = (double)cf > c ? nextafterf(cf, 0.0f) : cf; /* never above the factor computed */
     }
     o->upload(o, m->dp_scales, h, (size_t)B * sizeof(float));
+    if (opt.per_example) { /* the clipped sum over the stored gradients: nothing to recompute */
+        o->pe_sum(o, m->grads, m->dp_pe, m->dp_pe_stride, m->dp_scales, B, m->n_params);
+        m->has_grad_logits = 0;
+        free(h);
+        return 0;
+    }
     /* the precision is the backend's (process-wide on the CPU): nothing else
      * runs ops while this call does, and it is restored before returning */
     if (p2 != prec && o->set_precision(o, p2, err, errlen)) { free(h); return -1; }
@@ -263,7 +374,9 @@ int nawal_gpt_dp_set_pass2(nawal_gpt *m, nawal_precision p, char *err, size_t er
 
 nawal_precision nawal_gpt_dp_pass2_in_force(const nawal_gpt *m) {
     const nawal_ops *o = m->ops;
-    return o->get_precision(o) == NAWAL_PREC_FP32 ? NAWAL_PREC_FP32 : m->dp_pass2;
+    if (o->get_precision(o) == NAWAL_PREC_FP32 || nawal_gpt_dp_method_in_force(m) == NAWAL_DP_PER_EXAMPLE)
+        return NAWAL_PREC_FP32;
+    return m->dp_pass2;
 }
 
 void nawal_gpt_dp_finish(nawal_gpt *m, float noise_std, double expected_batch, uint64_t key, uint64_t stream) {

@@ -1,9 +1,11 @@
 /* dp.h - DP-SGD for the GPT: per-example gradient norms, clipping and
- * Gaussian noise (Abadi et al. 2016), with the per-example norms computed
- * without materialising per-example gradients (ghost norms) and the clipped
- * sum formed in one backward pass ("book-keeping": the output gradients of
- * every layer are kept, scaled by each example's clip factor, and only then
- * turned into weight gradients).
+ * Gaussian noise (Abadi et al. 2016), by one of two methods
+ * (nawal_gpt_dp_set_method): book-keeping, where the per-example norms are
+ * computed without materialising per-example gradients (ghost norms) and
+ * the clipped sum is formed from the kept output gradients of every layer,
+ * scaled by each example's clip factor, and only then turned into weight
+ * gradients; or per-example, where each example's whole gradient is
+ * written out by batched products and clipped where it lies.
  *
  * One example = one training sequence; its loss is the mean cross-entropy
  * over its non-ignored target positions. A DP step over a logical batch
@@ -29,6 +31,31 @@
 int nawal_gpt_dp_accumulate(nawal_gpt *m, const int32_t *inputs, const int32_t *targets, int B, int T,
                             float max_grad_norm, float *norms_out, float *loss_out, char *err, size_t errlen);
 
+/* How a DP step gets each example's norm and its clipped share:
+ * BOOKKEEPING: norms without per-example gradients (ghost norms, or a
+ *   materialised product per layer that is summed and dropped), then a
+ *   second pass forms the clipped sum from the kept output gradients
+ *   scaled by c_b (pass 2, in the precision nawal_gpt_dp_set_pass2 picks).
+ *   Memory: the kept output gradients only.
+ * PER_EXAMPLE: every example's whole gradient is written out (one batched
+ *   product per linear layer, in the matmul precision), its norm is that of
+ *   the stored values and the clipped sum is sum_b c_b g_b over the same
+ *   values, so a clipped example adds exactly C in every precision, with
+ *   no margin and no second pass. Memory: max_batch gradients.
+ * AUTO: PER_EXAMPLE on CUDA (its products run on the tensor cores, where
+ *   the ghost norms' fp32 Gram matrices cost more than the whole step),
+ *   BOOKKEEPING on the CPU; AUTO falls back to BOOKKEEPING, with a note on
+ *   stderr, when the per-example gradients do not fit in memory. */
+typedef enum { NAWAL_DP_AUTO = 0, NAWAL_DP_BOOKKEEPING = 1, NAWAL_DP_PER_EXAMPLE = 2 } nawal_dp_method;
+
+/* Selects the method for the next DP steps: 0, or -1 with a message. */
+int nawal_gpt_dp_set_method(nawal_gpt *m, nawal_dp_method method, char *err, size_t errlen);
+/* The method the next DP step runs (AUTO resolved for m's backend). */
+nawal_dp_method nawal_gpt_dp_method_in_force(const nawal_gpt *m);
+/* "auto", "bookkeeping", "per-example": 0, or -1 for another name. */
+int nawal_dp_method_parse(const char *s, nawal_dp_method *out);
+const char *nawal_dp_method_name(nawal_dp_method method);
+
 /* The precision of the clipped sum's weight-gradient products (DP pass 2)
  * when the backend's matmul precision is not fp32 (in fp32 everything is
  * fp32). NAWAL_PREC_FP32: exact, each clipped example adds C to fp32
@@ -48,7 +75,9 @@ int nawal_gpt_dp_accumulate(nawal_gpt *m, const int32_t *inputs, const int32_t *
 int nawal_gpt_dp_set_pass2(nawal_gpt *m, nawal_precision p, char *err, size_t errlen);
 
 /* The precision the next DP step's clipped sums run in: fp32 while the
- * backend runs fp32 matmuls, else m's choice (nawal_gpt_dp_set_pass2). */
+ * backend runs fp32 matmuls or the per-example method is in force (its
+ * sums are fp32, and need no margin), else m's choice
+ * (nawal_gpt_dp_set_pass2). */
 nawal_precision nawal_gpt_dp_pass2_in_force(const nawal_gpt *m);
 
 /* 2u + u^2 for clipped sums in precision p (0 for fp32): margin_b is this

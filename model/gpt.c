@@ -170,7 +170,7 @@ void nawal_gpt_free(nawal_gpt *m) {
     if (!m) return;
     const nawal_ops *o = m->ops;
     void *bufs[] = { m->params, m->grads, m->opt_m, m->opt_v, m->acts, m->scratch, m->d_inputs, m->d_targets,
-                     m->dp_store, m->dp_norms, m->dp_scales, m->dp_bounds };
+                     m->dp_store, m->dp_norms, m->dp_scales, m->dp_bounds, m->dp_pe };
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) if (bufs[i]) o->free(o, bufs[i]);
     for (int k = 0; k < NAWAL_GPT_MAX_SHARDS - 1; k++) if (m->shard_grads[k]) o->free(o, m->shard_grads[k]);
     free(m->h_losses);

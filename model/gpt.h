@@ -54,6 +54,9 @@ typedef struct nawal_gpt {
     size_t n_act_floats, n_scratch_floats;
     float *dp_store, *dp_norms, *dp_scales, *dp_bounds; /* DP-SGD book-keeping (dp.c), allocated on first use */
     nawal_precision dp_pass2;     /* the clipped sum's products (dp.h: nawal_gpt_dp_set_pass2) */
+    int dp_method;                /* nawal_dp_method (dp.h: nawal_gpt_dp_set_method) */
+    float *dp_pe;                 /* per-example method: max_batch gradients, dp_pe_stride floats apart */
+    size_t dp_pe_stride;
 } nawal_gpt;
 
 /* Checks a config (positive sizes, width divisible by heads, caps). */

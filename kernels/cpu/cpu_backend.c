@@ -122,6 +122,7 @@ static nawal_ops cpu_table = {
     .topk_select = cpu_topk_select,
     .pe_norm_linear = cpu_pe_norm_linear, .pe_bound_linear = cpu_pe_bound_linear, .pe_norm_bias = cpu_pe_norm_bias, .pe_norm_layernorm = cpu_pe_norm_layernorm,
     .pe_norm_rows = cpu_pe_norm_rows, .pe_norm_tied = cpu_pe_norm_tied,
+    .pe_grad_linear = cpu_pe_grad_linear, .pe_grad_layernorm = cpu_pe_grad_layernorm, .pe_sum = cpu_pe_sum,
     .scale_examples = cpu_scale_examples, .add_noise = cpu_add_noise,
     .set_precision = cpu_set_precision, .get_precision = cpu_precision, .parallel_width = cpu_parallel_width,
     .run_parallel = cpu_run_parallel,

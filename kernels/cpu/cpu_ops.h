@@ -61,6 +61,9 @@ const char *cpu_mm_impl(const cpu_mm_shape *s, char *buf, size_t len); /* oneDNN
  * units; an operand two of them read is cast once. cpu_bf16_supported says
  * whether the CPU has those units (impl: oneDNN's kernel for them). */
 void cpu_bf16_gemms(const cpu_gemm_args *g, int n);
+/* the dense bf16 copy (rows x cols, row-major) of src (row stride ld) in
+ * workspace slot `slot`, rounded to nearest even */
+uint16_t *cpu_bf16_cast(cpu_mm_ws *w, int slot, const float *src, long rows, long cols, long ld);
 int cpu_bf16_supported(const char **impl);
 
 /* row-major C = alpha op(A) op(B) + beta C through oneDNN (aborts on a
@@ -110,6 +113,11 @@ void cpu_pe_norm_layernorm(const nawal_ops *o, float *norms, const float *D, con
 void cpu_pe_norm_rows(const nawal_ops *o, float *norms, const float *D, int B, int T, int C);
 void cpu_pe_norm_tied(const nawal_ops *o, float *norms, const float *dres, const int32_t *tok, const float *lnf,
                       const float *dlogits, int B, int T, int C, int V);
+void cpu_pe_grad_linear(const nawal_ops *o, float *dw, float *dbias, size_t stride, const float *dout,
+                        const float *inp, int B, int T, int C, int OC, nawal_wlayout layout);
+void cpu_pe_grad_layernorm(const nawal_ops *o, float *dw, float *db, size_t stride, const float *dout,
+                           const float *inp, const float *mean, const float *rstd, int B, int T, int C);
+void cpu_pe_sum(const nawal_ops *o, float *y, const float *X, size_t stride, const float *scales, int B, size_t n);
 void cpu_scale_examples(const nawal_ops *o, float *x, const float *scales, int B, size_t n);
 void cpu_add_noise(const nawal_ops *o, float *x, size_t n, float std, uint64_t key, uint64_t stream);
 /* pe_norm_linear's two ways to the same norm: CPU_PE_AUTO takes the one

@@ -225,7 +225,10 @@ void cpu_pe_norm_layernorm(const nawal_ops *o, float *norms, const float *D, con
 void cpu_pe_norm_rows(const nawal_ops *o, float *norms, const float *D, int B, int T, int C) {
     (void)o;
     #pragma omp parallel for schedule(static, 1)
-    for (int b = 0; b < B; b++) add_norm(norms, b, sumsq_d(D + (size_t)b * T * C, (size_t)T * C));
+    for (int b = 0; b < B; b++) { /* dot_d's independent sums: an example can be a whole gradient (per-example DP) */
+        const float *x = D + (size_t)b * T * C;
+        add_norm(norms, b, dot_d(x, x, (size_t)T * C));
+    }
 }
 
 static int cmp_u64(const void *a, const void *b) {

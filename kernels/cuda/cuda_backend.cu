@@ -196,6 +196,9 @@ extern "C" __attribute__((visibility("default"))) int nawal_ops_cuda_open(const 
     t->pe_norm_layernorm = cuda_pe_norm_layernorm;
     t->pe_norm_rows = cuda_pe_norm_rows;
     t->pe_norm_tied = cuda_pe_norm_tied;
+    t->pe_grad_linear = cuda_pe_grad_linear;
+    t->pe_grad_layernorm = cuda_pe_grad_layernorm;
+    t->pe_sum = cuda_pe_sum;
     t->scale_examples = cuda_scale_examples;
     t->add_noise = cuda_add_noise;
     t->adamw = cuda_adamw;

@@ -124,6 +124,15 @@ void cuda_pe_norm_layernorm(const nawal_ops *o, float *norms, const float *D, co
 void cuda_pe_norm_rows(const nawal_ops *o, float *norms, const float *D, int B, int T, int C);
 void cuda_pe_norm_tied(const nawal_ops *o, float *norms, const float *dres, const int32_t *tok, const float *lnf,
                        const float *dlogits, int B, int T, int C, int V);
+void cuda_pe_grad_linear(const nawal_ops *o, float *dw, float *dbias, size_t stride, const float *dout,
+                         const float *inp, int B, int T, int C, int OC, nawal_wlayout layout);
+void cuda_pe_grad_layernorm(const nawal_ops *o, float *dw, float *db, size_t stride, const float *dout,
+                            const float *inp, const float *mean, const float *rstd, int B, int T, int C);
+void cuda_pe_sum(const nawal_ops *o, float *y, const float *X, size_t stride, const float *scales, int B, size_t n);
+/* matmul.cu: pe_grad_linear's weight products, one strided-batched cuBLASLt
+ * call in the backend's precision (dw_b overwritten) */
+void cuda_pe_grad_gemm(const nawal_ops *o, float *dw, size_t stride, const float *dout, const float *inp, int B, int T,
+                       int C, int OC, nawal_wlayout layout);
 void cuda_scale_examples(const nawal_ops *o, float *x, const float *scales, int B, size_t n);
 void cuda_add_noise(const nawal_ops *o, float *x, size_t n, float std, uint64_t key, uint64_t stream);
 void cuda_adamw(const nawal_ops *o, float *p, const float *g, float *m, float *v, size_t n,

@@ -14,6 +14,7 @@
  * GEMM outputs fit DP_GROUP_FLOATS, so scratch stays bounded for any batch. */
 #include "cuda_map.cuh"
 #include "cuda_reduce.cuh"
+#include "elementwise.h"
 #include "philox.h"
 
 #define DP_THREADS 256                        /* stage-1 block (power of two) */
@@ -51,11 +52,13 @@ __global__ static void dp_dot_kernel(double *part, const float *X, const float *
     if (threadIdx.x == 0) part[b * gridDim.y + blockIdx.y] = acc;
 }
 
-/* Block (32, 8) per (example b, columns c = 32 j + tx): sb = sum_t D_b[t][c]
- * and, with inp, sw = sum_t D_b[t][c] xhat_b[t][c]; rows ty, ty + 8, ... per
- * thread, then the 8 row lanes in order. part = sum over the tile of sb^2 + sw^2. */
-__global__ static void dp_colsq_kernel(double *part, const float *D, const float *inp, const float *mean,
-                                       const float *rstd, int T, int C) {
+/* For a block (32, 8) on (example b = blockIdx.x, columns c = 32 blockIdx.y
+ * + tx): *sb = sum_t D_b[t][c] and, with inp, *sw = sum_t D_b[t][c]
+ * xhat_b[t][c], in double; rows ty, ty + 8, ... per thread, then the 8 row
+ * lanes in order. Every thread of the block must call it; the sums are
+ * valid in row lane ty = 0 (0 past the last column). */
+static __device__ void example_colsums(const float *D, const float *inp, const float *mean, const float *rstd, int T,
+                                       int C, double *sb_out, double *sw_out) {
     __shared__ double sh[2][8][32];
     int c = blockIdx.y * 32 + threadIdx.x;
     size_t row0 = (size_t)blockIdx.x * T;
@@ -71,14 +74,35 @@ __global__ static void dp_colsq_kernel(double *part, const float *D, const float
     sh[0][threadIdx.y][threadIdx.x] = sb;
     sh[1][threadIdx.y][threadIdx.x] = sw;
     __syncthreads();
-    double v = 0.0;
-    if (threadIdx.y == 0) {
-        double a = 0.0, aw = 0.0;
+    double a = 0.0, aw = 0.0;
+    if (threadIdx.y == 0)
         for (int k = 0; k < 8; k++) { a += sh[0][k][threadIdx.x]; aw += sh[1][k][threadIdx.x]; }
-        v = a * a + aw * aw;
-    }
+    *sb_out = a;
+    *sw_out = aw;
+}
+
+/* part = sum over the block's tile of sb^2 + sw^2 (example_colsums) */
+__global__ static void dp_colsq_kernel(double *part, const float *D, const float *inp, const float *mean,
+                                       const float *rstd, int T, int C) {
+    double a, aw;
+    example_colsums(D, inp, mean, rstd, T, C, &a, &aw);
+    double v = threadIdx.y == 0 ? a * a + aw * aw : 0.0;
     v = block_sum_double(v);
     if (threadIdx.x == 0 && threadIdx.y == 0) part[(size_t)blockIdx.x * gridDim.y + blockIdx.y] = v;
+}
+
+/* the per-example gradients themselves: out_b[c] = sb, out_w_b[c] = sw
+ * (with inp), example b's at b * stride */
+__global__ static void pe_colgrad_kernel(float *out, float *out_w, size_t stride, const float *D, const float *inp,
+                                         const float *mean, const float *rstd, int T, int C) {
+    double a, aw;
+    example_colsums(D, inp, mean, rstd, T, C, &a, &aw);
+    int c = blockIdx.y * 32 + threadIdx.x;
+    if (threadIdx.y == 0 && c < C) {
+        size_t i = (size_t)blockIdx.x * stride + c;
+        out[i] = (float)a;
+        if (inp) out_w[i] = (float)aw;
+    }
 }
 
 /* tied op's ||E_b||^2 + 2 <E_b, H_b>: term (s, t) is [tok_s == tok_t] G_b[s][t]
@@ -284,6 +308,41 @@ void cuda_pe_norm_tied(const nawal_ops *o, float *norms, const float *dres, cons
         dp_finish(o, op, norms + b0, part, nb, pieces);
     }
     dp_linear(o, op, norms, lnf, dlogits, B, T, C, V);
+}
+
+/* ---- per-example gradients, materialised (the per-example DP method) ---- */
+
+static void pe_colgrad(const nawal_ops *o, const char *op, float *out, float *out_w, size_t stride, const float *D,
+                       const float *inp, const float *mean, const float *rstd, int B, int T, int C) {
+    if (B <= 0 || T <= 0 || C <= 0) return;
+    int tiles = (C + 31) / 32;
+    if (tiles > DP_MAX_PIECES) cuda_fatal(op, "pe_colgrad", "more columns than the kernel's grid covers", __FILE__, __LINE__);
+    pe_colgrad_kernel<<<dim3(B, tiles), dim3(32, 8), 0, CUDA_STATE(o)->stream>>>(out, out_w, stride, D, inp, mean, rstd,
+                                                                                T, C);
+    LAUNCH_CHECK(op, "pe_colgrad_kernel");
+}
+
+void cuda_pe_grad_linear(const nawal_ops *o, float *dw, float *dbias, size_t stride, const float *dout,
+                         const float *inp, int B, int T, int C, int OC, nawal_wlayout layout) {
+    if (B <= 0 || T <= 0 || C <= 0 || OC <= 0) return;
+    cuda_pe_grad_gemm(o, dw, stride, dout, inp, B, T, C, OC, layout);
+    if (dbias) pe_colgrad(o, "pe_grad_linear", dbias, NULL, stride, dout, NULL, NULL, NULL, B, T, OC);
+}
+
+void cuda_pe_grad_layernorm(const nawal_ops *o, float *dw, float *db, size_t stride, const float *dout,
+                            const float *inp, const float *mean, const float *rstd, int B, int T, int C) {
+    pe_colgrad(o, "pe_grad_layernorm", db, dw, stride, dout, inp, mean, rstd, B, T, C);
+}
+
+/* one thread per element, the examples in order (nawal_pe_sum_term, built
+ * without FMA contraction like the CPU's) */
+void cuda_pe_sum(const nawal_ops *o, float *y, const float *X, size_t stride, const float *scales, int B, size_t n) {
+    if (B <= 0 || !n) return;
+    cuda_map(o, "pe_sum", n, [=] __device__(size_t i) {
+        float acc = 0.0f;
+        for (int b = 0; b < B; b++) acc = nawal_pe_sum_term(acc, scales[b], X[(size_t)b * stride + i]);
+        y[i] += acc;
+    });
 }
 
 void cuda_scale_examples(const nawal_ops *o, float *x, const float *scales, int B, size_t n) {

@@ -30,6 +30,8 @@ typedef struct {
     int bias, beta_one, align;   /* bias epilogue, beta == 1, min pointer alignment (bytes) */
     int compute;
     int bf16;                    /* A and B are bf16 */
+    int batch;                   /* strided batch: count (0 or 1: one product) */
+    long long sa, sb, sd;        /* element strides between the batch's matrices */
 } plan_key;
 
 struct cuda_matmul_plan {
@@ -107,6 +109,17 @@ static cuda_matmul_plan *get_plan(cuda_state *s, const char *op, const plan_key 
     BLAS_CHECK(op, cublasLtMatrixLayoutCreate(&p->a, ab, key->ta ? key->k : key->m, key->ta ? key->m : key->k, key->lda));
     BLAS_CHECK(op, cublasLtMatrixLayoutCreate(&p->b, ab, key->tb ? key->n : key->k, key->tb ? key->k : key->n, key->ldb));
     BLAS_CHECK(op, cublasLtMatrixLayoutCreate(&p->c, CUDA_R_32F, key->m, key->n, key->ldc));
+    if (key->batch > 1) {
+        cublasLtMatrixLayout_t lay[3] = { p->a, p->b, p->c };
+        long long st[3] = { key->sa, key->sb, key->sd };
+        int32_t count = key->batch;
+        for (int i = 0; i < 3; i++) {
+            BLAS_CHECK(op, cublasLtMatrixLayoutSetAttribute(lay[i], CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof count));
+            int64_t stride = st[i];
+            BLAS_CHECK(op, cublasLtMatrixLayoutSetAttribute(lay[i], CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride,
+                                                            sizeof stride));
+        }
+    }
     cublasLtMatmulPreference_t pref;
     BLAS_CHECK(op, cublasLtMatmulPreferenceCreate(&pref));
     BLAS_CHECK(op, cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
@@ -129,7 +142,8 @@ static cuda_matmul_plan *get_plan(cuda_state *s, const char *op, const plan_key 
     int pick = 0;
     if (found > 1) {
         float *tmp = NULL;
-        CUDA_CHECK(op, cudaMalloc((void **)&tmp, (size_t)key->ldc * key->n * sizeof(float)));
+        size_t out_floats = (size_t)key->ldc * key->n + (key->batch > 1 ? (size_t)(key->batch - 1) * key->sd : 0);
+        CUDA_CHECK(op, cudaMalloc((void **)&tmp, out_floats * sizeof(float)));
         if (bias)
             BLAS_CHECK(op, cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
         float best = 1e30f;
@@ -179,21 +193,47 @@ static void stage_bf16(const nawal_ops *o, const char *op, __nv_bfloat16 *dst, c
     });
 }
 
+/* A strided batch of `count` products, matrix i at A + i sa, B + i sb,
+ * D + i sd (elements); count 1 is one product. With bf16 staging the A and
+ * B matrices of the batch must be adjacent column blocks (sa = its columns
+ * x lda, likewise sb), so each operand is cast as one matrix. */
+typedef struct {
+    int count;
+    long long sa, sb, sd;
+} gemm_batch;
+static const gemm_batch ONE = { 1, 0, 0, 0 };
+
+/* the alignment every matrix of a batch keeps: base's, and its stride's */
+static int batch_align(const void *base, long long stride, size_t elem, int count) {
+    int a = ptr_align(base);
+    if (count > 1) {
+        int b = ptr_align((const void *)(uintptr_t)((size_t)stride * elem));
+        if (b < a) a = b;
+    }
+    return a;
+}
+
 /* D(m x n, ldc) = op(A) op(B) (+ D if beta_one) (+ bias[m] broadcast over columns),
- * column-major, A stored (ta ? k x m : m x k) with lda, B (tb ? n x k : k x n) with ldb */
-static void gemm(const nawal_ops *o, const char *op, int ta, int tb, int m, int n, int k,
-                 const float *A, int lda, const float *B, int ldb, float *D, int ldc,
-                 int beta_one, const float *bias) {
+ * column-major, A stored (ta ? k x m : m x k) with lda, B (tb ? n x k : k x n) with ldb;
+ * for each matrix of the batch bt */
+static void gemm_run(const nawal_ops *o, const char *op, int ta, int tb, int m, int n, int k,
+                     const float *A, int lda, const float *B, int ldb, float *D, int ldc,
+                     int beta_one, const float *bias, gemm_batch bt) {
     cuda_state *s = CUDA_STATE(o);
-    if (m <= 0 || n <= 0) return;
+    if (m <= 0 || n <= 0 || bt.count <= 0) return;
     if (k <= 0) { /* empty sum: D = beta D (+ bias) is not worth a plan; only the shapes we never hit */
         cuda_fatal(op, "gemm", "k = 0", __FILE__, __LINE__);
     }
     int bf16 = s->precision == NAWAL_PREC_BF16;
     const void *Ause = A, *Buse = B;
-    size_t lda_p = (size_t)lda, ldb_p = (size_t)ldb;
+    size_t lda_p = (size_t)lda, ldb_p = (size_t)ldb, esize = bf16 ? sizeof(__nv_bfloat16) : sizeof(float);
+    long long sa = bt.sa, sb = bt.sb;
     if (bf16) {
         int a_rows = ta ? k : m, a_cols = ta ? m : k, b_rows = tb ? n : k, b_cols = tb ? k : n;
+        if (bt.count > 1 && (bt.sa != (long long)a_cols * lda || bt.sb != (long long)b_cols * ldb))
+            cuda_fatal(op, "gemm", "a bf16 batch whose matrices are not adjacent column blocks", __FILE__, __LINE__);
+        a_cols *= bt.count; /* the batch's matrices side by side, cast as one */
+        b_cols *= bt.count;
         lda_p = pad_ld(a_rows);
         ldb_p = pad_ld(b_rows);
         size_t bytes_a = align_bytes(lda_p * a_cols * sizeof(__nv_bfloat16));
@@ -202,9 +242,11 @@ static void gemm(const nawal_ops *o, const char *op, int ta, int tb, int m, int 
         stage_bf16(o, op, (__nv_bfloat16 *)(scr + bytes_a), B, b_rows, b_cols, ldb, ldb_p);
         Ause = scr;
         Buse = scr + bytes_a;
+        sa = (long long)(a_cols / bt.count) * (long long)lda_p;
+        sb = (long long)(b_cols / bt.count) * (long long)ldb_p;
     }
-    int al = ptr_align(Ause);
-    int a2 = ptr_align(Buse), a3 = ptr_align(D);
+    int al = batch_align(Ause, sa, esize, bt.count);
+    int a2 = batch_align(Buse, sb, esize, bt.count), a3 = batch_align(D, bt.sd, sizeof(float), bt.count);
     if (a2 < al) al = a2;
     if (a3 < al) al = a3;
     if (bias && ptr_align(bias) < al) al = ptr_align(bias);
@@ -215,12 +257,24 @@ static void gemm(const nawal_ops *o, const char *op, int ta, int tb, int m, int 
     key.bias = bias != NULL; key.beta_one = beta_one; key.align = al;
     key.compute = bf16 ? (int)CUBLAS_COMPUTE_32F : (int)s->compute;
     key.bf16 = bf16;
+    if (bt.count > 1) {
+        key.batch = bt.count;
+        key.sa = sa;
+        key.sb = sb;
+        key.sd = bt.sd;
+    }
     cuda_matmul_plan *p = get_plan(s, op, &key, Ause, Buse, bias);
     if (bias)
         BLAS_CHECK(op, cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
     float one = 1.0f, beta = beta_one ? 1.0f : 0.0f;
     BLAS_CHECK(op, cublasLtMatmul(s->lt, p->desc, &one, Ause, p->a, Buse, p->b, &beta, D, p->c, D, p->c, &p->algo,
                                   s->lt_workspace, s->lt_workspace_bytes, s->stream));
+}
+
+static void gemm(const nawal_ops *o, const char *op, int ta, int tb, int m, int n, int k,
+                 const float *A, int lda, const float *B, int ldb, float *D, int ldc,
+                 int beta_one, const float *bias) {
+    gemm_run(o, op, ta, tb, m, n, k, A, lda, B, ldb, D, ldc, beta_one, bias, ONE);
 }
 
 /* out[N][OC] = inp[N][C] @ w (+ bias).  Column-major: out_cm (OC x N) = W_cm op . inp_cm (C x N).
@@ -245,4 +299,24 @@ void cuda_matmul_bwd(const nawal_ops *o, float *dinp, float *dw, float *dbias,
         if (dw) gemm(o, "matmul_bwd", 0, 1, C, OC, N, inp, C, dout, OC, dw, C, 1, NULL);
     }
     if (dbias) cuda_colsum(o, "matmul_bwd", dbias, NULL, dout, NULL, NULL, NULL, N, OC);
+}
+
+/* pe_grad_linear's products, one strided batch over the B examples: as
+ * matmul_bwd's dw with N = T, example b's operands the T-column block b
+ * of dout_cm / inp_cm and its output dw + b * stride (overwritten):
+ *   IN_OUT dw_b,cm (OC x C) = dout_b,cm (OC x T) . inp_b,cm^T
+ *   OUT_IN dw_b,cm (C x OC) = inp_b,cm (C x T) . dout_b,cm^T */
+void cuda_pe_grad_gemm(const nawal_ops *o, float *dw, size_t stride, const float *dout, const float *inp, int B, int T,
+                       int C, int OC, nawal_wlayout layout) {
+    gemm_batch bt = { B, 0, 0, (long long)stride };
+    long long so = (long long)T * OC, si = (long long)T * C;
+    if (layout == NAWAL_W_IN_OUT) {
+        bt.sa = so;
+        bt.sb = si;
+        gemm_run(o, "pe_grad_linear", 0, 1, OC, C, T, dout, OC, inp, C, dw, OC, 0, NULL, bt);
+    } else {
+        bt.sa = si;
+        bt.sb = so;
+        gemm_run(o, "pe_grad_linear", 0, 1, C, OC, T, inp, C, dout, OC, dw, C, 0, NULL, bt);
+    }
 }

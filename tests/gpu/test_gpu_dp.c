@@ -302,3 +302,116 @@ Test(gpu_dp, add_noise) {
     noise_case((size_t)rnd(1000, 300000) | 1, 0.8f, false); /* odd: the last pair has one element */
     noise_case((size_t)rnd(1000, 300000) & ~(size_t)1, 1.0f, true);
 }
+
+/* ---- per-example gradients, materialised (the per-example DP method) ----
+ * Example b's tensors b * stride floats apart with gaps between them: the
+ * tensors start as NaN (a float the op does not write stays NaN and fails
+ * dcheck's finiteness check), the gaps as guard words that both backends
+ * must leave alone (a GPU write there differs from the CPU's guard). */
+static dual slots_new(int B, size_t stride, size_t n_written_lo, size_t n_written_hi, size_t b_lo, size_t b_hi) {
+    float *h = hf((size_t)B * stride);
+    for (int b = 0; b < B; b++)
+        for (size_t i = 0; i < stride; i++)
+            h[(size_t)b * stride + i] = (i >= n_written_lo && i < n_written_hi) || (i >= b_lo && i < b_hi) ? NAN : GUARD_VAL;
+    dual d = dnew(h, (size_t)B * stride);
+    free(h);
+    return d;
+}
+
+/* the slots' tensors [lo1, hi1) and [lo2, hi2) of every example: GPU vs
+ * CPU within tol x max |cpu| over the tensors, every entry finite; the gaps
+ * still guard words on the GPU */
+static void slots_check(const char *what, dual sl, int B, size_t stride, size_t lo1, size_t hi1, size_t lo2, size_t hi2,
+                        double tol) {
+    float *hc = hf(sl.n), *hg = hf(sl.n);
+    CPU->download(CPU, hc, sl.c, sl.n * sizeof(float));
+    GPU->download(GPU, hg, sl.g, sl.n * sizeof(float));
+    double mref = 1e-30, merr = 0.0;
+    size_t worst = 0, bad = 0, gap_writes = 0;
+    for (size_t i = 0; i < (size_t)B * stride; i++) {
+        size_t k = i % stride;
+        if (!((k >= lo1 && k < hi1) || (k >= lo2 && k < hi2))) {
+            gap_writes += hg[i] != GUARD_VAL;
+            continue;
+        }
+        if (!isfinite(hg[i]) || !isfinite(hc[i])) { bad++; continue; }
+        double e = fabs((double)hg[i] - hc[i]);
+        if (e > merr) { merr = e; worst = i; }
+        if (fabs(hc[i]) > mref) mref = fabs(hc[i]);
+    }
+    cr_expect(bad == 0, "%s: %zu gradient entries not finite (unwritten) (seed %llu)", what, bad, SEED);
+    cr_expect(gap_writes == 0, "%s: the GPU wrote %zu floats between the tensors (seed %llu)", what, gap_writes, SEED);
+    cr_expect(merr <= tol * mref, "%s: max |gpu-cpu| %.3g at %zu (gpu %.9g cpu %.9g) > %.1g x max|cpu| %.3g (seed %llu)",
+              what, merr, worst, hg[worst], hc[worst], tol, mref, SEED);
+    free(hc);
+    free(hg);
+}
+
+/* prec: the GPU's matmul precision (the CPU runs bf16 where it can, else
+ * fp32); tol relative to the largest gradient entry */
+static void pe_linear_case(int B, int T, int C, int OC, nawal_wlayout layout, int bias, nawal_precision prec, double tol) {
+    char what[192], err[256];
+    snprintf(what, sizeof what, "pe_grad_linear %s B=%d T=%d C=%d OC=%d %s%s", nawal_precision_name(prec), B, T, C, OC,
+             layout == NAWAL_W_IN_OUT ? "in_out" : "out_in", bias ? " +bias" : "");
+    size_t N = (size_t)B * T, nw = (size_t)C * OC, boff = nw + (size_t)rnd(1, 9);
+    size_t stride = boff + (size_t)OC + (size_t)rnd(1, 70);
+    dual inp = drows(N, C, 1.0f), dout = drows(N, OC, 0.5f);
+    dual sl = slots_new(B, stride, 0, nw, bias ? boff : 0, bias ? boff + OC : 0);
+    cr_assert(GPU->set_precision(GPU, prec, err, sizeof err) == 0, "%s", err);
+    if (prec == NAWAL_PREC_BF16) CPU->set_precision(CPU, NAWAL_PREC_BF16, err, sizeof err); /* else it stays fp32 */
+    CPU->pe_grad_linear(CPU, sl.c, bias ? sl.c + boff : NULL, stride, dout.c, inp.c, B, T, C, OC, layout);
+    GPU->pe_grad_linear(GPU, sl.g, bias ? sl.g + boff : NULL, stride, dout.g, inp.g, B, T, C, OC, layout);
+    CPU->set_precision(CPU, NAWAL_PREC_FP32, err, sizeof err);
+    GPU->set_precision(GPU, NAWAL_PREC_FP32, err, sizeof err);
+    slots_check(what, sl, B, stride, 0, nw, bias ? boff : 0, bias ? boff + OC : 0, tol);
+    dfree(inp); dfree(dout); dfree(sl);
+}
+
+Test(gpu_dp, pe_grad_linear) {
+    gpu_start("gpu_dp.pe_grad_linear");
+    cr_assert(CPU->pe_grad_linear && GPU->pe_grad_linear, "a backend has no pe_grad_linear");
+    const nawal_precision precs[3] = { NAWAL_PREC_FP32, NAWAL_PREC_TF32, NAWAL_PREC_BF16 };
+    const double tols[3] = { 1e-5, 5e-3, 2e-2 };
+    for (int p = 0; p < 3; p++) {
+        for (int r = 0; r < 4; r++)
+            pe_linear_case(rnd(1, 6), rnd(1, 90), rnd(1, 200), rnd(1, 300), r % 2 ? NAWAL_W_OUT_IN : NAWAL_W_IN_OUT,
+                           r != 3, precs[p], tols[p]);
+        pe_linear_case(3, 64, 96, 288, NAWAL_W_IN_OUT, 1, precs[p], tols[p]);  /* GPT-ish qkv */
+        pe_linear_case(2, 37, 48, 5003, NAWAL_W_OUT_IN, 0, precs[p], tols[p]); /* an LM head, odd vocabulary */
+    }
+}
+
+Test(gpu_dp, pe_grad_layernorm_and_sum) {
+    gpu_start("gpu_dp.pe_grad_ln_sum");
+    cr_assert(CPU->pe_grad_layernorm && GPU->pe_grad_layernorm && CPU->pe_sum && GPU->pe_sum, "a backend lacks the ops");
+    for (int r = 0; r < 4; r++) {
+        int B = rnd(1, 6), T = rnd(1, 300), C = r == 0 ? rnd(1, 40) : rnd(1, 900);
+        size_t N = (size_t)B * T, boff = (size_t)C + (size_t)rnd(0, 9), stride = boff + (size_t)C + (size_t)rnd(1, 9);
+        char what[128];
+        dual D = drows(N, C, 1.0f), inp = drows(N, C, 2.0f);
+        float *hm = hf(N), *hr = hf(N);
+        for (size_t n = 0; n < N; n++) { hm[n] = nrm(); hr[n] = 0.2f + 2.0f * (float)test_rand_unit(&g_rng); }
+        dual mean = dnew(hm, N), rstd = dnew(hr, N), sl = slots_new(B, stride, 0, (size_t)C, boff, boff + C);
+        CPU->pe_grad_layernorm(CPU, sl.c, sl.c + boff, stride, D.c, inp.c, mean.c, rstd.c, B, T, C);
+        GPU->pe_grad_layernorm(GPU, sl.g, sl.g + boff, stride, D.g, inp.g, mean.g, rstd.g, B, T, C);
+        snprintf(what, sizeof what, "pe_grad_layernorm B=%d T=%d C=%d", B, T, C);
+        slots_check(what, sl, B, stride, 0, (size_t)C, boff, boff + C, 1e-6); /* both sum in double and round once */
+        free(hm); free(hr);
+        dfree(D); dfree(inp); dfree(mean); dfree(rstd); dfree(sl);
+
+        /* pe_sum: the same formula (elementwise.h) without FMA on both: bitwise equal */
+        size_t n = (size_t)rnd(1, 200000), xs = n + (size_t)rnd(0, 100);
+        float *hs = hf(B);
+        for (int b = 0; b < B; b++) hs[b] = b == 0 ? 1.0f : (float)test_rand_unit(&g_rng);
+        dual X = drandn((size_t)B * xs, 2.0f), y = drandn(n, 1.0f), sc = dnew(hs, B);
+        CPU->pe_sum(CPU, y.c, X.c, xs, sc.c, B, n);
+        GPU->pe_sum(GPU, y.g, X.g, xs, sc.g, B, n);
+        float *gy = hf(n), *cy = hf(n);
+        snprintf(what, sizeof what, "pe_sum B=%d n=%zu stride=%zu", B, n, xs);
+        dcheck_keep(what, y, 0.0, gy);
+        CPU->download(CPU, cy, y.c, n * sizeof(float));
+        cr_expect(memcmp(gy, cy, n * sizeof(float)) == 0, "%s: GPU differs from the CPU's bits (seed %llu)", what, SEED);
+        free(hs); free(gy); free(cy);
+        dfree(X); dfree(y); dfree(sc);
+    }
+}

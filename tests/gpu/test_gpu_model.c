@@ -143,16 +143,20 @@ typedef struct {
     size_t n;
 } dp_result;
 
-/* pass2: the clipped sum's precision (nawal_gpt_dp_set_pass2); below fp32
- * (with prec below fp32) a clipped example adds at most C, not exactly C */
+/* method: nawal_gpt_dp_set_method; pass2: the book-keeping method's
+ * clipped-sum precision (nawal_gpt_dp_set_pass2); below fp32 (with prec
+ * below fp32) a clipped example adds at most C, not exactly C. The
+ * per-example method adds exactly C in every precision. */
 static dp_result run_dp(const nawal_ops *o, const int32_t *in, const int32_t *tg, nawal_precision prec,
-                        nawal_precision pass2, float C, int check_each) {
+                        nawal_dp_method method, nawal_precision pass2, float C, int check_each) {
     char err[256];
     nawal_gpt *m;
     cr_assert(o->set_precision(o, prec, err, sizeof err) == 0, "%s", err);
     cr_assert(nawal_gpt_create(&m, o, &CFG, TB, err, sizeof err) == 0, "%s", err);
     cr_assert(nawal_gpt_dp_set_pass2(m, pass2, err, sizeof err) == 0, "%s", err);
-    int margin = prec != NAWAL_PREC_FP32 && pass2 != NAWAL_PREC_FP32;
+    cr_assert(nawal_gpt_dp_set_method(m, method, err, sizeof err) == 0, "%s", err);
+    cr_assert(nawal_gpt_dp_method_in_force(m) == method, "DP method %s not in force", nawal_dp_method_name(method));
+    int margin = prec != NAWAL_PREC_FP32 && pass2 != NAWAL_PREC_FP32 && method != NAWAL_DP_PER_EXAMPLE;
     nawal_gpt_init_params(m, 1234);
     dp_result r = { .n = m->n_params };
     r.grads = hf(r.n);
@@ -166,8 +170,8 @@ static dp_result run_dp(const nawal_ops *o, const int32_t *in, const int32_t *tg
                                           sizeof err) == 0, "%s", err);
         double s = sqrt(o->sumsq(o, m->grads, r.n));
         if (nb > C && !margin)
-            cr_expect(fabs(s - C) <= 1e-5 * C, "%s: example %d (norm %.7g) adds %.7g, not C = %.7g (seed %llu)",
-                      nawal_precision_name(prec), b, nb, s, C, SEED);
+            cr_expect(fabs(s - C) <= 1e-5 * C, "%s, %s: example %d (norm %.7g) adds %.7g, not C = %.7g (seed %llu)",
+                      nawal_precision_name(prec), nawal_dp_method_name(method), b, nb, s, C, SEED);
         if (nb > C && margin)
             cr_expect(s <= C * (1.0 + 1e-6) && s >= 0.8 * C, "%s, pass 2 %s: example %d (norm %.7g) adds %.7g, want (0.8 C, C] (seed %llu)",
                       nawal_precision_name(prec), nawal_precision_name(pass2), b, nb, s, SEED);
@@ -185,26 +189,35 @@ static void dp_parity(nawal_precision prec, double tol) {
     /* the CPU in the same precision where it can, for the reference norms */
     nawal_precision cprec = CPU->set_precision(CPU, prec, err, sizeof err) == 0 ? prec : NAWAL_PREC_FP32;
     CPU->set_precision(CPU, NAWAL_PREC_FP32, err, sizeof err);
-    dp_result probe = run_dp(CPU, in, tg, cprec, NAWAL_PREC_FP32, 1e9f, 0);
+    const nawal_dp_method BK = NAWAL_DP_BOOKKEEPING, PE = NAWAL_DP_PER_EXAMPLE;
+    dp_result probe = run_dp(CPU, in, tg, cprec, BK, NAWAL_PREC_FP32, 1e9f, 0);
     float lo = probe.norms[0];
     for (int b = 1; b < TB; b++) lo = fminf(lo, probe.norms[b]);
     float C = 0.7f * lo; /* every example with targets gets clipped */
     free(probe.grads);
-    /* parity with fp32 clipped sums on both; then the GPU's default (tf32
-     * with the margin) must still keep every clipped example within C */
-    dp_result c = run_dp(CPU, in, tg, cprec, NAWAL_PREC_FP32, C, 0), g = run_dp(GPU, in, tg, prec, NAWAL_PREC_FP32, C, 1);
+    /* the CPU's book-keeping step with fp32 clipped sums is the reference;
+     * the GPU's two methods must match it (book-keeping with fp32 clipped
+     * sums, and per-example, CUDA's default), each clipped example adding
+     * exactly C; the book-keeping method's tf32 clipped sums with their
+     * margin must still keep every clipped example within C */
+    dp_result c = run_dp(CPU, in, tg, cprec, BK, NAWAL_PREC_FP32, C, 0);
     if (prec != NAWAL_PREC_FP32) {
-        dp_result gm = run_dp(GPU, in, tg, prec, NAWAL_PREC_TF32, C, 1);
+        dp_result gm = run_dp(GPU, in, tg, prec, BK, NAWAL_PREC_TF32, C, 1);
         free(gm.grads);
     }
-    for (int b = 0; b < TB; b++)
-        cr_expect(fabsf(g.norms[b] - c.norms[b]) <= tol * fmaxf(c.norms[b], 1e-3f), "%s: example %d norm gpu %.7g cpu %.7g (seed %llu)",
-                  nawal_precision_name(prec), b, g.norms[b], c.norms[b], SEED);
-    char what[48];
-    snprintf(what, sizeof what, "DP clipped sum %s", nawal_precision_name(prec));
-    compare(what, g.grads, c.grads, tol, 1);
+    for (int k = 0; k < 2; k++) {
+        nawal_dp_method method = k ? PE : BK;
+        dp_result g = run_dp(GPU, in, tg, prec, method, NAWAL_PREC_FP32, C, 1);
+        for (int b = 0; b < TB; b++)
+            cr_expect(fabsf(g.norms[b] - c.norms[b]) <= tol * fmaxf(c.norms[b], 1e-3f),
+                      "%s, %s: example %d norm gpu %.7g cpu %.7g (seed %llu)", nawal_precision_name(prec),
+                      nawal_dp_method_name(method), b, g.norms[b], c.norms[b], SEED);
+        char what[64];
+        snprintf(what, sizeof what, "DP clipped sum %s, %s", nawal_precision_name(prec), nawal_dp_method_name(method));
+        compare(what, g.grads, c.grads, tol, 1);
+        free(g.grads);
+    }
     free(c.grads);
-    free(g.grads);
 }
 
 Test(gpu_model, dp_step_matches_cpu_fp32) {

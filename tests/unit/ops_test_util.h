@@ -71,4 +71,20 @@ static inline void ddone(float *d, size_t n, const char *what) {
     O->free(O, d);
 }
 
+/* x rounded to bf16 (8 significant bits, ties to even), by frexp/nearbyint:
+ * independent of the backend's bit trick. Normal numbers only (the inputs
+ * here are N(0,1)-scaled, never subnormal). */
+static inline float ref_bf16(float x) {
+    if (x == 0.0f || !isfinite(x)) return x;
+    int e;
+    double m = frexp(x, &e);
+    return (float)ldexp(nearbyint(m * 256.0) / 256.0, e);
+}
+
+static inline float *bf16_copy(const float *x, size_t n) {
+    float *r = hf(n);
+    for (size_t i = 0; i < n; i++) r[i] = ref_bf16(x[i]);
+    return r;
+}
+
 #endif

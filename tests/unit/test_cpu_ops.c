@@ -298,22 +298,6 @@ Test(cpu_ops, references_match_finite_differences) {
  * matmul
  * ====================================================================== */
 
-/* x rounded to bf16 (8 significant bits, ties to even), by frexp/nearbyint:
- * independent of the backend's bit trick. Normal numbers only (the inputs
- * here are N(0,1)-scaled, never subnormal). */
-static float ref_bf16(float x) {
-    if (x == 0.0f || !isfinite(x)) return x;
-    int e;
-    double m = frexp(x, &e);
-    return (float)ldexp(nearbyint(m * 256.0) / 256.0, e);
-}
-
-static float *bf16_copy(const float *x, size_t n) {
-    float *r = hf(n);
-    for (size_t i = 0; i < n; i++) r[i] = ref_bf16(x[i]);
-    return r;
-}
-
 /* The three products against double references. bf16: the references use
  * operands rounded to bf16 (ref_bf16); the products of two bf16 values are
  * exact in fp32 and accumulate in fp32, so the fp32 tolerance applies, while

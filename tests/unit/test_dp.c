@@ -31,7 +31,7 @@
  * (nawal_gpt_dp_set_pass2): below fp32 the clip factor carries a rounding
  * margin, so a clipped example adds at most C (not exactly C) and the
  * clipped sum is not compared with the margin-free brute force */
-static void run_case(int T, const char *tag, nawal_precision prec, nawal_precision pass2) {
+static void run_case(int T, const char *tag, nawal_precision prec, nawal_precision pass2, nawal_dp_method method) {
     uint64_t seed = test_seed(tag), rs = seed;
     char err[256];
     nawal_gpt_config cfg = { 2, 2, 16, T, 11 };
@@ -42,10 +42,13 @@ static void run_case(int T, const char *tag, nawal_precision prec, nawal_precisi
         return;
     }
     double tol = prec == NAWAL_PREC_BF16 ? 1e-2 : 1e-4;
-    int margin = prec != NAWAL_PREC_FP32 && pass2 != NAWAL_PREC_FP32;
+    /* the per-example method has no margin in any precision */
+    int margin = prec != NAWAL_PREC_FP32 && pass2 != NAWAL_PREC_FP32 && method != NAWAL_DP_PER_EXAMPLE;
     nawal_gpt *m;
     cr_assert(nawal_gpt_create(&m, o, &cfg, MAXB, err, sizeof err) == 0, "%s", err);
     cr_assert(nawal_gpt_dp_set_pass2(m, pass2, err, sizeof err) == 0, "%s", err);
+    cr_assert(nawal_gpt_dp_set_method(m, method, err, sizeof err) == 0, "%s", err);
+    cr_assert(nawal_gpt_dp_method_in_force(m) == method, "method %s not in force", nawal_dp_method_name(method));
     nawal_gpt_init_params(m, seed);
     /* larger weights than GPT-2's init so gradients differ a lot between examples */
     size_t n = m->n_params;
@@ -107,6 +110,12 @@ static void run_case(int T, const char *tag, nawal_precision prec, nawal_precisi
      * clipped sum without its margin is caught above C in most of the 4 x 3
      * trials (with the margin removed, both margin cases failed in 5 runs
      * out of 5; with one C only, in 2 out of 3) */
+    if (method == NAWAL_DP_PER_EXAMPLE) {
+        /* every tensor of an example's gradient is written by the step:
+         * poison the stored gradients of the last step (padding excluded) */
+        cr_assert(m->dp_pe && m->dp_pe_stride >= n && m->dp_pe_stride % 64 == 0, "per-example buffer missing");
+        for (int b = 0; b < MAXB; b++) o->fill(o, m->dp_pe + (size_t)b * m->dp_pe_stride, NAN, n);
+    }
     for (int k = 0; k < 3; k++) {
         float Ck = C * (k == 0 ? 1.0f : k == 1 ? 0.7f : 0.4f);
         for (int b = 0; b < B; b++) {
@@ -151,10 +160,17 @@ static void run_case(int T, const char *tag, nawal_precision prec, nawal_precisi
     cr_assert(o->set_precision(o, NAWAL_PREC_FP32, err, sizeof err) == 0, "%s", err);
 }
 
-Test(dp, ghost_norms_and_clipped_sum) { run_case(9, "dp.ghost", NAWAL_PREC_FP32, NAWAL_PREC_FP32); }
-Test(dp, materialised_norms_and_clipped_sum) { run_case(33, "dp.materialised", NAWAL_PREC_FP32, NAWAL_PREC_FP32); }
-Test(dp, bf16_ghost) { run_case(9, "dp.bf16_ghost", NAWAL_PREC_BF16, NAWAL_PREC_FP32); }
-Test(dp, bf16_materialised) { run_case(33, "dp.bf16_materialised", NAWAL_PREC_BF16, NAWAL_PREC_FP32); }
+#define BK NAWAL_DP_BOOKKEEPING
+#define PE NAWAL_DP_PER_EXAMPLE
+Test(dp, ghost_norms_and_clipped_sum) { run_case(9, "dp.ghost", NAWAL_PREC_FP32, NAWAL_PREC_FP32, BK); }
+Test(dp, materialised_norms_and_clipped_sum) { run_case(33, "dp.materialised", NAWAL_PREC_FP32, NAWAL_PREC_FP32, BK); }
+Test(dp, bf16_ghost) { run_case(9, "dp.bf16_ghost", NAWAL_PREC_BF16, NAWAL_PREC_FP32, BK); }
+Test(dp, bf16_materialised) { run_case(33, "dp.bf16_materialised", NAWAL_PREC_BF16, NAWAL_PREC_FP32, BK); }
 /* pass 2 in bf16 with the rounding margin (what a GPU does in tf32) */
-Test(dp, bf16_pass2_margin_ghost) { run_case(9, "dp.bf16_margin_ghost", NAWAL_PREC_BF16, NAWAL_PREC_BF16); }
-Test(dp, bf16_pass2_margin_materialised) { run_case(33, "dp.bf16_margin_mat", NAWAL_PREC_BF16, NAWAL_PREC_BF16); }
+Test(dp, bf16_pass2_margin_ghost) { run_case(9, "dp.bf16_margin_ghost", NAWAL_PREC_BF16, NAWAL_PREC_BF16, BK); }
+Test(dp, bf16_pass2_margin_materialised) { run_case(33, "dp.bf16_margin_mat", NAWAL_PREC_BF16, NAWAL_PREC_BF16, BK); }
+/* the per-example method (CUDA's default): whole per-example gradients;
+ * in bf16 a clipped example still adds exactly C, with no margin */
+Test(dp, per_example_norms_and_clipped_sum) { run_case(9, "dp.per_example", NAWAL_PREC_FP32, NAWAL_PREC_FP32, PE); }
+Test(dp, per_example_long) { run_case(33, "dp.per_example_long", NAWAL_PREC_FP32, NAWAL_PREC_FP32, PE); }
+Test(dp, bf16_per_example) { run_case(33, "dp.bf16_per_example", NAWAL_PREC_BF16, NAWAL_PREC_BF16, PE); }
