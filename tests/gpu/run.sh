@@ -97,7 +97,7 @@ bench() { # name, args...
     echo "nawal $name: $tps tokens/s, MFU $mfu"
     if grep -q '^dp_train_tokens_per_s' "$LOGDIR/$name.log"; then
       row "nawal $name DP-SGD" "$(awk '/^dp_train_tokens_per_s/{print $2}' "$LOGDIR/$name.log")" \
-        "tokens/s, DP/plain step time $(awk '/^dp_step_time_ratio/{print $2}' "$LOGDIR/$name.log")$(awk '/^dp_margin_pct/{printf ", margin %s%% of ||g||", $2}' "$LOGDIR/$name.log")"
+        "tokens/s, DP/plain step time $(awk '/^dp_step_time_ratio/{print $2}' "$LOGDIR/$name.log") (goal 1.25), $(sed -n 's/^dp method: \([a-z-]*\).*/\1/p' "$LOGDIR/$name.log")$(awk '/^dp_margin_pct/{printf ", margin %s%% of ||g||", $2}' "$LOGDIR/$name.log")"
     fi
     [ -n "$PROFILE" ] && sed -n '/^profile/,/^  total/p' "$LOGDIR/$name.log"
   else
@@ -122,6 +122,7 @@ torchb() { # name, args...
 # in order of what matters most; each optional block only if its guess of
 # seconds still fits the budget
 bench tiny-fp32 --precision fp32 --dp
+bench tiny-fp32-dpbk --precision fp32 --dp --dp-method bookkeeping --repeats 3
 bench tiny-bf16 --precision bf16
 torchb tiny-fp32 --preset tiny --precision fp32 --compile off
 torchb tiny-bf16 --preset tiny --precision bf16 --compile $([ $QUICK = 1 ] && echo off || echo both)
@@ -129,9 +130,10 @@ if [ $QUICK = 0 ]; then
   within "nawal gpt2s-bf16" 60 && bench gpt2s-bf16 --preset gpt2-small --precision bf16 --dp
   within "torch gpt2s-bf16" 150 && torchb gpt2s-bf16 --preset gpt2-small --precision bf16 --compile both
 fi
-# DP's clipped sums in exact fp32 instead of the default tf32 + rounding margin: what exactness costs
-[ $QUICK = 0 ] && within "nawal gpt2s-bf16 DP, fp32 clipped sums" 60 &&
-  bench gpt2s-bf16-dpexact --preset gpt2-small --precision bf16 --dp --dp-pass2 fp32
+# DP by the book-keeping method (ghost norms, tf32 clipped sums with their margin: CUDA's default
+# before the per-example method) next to the default per-example rows above
+[ $QUICK = 0 ] && within "nawal gpt2s-bf16 DP, book-keeping" 70 &&
+  bench gpt2s-bf16-dpbk --preset gpt2-small --precision bf16 --dp --dp-method bookkeeping
 if within "flash attention benches" 60; then
   NAWAL_CUDA_ATTENTION=flash bench tiny-fp32-flash --precision fp32
   [ $QUICK = 0 ] && NAWAL_CUDA_ATTENTION=flash bench gpt2s-bf16-flash --preset gpt2-small --precision bf16 --dp
