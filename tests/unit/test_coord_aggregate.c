@@ -349,7 +349,11 @@ Test(coord_aggregate, memory_does_not_grow_with_participants) {
     const long limit = (long)model_kb + fixed;
 #endif
     cr_assert(g50 <= limit, "grew %ld KiB for a %zu KiB model", g50, model_kb);
-    /* the same up to timing: which 2 MiB pieces the two threads hold at the peak moment */
-    cr_assert(g50 <= g10 + 4096, "50 deltas took %ld KiB more than 10", g50 - g10);
+    /* the same up to timing (which 2 MiB pieces the two threads hold at the peak moment: up to
+     * 4 MiB) and the few KiB each open delta keeps (headers, descriptors: 2 KiB each allowed;
+     * 4120 KiB more was seen once with 40 more deltas): growing with the deltas' size would be
+     * 40 x 32 MiB */
+    const long per_delta = 2;
+    cr_assert(g50 <= g10 + 4096 + per_delta * (long)(k - 10), "50 deltas took %ld KiB more than 10", g50 - g10);
     free(paths);
 }
