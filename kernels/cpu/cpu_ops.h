@@ -61,9 +61,6 @@ const char *cpu_mm_impl(const cpu_mm_shape *s, char *buf, size_t len); /* oneDNN
  * units; an operand two of them read is cast once. cpu_bf16_supported says
  * whether the CPU has those units (impl: oneDNN's kernel for them). */
 void cpu_bf16_gemms(const cpu_gemm_args *g, int n);
-/* the dense bf16 copy (rows x cols, row-major) of src (row stride ld) in
- * workspace slot `slot`, rounded to nearest even */
-uint16_t *cpu_bf16_cast(cpu_mm_ws *w, int slot, const float *src, long rows, long cols, long ld);
 int cpu_bf16_supported(const char **impl);
 
 /* row-major C = alpha op(A) op(B) + beta C through oneDNN (aborts on a

@@ -37,13 +37,6 @@ static void cast_run(uint16_t *restrict d, const float *restrict s, long n) {
     for (long i = 0; i < n; i++) d[i] = bf16_round(s[i]);
 }
 
-uint16_t *cpu_bf16_cast(cpu_mm_ws *w, int slot, const float *src, long rows, long cols, long ld) {
-    uint16_t *dst = cpu_mm_buffer(w, slot, (size_t)rows * cols * sizeof(uint16_t));
-    #pragma omp parallel for
-    for (long r = 0; r < rows; r++) cast_run(dst + r * cols, src + r * ld, cols);
-    return dst;
-}
-
 /* what one call has cast: an operand's source, stored shape and ld */
 typedef struct {
     const float *src;
@@ -60,7 +53,9 @@ static const uint16_t *operand(cpu_mm_ws *w, bf16_cast *casts, const float *src,
         if (c->src == src && c->rows == rows && c->cols == cols && c->ld == ld) return c->buf;
     }
     if (i == CPU_MM_BUFFERS) { fprintf(stderr, "nawal: more than %d bf16 operands in one call\n", CPU_MM_BUFFERS); abort(); }
-    uint16_t *dst = cpu_bf16_cast(w, i, src, rows, cols, ld);
+    uint16_t *dst = cpu_mm_buffer(w, i, (size_t)rows * cols * sizeof(uint16_t));
+    #pragma omp parallel for
+    for (long r = 0; r < rows; r++) cast_run(dst + r * cols, src + r * ld, cols);
     casts[i] = (bf16_cast){ .src = src, .rows = rows, .cols = cols, .ld = ld, .buf = dst };
     return dst;
 }

@@ -4,10 +4,11 @@
  * the clipped sum formed from the same values, so a clipped example adds
  * exactly C whatever the matmul precision.
  *
- * pe_grad_linear is one batched oneDNN matmul per call (dnnl_matmul.c):
- * example b's product A_b^T D_b goes to dw + b * stride, the transposed
- * operand described by strides; in bf16 mode both operands are cast once
- * per call (as matmul_bf16.c does for the ordinary products). Column sums
+ * pe_grad_linear in fp32 is one batched oneDNN matmul per call
+ * (dnnl_matmul.c): example b's product A_b^T D_b goes to dw + b * stride,
+ * the transposed operand described by strides; in bf16 it is one product
+ * per example through matmul_bf16.c, the path (and oneDNN kernel) of the
+ * ordinary bf16 weight gradients. Column sums
  * (biases, layernorm) accumulate in double, one example per OpenMP
  * iteration, so nothing depends on the thread count. */
 #include "cpu_ops.h"
@@ -19,9 +20,9 @@
 /* the B products of pe_grad_linear as one batched matmul: M x N outputs
  * with row stride ldc, batch stride `stride`, from A_b = src_a^T and B_b =
  * src_b, both [T][.] row-major slabs of their [B*T][.] matrices */
-static cpu_mm_shape grad_shape(int bf16, int B, int T, long M, long N, size_t stride) {
+static cpu_mm_shape grad_shape(int B, int T, long M, long N, size_t stride) {
     long t = T;
-    return (cpu_mm_shape){ .bf16 = bf16, .batch = B, .M = M, .N = N, .K = t, .sa = { t * M, 1, M }, .sb = { t * N, N, 1 },
+    return (cpu_mm_shape){ .bf16 = 0, .batch = B, .M = M, .N = N, .K = t, .sa = { t * M, 1, M }, .sb = { t * N, N, 1 },
                            .sc = { (long)stride, N, 1 }, .beta_one = 0 };
 }
 
@@ -65,16 +66,19 @@ void cpu_pe_grad_linear(const nawal_ops *o, float *dw, float *dbias, size_t stri
     int bf16 = cpu_precision(o) == NAWAL_PREC_BF16;
     /* IN_OUT dw_b [C][OC] = inp_b^T dout_b; OUT_IN dw_b [OC][C] = dout_b^T inp_b */
     const float *a = layout == NAWAL_W_IN_OUT ? inp : dout, *b = layout == NAWAL_W_IN_OUT ? dout : inp;
-    long M = layout == NAWAL_W_IN_OUT ? C : OC, N = layout == NAWAL_W_IN_OUT ? OC : C, rows = (long)B * T;
-    cpu_mm_shape s = grad_shape(bf16, B, T, M, N, stride);
-    cpu_mm_ws *w = cpu_mm_take();
-    const void *ua = a, *ub = b;
-    if (bf16) {
-        ua = cpu_bf16_cast(w, 0, a, rows, M, M);
-        ub = cpu_bf16_cast(w, 1, b, rows, N, N);
+    long M = layout == NAWAL_W_IN_OUT ? C : OC, N = layout == NAWAL_W_IN_OUT ? OC : C;
+    if (bf16) { /* example by example through the bf16 path the ordinary weight gradients take */
+        for (int e = 0; e < B; e++) {
+            cpu_gemm_args g = { 'T', 'N', (int)M, (int)N, T, a + (size_t)e * T * M, (int)M, b + (size_t)e * T * N, (int)N,
+                                0.0f, dw + (size_t)e * stride, (int)N };
+            cpu_bf16_gemms(&g, 1);
+        }
+    } else {
+        cpu_mm_shape s = grad_shape(B, T, M, N, stride);
+        cpu_mm_ws *w = cpu_mm_take();
+        cpu_mm_run(w, &s, a, b, dw);
+        cpu_mm_give(w);
     }
-    cpu_mm_run(w, &s, ua, ub, dw);
-    cpu_mm_give(w);
     if (dbias) colsums(dbias, NULL, stride, dout, NULL, NULL, NULL, B, T, OC);
 }
 
