@@ -27,7 +27,7 @@
 
 typedef struct {
     nawal_gpt_config cfg;
-    int batch, steps, warmup_steps, repeats, threads, profile, dp;
+    int batch, steps, warmup_steps, repeats, threads, profile, dp, graphs;
     const char *device, *precision, *preset, *dp_pass2, *dp_method;
     float peak_tflops;
 } bench_opts;
@@ -113,9 +113,8 @@ static int train_step(nawal_gpt *m, const int32_t *in, const int32_t *tg, const 
         if (nawal_gpt_dp_accumulate(m, in, tg, b->batch, b->cfg.n_ctx, 1.0f, NULL, &loss, err, errlen)) return -1;
         nawal_gpt_dp_finish(m, 1.0f, (double)b->batch, 1, (uint64_t)i);
     } else {
-        float l = nawal_gpt_forward(m, in, tg, b->batch, b->cfg.n_ctx, 1, NULL, err, errlen);
+        float l = nawal_gpt_forward_backward(m, in, tg, b->batch, b->cfg.n_ctx, NULL, err, errlen);
         if (isnan(l)) return -1;
-        nawal_gpt_backward(m);
         nawal_gpt_clip_grad_norm(m, 1.0f);
     }
     return nawal_gpt_adamw_step(m, &ac, 1e-4f) ? (snprintf(err, errlen, "out of memory"), -1) : 0;
@@ -148,6 +147,8 @@ static int bench_train(const nawal_ops *o, const bench_opts *b) {
     nawal_gpt *m;
     if (nawal_gpt_create(&m, o, &b->cfg, b->batch, err, sizeof err)) { fprintf(stderr, "error: %s\n", err); return 1; }
     nawal_gpt_init_params(m, 1);
+    nawal_gpt_set_graphs(m, b->graphs);
+    if (b->graphs) printf("graphs: %s\n", o->capture_begin ? "on (plain steps captured and replayed)" : "none on this backend");
     if (b->dp_pass2) {
         nawal_precision p2;
         if (nawal_precision_parse(b->dp_pass2, &p2) || nawal_gpt_dp_set_pass2(m, p2, err, sizeof err)) {
@@ -267,7 +268,8 @@ int main(int argc, char **argv) {
         { "preset", NAWAL_FLAG_STR, &b.preset, "tiny (default) | gpt2-small (12x12x768, ctx 1024, vocab 50257, batch 8); later flags override", 0, -1, 0, 0 },
         { "dp", NAWAL_FLAG_BOOL, &b.dp, "also time DP-SGD steps (per-example clipping + noise) and print the ratio", 0, -1, 0, 0 },
         { "dp-pass2", NAWAL_FLAG_STR, &b.dp_pass2, "DP clipped sums' precision when matmuls are tf32/bf16: fp32 (exact) | tf32 | bf16 (with a rounding margin); default fp32 on the CPU, tf32 on CUDA", 0, -1, 0, 0 },
-        { "dp-method", NAWAL_FLAG_STR, &b.dp_method, "DP per-example gradients: auto | bookkeeping (ghost norms + a second pass) | per-example (materialised: exact C in every precision); default per-example on CUDA, bookkeeping on the CPU", 0, -1, 0, 0 },
+        { "dp-method", NAWAL_FLAG_STR, &b.dp_method, "DP per-example gradients: auto | bookkeeping (ghost norms + a second pass) | per-example (materialised: exact C in every precision); default per-example while its memory is at most twice the activations'", 0, -1, 0, 0 },
+        { "graphs", NAWAL_FLAG_BOOL, &b.graphs, "capture the plain step's forward + backward in a CUDA graph and replay it", 0, -1, 0, 0 },
         { "profile", NAWAL_FLAG_BOOL, &b.profile, "also print a per-op time breakdown of a step", 0, -1, 0, 0 },
         { "peak-tflops", NAWAL_FLAG_FLOAT, &b.peak_tflops, "device peak for the MFU line (default: datasheet table)", 0, 1e9, 0, 0 },
     };

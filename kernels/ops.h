@@ -34,7 +34,7 @@ typedef enum { NAWAL_PREC_FP32 = 0, NAWAL_PREC_TF32 = 1, NAWAL_PREC_BF16 = 2 } n
 /* The layout of nawal_ops below: bumped whenever a member is added, moved or
  * changes its signature, so a CUDA plugin built from another ops.h is
  * refused at load instead of being called through the wrong slots. */
-#define NAWAL_OPS_ABI 4
+#define NAWAL_OPS_ABI 5
 
 typedef struct nawal_ops nawal_ops;
 struct nawal_ops {
@@ -179,6 +179,20 @@ struct nawal_ops {
     /* Runs fn(ctx, i) for i in [0, n), concurrently where the backend can
      * (CPU: one thread per i, and the ops called inside run single-threaded). */
     void (*run_parallel)(const nawal_ops *o, int n, void (*fn)(void *ctx, int i), void *ctx);
+
+    /* ---- graphs (optional: NULL where the backend has none, as on the CPU) ----
+     * Between capture_begin and capture_end the ops called are recorded,
+     * not run; capture_end returns a handle that graph_launch replays with
+     * the same arguments (device buffers' contents as they are at launch),
+     * or NULL when the capture failed (its ops did not run: run them
+     * again). Capture only a sequence of ops that ran before with the same
+     * shapes (the backend allocates and tunes on first use). graph_launch
+     * returns 0, or -1 without running when the backend moved a buffer the
+     * graph points into since (capture again). */
+    int (*capture_begin)(const nawal_ops *o);
+    void *(*capture_end)(const nawal_ops *o);
+    int (*graph_launch)(const nawal_ops *o, void *graph);
+    void (*graph_free)(const nawal_ops *o, void *graph);
 
     void *impl;                       /* backend private state */
 };

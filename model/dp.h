@@ -42,10 +42,13 @@ int nawal_gpt_dp_accumulate(nawal_gpt *m, const int32_t *inputs, const int32_t *
  *   the stored values and the clipped sum is sum_b c_b g_b over the same
  *   values, so a clipped example adds exactly C in every precision, with
  *   no margin and no second pass. Memory: max_batch gradients.
- * AUTO: PER_EXAMPLE on CUDA (its products run on the tensor cores, where
- *   the ghost norms' fp32 Gram matrices cost more than the whole step),
- *   BOOKKEEPING on the CPU; AUTO falls back to BOOKKEEPING, with a note on
- *   stderr, when the per-example gradients do not fit in memory. */
+ * AUTO: PER_EXAMPLE while its gradients take at most twice the memory of
+ *   the activations (so on the tiny Shakespeare config and GPT-2 small),
+ *   else BOOKKEEPING; it also falls back to BOOKKEEPING, with a note on
+ *   stderr, when the per-example gradients cannot be allocated. On CUDA
+ *   the per-example products run on the tensor cores, where the ghost
+ *   norms' fp32 Gram matrices cost more than the whole step; on the CPU it
+ *   measured 8-16% faster DP steps than BOOKKEEPING (bench/RESULTS.md). */
 typedef enum { NAWAL_DP_AUTO = 0, NAWAL_DP_BOOKKEEPING = 1, NAWAL_DP_PER_EXAMPLE = 2 } nawal_dp_method;
 
 /* Selects the method for the next DP steps: 0, or -1 with a message. */

@@ -169,6 +169,7 @@ int nawal_gpt_create(nawal_gpt **out, const nawal_ops *ops, const nawal_gpt_conf
 void nawal_gpt_free(nawal_gpt *m) {
     if (!m) return;
     const nawal_ops *o = m->ops;
+    if (m->graph) o->graph_free(o, m->graph);
     void *bufs[] = { m->params, m->grads, m->opt_m, m->opt_v, m->acts, m->scratch, m->d_inputs, m->d_targets,
                      m->dp_store, m->dp_norms, m->dp_scales, m->dp_bounds, m->dp_pe };
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) if (bufs[i]) o->free(o, bufs[i]);
@@ -304,21 +305,24 @@ void gpt_run_shards(nawal_gpt *m, shard_job *j, void (*fn)(void *, int)) {
     else m->ops->run_parallel(m->ops, j->S, fn, j);
 }
 
-float nawal_gpt_forward(nawal_gpt *m, const int32_t *inputs, const int32_t *targets, int B, int T,
-                        int want_grad, size_t *n_valid, char *err, size_t errlen) {
+/* A forward's host side: checks the batch and its tokens, uploads them and
+ * gives the loss scale (< 0: no loss; 0: loss only; > 0: loss and dlogits
+ * scaled by it) and the count of non-ignored targets; 0 or -1 with err. */
+static int forward_prepare(nawal_gpt *m, const int32_t *inputs, const int32_t *targets, int B, int T, int want_grad,
+                           size_t *valid_out, float *scale_out, char *err, size_t errlen) {
     const nawal_ops *o = m->ops;
     const nawal_gpt_config *c = &m->cfg;
     int V = c->vocab;
     if (B < 1 || B > m->max_batch || T < 1 || T > c->n_ctx) {
         snprintf(err, errlen, "batch %dx%d outside the model's %dx%d", B, T, m->max_batch, c->n_ctx);
-        return NAN;
+        return -1;
     }
     int N = B * T;
     size_t valid = 0;
     for (int i = 0; i < N; i++) {
-        if (inputs[i] < 0 || inputs[i] >= V) { snprintf(err, errlen, "input token %d at position %d outside vocab %d", inputs[i], i, V); return NAN; }
+        if (inputs[i] < 0 || inputs[i] >= V) { snprintf(err, errlen, "input token %d at position %d outside vocab %d", inputs[i], i, V); return -1; }
         if (targets) {
-            if (targets[i] >= V || targets[i] < -1) { snprintf(err, errlen, "target token %d at position %d outside vocab %d", targets[i], i, V); return NAN; }
+            if (targets[i] >= V || targets[i] < -1) { snprintf(err, errlen, "target token %d at position %d outside vocab %d", targets[i], i, V); return -1; }
             valid += targets[i] >= 0;
         }
     }
@@ -327,29 +331,105 @@ float nawal_gpt_forward(nawal_gpt *m, const int32_t *inputs, const int32_t *targ
     m->has_grad_logits = 0;
     o->upload(o, m->d_inputs, inputs, (size_t)N * sizeof(int32_t));
     if (targets) o->upload(o, m->d_targets, targets, (size_t)N * sizeof(int32_t));
-    /* scale < 0: no loss; 0: loss only; > 0: loss and dlogits scaled by it */
-    float scale = !targets ? -1.0f : ((want_grad && valid) ? 1.0f / (float)valid : 0.0f);
-    shard_job j = { .m = m, .B = B, .T = T, .S = gpt_shard_count(m, B), .scale = scale };
-    gpt_run_shards(m, &j, forward_shard);
-    if (n_valid) *n_valid = valid;
-    if (!targets) return 0.0f;
+    *valid_out = valid;
+    *scale_out = !targets ? -1.0f : ((want_grad && valid) ? 1.0f / (float)valid : 0.0f);
+    return 0;
+}
 
-    top_acts ta = gpt_top_acts(m, 0, T);
-    if (want_grad && !valid) o->fill(o, ta.logits, 0.0f, (size_t)N * V); /* all ignored: zero gradient */
-    m->has_grad_logits = want_grad;
-    o->download(o, m->h_losses, ta.losses, (size_t)N * sizeof(float));
+/* the mean of the last forward's per-position losses over valid targets */
+static float forward_loss(nawal_gpt *m, int N, size_t valid) {
+    const nawal_ops *o = m->ops;
+    o->download(o, m->h_losses, gpt_top_acts(m, 0, 0).losses, (size_t)N * sizeof(float));
     double sum = 0.0;
     for (int i = 0; i < N; i++) sum += m->h_losses[i];
     return valid ? (float)(sum / (double)valid) : 0.0f;
 }
 
-void nawal_gpt_backward(nawal_gpt *m) {
-    if (!m->has_grad_logits) { fprintf(stderr, "nawal: backward without a forward that kept gradients\n"); abort(); }
-    shard_job j = { .m = m, .B = m->cur_B, .T = m->cur_T, .S = gpt_shard_count(m, m->cur_B) };
+static void forward_run(nawal_gpt *m, int B, int T, float scale) {
+    shard_job j = { .m = m, .B = B, .T = T, .S = gpt_shard_count(m, B), .scale = scale };
+    gpt_run_shards(m, &j, forward_shard);
+}
+
+static void backward_run(nawal_gpt *m, int B, int T) {
+    shard_job j = { .m = m, .B = B, .T = T, .S = gpt_shard_count(m, B) };
     gpt_shard_grads_begin(m, &j);
     gpt_run_shards(m, &j, backward_shard);
     gpt_shard_grads_end(m, &j);
+}
+
+float nawal_gpt_forward(nawal_gpt *m, const int32_t *inputs, const int32_t *targets, int B, int T,
+                        int want_grad, size_t *n_valid, char *err, size_t errlen) {
+    size_t valid;
+    float scale;
+    if (forward_prepare(m, inputs, targets, B, T, want_grad, &valid, &scale, err, errlen)) return NAN;
+    forward_run(m, B, T, scale);
+    if (n_valid) *n_valid = valid;
+    if (!targets) return 0.0f;
+    if (want_grad && !valid) /* all ignored: zero gradient */
+        m->ops->fill(m->ops, gpt_top_acts(m, 0, T).logits, 0.0f, (size_t)B * T * m->cfg.vocab);
+    m->has_grad_logits = want_grad;
+    return forward_loss(m, B * T, valid);
+}
+
+void nawal_gpt_backward(nawal_gpt *m) {
+    if (!m->has_grad_logits) { fprintf(stderr, "nawal: backward without a forward that kept gradients\n"); abort(); }
+    backward_run(m, m->cur_B, m->cur_T);
     m->has_grad_logits = 0;
+}
+
+void nawal_gpt_set_graphs(nawal_gpt *m, int on) {
+    m->use_graphs = on != 0;
+    if (!on && m->graph) {
+        m->ops->graph_free(m->ops, m->graph);
+        m->graph = NULL;
+    }
+}
+
+/* Graphs: a step's ops are captured once the same (B, T, loss scale,
+ * precision) ran uncaptured (plans, scratch and pointer arrays exist),
+ * replayed while they stay the same; any other step runs op by op. A
+ * capture that fails turns graphs off for the model (the backend said
+ * why). Sharded backends (the CPU) have no graphs. */
+float nawal_gpt_forward_backward(nawal_gpt *m, const int32_t *inputs, const int32_t *targets, int B, int T,
+                                 size_t *n_valid, char *err, size_t errlen) {
+    const nawal_ops *o = m->ops;
+    size_t valid;
+    float scale;
+    if (!targets) { snprintf(err, errlen, "a training step needs targets"); return NAN; }
+    if (forward_prepare(m, inputs, targets, B, T, 1, &valid, &scale, err, errlen)) return NAN;
+    if (n_valid) *n_valid = valid;
+    if (!valid) { /* nothing to learn from: a zero gradient, no kernels worth a graph */
+        forward_run(m, B, T, 0.0f);
+        return 0.0f;
+    }
+    int graphs = m->use_graphs && !m->graph_failed && o->capture_begin && gpt_shard_count(m, B) == 1;
+    int prec = (int)o->get_precision(o), done = 0;
+    if (graphs && m->graph && m->graph_key.B == B && m->graph_key.T == T && m->graph_key.prec == prec &&
+        m->graph_key.scale == scale)
+        done = o->graph_launch(o, m->graph) == 0;
+    if (!done && graphs && m->graph_seen.B == B && m->graph_seen.T == T && m->graph_seen.prec == prec &&
+        m->graph_seen.scale == scale) {
+        if (m->graph) o->graph_free(o, m->graph);
+        m->graph = NULL;
+        if (o->capture_begin(o) == 0) {
+            forward_run(m, B, T, scale);
+            backward_run(m, B, T);
+            m->graph = o->capture_end(o);
+        }
+        if (m->graph) {
+            m->graph_key.B = B; m->graph_key.T = T; m->graph_key.prec = prec; m->graph_key.scale = scale;
+            done = o->graph_launch(o, m->graph) == 0;
+        } else {
+            m->graph_failed = 1;
+        }
+    }
+    if (!done) {
+        forward_run(m, B, T, scale);
+        backward_run(m, B, T);
+        if (graphs) { m->graph_seen.B = B; m->graph_seen.T = T; m->graph_seen.prec = prec; m->graph_seen.scale = scale; }
+    }
+    m->has_grad_logits = 0;
+    return forward_loss(m, B * T, valid);
 }
 
 /* shard 0 accumulates into m->grads; the others into zeroed buffers

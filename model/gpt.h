@@ -55,6 +55,9 @@ typedef struct nawal_gpt {
     float *dp_store, *dp_norms, *dp_scales, *dp_bounds; /* DP-SGD book-keeping (dp.c), allocated on first use */
     nawal_precision dp_pass2;     /* the clipped sum's products (dp.h: nawal_gpt_dp_set_pass2) */
     int dp_method;                /* nawal_dp_method (dp.h: nawal_gpt_dp_set_method) */
+    int use_graphs, graph_failed; /* nawal_gpt_set_graphs; a capture failed: stop trying */
+    void *graph;                  /* the captured forward + backward (backend handle) */
+    struct { int B, T, prec; float scale; } graph_key, graph_seen; /* what it was captured for; the last uncaptured run */
     float *dp_pe;                 /* per-example method: max_batch gradients, dp_pe_stride floats apart */
     size_t dp_pe_stride;
 } nawal_gpt;
@@ -84,6 +87,16 @@ float nawal_gpt_forward(nawal_gpt *m, const int32_t *inputs, const int32_t *targ
                         int want_grad, size_t *n_valid, char *err, size_t errlen);
 /* Accumulates gradients of the last forward's mean loss into m->grads. */
 void nawal_gpt_backward(nawal_gpt *m);
+/* nawal_gpt_forward with gradients, then nawal_gpt_backward: the gradient
+ * part of a training step, same results. With graphs on
+ * (nawal_gpt_set_graphs) and a backend that has them (CUDA), the second
+ * call with a batch of the same shape captures the step's ops in a graph
+ * and later calls replay it: one launch instead of one per kernel. */
+float nawal_gpt_forward_backward(nawal_gpt *m, const int32_t *inputs, const int32_t *targets, int B, int T,
+                                 size_t *n_valid, char *err, size_t errlen);
+/* Graph capture and replay in nawal_gpt_forward_backward: 1 on, 0 off
+ * (the default). Ignored on backends without graphs. */
+void nawal_gpt_set_graphs(nawal_gpt *m, int on);
 void nawal_gpt_zero_grad(nawal_gpt *m);
 /* Device pointer to the logits [B][T][vocab] of the last forward without targets. */
 const float *nawal_gpt_logits(const nawal_gpt *m);

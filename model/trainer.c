@@ -69,9 +69,8 @@ int nawal_train_run(nawal_gpt *m, const int32_t *train, size_t n_train, const na
         }
         float lr = nawal_lr_schedule(step, tc->warmup, tc->steps, tc->lr, tc->min_lr);
         nawal_gpt_zero_grad(m);
-        float loss = nawal_gpt_forward(m, in, tg, B, T, 1, NULL, err, errlen);
+        float loss = nawal_gpt_forward_backward(m, in, tg, B, T, NULL, err, errlen);
         if (isnan(loss)) { rc = -1; break; }
-        nawal_gpt_backward(m);
         float norm = nawal_gpt_clip_grad_norm(m, tc->grad_clip);
         if (nawal_gpt_adamw_step(m, &ac, lr)) { snprintf(err, errlen, "out of memory for optimizer state"); rc = -1; break; }
         if (step == 0) res->first_loss = loss;

@@ -36,6 +36,7 @@ static const float **att_ptrs(const nawal_ops *o, const char *op, const att_ptr_
     cuda_state *s = CUDA_STATE(o);
     size_t need = (size_t)G * 3 * B * NH;
     if (need > s->ptrs_cap) {
+        cuda_buffers_moving(s, op, "attention pointer-array");
         if (s->ptrs) {
             CUDA_CHECK(op, cudaStreamSynchronize(s->stream));
             CUDA_CHECK(op, cudaFree(s->ptrs));

@@ -71,9 +71,19 @@ static void cu_download(const nawal_ops *o, void *dst, const void *src, size_t b
 
 static void cu_sync(const nawal_ops *o) { CUDA_CHECK("sync", cudaStreamSynchronize(CUDA_STATE(o)->stream)); }
 
+void cuda_buffers_moving(cuda_state *s, const char *op, const char *what) {
+    if (s->capturing) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "the %s buffer had to grow during a graph capture (capture only shapes that ran before)", what);
+        cuda_fatal(op, "graph capture", msg, __FILE__, __LINE__);
+    }
+    s->generation++;
+}
+
 void *cuda_scratch(const nawal_ops *o, size_t bytes) {
     cuda_state *s = CUDA_STATE(o);
     if (bytes <= s->scratch_bytes) return s->scratch;
+    cuda_buffers_moving(s, "scratch", "scratch");
     size_t want = bytes < ((size_t)1 << 20) ? ((size_t)1 << 20) : bytes + bytes / 4;
     if (s->scratch) {
         CUDA_CHECK("scratch", cudaStreamSynchronize(s->stream));
@@ -204,6 +214,10 @@ extern "C" __attribute__((visibility("default"))) int nawal_ops_cuda_open(const 
     t->adamw = cuda_adamw;
     t->sgd = cuda_sgd;
     t->topk_select = cuda_topk_select;
+    t->capture_begin = cuda_capture_begin;
+    t->capture_end = cuda_capture_end;
+    t->graph_launch = cuda_graph_launch;
+    t->graph_free = cuda_graph_free;
     t->set_precision = cu_set_precision;
     t->get_precision = cu_get_precision;
     t->parallel_width = cu_parallel_width;

@@ -36,6 +36,8 @@ typedef struct {
     size_t ptrs_cap;
     cuda_matmul_plan *plans;           /* matmul.cu */
     int n_plans;
+    int capturing;                     /* graph.cu: a graph capture is recording the stream */
+    unsigned long long generation;     /* bumped when scratch or ptrs move: older graphs are stale */
 } cuda_state;
 
 #define CUDA_STATE(o) ((cuda_state *)(o)->impl)
@@ -66,8 +68,9 @@ static inline unsigned cuda_blocks(size_t n, unsigned threads) {
     return (unsigned)(b > 65535u * 8u ? 65535u * 8u : (b ? b : 1));
 }
 
-/* Returns scratch of at least `bytes` (grown with cudaMalloc when needed;
- * never called inside a graph capture with a larger size than seen before). */
+/* Returns scratch of at least `bytes` (grown with cudaMalloc when needed,
+ * which moves the generation on; growing it inside a graph capture is a
+ * fatal error: the captured shapes must have run uncaptured first). */
 void *cuda_scratch(const nawal_ops *o, size_t bytes);
 
 /* Deterministic column sums of a row-major [N][C] matrix, accumulated into
@@ -139,6 +142,13 @@ void cuda_adamw(const nawal_ops *o, float *p, const float *g, float *m, float *v
                 float lr, float beta1, float beta2, float eps, float wd, int t);
 void cuda_sgd(const nawal_ops *o, float *p, const float *g, float *buf, size_t n,
               float lr, float momentum, float wd);
+int cuda_capture_begin(const nawal_ops *o); /* graph.cu */
+void *cuda_capture_end(const nawal_ops *o);
+int cuda_graph_launch(const nawal_ops *o, void *graph);
+void cuda_graph_free(const nawal_ops *o, void *graph);
+/* a buffer that captured graphs point into is being reallocated: fatal
+ * during a capture (what names the buffer), else older graphs go stale */
+void cuda_buffers_moving(cuda_state *s, const char *op, const char *what);
 size_t cuda_topk_select(const nawal_ops *o, uint32_t *idx_out, const float *x, size_t n, size_t k); /* topk.cu */
 
 #endif

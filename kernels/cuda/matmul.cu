@@ -84,6 +84,8 @@ static cuda_matmul_plan *get_plan(cuda_state *s, const char *op, const plan_key 
                                   const float *bias) {
     for (int i = 0; i < s->n_plans; i++)
         if (!memcmp(&s->plans[i].key, key, sizeof *key)) return &s->plans[i];
+    if (s->capturing) /* the tuner below syncs and allocates */
+        cuda_fatal(op, "graph capture", "a matmul shape not seen before during a graph capture", __FILE__, __LINE__);
     if (!s->plans) {
         s->plans = (cuda_matmul_plan *)calloc(MAX_PLANS, sizeof(cuda_matmul_plan));
         if (!s->plans) cuda_fatal(op, "calloc", "out of host memory for matmul plans", __FILE__, __LINE__);

@@ -124,6 +124,9 @@ torchb() { # name, args...
 bench tiny-fp32 --precision fp32 --dp
 bench tiny-fp32-dpbk --precision fp32 --dp --dp-method bookkeeping --repeats 3
 bench tiny-bf16 --precision bf16
+# CUDA graphs (off by default until these rows and test_gpu_model's graph test pass on a GPU)
+bench tiny-fp32-graphs --precision fp32 --graphs
+bench tiny-bf16-graphs --precision bf16 --graphs
 torchb tiny-fp32 --preset tiny --precision fp32 --compile off
 torchb tiny-bf16 --preset tiny --precision bf16 --compile $([ $QUICK = 1 ] && echo off || echo both)
 if [ $QUICK = 0 ]; then

@@ -197,7 +197,7 @@ static void dp_parity(nawal_precision prec, double tol) {
     free(probe.grads);
     /* the CPU's book-keeping step with fp32 clipped sums is the reference;
      * the GPU's two methods must match it (book-keeping with fp32 clipped
-     * sums, and per-example, CUDA's default), each clipped example adding
+     * sums, and per-example, the default), each clipped example adding
      * exactly C; the book-keeping method's tf32 clipped sums with their
      * margin must still keep every clipped example within C */
     dp_result c = run_dp(CPU, in, tg, cprec, BK, NAWAL_PREC_FP32, C, 0);
@@ -235,4 +235,57 @@ Test(gpu_model, dp_step_bf16_clips_exactly) {
 Test(gpu_model, dp_step_tf32) {
     gpu_start("gpu_model.dp_tf32");
     dp_parity(NAWAL_PREC_TF32, 5e-3);
+}
+
+/* CUDA graphs (nawal_gpt_forward_backward with graphs on): the captured and
+ * replayed steps give the same bits as the same steps run op by op, over
+ * steps with fresh batches (the graph reads the uploaded tokens), a step
+ * whose loss scale differs (fewer valid targets: run op by op, then
+ * captured again) and AdamW in between, in fp32 and bf16; the model with
+ * graphs on must hold a graph after its second step. */
+static void graph_case(nawal_precision prec) {
+    char err[256];
+    nawal_gpt *m[2];
+    cr_assert(GPU->set_precision(GPU, prec, err, sizeof err) == 0, "%s", err);
+    for (int k = 0; k < 2; k++) {
+        cr_assert(nawal_gpt_create(&m[k], GPU, &CFG, TB, err, sizeof err) == 0, "%s", err);
+        nawal_gpt_init_params(m[k], 99);
+        nawal_gpt_set_graphs(m[k], k);
+    }
+    nawal_adamw_config ac = { 0.9f, 0.99f, 1e-5f, 0.1f };
+    size_t n = m[0]->n_params;
+    float *g0 = hf(n), *g1 = hf(n);
+    int32_t in[TB * 37], tg[TB * 37];
+    for (int step = 0; step < 7; step++) {
+        make_batch(in, tg);
+        for (int i = 0; i < TB * CFG.n_ctx; i++)
+            if (tg[i] < 0) tg[i] = 0; /* every target valid: the same loss scale each step... */
+        if (step == 4) tg[5] = -1;  /* ...but this one (op by op, then captured again at step 5) */
+        if (step == 5) tg[5] = -1;
+        float loss[2];
+        for (int k = 0; k < 2; k++) {
+            nawal_gpt_zero_grad(m[k]);
+            loss[k] = nawal_gpt_forward_backward(m[k], in, tg, TB, CFG.n_ctx, NULL, err, sizeof err);
+            cr_assert(!isnan(loss[k]), "%s", err);
+        }
+        GPU->download(GPU, g0, m[0]->grads, n * sizeof(float));
+        GPU->download(GPU, g1, m[1]->grads, n * sizeof(float));
+        cr_expect(memcmp(&loss[0], &loss[1], sizeof loss[0]) == 0, "%s step %d: loss %.9g with graphs, %.9g without",
+                  nawal_precision_name(prec), step, loss[1], loss[0]);
+        cr_expect(memcmp(g0, g1, n * sizeof(float)) == 0, "%s step %d: gradients with graphs differ from op by op",
+                  nawal_precision_name(prec), step);
+        if (step >= 1 && step != 4) cr_expect(m[1]->graph != NULL, "%s step %d: no graph captured", nawal_precision_name(prec), step);
+        for (int k = 0; k < 2; k++) cr_assert(nawal_gpt_adamw_step(m[k], &ac, 1e-3f) == 0);
+    }
+    free(g0);
+    free(g1);
+    for (int k = 0; k < 2; k++) nawal_gpt_free(m[k]);
+    GPU->set_precision(GPU, NAWAL_PREC_FP32, err, sizeof err);
+}
+
+Test(gpu_model, graph_replay_is_bitwise_op_by_op) {
+    gpu_start("gpu_model.graphs");
+    cr_assert(GPU->capture_begin && GPU->graph_launch, "the CUDA backend has no graphs");
+    graph_case(NAWAL_PREC_FP32);
+    graph_case(NAWAL_PREC_BF16);
 }

@@ -169,7 +169,7 @@ Test(dp, bf16_materialised) { run_case(33, "dp.bf16_materialised", NAWAL_PREC_BF
 /* pass 2 in bf16 with the rounding margin (what a GPU does in tf32) */
 Test(dp, bf16_pass2_margin_ghost) { run_case(9, "dp.bf16_margin_ghost", NAWAL_PREC_BF16, NAWAL_PREC_BF16, BK); }
 Test(dp, bf16_pass2_margin_materialised) { run_case(33, "dp.bf16_margin_mat", NAWAL_PREC_BF16, NAWAL_PREC_BF16, BK); }
-/* the per-example method (CUDA's default): whole per-example gradients;
+/* the per-example method (the default): whole per-example gradients;
  * in bf16 a clipped example still adds exactly C, with no margin */
 Test(dp, per_example_norms_and_clipped_sum) { run_case(9, "dp.per_example", NAWAL_PREC_FP32, NAWAL_PREC_FP32, PE); }
 Test(dp, per_example_long) { run_case(33, "dp.per_example_long", NAWAL_PREC_FP32, NAWAL_PREC_FP32, PE); }
