@@ -53,7 +53,8 @@ typedef struct { float *fcproj, *fc, *ln2, *attproj, *qkv, *ln1; } kept_grads;
 
 static kept_grads layer_slots(const nawal_gpt *m, int l, size_t r0) {
     size_t N = (size_t)m->max_batch * m->cfg.n_ctx, C = m->cfg.n_embd;
-    float *p = m->dp_store + (size_t)l * STORE_WIDTH_PER_LAYER * N * C, *s[D_PER_LAYER];
+    size_t slot = l == m->cfg.n_layer ? (size_t)m->dp_store_layers : (size_t)l; /* ln_f's after the layers held */
+    float *p = m->dp_store + slot * STORE_WIDTH_PER_LAYER * N * C, *s[D_PER_LAYER];
     if (l == m->cfg.n_layer) return (kept_grads){ .ln1 = p + r0 * C };
     for (int i = 0; i < D_PER_LAYER; i++) {
         s[i] = p + r0 * (size_t)d_width[i] * C;
@@ -131,19 +132,32 @@ static int ensure_pe_buffer(nawal_gpt *m, char *err, size_t errlen) {
     return 0;
 }
 
+/* The kept output gradients: every layer's for the book-keeping method's
+ * pass 2; the per-example method uses them only within a layer of pass 1,
+ * so one layer's slots serve all layers (a third of GPT-2 small's DP memory
+ * at batch 8 saved) */
 static int ensure_buffers(nawal_gpt *m, char *err, size_t errlen) {
     const nawal_ops *o = m->ops;
     size_t N = (size_t)m->max_batch * m->cfg.n_ctx, C = m->cfg.n_embd;
-    if (!m->dp_store) m->dp_store = o->alloc(o, ((size_t)m->cfg.n_layer * STORE_WIDTH_PER_LAYER + 1) * N * C * sizeof(float));
+    if (nawal_gpt_dp_method_in_force(m) == NAWAL_DP_PER_EXAMPLE && ensure_pe_buffer(m, err, errlen)) return -1;
+    int layers = nawal_gpt_dp_method_in_force(m) == NAWAL_DP_PER_EXAMPLE ? 1 : m->cfg.n_layer;
+    size_t store = ((size_t)layers * STORE_WIDTH_PER_LAYER + 1) * N * C;
+    if (m->dp_store && m->dp_store_layers < layers) { /* the method changed to book-keeping */
+        o->free(o, m->dp_store);
+        m->dp_store = NULL;
+    }
+    if (!m->dp_store) {
+        m->dp_store = o->alloc(o, store * sizeof(float));
+        m->dp_store_layers = layers;
+    }
     if (!m->dp_norms) m->dp_norms = o->alloc(o, (size_t)m->max_batch * sizeof(float));
     if (!m->dp_scales) m->dp_scales = o->alloc(o, (size_t)m->max_batch * sizeof(float));
     if (!m->dp_bounds) m->dp_bounds = o->alloc(o, (size_t)m->max_batch * sizeof(float));
     if (!m->dp_store || !m->dp_norms || !m->dp_scales || !m->dp_bounds) {
-        snprintf(err, errlen, "out of memory for DP-SGD book-keeping (%zu floats) on %s",
-                 ((size_t)m->cfg.n_layer * STORE_WIDTH_PER_LAYER + 1) * N * C, o->name);
+        snprintf(err, errlen, "out of memory for DP-SGD book-keeping (%zu floats) on %s", store, o->name);
         return -1;
     }
-    return nawal_gpt_dp_method_in_force(m) == NAWAL_DP_PER_EXAMPLE ? ensure_pe_buffer(m, err, errlen) : 0;
+    return 0;
 }
 
 /* what pass 1 does besides the input gradients: the book-keeping method's
@@ -202,7 +216,7 @@ static void dp_pass1(void *ctx, int k) {
     for (int l = L - 1; l >= 0; l--) {
         layer_acts a = gpt_layer_acts(m, l, v.b0, T);
         float *res_in = l == 0 ? ta.encoded : gpt_layer_acts(m, l - 1, v.b0, T).res3;
-        kept_grads d = layer_slots(m, l, v.r0);
+        kept_grads d = layer_slots(m, pe ? 0 : l, v.r0); /* per example: consumed within the layer */
         /* MLP branch */
         o->copy(o, d.fcproj, s.dres, (size_t)N * C);
         LINEAR(a.fch_gelu, d.fcproj, 4 * C, C, l, NAWAL_P_FCPROJ_W, NAWAL_P_FCPROJ_B);

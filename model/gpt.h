@@ -53,6 +53,7 @@ typedef struct nawal_gpt {
     float *shard_grads[NAWAL_GPT_MAX_SHARDS - 1]; /* per-thread gradients, allocated on use */
     size_t n_act_floats, n_scratch_floats;
     float *dp_store, *dp_norms, *dp_scales, *dp_bounds; /* DP-SGD book-keeping (dp.c), allocated on first use */
+    int dp_store_layers;          /* layers whose output gradients dp_store holds */
     nawal_precision dp_pass2;     /* the clipped sum's products (dp.h: nawal_gpt_dp_set_pass2) */
     int dp_method;                /* nawal_dp_method (dp.h: nawal_gpt_dp_set_method) */
     int use_graphs, graph_failed; /* nawal_gpt_set_graphs; a capture failed: stop trying */

@@ -99,6 +99,30 @@ static void run_case(int T, const char *tag, nawal_precision prec, nawal_precisi
      * checked below against each example's own batch-of-one step */
     float bb[MAXB];
     if (margin) o->download(o, bb, m->dp_bounds, B * sizeof(float));
+    { /* the other method on the same model (its buffers resized) gives the same norms */
+        nawal_dp_method other = method == NAWAL_DP_PER_EXAMPLE ? NAWAL_DP_BOOKKEEPING : NAWAL_DP_PER_EXAMPLE;
+        float n2[MAXB], l2, *keep = malloc(n * sizeof(float));
+        o->download(o, keep, m->grads, n * sizeof(float));
+        cr_assert(nawal_gpt_dp_set_method(m, other, err, sizeof err) == 0, "%s", err);
+        nawal_gpt_zero_grad(m);
+        cr_assert(nawal_gpt_dp_accumulate(m, in, tg, B, T, C, n2, &l2, err, sizeof err) == 0, "%s", err);
+        for (int b = 0; b < B; b++)
+            cr_expect(fabs(n2[b] - nb[b]) <= tol * fmax(nb[b], 1e-3), "%s: after switching to %s, example %d norm %.7g, brute force %.7g (seed %llu)",
+                      tag, nawal_dp_method_name(other), b, n2[b], nb[b], (unsigned long long)seed);
+        int other_margin = other == NAWAL_DP_BOOKKEEPING && prec != NAWAL_PREC_FP32 && pass2 != NAWAL_PREC_FP32;
+        if (!other_margin) { /* and the same clipped sum */
+            float *g2 = malloc(n * sizeof(float));
+            o->download(o, g2, m->grads, n * sizeof(float));
+            double e2 = 0.0, d2 = 0.0;
+            for (size_t i = 0; i < n; i++) { e2 += (g2[i] - ref[i]) * (g2[i] - ref[i]); d2 += ref[i] * ref[i]; }
+            cr_expect(sqrt(e2 / d2) <= tol, "%s: after switching to %s, clipped sum relative error %.3g (seed %llu)", tag,
+                      nawal_dp_method_name(other), sqrt(e2 / d2), (unsigned long long)seed);
+            free(g2);
+        }
+        cr_assert(nawal_gpt_dp_set_method(m, method, err, sizeof err) == 0, "%s", err);
+        o->upload(o, m->grads, keep, n * sizeof(float));
+        free(keep);
+    }
     double num = 0.0, den = 0.0;
     for (size_t i = 0; i < n; i++) { num += (g[i] - ref[i]) * (g[i] - ref[i]); den += ref[i] * ref[i]; }
     if (!margin)
