@@ -8,6 +8,7 @@
 #include "cli.h"
 #include "cmds.h"
 #include "corpus.h"
+#include "dp.h"
 #include "dp_train.h"
 #include "identity.h"
 #include "trainer.h"
@@ -64,7 +65,8 @@ int nawal_cmd_train(int argc, char **argv) {
     const char *data = NULL, *device = "auto", *out = NULL, *tokfile = NULL, *precision = "fp32";
     int threads = 0, skip_bad = 0, dp = 0;
     float epsilon = 0.0f, delta = 1e-5f, max_grad_norm = 1.0f, sample_rate = 0.0f, noise_mult = 0.0f;
-    const char *budget_dir = NULL, *key_dir = NULL;
+    const char *budget_dir = NULL, *key_dir = NULL, *dp_method = "auto";
+    int graphs = 0;
     nawal_flag flags[] = {
         { "data", NAWAL_FLAG_STR, &data, "training corpus: text file, or .jsonl with {\"text\": ...} per line", 0, -1, 1, 0 },
         { "layers", NAWAL_FLAG_INT, &cfg.n_layer, "transformer blocks", 1, 256, 0, 0 },
@@ -96,6 +98,8 @@ int nawal_cmd_train(int argc, char **argv) {
         { "noise-multiplier", NAWAL_FLAG_FLOAT, &noise_mult, "--dp: sigma (default: derived from --epsilon)", 0, 1e6, 0, 0 },
         { "budget-dir", NAWAL_FLAG_STR, &budget_dir, "--dp: directory of the privacy budget file (default: --key)", 0, -1, 0, 0 },
         { "key", NAWAL_FLAG_STR, &key_dir, "--dp: validator key directory; signs the budget file", 0, -1, 0, 0 },
+        { "dp-method", NAWAL_FLAG_STR, &dp_method, "--dp: per-example gradients auto|per-example|bookkeeping (auto: per-example while it needs at most twice the activations' memory)", 0, -1, 0, 0 },
+        { "graphs", NAWAL_FLAG_BOOL, &graphs, "CUDA: capture the training step in a graph and replay it (small models; without --dp)", 0, -1, 0, 0 },
     };
     int pr = nawal_flags_parse(argc, argv, flags, sizeof flags / sizeof flags[0],
                                "usage: nawal-agent train --data FILE [options]");
@@ -107,6 +111,11 @@ int nawal_cmd_train(int argc, char **argv) {
     nawal_corpus corpus = { 0 };
     nawal_gpt *m = NULL;
     int rc = 1;
+    nawal_dp_method method;
+    if (nawal_dp_method_parse(dp_method, &method)) {
+        fprintf(stderr, "error: --dp-method %s: expected auto, per-example or bookkeeping\n", dp_method);
+        return 2;
+    }
     if (nawal_agent_open_device(&ops, device, threads)) return 1;
     if (nawal_ops_set_precision_name(ops, precision, err, sizeof err)) { fprintf(stderr, "error: %s\n", err); return 2; }
     if (nawal_agent_load_tokenizer(&tok, tokfile)) return 1;
@@ -115,6 +124,8 @@ int nawal_cmd_train(int argc, char **argv) {
     cfg.vocab = nawal_tokenizer_vocab_size(tok);
     if (nawal_gpt_create(&m, ops, &cfg, tc.batch, err, sizeof err)) { fprintf(stderr, "error: %s\n", err); goto out; }
     nawal_gpt_init_params(m, tc.seed);
+    nawal_gpt_set_graphs(m, graphs);
+    if (nawal_gpt_dp_set_method(m, method, err, sizeof err)) { fprintf(stderr, "error: %s\n", err); goto out; }
     size_t n_val = corpus.n_tokens - corpus.n_train;
     printf("model: %d layers, %d heads, width %d, context %d, vocab %d: %zu parameters\n", cfg.n_layer, cfg.n_head,
            cfg.n_embd, cfg.n_ctx, cfg.vocab, m->n_params);
@@ -123,6 +134,7 @@ int nawal_cmd_train(int argc, char **argv) {
     printf("training: %d steps of %d x %d tokens, lr %g -> %g (warmup %d), AdamW (%g, %g), wd %g, clip %g, seed %llu\n",
            tc.steps, tc.batch, cfg.n_ctx, tc.lr, tc.min_lr, tc.warmup, tc.beta1, tc.beta2, tc.weight_decay,
            tc.grad_clip, (unsigned long long)tc.seed);
+    if (dp) printf("dp method: %s\n", nawal_dp_method_name(nawal_gpt_dp_method_in_force(m)));
     fflush(stdout);
     nawal_train_result res;
     if (dp) {

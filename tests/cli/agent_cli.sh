@@ -47,6 +47,8 @@ check "train with BPE tokenizer" "[ $? -eq 0 ] && grep -q 'vocab 300' $T/train_b
 "$A" sample --checkpoint "$T/ckpt_bpe" --prompt "The" --tokens 5 > /dev/null 2>&1
 check "sample with BPE checkpoint" "[ $? -eq 0 ]"
 
+"$A" train --data "$T/corpus.txt" --dp --noise-multiplier 1 --dp-method sideways > /dev/null 2> "$T/err"
+check "train --dp-method unknown is a usage error" "[ $? -eq 2 ] && grep -q 'dp-method sideways' $T/err"
 "$A" train --data "$T/corpus.txt" --layers 0 > /dev/null 2> "$T/err"
 check "bad flag value exits 2" "[ $? -eq 2 ] && grep -q 'layers' $T/err"
 "$A" train --bogus 1 > /dev/null 2>&1
