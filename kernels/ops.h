@@ -184,11 +184,13 @@ struct nawal_ops {
      * Between capture_begin and capture_end the ops called are recorded,
      * not run; capture_end returns a handle that graph_launch replays with
      * the same arguments (device buffers' contents as they are at launch),
-     * or NULL when the capture failed (its ops did not run: run them
-     * again). Capture only a sequence of ops that ran before with the same
-     * shapes (the backend allocates and tunes on first use). graph_launch
-     * returns 0, or -1 without running when the backend moved a buffer the
-     * graph points into since (capture again). */
+     * or NULL when ending or instantiating the capture failed (its ops did
+     * not run: run them again); an error inside an op is fatal as always.
+     * Capture only a sequence of ops that ran before with the same shapes
+     * (the backend allocates on first use), from the one thread that
+     * drives the backend. graph_launch returns 0, or -1 without running
+     * when the backend moved a buffer the graph points into since (capture
+     * again). */
     int (*capture_begin)(const nawal_ops *o);
     void *(*capture_end)(const nawal_ops *o);
     int (*graph_launch)(const nawal_ops *o, void *graph);

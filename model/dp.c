@@ -89,6 +89,11 @@ int nawal_gpt_dp_set_method(nawal_gpt *m, nawal_dp_method method, char *err, siz
         return -1;
     }
     m->dp_method = method;
+    if (method == NAWAL_DP_BOOKKEEPING && m->dp_pe) { /* its memory back */
+        m->ops->free(m->ops, m->dp_pe);
+        m->dp_pe = NULL;
+        m->dp_pe_stride = 0;
+    }
     return 0;
 }
 
@@ -110,11 +115,7 @@ static int ensure_pe_buffer(nawal_gpt *m, char *err, size_t errlen) {
     const nawal_ops *o = m->ops;
     if (m->dp_pe) return 0;
     size_t stride = (m->n_params + PE_ALIGN - 1) / PE_ALIGN * PE_ALIGN, n = (size_t)m->max_batch * stride;
-    if (stride / PE_ALIGN > 0x7fffffffu) {
-        snprintf(err, errlen, "per-example DP gradients: %zu parameters is more than the norm op takes", m->n_params);
-        return -1;
-    }
-    m->dp_pe = o->alloc(o, n * sizeof(float));
+    m->dp_pe = stride / PE_ALIGN > 0x7fffffffu ? NULL : o->alloc(o, n * sizeof(float)); /* pe_norm_rows takes int rows */
     if (!m->dp_pe) {
         double gib = (double)n * sizeof(float) / (1 << 30);
         if (m->dp_method == NAWAL_DP_AUTO) {
@@ -142,7 +143,7 @@ static int ensure_buffers(nawal_gpt *m, char *err, size_t errlen) {
     if (nawal_gpt_dp_method_in_force(m) == NAWAL_DP_PER_EXAMPLE && ensure_pe_buffer(m, err, errlen)) return -1;
     int layers = nawal_gpt_dp_method_in_force(m) == NAWAL_DP_PER_EXAMPLE ? 1 : m->cfg.n_layer;
     size_t store = ((size_t)layers * STORE_WIDTH_PER_LAYER + 1) * N * C;
-    if (m->dp_store && m->dp_store_layers < layers) { /* the method changed to book-keeping */
+    if (m->dp_store && m->dp_store_layers != layers) { /* the method changed */
         o->free(o, m->dp_store);
         m->dp_store = NULL;
     }
@@ -337,6 +338,13 @@ int nawal_gpt_dp_accumulate(nawal_gpt *m, const int32_t *inputs, const int32_t *
     o->download(o, norms, m->dp_norms, (size_t)B * sizeof(float));
     if (bounding) o->download(o, bounds, m->dp_bounds, (size_t)B * sizeof(float));
     double grow = nawal_gpt_dp_margin_factor(p2);
+    for (int b = 0; b < B; b++) /* a NaN or overflowing gradient: nothing of this step may be released */
+        if (!isfinite(norms[b])) {
+            snprintf(err, errlen, "example %d of the batch has a gradient norm of %g: the DP step is refused (training diverged?)",
+                     b, (double)norms[b]);
+            free(h);
+            return -1;
+        }
     for (int b = 0; b < B; b++) {
         float nrm = sqrtf(norms[b] > 0.0f ? norms[b] : 0.0f);
         if (norms_out) norms_out[b] = nrm;

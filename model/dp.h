@@ -27,7 +27,8 @@
  * term; margin_b: 0 unless pass 2 runs in reduced precision, see
  * nawal_gpt_dp_set_pass2). norms_out[B] (host, may be NULL) receives ||g_b||; *loss_out the
  * batch's mean token loss. Returns 0, or -1 with a message (bad tokens,
- * out of memory). */
+ * out of memory, a per-example norm that is not finite: then nothing was
+ * added to m->grads). */
 int nawal_gpt_dp_accumulate(nawal_gpt *m, const int32_t *inputs, const int32_t *targets, int B, int T,
                             float max_grad_norm, float *norms_out, float *loss_out, char *err, size_t errlen);
 
@@ -40,15 +41,19 @@ int nawal_gpt_dp_accumulate(nawal_gpt *m, const int32_t *inputs, const int32_t *
  * PER_EXAMPLE: every example's whole gradient is written out (one batched
  *   product per linear layer, in the matmul precision), its norm is that of
  *   the stored values and the clipped sum is sum_b c_b g_b over the same
- *   values, so a clipped example adds exactly C in every precision, with
- *   no margin and no second pass. Memory: max_batch gradients.
+ *   values, so a clipped example adds C in every precision, to fp32
+ *   precision (the norm's rounding to float and the products c_b g_b, as
+ *   in the fp32 book-keeping step), with no margin and no second pass.
+ *   Memory: max_batch gradients.
  * AUTO: PER_EXAMPLE while its gradients take at most twice the memory of
  *   the activations (so on the tiny Shakespeare config and GPT-2 small),
  *   else BOOKKEEPING; it also falls back to BOOKKEEPING, with a note on
  *   stderr, when the per-example gradients cannot be allocated. On CUDA
  *   the per-example products run on the tensor cores, where the ghost
  *   norms' fp32 Gram matrices cost more than the whole step; on the CPU it
- *   measured 8-16% faster DP steps than BOOKKEEPING (bench/RESULTS.md). */
+ *   measured 8-16% faster DP steps than BOOKKEEPING (bench/RESULTS.md).
+ * Either way a step whose per-example norms are not all finite is refused
+ * (an error, nothing added to the gradients). */
 typedef enum { NAWAL_DP_AUTO = 0, NAWAL_DP_BOOKKEEPING = 1, NAWAL_DP_PER_EXAMPLE = 2 } nawal_dp_method;
 
 /* Selects the method for the next DP steps: 0, or -1 with a message. */

@@ -10,7 +10,11 @@
  * the raw pointers it was captured with, into the backend's scratch and
  * pointer-array buffers too: whenever either is reallocated the state's
  * generation moves on and graph_launch refuses older graphs, so the caller
- * captures again instead of replaying into freed memory. */
+ * captures again instead of replaying into freed memory. Kernel arguments
+ * are baked in: the model keys a graph on what its ops take by value
+ * (shapes, the loss scale 1 / valid targets, the precision).
+ * One stream and a process-wide capturing flag: only the thread that drives
+ * the backend may call ops during a capture (as everywhere in this backend). */
 #include "cuda_common.h"
 #include <stdio.h>
 #include <stdlib.h>

@@ -9,7 +9,9 @@
  * cached per shape, layout, pointer alignment and precision, so a training
  * step pays for cuBLASLt's heuristic once. Unless NAWAL_CUDA_DETERMINISTIC=1,
  * a new plan also times cuBLASLt's top candidates (up to 8, on the call's
- * real operands, writing into a temporary output) and keeps the fastest;
+ * real operands, writing into the call's output, which it overwrites next,
+ * or into a temporary when it accumulates) and keeps the fastest; a plan
+ * made during a graph capture takes the heuristic's first choice;
  * the choice can differ between processes, so results are bitwise
  * repeatable within a process always and across processes only in the
  * deterministic mode (heuristic's first choice).
@@ -80,12 +82,12 @@ static int deterministic_mode(void) {
     return e && *e && strcmp(e, "0");
 }
 
+/* D: the call's output, which a beta-0 plan's tuning runs write into (the
+ * call overwrites it next); a beta-1 plan is tuned into a temporary */
 static cuda_matmul_plan *get_plan(cuda_state *s, const char *op, const plan_key *key, const void *A, const void *B,
-                                  const float *bias) {
+                                  const float *bias, float *D) {
     for (int i = 0; i < s->n_plans; i++)
         if (!memcmp(&s->plans[i].key, key, sizeof *key)) return &s->plans[i];
-    if (s->capturing) /* the tuner below syncs and allocates */
-        cuda_fatal(op, "graph capture", "a matmul shape not seen before during a graph capture", __FILE__, __LINE__);
     if (!s->plans) {
         s->plans = (cuda_matmul_plan *)calloc(MAX_PLANS, sizeof(cuda_matmul_plan));
         if (!s->plans) cuda_fatal(op, "calloc", "out of host memory for matmul plans", __FILE__, __LINE__);
@@ -142,18 +144,22 @@ static cuda_matmul_plan *get_plan(cuda_state *s, const char *op, const plan_key 
         cuda_fatal(op, "cublasLtMatmulAlgoGetHeuristic", msg, __FILE__, __LINE__);
     }
     int pick = 0;
-    if (found > 1) {
-        float *tmp = NULL;
-        size_t out_floats = (size_t)key->ldc * key->n + (key->batch > 1 ? (size_t)(key->batch - 1) * key->sd : 0);
-        CUDA_CHECK(op, cudaMalloc((void **)&tmp, out_floats * sizeof(float)));
+    /* during a graph capture (a shape unseen, e.g. after the cache was
+     * emptied) the heuristic's first choice: timing would sync */
+    if (found > 1 && !s->capturing) {
+        float *tmp = NULL, *out = D;
+        if (key->beta_one) { /* not batched (only weight gradients accumulate) */
+            CUDA_CHECK(op, cudaMalloc((void **)&tmp, (size_t)key->ldc * key->n * sizeof(float)));
+            out = tmp;
+        }
         if (bias)
             BLAS_CHECK(op, cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
         float best = 1e30f;
         for (int i = 0; i < found; i++) {
-            float ms = time_algo(s, op, p, &h[i].algo, A, B, tmp);
+            float ms = time_algo(s, op, p, &h[i].algo, A, B, out);
             if (ms < best) { best = ms; pick = i; }
         }
-        CUDA_CHECK(op, cudaFree(tmp));
+        if (tmp) CUDA_CHECK(op, cudaFree(tmp));
         if (getenv("NAWAL_CUDA_VERBOSE"))
             fprintf(stderr, "nawal cuda: matmul m=%d n=%d k=%d ta=%d tb=%d bf16=%d: candidate %d of %d, %.3f ms\n",
                     key->m, key->n, key->k, key->ta, key->tb, key->bf16, pick, found, best);
@@ -226,6 +232,7 @@ static void gemm_run(const nawal_ops *o, const char *op, int ta, int tb, int m, 
     if (k <= 0) { /* empty sum: D = beta D (+ bias) is not worth a plan; only the shapes we never hit */
         cuda_fatal(op, "gemm", "k = 0", __FILE__, __LINE__);
     }
+    if (bt.count > 1 && beta_one) cuda_fatal(op, "gemm", "an accumulating (beta 1) batch: not supported", __FILE__, __LINE__);
     int bf16 = s->precision == NAWAL_PREC_BF16;
     const void *Ause = A, *Buse = B;
     size_t lda_p = (size_t)lda, ldb_p = (size_t)ldb, esize = bf16 ? sizeof(__nv_bfloat16) : sizeof(float);
@@ -265,7 +272,7 @@ static void gemm_run(const nawal_ops *o, const char *op, int ta, int tb, int m, 
         key.sb = sb;
         key.sd = bt.sd;
     }
-    cuda_matmul_plan *p = get_plan(s, op, &key, Ause, Buse, bias);
+    cuda_matmul_plan *p = get_plan(s, op, &key, Ause, Buse, bias, D);
     if (bias)
         BLAS_CHECK(op, cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
     float one = 1.0f, beta = beta_one ? 1.0f : 0.0f;

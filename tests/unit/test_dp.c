@@ -34,7 +34,7 @@
 static void run_case(int T, const char *tag, nawal_precision prec, nawal_precision pass2, nawal_dp_method method) {
     uint64_t seed = test_seed(tag), rs = seed;
     char err[256];
-    nawal_gpt_config cfg = { 2, 2, 16, T, 11 };
+    nawal_gpt_config cfg = { 2, 2, 16, T + 5, 11 }; /* steps of T < n_ctx: wpe rows past T get no gradient */
     const nawal_ops *o = nawal_ops_cpu(0);
     if (o->set_precision(o, prec, err, sizeof err) != 0) {
         cr_assert(prec == NAWAL_PREC_BF16, "%s", err);
@@ -57,7 +57,7 @@ static void run_case(int T, const char *tag, nawal_precision prec, nawal_precisi
     for (size_t i = 0; i < n; i++) p[i] += 0.2f * test_rand_normal(&rs);
     o->upload(o, m->params, p, n * sizeof(float));
     int B = MAXB;
-    int32_t in[MAXB * 33], tg[MAXB * 33];
+    int32_t in[MAXB * 38], tg[MAXB * 38];
     for (int i = 0; i < B * T; i++) {
         in[i] = test_rand_int(&rs, cfg.vocab);
         tg[i] = test_rand_int(&rs, 6) == 0 ? -1 : test_rand_int(&rs, cfg.vocab);
@@ -120,6 +120,8 @@ static void run_case(int T, const char *tag, nawal_precision prec, nawal_precisi
             free(g2);
         }
         cr_assert(nawal_gpt_dp_set_method(m, method, err, sizeof err) == 0, "%s", err);
+        nawal_gpt_zero_grad(m); /* and back: the method's buffers again, as before the switch */
+        cr_assert(nawal_gpt_dp_accumulate(m, in, tg, B, T, C, n2, &l2, err, sizeof err) == 0, "%s", err);
         o->upload(o, m->grads, keep, n * sizeof(float));
         free(keep);
     }
@@ -167,6 +169,14 @@ static void run_case(int T, const char *tag, nawal_precision prec, nawal_precisi
                           Ck, (unsigned long long)seed);
         }
     }
+    if (method == NAWAL_DP_PER_EXAMPLE) { /* a smaller batch over the stale slots, in shards: the same norms */
+        float n3[3], l3;
+        nawal_gpt_zero_grad(m);
+        cr_assert(nawal_gpt_dp_accumulate(m, in, tg, 3, T, C, n3, &l3, err, sizeof err) == 0, "%s", err);
+        for (int b = 0; b < 3; b++)
+            cr_expect(fabs(n3[b] - nb[b]) <= tol * fmax(nb[b], 1e-3), "%s: batch of 3 after the poison, example %d norm %.7g, brute force %.7g (seed %llu)",
+                      tag, b, n3[b], nb[b], (unsigned long long)seed);
+    }
     /* finish = add_noise(std) then / expected batch */
     float *before = malloc(n * sizeof(float)), *after = malloc(n * sizeof(float));
     o->download(o, before, m->grads, n * sizeof(float));
@@ -198,3 +208,35 @@ Test(dp, bf16_pass2_margin_materialised) { run_case(33, "dp.bf16_margin_mat", NA
 Test(dp, per_example_norms_and_clipped_sum) { run_case(9, "dp.per_example", NAWAL_PREC_FP32, NAWAL_PREC_FP32, PE); }
 Test(dp, per_example_long) { run_case(33, "dp.per_example_long", NAWAL_PREC_FP32, NAWAL_PREC_FP32, PE); }
 Test(dp, bf16_per_example) { run_case(33, "dp.bf16_per_example", NAWAL_PREC_BF16, NAWAL_PREC_BF16, PE); }
+
+/* a per-example norm that is not finite refuses the step and adds nothing:
+ * ln_f's gain 1e20 keeps the loss finite (~1e19) while the LM head's
+ * gradient (~1e20 per entry) overflows the squared norm; both methods */
+Test(dp, non_finite_norm_refuses_the_step) {
+    char err[256];
+    nawal_gpt_config cfg = { 1, 2, 16, 8, 11 };
+    const nawal_ops *o = nawal_ops_cpu(0);
+    uint64_t rs = test_seed("dp.non_finite");
+    for (int k = 0; k < 2; k++) {
+        nawal_gpt *m;
+        cr_assert(nawal_gpt_create(&m, o, &cfg, 2, err, sizeof err) == 0, "%s", err);
+        cr_assert(nawal_gpt_dp_set_method(m, k ? NAWAL_DP_PER_EXAMPLE : NAWAL_DP_BOOKKEEPING, err, sizeof err) == 0);
+        nawal_gpt_init_params(m, 3);
+        const nawal_param_tensor *g = nawal_gpt_find_tensor(m, "transformer.ln_f.weight");
+        cr_assert(g != NULL);
+        float *big = malloc(g->numel * sizeof(float));
+        for (size_t i = 0; i < g->numel; i++) big[i] = 1e20f;
+        o->upload(o, m->params + g->offset, big, g->numel * sizeof(float));
+        free(big);
+        int32_t in[16], tg[16];
+        for (int i = 0; i < 16; i++) { in[i] = test_rand_int(&rs, 11); tg[i] = test_rand_int(&rs, 11); }
+        nawal_gpt_zero_grad(m);
+        float loss = 0.0f;
+        int rc = nawal_gpt_dp_accumulate(m, in, tg, 2, 8, 1.0f, NULL, &loss, err, sizeof err);
+        cr_expect(rc == -1 && strstr(err, "gradient norm"), "%s: rc %d, loss %g, err '%s'", nawal_dp_method_name(nawal_gpt_dp_method_in_force(m)), rc, loss, err);
+        cr_expect(isfinite(loss), "the loss should stay finite here (%g): the case does not test what it says", loss);
+        cr_expect(o->sumsq(o, m->grads, m->n_params) == 0.0, "%s: a refused step added to the gradients",
+                  nawal_dp_method_name(nawal_gpt_dp_method_in_force(m)));
+        nawal_gpt_free(m);
+    }
+}
