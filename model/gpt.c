@@ -385,6 +385,10 @@ void nawal_gpt_set_graphs(nawal_gpt *m, int on) {
     }
 }
 
+static int same_key(const nawal_graph_key *a, const nawal_graph_key *b) {
+    return a->B == b->B && a->T == b->T && a->prec == b->prec && a->scale == b->scale;
+}
+
 /* Graphs: a step's ops are captured once the same (B, T, loss scale,
  * precision) ran uncaptured (plans, scratch and pointer arrays exist),
  * replayed while they stay the same; any other step runs op by op. A
@@ -402,13 +406,10 @@ float nawal_gpt_forward_backward(nawal_gpt *m, const int32_t *inputs, const int3
         forward_run(m, B, T, 0.0f);
         return 0.0f;
     }
-    int graphs = m->use_graphs && !m->graph_failed && o->capture_begin && gpt_shard_count(m, B) == 1;
-    int prec = (int)o->get_precision(o), done = 0;
-    if (graphs && m->graph && m->graph_key.B == B && m->graph_key.T == T && m->graph_key.prec == prec &&
-        m->graph_key.scale == scale)
-        done = o->graph_launch(o, m->graph) == 0;
-    if (!done && graphs && m->graph_seen.B == B && m->graph_seen.T == T && m->graph_seen.prec == prec &&
-        m->graph_seen.scale == scale) {
+    int graphs = m->use_graphs && !m->graph_failed && o->capture_begin && gpt_shard_count(m, B) == 1, done = 0;
+    nawal_graph_key key = { B, T, (int)o->get_precision(o), scale };
+    if (graphs && m->graph && same_key(&m->graph_key, &key)) done = o->graph_launch(o, m->graph) == 0;
+    if (!done && graphs && same_key(&m->graph_seen, &key)) {
         if (m->graph) o->graph_free(o, m->graph);
         m->graph = NULL;
         if (o->capture_begin(o) == 0) {
@@ -417,7 +418,7 @@ float nawal_gpt_forward_backward(nawal_gpt *m, const int32_t *inputs, const int3
             m->graph = o->capture_end(o);
         }
         if (m->graph) {
-            m->graph_key.B = B; m->graph_key.T = T; m->graph_key.prec = prec; m->graph_key.scale = scale;
+            m->graph_key = key;
             done = o->graph_launch(o, m->graph) == 0;
         } else {
             m->graph_failed = 1;
@@ -426,7 +427,7 @@ float nawal_gpt_forward_backward(nawal_gpt *m, const int32_t *inputs, const int3
     if (!done) {
         forward_run(m, B, T, scale);
         backward_run(m, B, T);
-        if (graphs) { m->graph_seen.B = B; m->graph_seen.T = T; m->graph_seen.prec = prec; m->graph_seen.scale = scale; }
+        if (graphs) m->graph_seen = key;
     }
     m->has_grad_logits = 0;
     return forward_loss(m, B * T, valid);

@@ -35,6 +35,9 @@ enum {
 
 #define NAWAL_GPT_MAX_SHARDS 64
 
+/* what a captured training step's kernels take by value (gpt.c) */
+typedef struct { int B, T, prec; float scale; } nawal_graph_key;
+
 typedef struct nawal_gpt {
     nawal_gpt_config cfg;
     const nawal_ops *ops;
@@ -58,7 +61,7 @@ typedef struct nawal_gpt {
     int dp_method;                /* nawal_dp_method (dp.h: nawal_gpt_dp_set_method) */
     int use_graphs, graph_failed; /* nawal_gpt_set_graphs; a capture failed: stop trying */
     void *graph;                  /* the captured forward + backward (backend handle) */
-    struct { int B, T, prec; float scale; } graph_key, graph_seen; /* what it was captured for; the last uncaptured run */
+    nawal_graph_key graph_key, graph_seen; /* what it was captured for; the last uncaptured run */
     float *dp_pe;                 /* per-example method: max_batch gradients, dp_pe_stride floats apart */
     size_t dp_pe_stride;
 } nawal_gpt;

@@ -18,7 +18,7 @@
 #include <string.h>
 
 /* the B products of pe_grad_linear as one batched matmul: M x N outputs
- * with row stride ldc, batch stride `stride`, from A_b = src_a^T and B_b =
+ * with row stride N, batch stride `stride`, from A_b = src_a^T and B_b =
  * src_b, both [T][.] row-major slabs of their [B*T][.] matrices */
 static cpu_mm_shape grad_shape(int B, int T, long M, long N, size_t stride) {
     long t = T;
