@@ -332,24 +332,22 @@ int nawal_gpt_dp_accumulate(nawal_gpt *m, const int32_t *inputs, const int32_t *
     nawal_precision prec = o->get_precision(o), p2 = nawal_gpt_dp_pass2_in_force(m);
     pass1_opts opt = { .bounding = p2 != NAWAL_PREC_FP32,
                        .per_example = nawal_gpt_dp_method_in_force(m) == NAWAL_DP_PER_EXAMPLE };
-    int bounding = opt.bounding;
     shard_job j = { .m = m, .B = B, .T = T, .S = gpt_shard_count(m, B), .ext = &opt };
     gpt_run_shards(m, &j, dp_pass1);
     o->download(o, norms, m->dp_norms, (size_t)B * sizeof(float));
-    if (bounding) o->download(o, bounds, m->dp_bounds, (size_t)B * sizeof(float));
+    if (opt.bounding) o->download(o, bounds, m->dp_bounds, (size_t)B * sizeof(float));
     double grow = nawal_gpt_dp_margin_factor(p2);
-    for (int b = 0; b < B; b++) /* a NaN or overflowing gradient: nothing of this step may be released */
-        if (!isfinite(norms[b])) {
+    for (int b = 0; b < B; b++) {
+        if (!isfinite(norms[b])) { /* a NaN or overflowing gradient: nothing of this step may be released */
             snprintf(err, errlen, "example %d of the batch has a gradient norm of %g: the DP step is refused (training diverged?)",
                      b, (double)norms[b]);
             free(h);
             return -1;
         }
-    for (int b = 0; b < B; b++) {
         float nrm = sqrtf(norms[b] > 0.0f ? norms[b] : 0.0f);
         if (norms_out) norms_out[b] = nrm;
         /* a bound that is not a number clips the example to nothing */
-        double margin = !bounding ? 0.0 : bounds[b] >= 0.0f ? grow * sqrt((double)bounds[b]) : INFINITY;
+        double margin = !opt.bounding ? 0.0 : bounds[b] >= 0.0f ? grow * sqrt((double)bounds[b]) : INFINITY;
         double c = fmin(1.0, (double)max_grad_norm / ((double)nrm + margin + 1e-6));
         float cf = (float)c;
         h[b] = (double)cf > c ? nextafterf(cf, 0.0f) : cf; /* never above the factor computed */
@@ -357,17 +355,15 @@ int nawal_gpt_dp_accumulate(nawal_gpt *m, const int32_t *inputs, const int32_t *
     o->upload(o, m->dp_scales, h, (size_t)B * sizeof(float));
     if (opt.per_example) { /* the clipped sum over the stored gradients: nothing to recompute */
         o->pe_sum(o, m->grads, m->dp_pe, m->dp_pe_stride, m->dp_scales, B, m->n_params);
-        m->has_grad_logits = 0;
-        free(h);
-        return 0;
+    } else {
+        /* the precision is the backend's (process-wide on the CPU): nothing
+         * else runs ops while this call does, and it is restored before returning */
+        if (p2 != prec && o->set_precision(o, p2, err, errlen)) { free(h); return -1; }
+        gpt_shard_grads_begin(m, &j);
+        gpt_run_shards(m, &j, dp_pass2);
+        gpt_shard_grads_end(m, &j);
+        if (p2 != prec) restore_precision(o, prec); /* the gradients are in: this must not fail the call */
     }
-    /* the precision is the backend's (process-wide on the CPU): nothing else
-     * runs ops while this call does, and it is restored before returning */
-    if (p2 != prec && o->set_precision(o, p2, err, errlen)) { free(h); return -1; }
-    gpt_shard_grads_begin(m, &j);
-    gpt_run_shards(m, &j, dp_pass2);
-    gpt_shard_grads_end(m, &j);
-    if (p2 != prec) restore_precision(o, prec); /* the gradients are in: this must not fail the call */
     m->has_grad_logits = 0;
     free(h);
     return 0;

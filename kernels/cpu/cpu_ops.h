@@ -110,6 +110,11 @@ void cpu_pe_norm_layernorm(const nawal_ops *o, float *norms, const float *D, con
 void cpu_pe_norm_rows(const nawal_ops *o, float *norms, const float *D, int B, int T, int C);
 void cpu_pe_norm_tied(const nawal_ops *o, float *norms, const float *dres, const int32_t *tok, const float *lnf,
                       const float *dlogits, int B, int T, int C, int V);
+/* one example's column sums of D[T][C] in double: cb[c] = sum_t D[t][c]
+ * and, when inp is given, cw[c] = sum_t D[t][c] xhat[t][c] (dp.c; the
+ * bias and layernorm shares of both DP methods) */
+void cpu_example_colsums(double *cb, double *cw, const float *D, const float *inp, const float *mean,
+                         const float *rstd, int T, int C);
 void cpu_pe_grad_linear(const nawal_ops *o, float *dw, float *dbias, size_t stride, const float *dout,
                         const float *inp, int B, int T, int C, int OC, nawal_wlayout layout);
 void cpu_pe_grad_layernorm(const nawal_ops *o, float *dw, float *db, size_t stride, const float *dout,

@@ -176,12 +176,10 @@ void cpu_pe_norm_linear(const nawal_ops *o, float *norms, const float *A, const 
     cpu_pe_norm_linear_path(norms, A, D, B, T, d, p, CPU_PE_AUTO);
 }
 
-/* One example's column sums of D[T][C]: ||sum_t D[t]||^2, plus
- * ||sum_t D[t] * xhat[t]||^2 when inp is given (layernorm's weight). */
-static double colsums_example(const float *D, const float *inp, const float *mean, const float *rstd,
-                              int T, int C, dp_scratch *s) {
-    double *cb = scratch_d(s, (size_t)2 * C), *cw = cb + C;
-    memset(cb, 0, (size_t)2 * C * sizeof(double));
+void cpu_example_colsums(double *cb, double *cw, const float *D, const float *inp, const float *mean,
+                         const float *rstd, int T, int C) {
+    memset(cb, 0, (size_t)C * sizeof(double));
+    if (inp) memset(cw, 0, (size_t)C * sizeof(double));
     for (int t = 0; t < T; t++) {
         const float *dr = D + (size_t)t * C;
         for (int c = 0; c < C; c++) cb[c] += dr[c];
@@ -191,6 +189,14 @@ static double colsums_example(const float *D, const float *inp, const float *mea
             for (int c = 0; c < C; c++) cw[c] += (double)dr[c] * ((x[c] - m) * r);
         }
     }
+}
+
+/* One example's column sums of D[T][C]: ||sum_t D[t]||^2, plus
+ * ||sum_t D[t] * xhat[t]||^2 when inp is given (layernorm's weight). */
+static double colsums_example(const float *D, const float *inp, const float *mean, const float *rstd,
+                              int T, int C, dp_scratch *s) {
+    double *cb = scratch_d(s, (size_t)2 * C), *cw = cb + C;
+    cpu_example_colsums(cb, cw, D, inp, mean, rstd, T, C);
     double sum = 0.0;
     for (int c = 0; c < C; c++) sum += cb[c] * cb[c] + (inp ? cw[c] * cw[c] : 0.0);
     return sum;

@@ -15,7 +15,6 @@
 #include "elementwise.h"
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
 /* the B products of pe_grad_linear as one batched matmul: M x N outputs
  * with row stride N, batch stride `stride`, from A_b = src_a^T and B_b =
@@ -40,17 +39,9 @@ static void colsums(float *out, float *out_w, size_t stride, const float *D, con
         double *aw = acc + C;
         #pragma omp for schedule(static, 1)
         for (int b = 0; b < B; b++) {
-            memset(acc, 0, (size_t)2 * C * sizeof(double));
-            for (int t = 0; t < T; t++) {
-                size_t r = (size_t)b * T + t;
-                const float *d = D + r * C;
-                for (int c = 0; c < C; c++) acc[c] += d[c];
-                if (inp) {
-                    const float *x = inp + r * C;
-                    double m = mean[r], s = rstd[r];
-                    for (int c = 0; c < C; c++) aw[c] += (double)d[c] * ((x[c] - m) * s);
-                }
-            }
+            size_t r0 = (size_t)b * T;
+            cpu_example_colsums(acc, aw, D + r0 * C, inp ? inp + r0 * C : NULL, inp ? mean + r0 : NULL,
+                                inp ? rstd + r0 : NULL, T, C);
             float *o = out + (size_t)b * stride, *ow = out_w ? out_w + (size_t)b * stride : NULL;
             for (int c = 0; c < C; c++) o[c] = (float)acc[c];
             if (ow)
